@@ -1,0 +1,92 @@
+//! tapio-collector: parse flags, load the config, run the agent.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tapio::config::{self, Cli, Command, Config, RunArgs};
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Validate { config }) => validate(&config),
+        None => run(&cli.run),
+    }
+}
+
+fn validate(path: &Path) -> ExitCode {
+    let config = match Config::from_file(path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match config.validate() {
+        Ok(()) => {
+            println!("{}: valid", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            print_problems(&e, &path.display().to_string());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_problems(error: &config::Error, origin: &str) {
+    match error {
+        config::Error::Invalid(problems) => {
+            for problem in problems {
+                eprintln!("error: {origin}: {problem}");
+            }
+        }
+        other => eprintln!("error: {other}"),
+    }
+}
+
+fn run(args: &RunArgs) -> ExitCode {
+    let config = match args.load() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let origin = args
+        .config
+        .as_ref()
+        .map_or_else(|| "flags".to_owned(), |p| p.display().to_string());
+    if let Err(e) = config.validate() {
+        print_problems(&e, &origin);
+        return ExitCode::FAILURE;
+    }
+    tapio::agent::init_logging(&config.orchestrator.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.orchestrator.workers)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tapio::agent::cancel_on_signals(shutdown.clone())
+            .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+        tapio::agent::run(config, shutdown)
+            .await
+            .map_err(|e| e.to_string())
+    });
+    match outcome {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

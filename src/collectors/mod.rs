@@ -1,0 +1,203 @@
+//! The collector contract and the registry that maps YAML names to collectors.
+//!
+//! Adding a collector is one module, one field in [`CollectorsConfig`] and one line in
+//! [`CollectorsConfig::build`]; serde rejects an unknown name with its line number.
+
+pub mod synthetic;
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::manager::{Closed, EventSender, WhenFull};
+use crate::telemetry::{CollectorStats, Health};
+
+/// Why a collector could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The platform, a privilege or a peer it needs is missing here.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The pipeline closed under it.
+    #[error(transparent)]
+    Closed(#[from] Closed),
+}
+
+/// A collector's running half: the future that produces events until its input ends or
+/// shutdown is requested.
+pub type Running = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
+
+/// A source of events.
+pub trait Collector: Send {
+    /// The registry name.
+    fn name(&self) -> &'static str;
+
+    /// Does the work that can fail up front (check the platform, open, attach) and returns
+    /// the future that only runs, so configuration and privilege errors surface at start.
+    fn start(self: Box<Self>, context: Context) -> Result<Running, Error>;
+}
+
+/// What a running collector is handed.
+#[derive(Debug)]
+pub struct Context {
+    /// Where its events go, under its full-queue policy.
+    pub out: EventSender,
+    /// Cancelled when the agent stops; the collector returns soon after.
+    pub shutdown: CancellationToken,
+    /// Its health and counters; a collector reports degradation through it.
+    pub stats: Arc<CollectorStats>,
+}
+
+impl Context {
+    /// Reports a problem the collector keeps running through.
+    pub fn degraded(&self, reason: impl Into<String>) {
+        self.stats.set_health(Health::Degraded(reason.into()));
+    }
+}
+
+/// What every agent-wide input to building collectors is.
+#[derive(Clone, Debug)]
+pub struct BuildContext {
+    /// This node's name, stamped on events.
+    pub node_name: String,
+}
+
+/// One collector's YAML entry: `{ enabled, when_full, config }`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorEntry<T> {
+    /// Whether it runs.
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+    /// What happens when its queue into the pipeline is full: `block` or `drop_newest`.
+    #[serde(default)]
+    pub when_full: WhenFull,
+    /// Its own options.
+    #[serde(default)]
+    pub config: T,
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+impl<T: Default> Default for CollectorEntry<T> {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            when_full: WhenFull::default(),
+            config: T::default(),
+        }
+    }
+}
+
+/// Groups of collectors the `--enable-*` flags turn on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Group {
+    /// `--enable-ebpf`: kernel probes.
+    Ebpf,
+    /// `--enable-k8s`: API server, kubelet, runtime.
+    Kubernetes,
+    /// `--enable-systemd`.
+    Systemd,
+    /// `--enable-journald`.
+    Journald,
+}
+
+impl Group {
+    /// The flag that asks for it.
+    #[must_use]
+    pub const fn flag(self) -> &'static str {
+        match self {
+            Self::Ebpf => "--enable-ebpf",
+            Self::Kubernetes => "--enable-k8s",
+            Self::Systemd => "--enable-systemd",
+            Self::Journald => "--enable-journald",
+        }
+    }
+}
+
+/// The `collectors:` map of the YAML file: one optional entry per collector.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorsConfig {
+    /// Generated load and scripted incidents, for tests, benchmarks and demos.
+    pub synthetic: Option<CollectorEntry<synthetic::SyntheticConfig>>,
+    /// Groups asked for by `--enable-*` flags.
+    #[serde(skip)]
+    pub requested_groups: Vec<Group>,
+}
+
+/// A collector built from its entry, or the reason it could not be.
+pub struct Built {
+    /// Registry name.
+    pub name: &'static str,
+    /// Its queue policy.
+    pub when_full: WhenFull,
+    /// The collector.
+    pub collector: Result<Box<dyn Collector>, Error>,
+}
+
+impl CollectorsConfig {
+    /// Turns on every collector of `group` that this build has (configured ones keep their
+    /// options).
+    pub fn enable_group(&mut self, group: Group) {
+        // No collector of any group exists in this build yet; the request is kept so the
+        // agent can say which flag found nothing to turn on.
+        if !self.requested_groups.contains(&group) {
+            self.requested_groups.push(group);
+        }
+    }
+
+    /// Groups that were asked for but have no collector in this build.
+    #[must_use]
+    pub fn unserved_groups(&self) -> Vec<Group> {
+        self.requested_groups.clone()
+    }
+
+    /// Appends every problem of every enabled collector's options to `problems`.
+    pub fn validate(&self, problems: &mut Vec<String>) {
+        let mut enabled = 0;
+        if let Some(entry) = self.synthetic.as_ref().filter(|e| e.enabled) {
+            enabled += 1;
+            entry
+                .config
+                .validate("collectors.synthetic.config", problems);
+        }
+        if enabled == 0 {
+            let mut problem = String::from(
+                "collectors: no collector is enabled; configure one (e.g. `synthetic`) in the \
+                 YAML file",
+            );
+            for group in self.unserved_groups() {
+                let _ = write!(
+                    problem,
+                    "; {} found no collector to turn on in this build",
+                    group.flag()
+                );
+            }
+            problems.push(problem);
+        }
+    }
+
+    /// Builds every enabled collector.
+    #[must_use]
+    pub fn build(&self, context: &BuildContext) -> Vec<Built> {
+        let mut built = Vec::new();
+        if let Some(entry) = self.synthetic.as_ref().filter(|e| e.enabled) {
+            built.push(Built {
+                name: synthetic::NAME,
+                when_full: entry.when_full,
+                collector: Ok(Box::new(synthetic::Synthetic::new(
+                    entry.config.clone(),
+                    context.node_name.clone(),
+                ))),
+            });
+        }
+        built
+    }
+}

@@ -1,0 +1,595 @@
+//! Configuration: the YAML file, the command line over it, and validation of the result.
+//!
+//! The YAML file and the flags describe one [`Config`]; a flag that is given wins over the
+//! file, a flag that is not given leaves the file's value (or the default) alone.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::{Deserialize, Deserializer};
+
+use crate::collectors::CollectorsConfig;
+
+/// A configuration problem, naming the file, the field and where it is.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The YAML is malformed, has an unknown field, or a value of the wrong type.
+    #[error("{origin}: {field}: {message}")]
+    Parse {
+        /// The file, or `<flags>`.
+        origin: String,
+        /// Dotted path of the offending field, e.g. `collectors.synthetic.config.rate`.
+        field: String,
+        /// What is wrong, with line and column.
+        message: String,
+    },
+    /// The values parse but do not make sense together; every problem is listed.
+    #[error("{}", .0.join("\n"))]
+    Invalid(Vec<String>),
+}
+
+/// Result of loading or validating configuration.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything the agent needs to run.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Pipeline sizing, logging and status reporting.
+    pub orchestrator: OrchestratorConfig,
+    /// Which collectors run, each with its own options.
+    pub collectors: CollectorsConfig,
+    /// Delivery to the Tapio server.
+    pub server: ServerConfig,
+    /// How events are correlated.
+    pub correlation: CorrelationConfig,
+    /// OpenTelemetry export of incidents as traces.
+    pub otel: OtelConfig,
+    /// Local output.
+    pub output: OutputConfig,
+}
+
+/// Pipeline sizing, logging and status reporting.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OrchestratorConfig {
+    /// Runtime worker threads.
+    pub workers: usize,
+    /// Capacity, in events, of each collector's queue into the pipeline.
+    pub buffer_size: usize,
+    /// Log filter: a level (`error`, `warn`, `info`, `debug`, `trace`) or tracing directives.
+    pub log_level: String,
+    /// How often the status line is printed on stderr.
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub status_interval: Duration,
+    /// This node's name; default: `$NODE_NAME`, else the kernel's hostname.
+    pub node_name: Option<String>,
+}
+
+impl Default for OrchestratorConfig {
+    fn default() -> Self {
+        Self {
+            workers: std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
+            buffer_size: 10_000,
+            log_level: "info".into(),
+            status_interval: Duration::from_secs(10),
+            node_name: None,
+        }
+    }
+}
+
+/// Delivery to the Tapio server.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// `host:port` of the Tapio server, or `none` to turn delivery off.
+    pub address: String,
+    /// Events per batch sent to the server.
+    pub buffer_size: usize,
+    /// Longest time an event waits in a partial batch.
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub flush_interval: Duration,
+    /// Plain-text gRPC; `false` asks for TLS.
+    pub insecure: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            address: "localhost:9090".into(),
+            buffer_size: 1000,
+            flush_interval: Duration::from_secs(1),
+            insecure: true,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// True when `address` is `none`: events are not delivered anywhere but local outputs.
+    #[must_use]
+    pub fn delivery_disabled(&self) -> bool {
+        self.address.eq_ignore_ascii_case("none")
+    }
+}
+
+/// How events are correlated.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorrelationConfig {
+    /// `semantic` (groups, causal chains, impact) or `basic` (entities and trace ids).
+    pub mode: CorrelationMode,
+}
+
+/// Correlation mode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum CorrelationMode {
+    /// Entities, semantic groups, causal chains, impact and predictions.
+    #[default]
+    Semantic,
+    /// Entities and trace ids only; no groups.
+    Basic,
+}
+
+impl fmt::Display for CorrelationMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Semantic => "semantic",
+            Self::Basic => "basic",
+        })
+    }
+}
+
+/// OpenTelemetry export.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OtelConfig {
+    /// OTLP/gRPC endpoint (`host:port` or `http://host:port`), or `none`.
+    pub endpoint: String,
+}
+
+impl Default for OtelConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: "localhost:4317".into(),
+        }
+    }
+}
+
+/// Local output.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutputConfig {
+    /// Print each enriched event as one JSON line on stdout.
+    pub stdout: bool,
+}
+
+impl Config {
+    /// Parses YAML text; `origin` names the source in errors.
+    pub fn from_yaml(text: &str, origin: &str) -> Result<Self> {
+        let deserializer = serde_norway::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let field = e.path().to_string();
+            let message = e.into_inner().to_string();
+            Error::Parse {
+                origin: origin.to_owned(),
+                message: tidy_parse_message(&field, message),
+                field: if field == "." {
+                    "(top level)".into()
+                } else {
+                    field
+                },
+            }
+        })
+    }
+
+    /// Reads and parses a YAML file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_yaml(&text, &path.display().to_string())
+    }
+
+    /// Checks the values together; returns every problem at once, each naming its field.
+    pub fn validate(&self) -> Result<()> {
+        let mut problems = Vec::new();
+        let o = &self.orchestrator;
+        if !(1..=1024).contains(&o.workers) {
+            problems.push(format!(
+                "orchestrator.workers: must be 1..=1024, got {}",
+                o.workers
+            ));
+        }
+        if !(1..=10_000_000).contains(&o.buffer_size) {
+            problems.push(format!(
+                "orchestrator.buffer_size: must be 1..=10000000, got {}",
+                o.buffer_size
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&o.log_level) {
+            problems.push(format!(
+                "orchestrator.log_level: {:?} is not a level or filter: {e}",
+                o.log_level
+            ));
+        }
+        if o.status_interval < Duration::from_millis(100) {
+            problems.push(format!(
+                "orchestrator.status_interval: must be at least 100ms, got {:?}",
+                o.status_interval
+            ));
+        }
+        if o.node_name.as_deref() == Some("") {
+            problems.push("orchestrator.node_name: must not be empty".into());
+        }
+        let s = &self.server;
+        if let (false, Err(e)) = (s.delivery_disabled(), check_host_port(&s.address)) {
+            problems.push(format!("server.address: {e}"));
+        }
+        if s.delivery_disabled() && !self.output.stdout {
+            problems.push(
+                "server.address: is none and output.stdout is off, so events would go nowhere; \
+                 pass --stdout or a --server"
+                    .into(),
+            );
+        }
+        if !(1..=100_000).contains(&s.buffer_size) {
+            problems.push(format!(
+                "server.buffer_size: must be 1..=100000, got {}",
+                s.buffer_size
+            ));
+        }
+        if s.flush_interval.is_zero() {
+            problems.push("server.flush_interval: must be greater than zero".into());
+        }
+        if !self.otel.endpoint.eq_ignore_ascii_case("none") {
+            let endpoint = self
+                .otel
+                .endpoint
+                .strip_prefix("http://")
+                .or_else(|| self.otel.endpoint.strip_prefix("https://"))
+                .unwrap_or(&self.otel.endpoint);
+            if let Err(e) = check_host_port(endpoint) {
+                problems.push(format!("otel.endpoint: {e}"));
+            }
+        }
+        self.collectors.validate(&mut problems);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Invalid(problems))
+        }
+    }
+
+    /// The node name events are stamped with.
+    #[must_use]
+    pub fn node_name(&self) -> String {
+        if let Some(name) = &self.orchestrator.node_name {
+            return name.clone();
+        }
+        if let Some(name) = std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()) {
+            return name;
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "unknown".into())
+    }
+}
+
+/// The YAML error repeats the parent's path, which the error already names in full; and an
+/// unknown key under `collectors` is an unknown collector, which is what the user needs to
+/// read.
+fn tidy_parse_message(field: &str, message: String) -> String {
+    let message = match message.split_once(": ") {
+        Some((head, rest)) if field.starts_with(head) => rest.to_owned(),
+        _ => message,
+    };
+    let is_collector_key = field
+        .strip_prefix("collectors.")
+        .is_some_and(|name| !name.contains('.'));
+    match message.strip_prefix("unknown field") {
+        Some(rest) if is_collector_key => format!("unknown collector{rest}"),
+        _ => message,
+    }
+}
+
+fn check_host_port(address: &str) -> std::result::Result<(), String> {
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return Err(format!("{address:?} is not host:port (or none)"));
+    };
+    if host.is_empty() || host.contains('/') {
+        return Err(format!("{address:?} has no valid host"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(format!("{address:?} has no valid port (1..=65535)")),
+    }
+}
+
+/// Parses durations such as `250ms`, `1s`, `1.5s`, `2m`, `1h`.
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("{text:?} has no unit (ms, s, m or h)"))?;
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} does not start with a number"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => {
+            return Err(format!(
+                "{text:?} has unknown unit {unit:?} (ms, s, m or h)"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+}
+
+fn deserialize_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+/// tapio-collector: watches this node (kernel, Kubernetes, systemd, journal), correlates what
+/// it sees into incidents, and streams events to a Tapio server.
+#[derive(Debug, Parser)]
+#[command(name = "tapio-collector", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do; without a subcommand the agent runs.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Flags of the agent run.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check a configuration file: exit 0 when valid, else print every error and exit 1.
+    Validate {
+        /// The YAML configuration file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+/// Flags of the agent run; each one given overrides the YAML file.
+#[derive(Debug, Default, Args)]
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "each bool is an on/off command-line flag"
+)]
+pub struct RunArgs {
+    /// YAML configuration file (collectors and their options; see README).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Tapio server `host:port`, or `none` to turn delivery off [default: localhost:9090].
+    #[arg(long, value_name = "ADDR")]
+    pub server: Option<String>,
+    /// OTLP/gRPC endpoint for incident traces, or `none` [default: localhost:4317].
+    #[arg(long, value_name = "ADDR")]
+    pub otel_endpoint: Option<String>,
+    /// Turn on the eBPF kernel collectors.
+    #[arg(long)]
+    pub enable_ebpf: bool,
+    /// Turn on the Kubernetes collectors.
+    #[arg(long)]
+    pub enable_k8s: bool,
+    /// Turn on the systemd collector.
+    #[arg(long)]
+    pub enable_systemd: bool,
+    /// Turn on the journald collector.
+    #[arg(long)]
+    pub enable_journald: bool,
+    /// Events per batch sent to the server [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub buffer_size: Option<usize>,
+    /// Longest time an event waits in a partial batch, e.g. 500ms, 1s [default: 1s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub flush_interval: Option<Duration>,
+    /// Correlation mode [default: semantic].
+    #[arg(long, value_name = "MODE")]
+    pub correlation: Option<CorrelationMode>,
+    /// Plain-text gRPC to the server; `--grpc-insecure=false` asks for TLS [default: true].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub grpc_insecure: Option<bool>,
+    /// Log filter: error, warn, info, debug, trace, or tracing directives [default: info].
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Print each enriched event as one JSON line on stdout (logs stay on stderr).
+    #[arg(long)]
+    pub stdout: bool,
+    /// How often the status line is printed on stderr [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub status_interval: Option<Duration>,
+}
+
+impl RunArgs {
+    /// The YAML file (or defaults) with every given flag applied over it.
+    pub fn load(&self) -> Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        self.apply(&mut config);
+        Ok(config)
+    }
+
+    /// Applies the given flags over `config`.
+    pub fn apply(&self, config: &mut Config) {
+        if let Some(v) = &self.server {
+            config.server.address.clone_from(v);
+        }
+        if let Some(v) = &self.otel_endpoint {
+            config.otel.endpoint.clone_from(v);
+        }
+        if let Some(v) = self.buffer_size {
+            config.server.buffer_size = v;
+        }
+        if let Some(v) = self.flush_interval {
+            config.server.flush_interval = v;
+        }
+        if let Some(v) = self.correlation {
+            config.correlation.mode = v;
+        }
+        if let Some(v) = self.grpc_insecure {
+            config.server.insecure = v;
+        }
+        if let Some(v) = &self.log_level {
+            config.orchestrator.log_level.clone_from(v);
+        }
+        if let Some(v) = self.status_interval {
+            config.orchestrator.status_interval = v;
+        }
+        if self.stdout {
+            config.output.stdout = true;
+        }
+        let groups = [
+            (self.enable_ebpf, crate::collectors::Group::Ebpf),
+            (self.enable_k8s, crate::collectors::Group::Kubernetes),
+            (self.enable_systemd, crate::collectors::Group::Systemd),
+            (self.enable_journald, crate::collectors::Group::Journald),
+        ];
+        for (on, group) in groups {
+            if on {
+                config.collectors.enable_group(group);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rstest::rstest;
+
+    use super::*;
+
+    #[rstest]
+    #[case::millis("250ms", Duration::from_millis(250))]
+    #[case::seconds("1s", Duration::from_secs(1))]
+    #[case::fraction("1.5s", Duration::from_millis(1500))]
+    #[case::minutes("2m", Duration::from_mins(2))]
+    #[case::hours("1h", Duration::from_hours(1))]
+    fn durations_parse(#[case] text: &str, #[case] expected: Duration) {
+        assert_eq!(parse_duration(text), Ok(expected));
+    }
+
+    #[rstest]
+    #[case::no_unit("10", "no unit")]
+    #[case::bad_unit("10d", "unknown unit")]
+    #[case::no_number("s", "does not start with a number")]
+    fn bad_durations_say_why(#[case] text: &str, #[case] expected: &str) {
+        let error = parse_duration(text).unwrap_err();
+        assert!(error.contains(expected), "{error}");
+    }
+
+    #[test]
+    fn seed_shaped_yaml_parses() {
+        let config = Config::from_yaml(
+            "orchestrator: { workers: 4, buffer_size: 10000, log_level: info }\n\
+             collectors:\n  synthetic: { enabled: true, config: { events: 100000, rate: 0, scenario: uniform } }\n",
+            "seed.yaml",
+        )
+        .expect("parses");
+        assert_eq!(config.orchestrator.workers, 4);
+        let synthetic = config
+            .collectors
+            .synthetic
+            .expect("synthetic is configured");
+        assert!(synthetic.enabled);
+        assert_eq!(synthetic.config.events, 100_000);
+    }
+
+    #[rstest]
+    #[case::unknown_collector(
+        "collectors:\n  synthetic: {}\n  bogus: {}\n",
+        "collectors.bogus",
+        "unknown collector `bogus`, expected `synthetic` at line 3"
+    )]
+    #[case::unknown_field(
+        "orchestrator:\n  workers: 2\n  wrokers: 3\n",
+        "orchestrator.wrokers",
+        "line 3"
+    )]
+    #[case::wrong_type(
+        "collectors:\n  synthetic:\n    config:\n      rate: fast\n",
+        "collectors.synthetic.config.rate",
+        "line 4"
+    )]
+    #[case::bad_duration("server:\n  flush_interval: soon\n", "server.flush_interval", "line 2")]
+    fn parse_errors_name_the_field_and_line(
+        #[case] yaml: &str,
+        #[case] field: &str,
+        #[case] line: &str,
+    ) {
+        let error = Config::from_yaml(yaml, "bad.yaml").unwrap_err().to_string();
+        assert!(
+            error.starts_with(&format!("bad.yaml: {field}: ")),
+            "{error}"
+        );
+        assert_eq!(error.matches(field).count(), 1, "field named once: {error}");
+        assert!(error.contains(line), "{error}");
+    }
+
+    #[test]
+    fn validation_lists_every_problem() {
+        let mut config = Config::default();
+        config.orchestrator.workers = 0;
+        config.server.address = "nohostport".into();
+        config.server.buffer_size = 0;
+        config.otel.endpoint = "http://collector:99999".into();
+        let Err(Error::Invalid(problems)) = config.validate() else {
+            panic!("expected validation errors");
+        };
+        for field in [
+            "orchestrator.workers",
+            "server.address",
+            "server.buffer_size",
+            "otel.endpoint",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.starts_with(field)),
+                "{field} missing from {problems:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file_and_absent_flags_do_not() {
+        let mut config = Config::from_yaml(
+            "server: { address: 'a:1', buffer_size: 5 }\ncorrelation: { mode: basic }\n",
+            "t",
+        )
+        .expect("parses");
+        let args = RunArgs {
+            server: Some("b:2".into()),
+            flush_interval: Some(Duration::from_millis(20)),
+            ..RunArgs::default()
+        };
+        args.apply(&mut config);
+        assert_eq!(config.server.address, "b:2");
+        assert_eq!(config.server.buffer_size, 5);
+        assert_eq!(config.server.flush_interval, Duration::from_millis(20));
+        assert_eq!(config.correlation.mode, CorrelationMode::Basic);
+    }
+}

@@ -1,0 +1,20 @@
+//! tapio-collector: a node agent that watches Linux and Kubernetes, correlates what it
+//! sees into incidents and streams them to a Tapio server.
+//!
+//! Data flows one way: [`collectors`] -> [`manager`] -> [`correlation`] -> [`output`].
+
+pub mod agent;
+pub mod collectors;
+pub mod config;
+pub mod correlation;
+pub mod event;
+pub mod internal_events;
+pub mod manager;
+pub mod output;
+pub mod telemetry;
+
+/// The wire contract compiled from proto/tapio/v1.
+pub mod pb {
+    #![allow(missing_docs, clippy::pedantic)]
+    tonic::include_proto!("tapio.v1");
+}

@@ -1,0 +1,286 @@
+//! Collector manager: starts collectors, gives each its own bounded queue with an explicit
+//! policy for when it is full, and fans the queues into one stream for correlation.
+
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::task::Poll;
+
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio_util::sync::CancellationToken;
+
+use crate::collectors::{self, Collector, Context};
+use crate::event::Event;
+use crate::internal_events::EventsDropped;
+use crate::telemetry::{CollectorStats, DropCause, Health, Telemetry};
+
+/// What a collector's sender does when its queue is full.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Wait for room: back-pressure reaches the producer, nothing is dropped.
+    #[default]
+    Block,
+    /// Drop the event being sent and count it as `queue_full`.
+    DropNewest,
+}
+
+/// The pipeline is gone; the collector should stop.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("the pipeline is closed")]
+pub struct Closed;
+
+/// A collector's handle into the pipeline.
+#[derive(Debug)]
+pub struct EventSender {
+    tx: mpsc::Sender<Event>,
+    when_full: WhenFull,
+    stats: Arc<CollectorStats>,
+}
+
+impl EventSender {
+    /// Sends one event under this collector's full-queue policy.
+    pub async fn send(&self, event: Event) -> Result<(), Closed> {
+        match self.when_full {
+            WhenFull::Block => self.tx.send(event).await.map_err(|_| Closed)?,
+            WhenFull::DropNewest => match self.tx.try_send(event) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => {
+                    EventsDropped {
+                        stats: &self.stats,
+                        cause: DropCause::QueueFull,
+                        count: 1,
+                    }
+                    .emit();
+                    return Ok(());
+                }
+                Err(TrySendError::Closed(_)) => return Err(Closed),
+            },
+        }
+        self.stats.add_accepted(1);
+        Ok(())
+    }
+}
+
+/// Creates a queue of `capacity` events for one collector.
+#[must_use]
+pub fn queue(
+    capacity: usize,
+    when_full: WhenFull,
+    stats: Arc<CollectorStats>,
+) -> (EventSender, mpsc::Receiver<Event>) {
+    let (tx, rx) = mpsc::channel(capacity);
+    (
+        EventSender {
+            tx,
+            when_full,
+            stats,
+        },
+        rx,
+    )
+}
+
+/// Starts collectors and owns their queues until the pipeline takes them.
+#[derive(Debug)]
+pub struct Manager {
+    telemetry: Arc<Telemetry>,
+    capacity: usize,
+    shutdown: CancellationToken,
+    receivers: Vec<mpsc::Receiver<Event>>,
+}
+
+impl Manager {
+    /// A manager whose queues hold `capacity` events each.
+    #[must_use]
+    pub fn new(telemetry: Arc<Telemetry>, capacity: usize, shutdown: CancellationToken) -> Self {
+        Self {
+            telemetry,
+            capacity,
+            shutdown,
+            receivers: Vec::new(),
+        }
+    }
+
+    /// Starts one built collector, or records why it could not be built; a collector that
+    /// cannot start is logged and the others run. Returns whether it started.
+    pub fn start(&mut self, built: collectors::Built) -> bool {
+        let stats = self.telemetry.register(built.name);
+        let collector = match built.collector {
+            Ok(collector) => collector,
+            Err(error) => {
+                tracing::warn!(collector = built.name, error = %error, "Collector is unavailable; the others run.");
+                stats.set_health(Health::Unavailable(error.to_string()));
+                return false;
+            }
+        };
+        let (sender, receiver) = queue(self.capacity, built.when_full, Arc::clone(&stats));
+        let context = Context {
+            out: sender,
+            shutdown: self.shutdown.child_token(),
+            stats: Arc::clone(&stats),
+        };
+        match Collector::start(collector, context) {
+            Ok(running) => {
+                stats.set_health(Health::Running);
+                self.receivers.push(receiver);
+                tokio::spawn(supervise(built.name, running, stats));
+                true
+            }
+            Err(error) => {
+                tracing::warn!(collector = built.name, error = %error, "Collector could not start; the others run.");
+                stats.set_health(Health::Unavailable(error.to_string()));
+                false
+            }
+        }
+    }
+
+    /// Hands the queues to the pipeline.
+    #[must_use]
+    pub fn into_fan_in(self) -> FanIn {
+        FanIn {
+            receivers: self.receivers,
+            next: 0,
+        }
+    }
+}
+
+/// Runs a collector to completion and records how it ended, including a panic.
+async fn supervise(name: &'static str, running: collectors::Running, stats: Arc<CollectorStats>) {
+    match tokio::spawn(running).await {
+        Ok(Ok(())) => {
+            tracing::info!(
+                collector = name,
+                events = stats.accepted(),
+                "Collector finished."
+            );
+            stats.set_health(Health::Finished);
+        }
+        Ok(Err(error)) => {
+            tracing::error!(collector = name, error = %error, "Collector failed.");
+            stats.set_health(Health::Failed(error.to_string()));
+        }
+        Err(join_error) => {
+            tracing::error!(collector = name, error = %join_error, "Collector panicked.");
+            stats.set_health(Health::Failed(join_error.to_string()));
+        }
+    }
+}
+
+/// Merges every collector's queue, taking from each in turn so one busy collector cannot
+/// starve the others.
+#[derive(Debug)]
+pub struct FanIn {
+    receivers: Vec<mpsc::Receiver<Event>>,
+    next: usize,
+}
+
+impl FanIn {
+    /// Merges the given queues.
+    #[must_use]
+    pub fn new(receivers: Vec<mpsc::Receiver<Event>>) -> Self {
+        Self { receivers, next: 0 }
+    }
+
+    /// Waits for events and appends up to `limit` of them to `buffer`; returns 0 only when
+    /// every queue is closed and empty.
+    pub async fn recv_many(&mut self, buffer: &mut Vec<Event>, limit: usize) -> usize {
+        poll_fn(|cx| {
+            let mut i = 0;
+            while i < self.receivers.len() {
+                let index = (self.next + i) % self.receivers.len();
+                match self.receivers[index].poll_recv_many(cx, buffer, limit) {
+                    Poll::Ready(0) => {
+                        // Closed and drained: this collector is done.
+                        self.receivers.swap_remove(index);
+                    }
+                    Poll::Ready(n) => {
+                        self.next = index + 1;
+                        return Poll::Ready(n);
+                    }
+                    Poll::Pending => i += 1,
+                }
+            }
+            if self.receivers.is_empty() {
+                Poll::Ready(0)
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::EventId;
+
+    fn event(n: u128) -> Event {
+        Event::new(EventId::from_u128(n), 0, "test.event", "test")
+    }
+
+    #[tokio::test]
+    async fn drop_newest_counts_what_does_not_fit() {
+        let stats = Arc::new(CollectorStats::new("t"));
+        let (sender, mut rx) = queue(2, WhenFull::DropNewest, Arc::clone(&stats));
+        for n in 0..5 {
+            sender.send(event(n)).await.expect("pipeline open");
+        }
+        assert_eq!(stats.accepted(), 2);
+        assert_eq!(stats.dropped(DropCause::QueueFull), 3);
+        let mut got = Vec::new();
+        rx.recv_many(&mut got, 10).await;
+        assert_eq!(got.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn block_waits_for_room_and_loses_nothing() {
+        let stats = Arc::new(CollectorStats::new("t"));
+        let (sender, rx) = queue(1, WhenFull::Block, Arc::clone(&stats));
+        let producer = tokio::spawn(async move {
+            for n in 0..100 {
+                sender.send(event(n)).await.expect("pipeline open");
+            }
+        });
+        let mut fan_in = FanIn::new(vec![rx]);
+        let mut got = Vec::new();
+        while fan_in.recv_many(&mut got, 7).await > 0 {}
+        producer.await.expect("producer finished");
+        assert_eq!(got.len(), 100);
+        assert!(got.windows(2).all(|w| w[0].id < w[1].id), "order kept");
+        assert_eq!(stats.dropped(DropCause::QueueFull), 0);
+    }
+
+    #[tokio::test]
+    async fn fan_in_takes_from_every_queue_and_ends_when_all_close() {
+        let mut receivers = Vec::new();
+        let mut senders = Vec::new();
+        for _ in 0..3 {
+            let (tx, rx) = queue(64, WhenFull::Block, Arc::new(CollectorStats::new("t")));
+            senders.push(tx);
+            receivers.push(rx);
+        }
+        for (i, sender) in senders.iter().enumerate() {
+            for n in 0..10 {
+                sender
+                    .send(event((i as u128) << 64 | n))
+                    .await
+                    .expect("open");
+            }
+        }
+        let mut fan_in = FanIn::new(receivers);
+        let mut first = Vec::new();
+        // Each call takes from the next queue in turn.
+        for _ in 0..3 {
+            fan_in.recv_many(&mut first, 4).await;
+        }
+        let sources: std::collections::BTreeSet<u128> =
+            first.iter().map(|e| e.id.as_u128() >> 64).collect();
+        assert_eq!(sources.len(), 3, "all three queues served first");
+        drop(senders);
+        let mut rest = Vec::new();
+        while fan_in.recv_many(&mut rest, 100).await > 0 {}
+        assert_eq!(first.len() + rest.len(), 30);
+    }
+}

@@ -1,0 +1,232 @@
+//! The agent's own accounting: per-collector health and counts, drops by cause, and the
+//! status line. Every drop anywhere goes through [`crate::internal_events`] into here.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+/// Why events were dropped. Each cause is counted separately.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DropCause {
+    /// A collector's queue into the pipeline was full and its policy is drop-newest.
+    QueueFull,
+}
+
+impl DropCause {
+    /// Every cause, in reporting order.
+    pub const ALL: [Self; 1] = [Self::QueueFull];
+
+    /// The label used in logs, the status line and metrics.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::QueueFull => "queue_full",
+        }
+    }
+
+    const fn index(self) -> usize {
+        match self {
+            Self::QueueFull => 0,
+        }
+    }
+}
+
+/// A collector's health as the manager and the collector itself see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// Built, not yet running.
+    Starting,
+    /// Producing events.
+    Running,
+    /// Running, with a problem it reports.
+    Degraded(String),
+    /// Finished its finite input.
+    Finished,
+    /// Stopped with an error.
+    Failed(String),
+    /// Could not start here (platform, privileges, missing peer).
+    Unavailable(String),
+}
+
+impl Health {
+    /// Running or degraded: still producing.
+    #[must_use]
+    pub fn is_active(&self) -> bool {
+        matches!(self, Self::Running | Self::Degraded(_))
+    }
+}
+
+/// Counters and health of one collector.
+#[derive(Debug)]
+pub struct CollectorStats {
+    name: &'static str,
+    health: Mutex<Health>,
+    accepted: AtomicU64,
+    dropped: [AtomicU64; DropCause::ALL.len()],
+}
+
+impl CollectorStats {
+    /// Fresh stats for a collector that is starting.
+    #[must_use]
+    pub fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            health: Mutex::new(Health::Starting),
+            accepted: AtomicU64::new(0),
+            dropped: Default::default(),
+        }
+    }
+
+    /// The collector's registry name.
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Current health.
+    #[must_use]
+    pub fn health(&self) -> Health {
+        self.health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the health.
+    pub fn set_health(&self, health: Health) {
+        *self.health.lock().unwrap_or_else(PoisonError::into_inner) = health;
+    }
+
+    /// Events accepted into the pipeline from this collector.
+    #[must_use]
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn add_accepted(&self, count: u64) {
+        self.accepted.fetch_add(count, Ordering::Relaxed);
+    }
+
+    /// Events dropped for `cause`.
+    #[must_use]
+    pub fn dropped(&self, cause: DropCause) -> u64 {
+        self.dropped[cause.index()].load(Ordering::Relaxed)
+    }
+
+    /// Adds to a drop counter and returns the new total.
+    pub(crate) fn add_dropped(&self, cause: DropCause, count: u64) -> u64 {
+        self.dropped[cause.index()].fetch_add(count, Ordering::Relaxed) + count
+    }
+}
+
+/// The whole agent's counters.
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    collectors: Mutex<Vec<Arc<CollectorStats>>>,
+    processed: AtomicU64,
+    open_groups: AtomicU64,
+}
+
+impl Telemetry {
+    /// Registers a collector and returns its stats.
+    pub fn register(&self, name: &'static str) -> Arc<CollectorStats> {
+        let stats = Arc::new(CollectorStats::new(name));
+        self.collectors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Arc::clone(&stats));
+        stats
+    }
+
+    /// Every registered collector's stats.
+    #[must_use]
+    pub fn collectors(&self) -> Vec<Arc<CollectorStats>> {
+        self.collectors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Counts events that went through correlation to the outputs.
+    pub fn add_processed(&self, count: u64) {
+        self.processed.fetch_add(count, Ordering::Relaxed);
+    }
+
+    /// Events that went through correlation to the outputs since start.
+    #[must_use]
+    pub fn processed(&self) -> u64 {
+        self.processed.load(Ordering::Relaxed)
+    }
+
+    /// Records how many correlation groups exist.
+    pub fn set_open_groups(&self, count: u64) {
+        self.open_groups.store(count, Ordering::Relaxed);
+    }
+
+    /// The status line: `Status: events=N active_collectors=N correlation_groups=N dropped=N`,
+    /// followed by the drops by collector and cause when there are any.
+    #[must_use]
+    pub fn status_line(&self) -> String {
+        let collectors = self.collectors();
+        let active = collectors.iter().filter(|c| c.health().is_active()).count();
+        let mut by_cause = String::new();
+        let mut dropped = 0;
+        for stats in &collectors {
+            for cause in DropCause::ALL {
+                let n = stats.dropped(cause);
+                if n > 0 {
+                    dropped += n;
+                    let _ = write!(by_cause, " {}/{}={n}", stats.name(), cause.as_str());
+                }
+            }
+        }
+        let mut line = format!(
+            "Status: events={} active_collectors={active} correlation_groups={} dropped={dropped}",
+            self.processed(),
+            self.open_groups.load(Ordering::Relaxed),
+        );
+        if !by_cause.is_empty() {
+            line.push_str(" dropped_by_cause:");
+            line.push_str(&by_cause);
+        }
+        line
+    }
+
+    /// Prints the status line on stderr every `interval` until `stop` is cancelled.
+    pub async fn report_every(self: Arc<Self>, interval: Duration, stop: CancellationToken) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is immediate; the first status is due one interval after start.
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = ticker.tick() => eprintln!("{}", self.status_line()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_line_counts_active_collectors_and_drops_by_cause() {
+        let telemetry = Telemetry::default();
+        let a = telemetry.register("a");
+        let b = telemetry.register("b");
+        a.set_health(Health::Running);
+        b.set_health(Health::Finished);
+        telemetry.add_processed(42);
+        a.add_dropped(DropCause::QueueFull, 3);
+        assert_eq!(
+            telemetry.status_line(),
+            "Status: events=42 active_collectors=1 correlation_groups=0 dropped=3 \
+             dropped_by_cause: a/queue_full=3"
+        );
+    }
+}

@@ -1,0 +1,393 @@
+//! The `tapio-collector` binary as a user runs it: flags, `validate`, finite and endless
+//! synthetic runs, signals, and drop accounting.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tapio::event::Event;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tapio-collector");
+
+fn data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
+}
+
+/// Writes `yaml` to a temporary config file that lives as long as the returned guard.
+fn config(yaml: &str) -> tempfile::NamedTempFile {
+    let file = tempfile::Builder::new()
+        .suffix(".yaml")
+        .tempfile()
+        .expect("temp file");
+    std::fs::write(file.path(), yaml).expect("write config");
+    file
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("NODE_NAME")
+        .output()
+        .expect("binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn parse_events(stdout: &str) -> Vec<Event> {
+    stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect()
+}
+
+/// The value of `key=N` in the last status line.
+fn last_status(stderr: &str, key: &str) -> u64 {
+    let line = stderr
+        .lines()
+        .filter(|l| l.starts_with("Status: "))
+        .next_back()
+        .unwrap_or_else(|| panic!("no status line in:\n{stderr}"));
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key} in {line}"))
+        .parse()
+        .expect("a number")
+}
+
+/// Kills the child if a test fails before it exits.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn help_lists_every_flag() {
+    let help = text(&run(&["--help"]).stdout);
+    for flag in [
+        "--server",
+        "--otel-endpoint",
+        "--enable-ebpf",
+        "--enable-k8s",
+        "--enable-systemd",
+        "--enable-journald",
+        "--buffer-size",
+        "--flush-interval",
+        "--correlation",
+        "--grpc-insecure",
+        "--config",
+        "--log-level",
+        "--stdout",
+        "validate",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
+    }
+    for default in [
+        "localhost:9090",
+        "localhost:4317",
+        "[default: 1000]",
+        "[default: 1s]",
+    ] {
+        assert!(help.contains(default), "--help lacks default {default}");
+    }
+}
+
+#[test]
+fn validate_names_the_bad_field_and_line() {
+    for (file, expected) in [
+        (
+            "unknown_collector.yaml",
+            "collectors.kernal: unknown collector `kernal`",
+        ),
+        (
+            "unknown_field.yaml",
+            "orchestrator.bufer_size: unknown field",
+        ),
+        (
+            "wrong_type.yaml",
+            "collectors.synthetic.config.rate: invalid type",
+        ),
+    ] {
+        let path = data(file);
+        let out = run(&["validate", "--config", path.to_str().expect("utf-8 path")]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{file}: {stderr}");
+        assert!(stderr.contains(expected), "{file}: {stderr}");
+        assert!(
+            stderr.contains("at line 4"),
+            "{file} names the line: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn validate_lists_every_problem_and_accepts_a_good_file() {
+    let bad = config(
+        "orchestrator: { workers: 0 }\nserver: { address: nohost }\n\
+         collectors:\n  synthetic: { config: { pods: 0 } }\n",
+    );
+    let out = run(&["validate", "--config", bad.path().to_str().expect("utf-8")]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    for field in [
+        "orchestrator.workers",
+        "server.address",
+        "collectors.synthetic.config.pods",
+    ] {
+        assert!(stderr.contains(field), "{field} missing: {stderr}");
+    }
+    let good = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/synthetic.yaml");
+    let out = run(&["validate", "--config", good.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn a_finite_run_prints_exactly_its_events_then_exits_zero() {
+    let file = config(
+        "collectors:\n  synthetic: { enabled: true, config: { events: 1000, rate: 0, scenario: uniform } }\n",
+    );
+    let out = run(&[
+        "--config",
+        file.path().to_str().expect("utf-8"),
+        "--server",
+        "none",
+        "--stdout",
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let events = parse_events(&text(&out.stdout));
+    assert_eq!(events.len(), 1000);
+    let ids: HashSet<_> = events.iter().map(|e| e.id).collect();
+    assert_eq!(ids.len(), 1000, "ids are unique");
+    assert!(
+        events
+            .iter()
+            .all(|e| e.trace_id.is_some() && e.span_id.is_some())
+    );
+    assert!(events.iter().all(|e| !e.entities.node.is_empty()));
+    assert_eq!(last_status(&stderr, "events"), 1000);
+    assert_eq!(last_status(&stderr, "dropped"), 0);
+}
+
+#[test]
+fn the_oom_cascade_reaches_the_output_in_causal_order() {
+    let file = config(
+        "collectors:\n  synthetic: { config: { events: 40, scenario: oom-cascade, seed: 9 } }\n",
+    );
+    let out = run(&[
+        "--config",
+        file.path().to_str().expect("utf-8"),
+        "--server",
+        "none",
+        "--stdout",
+        "--correlation",
+        "basic",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let events = parse_events(&text(&out.stdout));
+    let incident: Vec<&str> = events
+        .iter()
+        .map(|e| e.kind.as_ref())
+        .filter(|k| {
+            [
+                "memory.oom_kill",
+                "container.exit",
+                "k8s.pod.restart",
+                "k8s.pod.backoff",
+            ]
+            .contains(k)
+        })
+        .collect();
+    assert_eq!(
+        incident,
+        [
+            "memory.oom_kill",
+            "container.exit",
+            "k8s.pod.restart",
+            "k8s.pod.backoff",
+            "memory.oom_kill",
+            "container.exit",
+            "k8s.pod.restart",
+            "k8s.pod.backoff"
+        ]
+    );
+}
+
+#[test]
+fn sigterm_stops_collectors_drains_and_exits_zero() {
+    let file = config(
+        "collectors:\n  synthetic: { config: { events: 0, rate: 20000, scenario: oom-cascade } }\n",
+    );
+    let mut child = Guard(
+        Command::new(BIN)
+            .args([
+                "--config",
+                file.path().to_str().expect("utf-8"),
+                "--server",
+                "none",
+                "--stdout",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starts"),
+    );
+    let mut stdout = BufReader::new(child.0.stdout.take().expect("stdout"));
+    let mut lines = 0u64;
+    let mut line = String::new();
+    // Wait until events flow, then ask it to stop.
+    while lines < 100 {
+        line.clear();
+        assert!(
+            stdout.read_line(&mut line).expect("reads") > 0,
+            "output ended early"
+        );
+        lines += 1;
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).expect("reads the rest");
+    lines += rest.lines().count() as u64;
+    let mut stderr = String::new();
+    child
+        .0
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("reads stderr");
+    let exit = child.0.wait().expect("exits");
+    assert!(exit.success(), "exit {exit:?}: {stderr}");
+    assert!(stderr.contains("SIGTERM"), "{stderr}");
+    assert_eq!(
+        last_status(&stderr, "events"),
+        lines,
+        "every event the pipeline took reached stdout"
+    );
+}
+
+#[test]
+fn drops_under_drop_newest_are_counted_not_silent() {
+    let file = config(
+        "orchestrator: { buffer_size: 16 }\n\
+         collectors:\n  synthetic:\n    when_full: drop_newest\n    config: { events: 50000 }\n",
+    );
+    let mut child = Guard(
+        Command::new(BIN)
+            .args([
+                "--config",
+                file.path().to_str().expect("utf-8"),
+                "--server",
+                "none",
+                "--stdout",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starts"),
+    );
+    // Not reading stdout for a while fills the pipe, stalls the pipeline and fills the queue.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut stdout = String::new();
+    child
+        .0
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut stdout)
+        .expect("reads");
+    let mut stderr = String::new();
+    child
+        .0
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("reads");
+    assert!(child.0.wait().expect("exits").success(), "{stderr}");
+    let printed = stdout.lines().count() as u64;
+    let dropped = last_status(&stderr, "dropped");
+    assert!(
+        dropped > 0,
+        "a stalled pipeline must drop under drop_newest: {stderr}"
+    );
+    assert_eq!(
+        printed + dropped,
+        50_000,
+        "every event is printed or counted"
+    );
+    assert!(stderr.contains("synthetic/queue_full="), "{stderr}");
+    assert!(
+        stderr.contains("Events dropped."),
+        "drops are logged: {stderr}"
+    );
+}
+
+#[test]
+fn the_status_line_repeats_while_running() {
+    let file = config("collectors:\n  synthetic: { config: { events: 2000, rate: 2000 } }\n");
+    let started = Instant::now();
+    let out = run(&[
+        "--config",
+        file.path().to_str().expect("utf-8"),
+        "--server",
+        "none",
+        "--stdout",
+        "--status-interval",
+        "200ms",
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "rate limit is honoured"
+    );
+    let status_lines = stderr
+        .lines()
+        .filter(|l| l.starts_with("Status: events="))
+        .count();
+    assert!(
+        status_lines >= 3,
+        "periodic plus final status lines: {stderr}"
+    );
+}
+
+#[test]
+fn delivery_without_a_bridge_and_nothing_enabled_are_clear_errors() {
+    let file = config("collectors:\n  synthetic: { config: { events: 10 } }\n");
+    let out = run(&["--config", file.path().to_str().expect("utf-8")]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("--server none"), "{stderr}");
+
+    let out = run(&["--server", "none", "--stdout", "--enable-ebpf"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("no collector is enabled"), "{stderr}");
+    assert!(
+        stderr.contains("--enable-ebpf found no collector"),
+        "{stderr}"
+    );
+
+    let out = run(&[
+        "--config",
+        file.path().to_str().expect("utf-8"),
+        "--server",
+        "none",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("events would go nowhere"));
+}
