@@ -220,6 +220,70 @@ mod tests {
         Event::new(EventId::from_u128(n), 0, "test.event", "test")
     }
 
+    struct Unavailable;
+
+    impl Collector for Unavailable {
+        fn name(&self) -> &'static str {
+            "unavailable"
+        }
+
+        fn start(self: Box<Self>, _: Context) -> Result<collectors::Running, collectors::Error> {
+            Err(collectors::Error::Unavailable("needs CAP_BPF".into()))
+        }
+    }
+
+    struct Emits(u128);
+
+    impl Collector for Emits {
+        fn name(&self) -> &'static str {
+            "emits"
+        }
+
+        fn start(self: Box<Self>, context: Context) -> Result<collectors::Running, collectors::Error> {
+            Ok(Box::pin(async move {
+                for n in 0..self.0 {
+                    context.out.send(event(n)).await?;
+                }
+                Ok(())
+            }))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_collector_that_cannot_start_is_recorded_and_the_others_run() {
+        let telemetry = Arc::new(Telemetry::default());
+        let mut manager = Manager::new(Arc::clone(&telemetry), 8, CancellationToken::new());
+        let started_bad = manager.start(collectors::Built {
+            name: "unavailable",
+            when_full: WhenFull::Block,
+            collector: Ok(Box::new(Unavailable)),
+        });
+        let started_good = manager.start(collectors::Built {
+            name: "emits",
+            when_full: WhenFull::Block,
+            collector: Ok(Box::new(Emits(30))),
+        });
+        assert!(!started_bad && started_good);
+        let mut fan_in = manager.into_fan_in();
+        let mut got = Vec::new();
+        while fan_in.recv_many(&mut got, 100).await > 0 {}
+        assert_eq!(got.len(), 30);
+        let stats = telemetry.collectors();
+        assert_eq!(
+            stats[0].health(),
+            Health::Unavailable("unavailable: needs CAP_BPF".into())
+        );
+        // The supervisor records the end right after the queue closes.
+        for _ in 0..1000 {
+            if stats[1].health() == Health::Finished {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(stats[1].health(), Health::Finished);
+        assert_eq!(stats[1].accepted(), 30);
+    }
+
     #[tokio::test]
     async fn drop_newest_counts_what_does_not_fit() {
         let stats = Arc::new(CollectorStats::new("t"));

@@ -50,8 +50,7 @@ fn parse_events(stdout: &str) -> Vec<Event> {
 fn last_status(stderr: &str, key: &str) -> u64 {
     let line = stderr
         .lines()
-        .filter(|l| l.starts_with("Status: "))
-        .next_back()
+        .rfind(|l| l.starts_with("Status: "))
         .unwrap_or_else(|| panic!("no status line in:\n{stderr}"));
     line.split_whitespace()
         .find_map(|word| word.strip_prefix(&format!("{key}=")))
