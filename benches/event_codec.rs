@@ -5,7 +5,10 @@
 //!
 //! Machine: 2 cores, Debian 12, kernel 6.18. Command: `cargo bench --bench event_codec`.
 //! Figures: docs/benchmarks.md.
-#![allow(missing_docs, reason = "criterion_group! generates an undocumented public fn")]
+#![allow(
+    missing_docs,
+    reason = "criterion_group! generates an undocumented public fn"
+)]
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use prost::Message;
@@ -17,7 +20,12 @@ const BATCH: usize = 1000;
 
 /// An OOM-kill event with the entities and attributes a real one carries.
 fn event(ids: &mut IdGenerator) -> Event {
-    let mut e = Event::new(ids.next_id(), 1_790_000_000_000_000_000, "memory.oom_kill", "kernel");
+    let mut e = Event::new(
+        ids.next_id(),
+        1_790_000_000_000_000_000,
+        "memory.oom_kill",
+        "kernel",
+    );
     e.severity = Severity::Critical;
     e.message = "OOM killer killed java (pid 4242) in payments/checkout-7d9f8-x2k4p".into();
     let n = &mut e.entities;

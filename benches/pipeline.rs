@@ -7,7 +7,10 @@
 //!
 //! Machine: 2 cores, Debian 12, kernel 6.18. Command: `cargo bench --bench pipeline`.
 //! Figures: docs/benchmarks.md.
-#![allow(missing_docs, reason = "criterion_group! generates an undocumented public fn")]
+#![allow(
+    missing_docs,
+    reason = "criterion_group! generates an undocumented public fn"
+)]
 
 use std::hint::black_box;
 use std::sync::Arc;

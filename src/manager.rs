@@ -239,7 +239,10 @@ mod tests {
             "emits"
         }
 
-        fn start(self: Box<Self>, context: Context) -> Result<collectors::Running, collectors::Error> {
+        fn start(
+            self: Box<Self>,
+            context: Context,
+        ) -> Result<collectors::Running, collectors::Error> {
             Ok(Box::pin(async move {
                 for n in 0..self.0 {
                     context.out.send(event(n)).await?;
