@@ -6,10 +6,12 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::bridge::{self, Bridge, BridgeConfig};
 use crate::collectors::BuildContext;
 use crate::config::Config;
 use crate::manager::Manager;
 use crate::output::JsonLines;
+use crate::server::{self, ServeArgs, Server};
 use crate::telemetry::Telemetry;
 use crate::{config, correlation};
 
@@ -22,12 +24,18 @@ pub enum Error {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] config::Error),
-    /// Delivery to a Tapio server is asked for but this build has no bridge yet.
-    #[error(
-        "server.address is {0:?}, but this build cannot deliver to a Tapio server yet; \
-         run with --server none --stdout"
-    )]
-    DeliveryUnavailable(String),
+    /// The bridge could not start.
+    #[error(transparent)]
+    Bridge(#[from] bridge::Error),
+    /// The embedded server could not start.
+    #[error("embedded server: {0}")]
+    Server(#[from] server::Error),
+    /// The bridge task ended while the pipeline still had events for it.
+    #[error("the bridge stopped unexpectedly")]
+    BridgeClosed,
+    /// Events were still unacknowledged when the drain timeout ran out.
+    #[error("{0} events were not acknowledged by the server before the drain timeout")]
+    Undelivered(u64),
     /// Every enabled collector failed to start.
     #[error("no collector could start; see the warnings above")]
     NoCollectorStarted,
@@ -78,9 +86,6 @@ pub fn cancel_on_signals(shutdown: CancellationToken) -> std::io::Result<()> {
 /// the pipeline has drained.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Arc<Telemetry>, Error> {
     config.validate()?;
-    if !config.server.delivery_disabled() {
-        return Err(Error::DeliveryUnavailable(config.server.address.clone()));
-    }
     for group in config.collectors.unserved_groups() {
         tracing::warn!(
             flag = group.flag(),
@@ -118,6 +123,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Arc<Tele
             .report_every(config.orchestrator.status_interval, stop_status.clone()),
     );
 
+    let (bridge, embedded) = start_delivery(&config, &node_name, &telemetry).await?;
     let mut fan_in = manager.into_fan_in();
     let mut correlator = correlation::build(config.correlation.mode, &node_name);
     let mut stdout = config
@@ -142,10 +148,87 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Arc<Tele
         }
         telemetry.add_processed(n as u64);
         telemetry.set_open_groups(correlator.open_groups() as u64);
-        batch.clear();
+        if let Some(bridge) = &bridge {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+            if bridge.send(full).await.is_err() {
+                shutdown.cancel();
+                break Err(Error::BridgeClosed);
+            }
+        } else {
+            batch.clear();
+        }
     };
+    let report = match bridge {
+        Some(bridge) => Some(bridge.finish().await),
+        None => None,
+    };
+    if let Some((stop, task)) = embedded {
+        stop.cancel();
+        if let Ok(Err(e)) = task.await {
+            tracing::error!(error = %e, "Embedded server failed.");
+        }
+    }
     stop_status.cancel();
     let _ = status.await;
     eprintln!("{}", telemetry.status_line());
-    result.map(|()| telemetry)
+    result?;
+    match report {
+        Some(report) if report.undelivered > 0 => Err(Error::Undelivered(report.undelivered)),
+        _ => Ok(telemetry),
+    }
+}
+
+type Embedded = (
+    CancellationToken,
+    tokio::task::JoinHandle<Result<(), server::Error>>,
+);
+
+/// Starts the bridge (and the embedded server it talks to, if asked for).
+async fn start_delivery(
+    config: &Config,
+    node_name: &str,
+    telemetry: &Telemetry,
+) -> Result<(Option<Bridge>, Option<Embedded>), Error> {
+    let s = &config.server;
+    if s.delivery_disabled() {
+        return Ok((None, None));
+    }
+    let mut embedded = None;
+    let address = if s.embedded() {
+        let args = ServeArgs {
+            listen: "127.0.0.1:0".into(),
+            data_dir: s.data_dir.clone(),
+            ..ServeArgs::default()
+        };
+        let server = Server::bind(&args).await?;
+        let addr = server.local_addr().map_err(|source| server::Error::Bind {
+            addr: args.listen.clone(),
+            source,
+        })?;
+        tracing::info!(%addr, data_dir = %s.data_dir.display(), "Embedded server started.");
+        let stop = CancellationToken::new();
+        embedded = Some((stop.clone(), tokio::spawn(server.serve(stop))));
+        addr.to_string()
+    } else {
+        s.address.clone()
+    };
+    let token = s
+        .token_file
+        .as_deref()
+        .map(server::read_token)
+        .transpose()?;
+    let bridge = Bridge::spawn(
+        BridgeConfig {
+            address,
+            collector_id: node_name.to_owned(),
+            batch_events: s.buffer_size,
+            flush_interval: s.flush_interval,
+            window: s.window,
+            max_pending_batches: s.max_pending_batches,
+            drain_timeout: s.drain_timeout,
+            token,
+        },
+        telemetry.register_bridge(),
+    )?;
+    Ok((Some(bridge), embedded))
 }

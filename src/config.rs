@@ -93,7 +93,8 @@ impl Default for OrchestratorConfig {
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
-    /// `host:port` of the Tapio server, or `none` to turn delivery off.
+    /// `host:port` of the Tapio server; `embedded` to run one in-process (store in
+    /// `data_dir`); `none` to turn delivery off.
     pub address: String,
     /// Events per batch sent to the server.
     pub buffer_size: usize,
@@ -102,6 +103,17 @@ pub struct ServerConfig {
     pub flush_interval: Duration,
     /// Plain-text gRPC; `false` asks for TLS.
     pub insecure: bool,
+    /// Store of the embedded server (`address: embedded`).
+    pub data_dir: PathBuf,
+    /// How long to keep delivering after the input ends (finite run or SIGTERM).
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub drain_timeout: Duration,
+    /// Unacked batches on the stream at most.
+    pub window: usize,
+    /// Sealed batches held in memory while the server is slow or away.
+    pub max_pending_batches: usize,
+    /// File holding the bearer token sent to the server.
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -111,6 +123,11 @@ impl Default for ServerConfig {
             buffer_size: 1000,
             flush_interval: Duration::from_secs(1),
             insecure: true,
+            data_dir: PathBuf::from("tapio-data"),
+            drain_timeout: Duration::from_secs(30),
+            window: 8,
+            max_pending_batches: 64,
+            token_file: None,
         }
     }
 }
@@ -120,6 +137,12 @@ impl ServerConfig {
     #[must_use]
     pub fn delivery_disabled(&self) -> bool {
         self.address.eq_ignore_ascii_case("none")
+    }
+
+    /// True when `address` is `embedded`: a server runs in-process.
+    #[must_use]
+    pub fn embedded(&self) -> bool {
+        self.address.eq_ignore_ascii_case("embedded")
     }
 }
 
@@ -235,8 +258,23 @@ impl Config {
             problems.push("orchestrator.node_name: must not be empty".into());
         }
         let s = &self.server;
-        if let (false, Err(e)) = (s.delivery_disabled(), check_host_port(&s.address)) {
+        if let (false, false, Err(e)) = (
+            s.delivery_disabled(),
+            s.embedded(),
+            check_host_port(&s.address),
+        ) {
             problems.push(format!("server.address: {e}"));
+        }
+        if !s.insecure {
+            problems.push(
+                "server.insecure: TLS (--grpc-insecure=false) is not in this build yet".into(),
+            );
+        }
+        if !(1..=1024).contains(&s.window) {
+            problems.push(format!("server.window: must be 1..=1024, got {}", s.window));
+        }
+        if s.max_pending_batches == 0 {
+            problems.push("server.max_pending_batches: must be at least 1".into());
         }
         if s.delivery_disabled() && !self.output.stdout {
             problems.push(
@@ -383,7 +421,8 @@ pub struct RunArgs {
     /// YAML configuration file (collectors and their options; see README).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Tapio server `host:port`, or `none` to turn delivery off [default: localhost:9090].
+    /// Tapio server `host:port`; `embedded` runs one in-process; `none` turns delivery off
+    /// [default: localhost:9090].
     #[arg(long, value_name = "ADDR")]
     pub server: Option<String>,
     /// OTLP/gRPC endpoint for incident traces, or `none` [default: localhost:4317].
@@ -422,6 +461,15 @@ pub struct RunArgs {
     /// How often the status line is printed on stderr [default: 10s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub status_interval: Option<Duration>,
+    /// Store of the embedded server (`--server embedded`) [default: tapio-data].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// How long to keep delivering after the input ends or SIGTERM [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub drain_timeout: Option<Duration>,
+    /// File holding the bearer token sent to the server.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -463,6 +511,15 @@ impl RunArgs {
         }
         if self.stdout {
             config.output.stdout = true;
+        }
+        if let Some(v) = &self.data_dir {
+            config.server.data_dir.clone_from(v);
+        }
+        if let Some(v) = self.drain_timeout {
+            config.server.drain_timeout = v;
+        }
+        if let Some(v) = &self.token_file {
+            config.server.token_file = Some(v.clone());
         }
         let groups = [
             (self.enable_ebpf, crate::collectors::Group::Ebpf),

@@ -1,13 +1,15 @@
 //! One struct per thing that goes wrong or is dropped; `emit` both logs and counts, so no
 //! drop can be counted without a log line or logged without a count.
 
-use crate::telemetry::{CollectorStats, DropCause};
+use crate::telemetry::{DropCause, DropCounters};
 
-/// Events a collector produced that never entered the pipeline.
+/// Events that were accepted somewhere and will never reach the server.
 #[derive(Debug)]
 pub struct EventsDropped<'a> {
-    /// The collector they came from.
-    pub stats: &'a CollectorStats,
+    /// The component that dropped them: a collector's name, or `bridge`.
+    pub component: &'a str,
+    /// Its drop counters.
+    pub counters: &'a DropCounters,
     /// Why.
     pub cause: DropCause,
     /// How many.
@@ -18,11 +20,14 @@ impl EventsDropped<'_> {
     /// Counts the drop; logs the first one and then at each power of two, so a sustained
     /// overload is visible without flooding the log.
     pub fn emit(self) {
-        let total = self.stats.add_dropped(self.cause, self.count);
+        if self.count == 0 {
+            return;
+        }
+        let total = self.counters.add(self.cause, self.count);
         let before = total - self.count;
         if before == 0 || (before.leading_zeros() != total.leading_zeros()) {
             tracing::warn!(
-                collector = self.stats.name(),
+                component = self.component,
                 cause = self.cause.as_str(),
                 total,
                 "Events dropped."

@@ -4,6 +4,7 @@
 //! Data flows one way: [`collectors`] -> [`manager`] -> [`correlation`] -> [`output`].
 
 pub mod agent;
+pub mod bridge;
 pub mod collectors;
 pub mod config;
 pub mod correlation;
@@ -11,6 +12,7 @@ pub mod event;
 pub mod internal_events;
 pub mod manager;
 pub mod output;
+pub mod server;
 pub mod telemetry;
 
 /// The wire contract compiled from proto/tapio/v1.

@@ -48,7 +48,8 @@ impl EventSender {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) => {
                     EventsDropped {
-                        stats: &self.stats,
+                        component: self.stats.name(),
+                        counters: self.stats.drop_counters(),
                         cause: DropCause::QueueFull,
                         count: 1,
                     }

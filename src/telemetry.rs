@@ -13,25 +13,80 @@ use tokio_util::sync::CancellationToken;
 pub enum DropCause {
     /// A collector's queue into the pipeline was full and its policy is drop-newest.
     QueueFull,
+    /// The server refused a batch as invalid; resending it would not help.
+    Rejected,
+    /// Still unacknowledged when the drain timeout ran out, with nowhere to keep them.
+    Undelivered,
 }
 
 impl DropCause {
     /// Every cause, in reporting order.
-    pub const ALL: [Self; 1] = [Self::QueueFull];
+    pub const ALL: [Self; 3] = [Self::QueueFull, Self::Rejected, Self::Undelivered];
 
     /// The label used in logs, the status line and metrics.
     #[must_use]
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::QueueFull => "queue_full",
+            Self::Rejected => "rejected",
+            Self::Undelivered => "undelivered",
         }
     }
 
     const fn index(self) -> usize {
         match self {
             Self::QueueFull => 0,
+            Self::Rejected => 1,
+            Self::Undelivered => 2,
         }
     }
+}
+
+/// Drop counters of one component, by cause.
+#[derive(Debug, Default)]
+pub struct DropCounters([AtomicU64; DropCause::ALL.len()]);
+
+impl DropCounters {
+    /// Events dropped for `cause`.
+    #[must_use]
+    pub fn get(&self, cause: DropCause) -> u64 {
+        self.0[cause.index()].load(Ordering::Relaxed)
+    }
+
+    /// Adds to a counter and returns the new total.
+    pub(crate) fn add(&self, cause: DropCause, count: u64) -> u64 {
+        self.0[cause.index()].fetch_add(count, Ordering::Relaxed) + count
+    }
+
+    fn total(&self) -> u64 {
+        DropCause::ALL.iter().map(|&c| self.get(c)).sum()
+    }
+
+    fn describe(&self, component: &str, out: &mut String) {
+        for cause in DropCause::ALL {
+            let n = self.get(cause);
+            if n > 0 {
+                let _ = write!(out, " {component}/{}={n}", cause.as_str());
+            }
+        }
+    }
+}
+
+/// Delivery counters of the bridge to the Tapio server.
+#[derive(Debug, Default)]
+pub struct BridgeStats {
+    /// Events the server acknowledged as stored (new or already known).
+    pub delivered: AtomicU64,
+    /// Of those, events the server already had (resends after a lost ack).
+    pub duplicates: AtomicU64,
+    /// Batches acknowledged.
+    pub batches: AtomicU64,
+    /// Events accepted by the bridge and not yet acknowledged.
+    pub pending: AtomicU64,
+    /// Successful connections after the first.
+    pub reconnects: AtomicU64,
+    /// Events dropped by cause.
+    pub dropped: DropCounters,
 }
 
 /// A collector's health as the manager and the collector itself see it.
@@ -65,7 +120,7 @@ pub struct CollectorStats {
     name: &'static str,
     health: Mutex<Health>,
     accepted: AtomicU64,
-    dropped: [AtomicU64; DropCause::ALL.len()],
+    dropped: DropCounters,
 }
 
 impl CollectorStats {
@@ -76,7 +131,7 @@ impl CollectorStats {
             name,
             health: Mutex::new(Health::Starting),
             accepted: AtomicU64::new(0),
-            dropped: Default::default(),
+            dropped: DropCounters::default(),
         }
     }
 
@@ -113,12 +168,13 @@ impl CollectorStats {
     /// Events dropped for `cause`.
     #[must_use]
     pub fn dropped(&self, cause: DropCause) -> u64 {
-        self.dropped[cause.index()].load(Ordering::Relaxed)
+        self.dropped.get(cause)
     }
 
-    /// Adds to a drop counter and returns the new total.
-    pub(crate) fn add_dropped(&self, cause: DropCause, count: u64) -> u64 {
-        self.dropped[cause.index()].fetch_add(count, Ordering::Relaxed) + count
+    /// The drop counters.
+    #[must_use]
+    pub fn drop_counters(&self) -> &DropCounters {
+        &self.dropped
     }
 }
 
@@ -128,6 +184,7 @@ pub struct Telemetry {
     collectors: Mutex<Vec<Arc<CollectorStats>>>,
     processed: AtomicU64,
     open_groups: AtomicU64,
+    bridge: Mutex<Option<Arc<BridgeStats>>>,
 }
 
 impl Telemetry {
@@ -150,6 +207,22 @@ impl Telemetry {
             .clone()
     }
 
+    /// Registers the bridge and returns its stats.
+    pub fn register_bridge(&self) -> Arc<BridgeStats> {
+        let stats = Arc::new(BridgeStats::default());
+        *self.bridge.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&stats));
+        stats
+    }
+
+    /// The bridge's stats, when delivery is on.
+    #[must_use]
+    pub fn bridge(&self) -> Option<Arc<BridgeStats>> {
+        self.bridge
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// Counts events that went through correlation to the outputs.
     pub fn add_processed(&self, count: u64) {
         self.processed.fetch_add(count, Ordering::Relaxed);
@@ -167,27 +240,36 @@ impl Telemetry {
     }
 
     /// The status line: `Status: events=N active_collectors=N correlation_groups=N dropped=N`,
-    /// followed by the drops by collector and cause when there are any.
+    /// then, with delivery on, `delivered=N pending=N`, then the drops by component and cause
+    /// when there are any.
     #[must_use]
     pub fn status_line(&self) -> String {
         let collectors = self.collectors();
+        let bridge = self.bridge();
         let active = collectors.iter().filter(|c| c.health().is_active()).count();
         let mut by_cause = String::new();
         let mut dropped = 0;
         for stats in &collectors {
-            for cause in DropCause::ALL {
-                let n = stats.dropped(cause);
-                if n > 0 {
-                    dropped += n;
-                    let _ = write!(by_cause, " {}/{}={n}", stats.name(), cause.as_str());
-                }
-            }
+            dropped += stats.dropped.total();
+            stats.dropped.describe(stats.name(), &mut by_cause);
+        }
+        if let Some(bridge) = &bridge {
+            dropped += bridge.dropped.total();
+            bridge.dropped.describe("bridge", &mut by_cause);
         }
         let mut line = format!(
             "Status: events={} active_collectors={active} correlation_groups={} dropped={dropped}",
             self.processed(),
             self.open_groups.load(Ordering::Relaxed),
         );
+        if let Some(bridge) = &bridge {
+            let _ = write!(
+                line,
+                " delivered={} pending={}",
+                bridge.delivered.load(Ordering::Relaxed),
+                bridge.pending.load(Ordering::Relaxed)
+            );
+        }
         if !by_cause.is_empty() {
             line.push_str(" dropped_by_cause:");
             line.push_str(&by_cause);
@@ -222,7 +304,7 @@ mod tests {
         a.set_health(Health::Running);
         b.set_health(Health::Finished);
         telemetry.add_processed(42);
-        a.add_dropped(DropCause::QueueFull, 3);
+        a.dropped.add(DropCause::QueueFull, 3);
         assert_eq!(
             telemetry.status_line(),
             "Status: events=42 active_collectors=1 correlation_groups=0 dropped=3 \

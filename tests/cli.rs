@@ -4,27 +4,20 @@
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{COLLECTOR, Guard, config, last_status, text};
 use tapio::event::Event;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tapio-collector");
+mod common;
+
+const BIN: &str = COLLECTOR;
 
 fn data(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data")
         .join(name)
-}
-
-/// Writes `yaml` to a temporary config file that lives as long as the returned guard.
-fn config(yaml: &str) -> tempfile::NamedTempFile {
-    let file = tempfile::Builder::new()
-        .suffix(".yaml")
-        .tempfile()
-        .expect("temp file");
-    std::fs::write(file.path(), yaml).expect("write config");
-    file
 }
 
 fn run(args: &[&str]) -> Output {
@@ -35,38 +28,11 @@ fn run(args: &[&str]) -> Output {
         .expect("binary runs")
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 fn parse_events(stdout: &str) -> Vec<Event> {
     stdout
         .lines()
         .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
         .collect()
-}
-
-/// The value of `key=N` in the last status line.
-fn last_status(stderr: &str, key: &str) -> u64 {
-    let line = stderr
-        .lines()
-        .rfind(|l| l.starts_with("Status: "))
-        .unwrap_or_else(|| panic!("no status line in:\n{stderr}"));
-    line.split_whitespace()
-        .find_map(|word| word.strip_prefix(&format!("{key}=")))
-        .unwrap_or_else(|| panic!("no {key} in {line}"))
-        .parse()
-        .expect("a number")
-}
-
-/// Kills the child if a test fails before it exits.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]
@@ -365,13 +331,7 @@ fn the_status_line_repeats_while_running() {
 }
 
 #[test]
-fn delivery_without_a_bridge_and_nothing_enabled_are_clear_errors() {
-    let file = config("collectors:\n  synthetic: { config: { events: 10 } }\n");
-    let out = run(&["--config", file.path().to_str().expect("utf-8")]);
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr.contains("--server none"), "{stderr}");
-
+fn nothing_enabled_and_nowhere_to_send_are_clear_errors() {
     let out = run(&["--server", "none", "--stdout", "--enable-ebpf"]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
@@ -381,6 +341,7 @@ fn delivery_without_a_bridge_and_nothing_enabled_are_clear_errors() {
         "{stderr}"
     );
 
+    let file = config("collectors:\n  synthetic: { config: { events: 10 } }\n");
     let out = run(&[
         "--config",
         file.path().to_str().expect("utf-8"),

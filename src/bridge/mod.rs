@@ -1,0 +1,589 @@
+//! The bridge: batches enriched events and delivers them to a Tapio server over one
+//! bidirectional gRPC stream, keeping every batch until the server acks it after a durable
+//! write.
+//!
+//! One task owns all delivery state, so there are no locks: it reads events from the
+//! pipeline, seals batches, keeps a window of unacked batches on the stream, resends them
+//! after a reconnect, honours the server's flow control, and on shutdown drains until
+//! everything is acked or the drain timeout runs out.
+
+mod batch;
+mod codec;
+
+use std::collections::VecDeque;
+use std::future::{Future, pending};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep_until};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+use tonic::codec::Streaming;
+use tonic::transport::{Channel, Endpoint};
+
+pub use batch::{Batcher, MAX_BATCH_BYTES, Sealed};
+pub use codec::PreEncoded;
+
+use crate::event::Event;
+use crate::internal_events::EventsDropped;
+use crate::manager::Closed;
+use crate::pb;
+use crate::telemetry::{BridgeStats, DropCause};
+
+/// Why the bridge could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server address does not form a valid URI.
+    #[error("invalid server address {address:?}: {source}")]
+    Address {
+        /// The address.
+        address: String,
+        /// Why.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// The token is not valid in an HTTP header.
+    #[error("the bearer token contains characters not allowed in an HTTP header")]
+    Token,
+}
+
+/// Delivery settings.
+#[derive(Clone, Debug)]
+pub struct BridgeConfig {
+    /// `host:port` of the server.
+    pub address: String,
+    /// Identifies this collector to the server (the node name).
+    pub collector_id: String,
+    /// Events per batch.
+    pub batch_events: usize,
+    /// Longest time an event waits in a partial batch.
+    pub flush_interval: Duration,
+    /// Unacked batches on the stream at most.
+    pub window: usize,
+    /// Sealed batches held in memory while the server is slow or away; beyond that the
+    /// pipeline waits (back-pressure).
+    pub max_pending_batches: usize,
+    /// How long to keep delivering after the input ends.
+    pub drain_timeout: Duration,
+    /// Bearer token sent with the stream.
+    pub token: Option<String>,
+}
+
+/// How delivery ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Report {
+    /// Events acknowledged by the server.
+    pub delivered: u64,
+    /// Events still unacknowledged when the drain timeout ran out (counted as dropped).
+    pub undelivered: u64,
+}
+
+/// The pipeline's handle to the bridge task.
+#[derive(Debug)]
+pub struct Bridge {
+    input: mpsc::Sender<Vec<Event>>,
+    task: JoinHandle<Report>,
+}
+
+impl Bridge {
+    /// Checks the configuration and starts the delivery task.
+    pub fn spawn(config: BridgeConfig, stats: Arc<BridgeStats>) -> Result<Self, Error> {
+        let endpoint = Endpoint::from_shared(format!("http://{}", config.address))
+            .map_err(|source| Error::Address {
+                address: config.address.clone(),
+                source,
+            })?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true);
+        let token = config
+            .token
+            .as_deref()
+            .map(|t| {
+                format!("Bearer {t}")
+                    .parse::<tonic::metadata::MetadataValue<_>>()
+                    .map_err(|_| Error::Token)
+            })
+            .transpose()?;
+        let (input, events) = mpsc::channel(4);
+        let task = tokio::spawn(run(config, endpoint, token, events, stats));
+        Ok(Self { input, task })
+    }
+
+    /// Hands a batch of enriched events to the bridge; waits while it holds as much as it
+    /// may (back-pressure).
+    pub async fn send(&self, events: Vec<Event>) -> Result<(), Closed> {
+        self.input.send(events).await.map_err(|_| Closed)
+    }
+
+    /// Closes the input and waits until everything is acked or the drain timeout runs out.
+    pub async fn finish(self) -> Report {
+        drop(self.input);
+        self.task.await.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "Bridge task failed.");
+            Report {
+                delivered: 0,
+                undelivered: 0,
+            }
+        })
+    }
+}
+
+/// One open stream to the server.
+struct Connection {
+    outbound: mpsc::Sender<Bytes>,
+    inbound: Streaming<pb::TapioStreamEventsResponse>,
+}
+
+async fn connect(
+    endpoint: Endpoint,
+    token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    hello: Bytes,
+    window: usize,
+) -> Result<Connection, Status> {
+    let channel: Channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| Status::unavailable(format!("connect: {e}")))?;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| Status::unavailable(format!("not ready: {e}")))?;
+    // The outbound half is fed from the bridge task through this channel: the stream must
+    // stay open across many sends, and room for the window plus the hello means a send
+    // never waits while fewer than `window` batches are unacked.
+    let (outbound, rx) = mpsc::channel(window + 2);
+    outbound
+        .try_send(hello)
+        .map_err(|_| Status::internal("hello did not fit"))?;
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(token) = token {
+        request.metadata_mut().insert("authorization", token);
+    }
+    let path =
+        tonic::codegen::http::uri::PathAndQuery::from_static("/tapio.v1.TapioService/StreamEvents");
+    let response = grpc.streaming(request, path, PreEncoded).await?;
+    Ok(Connection {
+        outbound,
+        inbound: response.into_inner(),
+    })
+}
+
+/// Jittered exponential backoff between connection attempts.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+    rng: fastrand::Rng,
+}
+
+impl Backoff {
+    const MIN: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(10);
+
+    fn new() -> Self {
+        Self {
+            next: Self::MIN,
+            rng: fastrand::Rng::new(),
+        }
+    }
+
+    /// The next delay: the current step with ±50% jitter; the step doubles up to MAX.
+    fn delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        base.mul_f64(0.5 + self.rng.f64())
+    }
+
+    fn reset(&mut self) {
+        self.next = Self::MIN;
+    }
+}
+
+/// Awaits `f` if there is one, else never resolves (a disabled `select!` branch).
+async fn maybe<F: Future + Unpin>(f: Option<&mut F>) -> F::Output {
+    match f {
+        Some(f) => f.await,
+        None => pending().await,
+    }
+}
+
+async fn next_response(
+    connection: Option<&mut Connection>,
+) -> Result<Option<pb::TapioStreamEventsResponse>, Status> {
+    match connection {
+        Some(c) => c.inbound.message().await,
+        None => pending().await,
+    }
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => sleep_until(at).await,
+        None => pending().await,
+    }
+}
+
+/// Delivery state owned by the bridge task.
+struct Delivery {
+    config: BridgeConfig,
+    stats: Arc<BridgeStats>,
+    batcher: Batcher,
+    /// Sealed, not on the stream yet, in send order.
+    pending: VecDeque<Sealed>,
+    /// On the stream, not acked yet, in send order.
+    inflight: VecDeque<Sealed>,
+    /// Server flow control: paused, events per second (0 = no limit).
+    paused: bool,
+    limit_per_second: u64,
+    /// No batch goes before this (rate limit, or a server's request to retry later).
+    next_send_at: Instant,
+}
+
+impl Delivery {
+    fn has_room(&self) -> bool {
+        self.pending.len() < self.config.max_pending_batches
+    }
+
+    fn is_empty(&self) -> bool {
+        self.pending.is_empty() && self.inflight.is_empty() && self.batcher.open_events() == 0
+    }
+
+    fn push(&mut self, events: Vec<Event>) {
+        self.stats
+            .pending
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
+        for event in events {
+            if let Some(sealed) = self.batcher.push(event) {
+                self.pending.push_back(sealed);
+            }
+        }
+    }
+
+    fn seal(&mut self) {
+        if let Some(sealed) = self.batcher.seal() {
+            self.pending.push_back(sealed);
+        }
+    }
+
+    /// Puts what was on a lost stream back in front, in order, to be resent.
+    fn requeue(&mut self) {
+        while let Some(batch) = self.inflight.pop_back() {
+            self.pending.push_front(batch);
+        }
+    }
+
+    /// When the rate limit or a retry hold next lets a batch go, if that is what holds
+    /// sending back.
+    fn rate_wait(&self) -> Option<Instant> {
+        (!self.paused
+            && !self.pending.is_empty()
+            && self.inflight.len() < self.config.window
+            && Instant::now() < self.next_send_at)
+            .then_some(self.next_send_at)
+    }
+
+    /// Sends pending batches while the window, flow control and rate limit allow. Returns
+    /// false when the stream turned out to be closed.
+    fn pump(&mut self, connection: &Connection) -> bool {
+        while !self.paused && self.inflight.len() < self.config.window {
+            let Some(batch) = self.pending.front() else {
+                break;
+            };
+            let now = Instant::now();
+            if now < self.next_send_at {
+                break;
+            }
+            if self.limit_per_second > 0 {
+                let nanos =
+                    u128::from(batch.events) * 1_000_000_000 / u128::from(self.limit_per_second);
+                let cost = Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX));
+                self.next_send_at = self.next_send_at.max(now) + cost;
+            }
+            match connection.outbound.try_send(batch.bytes.clone()) {
+                Ok(()) => {
+                    let batch = self.pending.pop_front().expect("front exists");
+                    self.inflight.push_back(batch);
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => break,
+                Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            }
+        }
+        true
+    }
+
+    fn on_response(&mut self, response: pb::TapioStreamEventsResponse) {
+        use pb::tapio_stream_events_response::Payload;
+        match response.payload {
+            Some(Payload::Ack(ack)) => self.on_ack(&ack),
+            Some(Payload::FlowControl(directive)) => self.on_flow_control(&directive),
+            Some(Payload::Error(error)) => {
+                tracing::warn!(code = error.code, batch_id = error.batch_id, message = %error.message, "Server reported an error.");
+            }
+            Some(Payload::SemanticGroup(_)) | None => {}
+        }
+    }
+
+    fn on_ack(&mut self, ack: &pb::Ack) {
+        // An ack for a batch no longer in flight belongs to a stream already given up on.
+        let Some(position) = self
+            .inflight
+            .iter()
+            .position(|b| b.batch_id == ack.batch_id)
+        else {
+            return;
+        };
+        match ack.status() {
+            pb::ack::Status::Ok => {
+                let batch = self.inflight.remove(position).expect("position is valid");
+                let events = u64::from(batch.events);
+                self.stats.delivered.fetch_add(events, Ordering::Relaxed);
+                self.stats
+                    .duplicates
+                    .fetch_add(u64::from(ack.duplicates), Ordering::Relaxed);
+                self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                self.stats.pending.fetch_sub(events, Ordering::Relaxed);
+            }
+            pb::ack::Status::Rejected => {
+                let batch = self.inflight.remove(position).expect("position is valid");
+                tracing::error!(batch_id = batch.batch_id, reason = %ack.message, "Server rejected a batch.");
+                self.drop_events(DropCause::Rejected, u64::from(batch.events));
+            }
+            pb::ack::Status::Retry | pb::ack::Status::Unspecified => {
+                let batch = self.inflight.remove(position).expect("position is valid");
+                tracing::warn!(batch_id = batch.batch_id, reason = %ack.message, "Server asked to resend a batch later.");
+                self.pending.push_front(batch);
+                self.next_send_at = Instant::now() + Duration::from_secs(1);
+            }
+        }
+    }
+
+    fn on_flow_control(&mut self, directive: &pb::FlowControl) {
+        match directive.action() {
+            pb::flow_control::Action::Limit => {
+                self.limit_per_second = directive.max_events_per_second;
+                tracing::info!(
+                    max_events_per_second = directive.max_events_per_second,
+                    "Server set a rate limit."
+                );
+            }
+            pb::flow_control::Action::Pause => {
+                self.paused = true;
+                tracing::info!("Server paused delivery.");
+            }
+            pb::flow_control::Action::Resume => {
+                self.paused = false;
+                tracing::info!("Server resumed delivery.");
+            }
+            pb::flow_control::Action::Unspecified => {}
+        }
+    }
+
+    fn drop_events(&self, cause: DropCause, count: u64) {
+        self.stats.pending.fetch_sub(count, Ordering::Relaxed);
+        EventsDropped {
+            component: "bridge",
+            counters: &self.stats.dropped,
+            cause,
+            count,
+        }
+        .emit();
+    }
+}
+
+/// Ends the stream politely: a close message, the end of the outbound half, then the
+/// server's end of the inbound half (bounded, the server may be gone).
+async fn close(mut connection: Connection, collector_id: &str) {
+    let _ = connection
+        .outbound
+        .try_send(control(collector_id, pb::stream_control::Kind::Close));
+    drop(connection.outbound);
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Ok(Some(_)) = connection.inbound.message().await {}
+    })
+    .await;
+}
+
+fn hello(collector_id: &str) -> Bytes {
+    control(collector_id, pb::stream_control::Kind::Hello)
+}
+
+fn control(collector_id: &str, kind: pb::stream_control::Kind) -> Bytes {
+    let request = pb::TapioStreamEventsRequest {
+        payload: Some(pb::tapio_stream_events_request::Payload::Control(
+            pb::StreamControl {
+                kind: kind.into(),
+                collector_id: collector_id.to_owned(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            },
+        )),
+    };
+    Bytes::from(request.encode_to_vec())
+}
+
+#[allow(
+    clippy::too_many_lines,
+    reason = "one select loop owns all delivery state"
+)]
+async fn run(
+    config: BridgeConfig,
+    endpoint: Endpoint,
+    token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    mut input: mpsc::Receiver<Vec<Event>>,
+    stats: Arc<BridgeStats>,
+) -> Report {
+    // Ids from the clock keep batch ids unique across restarts of the collector.
+    let first_id = crate::event::unix_nanos_now();
+    let hello = hello(&config.collector_id);
+    let mut delivery = Delivery {
+        batcher: Batcher::new(
+            config.collector_id.clone(),
+            config.batch_events,
+            config.flush_interval,
+            first_id,
+        ),
+        config,
+        stats,
+        pending: VecDeque::new(),
+        inflight: VecDeque::new(),
+        paused: false,
+        limit_per_second: 0,
+        next_send_at: Instant::now(),
+    };
+    let mut backoff = Backoff::new();
+    let mut connection: Option<Connection> = None;
+    let mut connecting: Option<JoinHandle<Result<Connection, Status>>> = None;
+    let mut retry_at = Some(Instant::now());
+    let mut ever_connected = false;
+    let mut failures = 0u32;
+    let mut input_open = true;
+    let mut drain_deadline: Option<Instant> = None;
+
+    loop {
+        if connection.is_none()
+            && connecting.is_none()
+            && retry_at.is_some_and(|t| t <= Instant::now())
+        {
+            retry_at = None;
+            connecting = Some(tokio::spawn(connect(
+                endpoint.clone(),
+                token.clone(),
+                hello.clone(),
+                delivery.config.window,
+            )));
+        }
+        if connection.as_ref().is_some_and(|c| !delivery.pump(c)) {
+            connection = None;
+            delivery.requeue();
+            retry_at = Some(Instant::now() + backoff.delay());
+            continue;
+        }
+        if !input_open && delivery.is_empty() {
+            break;
+        }
+        if drain_deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        tokio::select! {
+            response = next_response(connection.as_mut()) => match response {
+                Ok(Some(response)) => delivery.on_response(response),
+                end => {
+                    if let Err(broken) = end {
+                        tracing::warn!(code = ?broken.code(), message = %broken.message(), "Stream to the server broke; resending what was unacked after reconnecting.");
+                    } else {
+                        tracing::warn!("Server closed the stream; resending what was unacked after reconnecting.");
+                    }
+                    connection = None;
+                    delivery.requeue();
+                    retry_at = Some(Instant::now() + backoff.delay());
+                }
+            },
+            outcome = maybe(connecting.as_mut()) => {
+                connecting = None;
+                match outcome {
+                    Ok(Ok(c)) => {
+                        if ever_connected {
+                            delivery.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                        }
+                        tracing::info!(server = %delivery.config.address, resending = delivery.pending.len(), "Connected to the server.");
+                        ever_connected = true;
+                        failures = 0;
+                        backoff.reset();
+                        delivery.paused = false;
+                        connection = Some(c);
+                    }
+                    Ok(Err(refused)) => {
+                        failures += 1;
+                        // The first failure and then every tenth: visible, not a flood.
+                        if failures % 10 == 1 {
+                            tracing::warn!(server = %delivery.config.address, failures, error = %refused.message(), "Cannot reach the server; retrying with backoff.");
+                        }
+                        if refused.code() == tonic::Code::Unauthenticated {
+                            tracing::error!(error = %refused.message(), "The server refused the credentials.");
+                        }
+                        retry_at = Some(Instant::now() + backoff.delay());
+                    }
+                    Err(join) => {
+                        tracing::error!(error = %join, "Connection attempt failed.");
+                        retry_at = Some(Instant::now() + backoff.delay());
+                    }
+                }
+            },
+            events = input.recv(), if input_open && delivery.has_room() => {
+                if let Some(events) = events {
+                    delivery.push(events);
+                } else {
+                    input_open = false;
+                    delivery.seal();
+                    drain_deadline = Some(Instant::now() + delivery.config.drain_timeout);
+                }
+            },
+            () = sleep_until_some(delivery.batcher.deadline()) => delivery.seal(),
+            () = sleep_until_some(retry_at), if connection.is_none() && connecting.is_none() => {},
+            () = sleep_until_some(delivery.rate_wait()) => {},
+            () = sleep_until_some(drain_deadline) => {},
+        }
+    }
+
+    if let Some(task) = connecting {
+        task.abort();
+    }
+    if let Some(connection) = connection {
+        close(connection, &delivery.config.collector_id).await;
+    }
+    let undelivered = delivery.stats.pending.load(Ordering::Relaxed);
+    if undelivered > 0 {
+        tracing::error!(
+            events = undelivered,
+            "Drain timeout ran out with events unacknowledged."
+        );
+        delivery.drop_events(DropCause::Undelivered, undelivered);
+    }
+    Report {
+        delivered: delivery.stats.delivered.load(Ordering::Relaxed),
+        undelivered,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_caps() {
+        let mut backoff = Backoff::new();
+        let first = backoff.delay();
+        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(150));
+        for _ in 0..20 {
+            assert!(backoff.delay() <= Backoff::MAX.mul_f64(1.5));
+        }
+        backoff.reset();
+        assert!(backoff.delay() <= Duration::from_millis(150));
+    }
+}

@@ -1,0 +1,494 @@
+//! tapio-server: the counterpart of the bridge. Serves `TapioService`, stores events
+//! durably (see [`store`]), acks a batch only after its commit, and answers queries.
+
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::event::Event;
+use crate::pb;
+use crate::pb::tapio_service_server::{TapioService, TapioServiceServer};
+pub use store::{EventQuery, Stats, Store, Sync};
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The token file could not be read or is empty.
+    #[error("token file {path}: {reason}")]
+    Token {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The gRPC transport failed.
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Result of server operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// tapio-server: receives event batches from tapio-collectors over gRPC, stores them
+/// durably, and answers queries.
+#[derive(Debug, Parser)]
+#[command(name = "tapio-server", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do; without a subcommand the server runs.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Flags of the server run.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// Subcommands that read a store directly (also while a server runs on it).
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print totals as JSON: `events_total` (distinct events) and `batches_total`.
+    Stats {
+        /// The server's data directory.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+    },
+    /// Print stored events as JSON lines, oldest first.
+    Events {
+        /// The server's data directory.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Only events of this type (repeatable).
+        #[arg(long = "type", value_name = "TYPE")]
+        types: Vec<String>,
+        /// At most this many [default: 1000].
+        #[arg(long, value_name = "N", default_value_t = 1000)]
+        limit: u32,
+    },
+}
+
+/// Flags of the server run.
+#[derive(Clone, Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
+    pub listen: String,
+    /// Directory of the store.
+    #[arg(long, value_name = "DIR", default_value = "tapio-data")]
+    pub data_dir: PathBuf,
+    /// `full`: fsync every commit (survives power loss); `normal`: survives a server crash.
+    #[arg(long, value_name = "MODE", default_value = "full")]
+    pub sync: Sync,
+    /// Require `authorization: Bearer <token>` with the token in this file.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Largest batch, in events, accepted; larger ones are rejected with a message.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub max_batch_events: usize,
+    /// Largest gRPC message, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+    /// Ask each collector to send at most this many events per second; 0 = no limit.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_events_per_second: u64,
+    /// Log filter.
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+impl Default for ServeArgs {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9090".into(),
+            data_dir: PathBuf::from("tapio-data"),
+            sync: Sync::Full,
+            token_file: None,
+            max_batch_events: 10_000,
+            max_message_bytes: 16 * 1024 * 1024,
+            max_events_per_second: 0,
+            log_level: "info".into(),
+        }
+    }
+}
+
+/// The gRPC service over a store.
+#[derive(Clone, Debug)]
+pub struct Service {
+    store: Store,
+    max_batch_events: usize,
+    max_events_per_second: u64,
+}
+
+impl Service {
+    /// A service over `store`.
+    #[must_use]
+    pub fn new(store: Store, args: &ServeArgs) -> Self {
+        Self {
+            store,
+            max_batch_events: args.max_batch_events,
+            max_events_per_second: args.max_events_per_second,
+        }
+    }
+}
+
+type ResponseSender = mpsc::UnboundedSender<Result<pb::TapioStreamEventsResponse, Status>>;
+
+fn respond(tx: &ResponseSender, payload: pb::tapio_stream_events_response::Payload) {
+    let _ = tx.send(Ok(pb::TapioStreamEventsResponse {
+        payload: Some(payload),
+    }));
+}
+
+fn ack(
+    batch_id: u64,
+    status: pb::ack::Status,
+    message: String,
+    accepted: u32,
+    duplicates: u32,
+) -> pb::tapio_stream_events_response::Payload {
+    pb::tapio_stream_events_response::Payload::Ack(pb::Ack {
+        batch_id,
+        status: status.into(),
+        message,
+        accepted,
+        duplicates,
+    })
+}
+
+impl Service {
+    /// Checks a batch and queues it for commit; the ack is sent when the commit is done.
+    fn accept_batch(&self, batch: pb::EventBatch, peer: &str, tx: &ResponseSender) {
+        let batch_id = batch.batch_id;
+        if batch.events.len() > self.max_batch_events {
+            let message = format!(
+                "batch {batch_id} has {} events; this server accepts at most {}",
+                batch.events.len(),
+                self.max_batch_events
+            );
+            tracing::warn!(peer, batch_id, "Batch rejected: too many events.");
+            respond(tx, ack(batch_id, pb::ack::Status::Rejected, message, 0, 0));
+            return;
+        }
+        let mut events = Vec::with_capacity(batch.events.len());
+        for (index, event) in batch.events.into_iter().enumerate() {
+            match Event::try_from(event) {
+                Ok(event) => events.push(pb::Event::from(event)),
+                Err(error) => {
+                    let message = format!("batch {batch_id}, event {index}: {error}");
+                    tracing::warn!(peer, batch_id, error = %message, "Batch rejected: invalid event.");
+                    respond(tx, ack(batch_id, pb::ack::Status::Rejected, message, 0, 0));
+                    return;
+                }
+            }
+        }
+        let store = self.store.clone();
+        let tx = tx.clone();
+        let write = store::Batch {
+            collector_id: batch.collector_id,
+            batch_id,
+            sequence: batch.sequence,
+            events,
+        };
+        // Queue the write now, in arrival order; answer whenever its commit is done.
+        tokio::spawn(async move {
+            let payload = match store.write(write).await {
+                Ok(done) => ack(
+                    batch_id,
+                    pb::ack::Status::Ok,
+                    String::new(),
+                    done.accepted,
+                    done.duplicates,
+                ),
+                Err(error) => ack(
+                    batch_id,
+                    pb::ack::Status::Retry,
+                    format!("not stored: {error}"),
+                    0,
+                    0,
+                ),
+            };
+            respond(&tx, payload);
+        });
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl TapioService for Service {
+    type StreamEventsStream =
+        UnboundedReceiverStream<Result<pb::TapioStreamEventsResponse, Status>>;
+    type SubscribeToEventsStream = BoxStream<pb::Event>;
+
+    async fn stream_events(
+        &self,
+        request: Request<Streaming<pb::TapioStreamEventsRequest>>,
+    ) -> Result<Response<Self::StreamEventsStream>, Status> {
+        let peer = request
+            .remote_addr()
+            .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::unbounded_channel();
+        if self.max_events_per_second > 0 {
+            respond(
+                &tx,
+                pb::tapio_stream_events_response::Payload::FlowControl(pb::FlowControl {
+                    action: pb::flow_control::Action::Limit.into(),
+                    max_events_per_second: self.max_events_per_second,
+                }),
+            );
+        }
+        let service = self.clone();
+        tokio::spawn(async move {
+            use pb::tapio_stream_events_request::Payload;
+            loop {
+                match inbound.message().await {
+                    Ok(Some(message)) => match message.payload {
+                        Some(Payload::Batch(batch)) => service.accept_batch(batch, &peer, &tx),
+                        Some(Payload::Control(control)) => match control.kind() {
+                            pb::stream_control::Kind::Hello => {
+                                tracing::info!(
+                                    peer,
+                                    collector = control.collector_id,
+                                    version = control.version,
+                                    "Collector connected."
+                                );
+                            }
+                            pb::stream_control::Kind::Close => {
+                                tracing::info!(peer, "Collector closed its stream.");
+                            }
+                            _ => {}
+                        },
+                        None => {
+                            let _ = tx.send(Err(Status::invalid_argument(
+                                "a stream message must carry a batch or a control message",
+                            )));
+                            break;
+                        }
+                    },
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::warn!(peer, error = %status.message(), "Stream ended with an error.");
+                        // Tell the client why, if it is still there (e.g. a message over the limit).
+                        let _ = tx.send(Err(status));
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(UnboundedReceiverStream::new(rx)))
+    }
+
+    async fn get_events(
+        &self,
+        request: Request<pb::GetEventsRequest>,
+    ) -> Result<Response<pb::GetEventsResponse>, Status> {
+        let r = request.into_inner();
+        let query = EventQuery {
+            start: r.start_unix_nano,
+            end: r.end_unix_nano,
+            types: r.types,
+            pod_namespace: r.pod_namespace,
+            pod_name: r.pod_name,
+            group_id: r.group_id,
+            limit: r.limit,
+        };
+        let store = self.store.clone();
+        let events = tokio::task::spawn_blocking(move || store.events(&query))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::GetEventsResponse { events }))
+    }
+
+    async fn get_semantic_groups(
+        &self,
+        request: Request<pb::GetSemanticGroupsRequest>,
+    ) -> Result<Response<pb::GetSemanticGroupsResponse>, Status> {
+        let r = request.into_inner();
+        let store = self.store.clone();
+        let groups = tokio::task::spawn_blocking(move || {
+            store.groups(r.start_unix_nano, r.end_unix_nano, r.min_impact, r.limit)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::GetSemanticGroupsResponse { groups }))
+    }
+
+    async fn subscribe_to_events(
+        &self,
+        request: Request<pb::SubscribeToEventsRequest>,
+    ) -> Result<Response<Self::SubscribeToEventsStream>, Status> {
+        let filter = request.into_inner();
+        let mut committed = self.store.subscribe();
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(async move {
+            loop {
+                let events = match committed.recv().await {
+                    Ok(events) => events,
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        let _ = tx
+                            .send(Err(Status::data_loss(format!(
+                                "subscriber fell behind by {missed} commits; resubscribe and query GetEvents for the gap"
+                            ))))
+                            .await;
+                        return;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                for event in events.iter() {
+                    let type_ok = filter.types.is_empty() || filter.types.contains(&event.r#type);
+                    let namespace_ok = filter.pod_namespace.is_empty()
+                        || event
+                            .entities
+                            .as_ref()
+                            .is_some_and(|e| e.pod_namespace == filter.pod_namespace);
+                    if type_ok && namespace_ok && tx.send(Ok(event.clone())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn health_check(
+        &self,
+        _: Request<pb::HealthCheckRequest>,
+    ) -> Result<Response<pb::HealthCheckResponse>, Status> {
+        let store = self.store.clone();
+        let totals = tokio::task::spawn_blocking(move || store.stats())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let (status, events_total) = match totals {
+            Ok(stats) => (
+                pb::health_check_response::Status::Serving,
+                stats.events_total,
+            ),
+            Err(_) => (pb::health_check_response::Status::NotServing, 0),
+        };
+        Ok(Response::new(pb::HealthCheckResponse {
+            status: status.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            events_total,
+        }))
+    }
+}
+
+/// Checks the bearer token of every call.
+#[derive(Clone)]
+struct Auth {
+    token: Option<Arc<str>>,
+}
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let Some(expected) = &self.token else {
+            return Ok(request);
+        };
+        let Some(given) = request.metadata().get("authorization") else {
+            return Err(Status::unauthenticated(
+                "missing bearer token: this server requires `authorization: Bearer <token>` (collector flag --token-file)",
+            ));
+        };
+        let given = given.to_str().unwrap_or("");
+        let given = given.strip_prefix("Bearer ").unwrap_or("");
+        if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+            Ok(request)
+        } else {
+            Err(Status::unauthenticated("invalid bearer token"))
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Reads a token file: its content without surrounding white space, never empty.
+pub fn read_token(path: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::Token {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let token = text.trim().to_owned();
+    if token.is_empty() {
+        return Err(Error::Token {
+            path: path.to_owned(),
+            reason: "is empty".into(),
+        });
+    }
+    Ok(token)
+}
+
+/// A bound, not yet serving server.
+#[derive(Debug)]
+pub struct Server {
+    listener: tokio::net::TcpListener,
+    service: Service,
+    token: Option<String>,
+    max_message_bytes: usize,
+}
+
+impl Server {
+    /// Opens the store and binds the listen address, so both errors surface before serving.
+    pub async fn bind(args: &ServeArgs) -> Result<Self> {
+        let token = args.token_file.as_deref().map(read_token).transpose()?;
+        let store = Store::open(&args.data_dir, args.sync)?;
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: args.listen.clone(),
+                source,
+            })?;
+        Ok(Self {
+            listener,
+            service: Service::new(store, args),
+            token,
+            max_message_bytes: args.max_message_bytes,
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` is cancelled, then finishes the calls in progress.
+    pub async fn serve(self, shutdown: CancellationToken) -> Result<()> {
+        let auth = Auth {
+            token: self.token.map(Arc::from),
+        };
+        let service = TapioServiceServer::new(self.service)
+            .max_decoding_message_size(self.max_message_bytes)
+            .max_encoding_message_size(self.max_message_bytes);
+        let service = tonic::service::interceptor::InterceptedService::new(service, auth);
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.listener);
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,609 @@
+//! The server's durable store: SQLite in WAL mode, one writer thread that commits batches
+//! in groups (several batches per transaction, each acked only after its commit), and
+//! read-only connections for queries.
+//!
+//! Events are keyed by their 16-byte id, so a batch that is sent again after a lost ack
+//! stores nothing twice.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prost::Message;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::pb;
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Creating the data directory failed.
+    #[error("cannot create data directory {path}: {source}")]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// SQLite reported an error.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A stored event no longer decodes.
+    #[error("stored event does not decode: {0}")]
+    Corrupt(#[from] prost::DecodeError),
+    /// The writer thread has stopped.
+    #[error("the store is closed")]
+    Closed,
+}
+
+/// Result of store operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How hard a commit is pushed to disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Sync {
+    /// fsync on every commit: an acked batch survives power loss.
+    #[default]
+    Full,
+    /// fsync at checkpoints: an acked batch survives a crash of the server, not of the OS.
+    Normal,
+}
+
+/// One batch to store.
+#[derive(Debug)]
+pub struct Batch {
+    /// The sending collector.
+    pub collector_id: String,
+    /// The batch's id.
+    pub batch_id: u64,
+    /// The batch's sequence number.
+    pub sequence: u64,
+    /// Its events, already validated.
+    pub events: Vec<pb::Event>,
+}
+
+/// What a commit did with a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Committed {
+    /// Events stored for the first time.
+    pub accepted: u32,
+    /// Events that were already stored.
+    pub duplicates: u32,
+}
+
+/// Totals over the whole store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    /// Distinct events stored.
+    pub events_total: u64,
+    /// Distinct batches stored (a resent batch counts once).
+    pub batches_total: u64,
+}
+
+/// Filter of a stored-event query.
+#[derive(Clone, Debug, Default)]
+pub struct EventQuery {
+    /// Inclusive lower bound on the timestamp, in Unix nanoseconds; 0 = none.
+    pub start: u64,
+    /// Exclusive upper bound; 0 = none.
+    pub end: u64,
+    /// Only these types; empty = all.
+    pub types: Vec<String>,
+    /// Only this namespace; empty = all.
+    pub pod_namespace: String,
+    /// Only this pod name; empty = all.
+    pub pod_name: String,
+    /// Only this group; empty = all.
+    pub group_id: Vec<u8>,
+    /// At most this many, oldest first.
+    pub limit: u32,
+}
+
+struct Job {
+    batch: Batch,
+    reply: oneshot::Sender<Result<Committed>>,
+}
+
+/// A handle to the store; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    path: Arc<PathBuf>,
+    jobs: mpsc::Sender<Job>,
+    committed: broadcast::Sender<Arc<Vec<pb::Event>>>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("batch_id", &self.batch.batch_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Batches committed in one transaction at most.
+const GROUP: usize = 64;
+
+const SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS events (
+        id BLOB PRIMARY KEY,
+        ts INTEGER NOT NULL,
+        type TEXT NOT NULL,
+        pod_namespace TEXT NOT NULL,
+        pod_name TEXT NOT NULL,
+        group_id BLOB,
+        payload BLOB NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS events_by_ts ON events(ts);
+    CREATE INDEX IF NOT EXISTS events_by_group ON events(group_id) WHERE group_id IS NOT NULL;
+    CREATE TABLE IF NOT EXISTS batches (
+        collector_id TEXT NOT NULL,
+        batch_id INTEGER NOT NULL,
+        sequence INTEGER NOT NULL,
+        events INTEGER NOT NULL,
+        accepted INTEGER NOT NULL,
+        stored_at INTEGER NOT NULL,
+        PRIMARY KEY (collector_id, batch_id)
+    ) WITHOUT ROWID;
+";
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir` and starts its writer thread.
+    pub fn open(dir: &Path, sync: Sync) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let path = dir.join("events.db");
+        let conn = Connection::open(&path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(
+            None,
+            "synchronous",
+            match sync {
+                Sync::Full => "FULL",
+                Sync::Normal => "NORMAL",
+            },
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        let (jobs, rx) = mpsc::channel(GROUP * 4);
+        let (committed, _) = broadcast::channel(1024);
+        let fanout = committed.clone();
+        std::thread::Builder::new()
+            .name("tapio-store".into())
+            .spawn(move || write_loop(conn, rx, &fanout))
+            .map_err(|source| Error::CreateDir {
+                path: dir.to_owned(),
+                source,
+            })?;
+        Ok(Self {
+            path: Arc::new(path),
+            jobs,
+            committed,
+        })
+    }
+
+    /// Stores a batch; resolves after the transaction holding it has committed.
+    pub async fn write(&self, batch: Batch) -> Result<Committed> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job { batch, reply })
+            .await
+            .map_err(|_| Error::Closed)?;
+        answer.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Newly stored events, in commit order, as they commit.
+    #[must_use]
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Vec<pb::Event>>> {
+        self.committed.subscribe()
+    }
+
+    /// Totals, read from a fresh read-only connection.
+    pub fn stats(&self) -> Result<Stats> {
+        stats_at(&self.path)
+    }
+
+    /// Stored events matching `query`, oldest first.
+    pub fn events(&self, query: &EventQuery) -> Result<Vec<pb::Event>> {
+        events_at(&self.path, query)
+    }
+
+    /// Semantic groups derived from the stored events' correlation fields.
+    pub fn groups(
+        &self,
+        start: u64,
+        end: u64,
+        min_impact: f64,
+        limit: u32,
+    ) -> Result<Vec<pb::SemanticGroup>> {
+        let conn = open_read(&self.path)?;
+        let mut statement = conn.prepare(
+            "SELECT group_id, MIN(ts), MAX(ts) FROM events
+             WHERE group_id IS NOT NULL AND ts >= ?1 AND ts < ?2
+             GROUP BY group_id ORDER BY MIN(ts) LIMIT ?3",
+        )?;
+        let rows = statement
+            .query_map(
+                params![to_sql_ts(start), upper_bound(end), effective_limit(limit)],
+                |row| {
+                    Ok((
+                        row.get::<_, Vec<u8>>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, i64>(2)?,
+                    ))
+                },
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut groups = Vec::with_capacity(rows.len());
+        for (group_id, first, last) in rows {
+            let events = events_at(
+                &self.path,
+                &EventQuery {
+                    group_id: group_id.clone(),
+                    limit: 100_000,
+                    ..EventQuery::default()
+                },
+            )?;
+            let impact = events
+                .iter()
+                .filter_map(|e| e.correlation.as_ref().map(|c| c.impact))
+                .fold(0.0, f64::max);
+            if impact < min_impact {
+                continue;
+            }
+            groups.push(pb::SemanticGroup {
+                group_id,
+                trace_id: events
+                    .first()
+                    .map(|e| e.trace_id.clone())
+                    .unwrap_or_default(),
+                event_ids: events.iter().map(|e| e.id.clone()).collect(),
+                impact,
+                causal_chain: events
+                    .iter()
+                    .filter_map(|e| e.correlation.as_ref())
+                    .flat_map(|c| c.causal_links.iter().cloned())
+                    .collect(),
+                first_seen_unix_nano: from_sql_ts(first),
+                last_seen_unix_nano: from_sql_ts(last),
+                ..pb::SemanticGroup::default()
+            });
+        }
+        Ok(groups)
+    }
+}
+
+/// Totals of the store in `dir`, for `tapio-server stats` while a server may be running.
+pub fn stats_in(dir: &Path) -> Result<Stats> {
+    stats_at(&dir.join("events.db"))
+}
+
+/// Stored events of the store in `dir`, for `tapio-server events`.
+pub fn events_in(dir: &Path, query: &EventQuery) -> Result<Vec<pb::Event>> {
+    events_at(&dir.join("events.db"), query)
+}
+
+fn open_read(path: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+fn stats_at(path: &Path) -> Result<Stats> {
+    let conn = open_read(path)?;
+    let count = |table: &str| -> Result<u64> {
+        let n: Option<i64> = conn
+            .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |row| {
+                row.get(0)
+            })
+            .optional()?;
+        Ok(n.map_or(0, i64::unsigned_abs))
+    };
+    Ok(Stats {
+        events_total: count("events")?,
+        batches_total: count("batches")?,
+    })
+}
+
+fn events_at(path: &Path, query: &EventQuery) -> Result<Vec<pb::Event>> {
+    let conn = open_read(path)?;
+    let mut sql = String::from("SELECT payload FROM events WHERE ts >= ? AND ts < ?");
+    let mut values: Vec<rusqlite::types::Value> =
+        vec![to_sql_ts(query.start).into(), upper_bound(query.end).into()];
+    if !query.types.is_empty() {
+        sql.push_str(" AND type IN (");
+        sql.push_str(&vec!["?"; query.types.len()].join(","));
+        sql.push(')');
+        values.extend(query.types.iter().cloned().map(Into::into));
+    }
+    if !query.pod_namespace.is_empty() {
+        sql.push_str(" AND pod_namespace = ?");
+        values.push(query.pod_namespace.clone().into());
+    }
+    if !query.pod_name.is_empty() {
+        sql.push_str(" AND pod_name = ?");
+        values.push(query.pod_name.clone().into());
+    }
+    if !query.group_id.is_empty() {
+        sql.push_str(" AND group_id = ?");
+        values.push(query.group_id.clone().into());
+    }
+    sql.push_str(" ORDER BY ts, id LIMIT ?");
+    values.push(effective_limit(query.limit).into());
+    let mut statement = conn.prepare(&sql)?;
+    let payloads = statement
+        .query_map(rusqlite::params_from_iter(values), |row| {
+            row.get::<_, Vec<u8>>(0)
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    payloads
+        .iter()
+        .map(|p| pb::Event::decode(p.as_slice()).map_err(Error::from))
+        .collect()
+}
+
+/// 0 means the default of 1000; at most 100 000.
+fn effective_limit(limit: u32) -> i64 {
+    match limit {
+        0 => 1000,
+        n => i64::from(n.min(100_000)),
+    }
+}
+
+fn to_sql_ts(ts: u64) -> i64 {
+    i64::try_from(ts).unwrap_or(i64::MAX)
+}
+
+fn from_sql_ts(ts: i64) -> u64 {
+    u64::try_from(ts).unwrap_or(0)
+}
+
+fn upper_bound(end: u64) -> i64 {
+    if end == 0 { i64::MAX } else { to_sql_ts(end) }
+}
+
+fn write_loop(
+    mut conn: Connection,
+    mut jobs: mpsc::Receiver<Job>,
+    committed: &broadcast::Sender<Arc<Vec<pb::Event>>>,
+) {
+    let mut group = Vec::with_capacity(GROUP);
+    while let Some(first) = jobs.blocking_recv() {
+        group.push(first);
+        while group.len() < GROUP {
+            match jobs.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let watching = committed.receiver_count() > 0;
+        match commit(&mut conn, &group, watching) {
+            Ok((results, fresh)) => {
+                if let Some(fresh) = fresh.filter(|f| !f.is_empty()) {
+                    let _ = committed.send(Arc::new(fresh));
+                }
+                for (job, result) in group.drain(..).zip(results) {
+                    let _ = job.reply.send(Ok(result));
+                }
+            }
+            Err(error) => {
+                tracing::error!(error = %error, batches = group.len(), "Commit failed; the batches are not acked.");
+                for job in group.drain(..) {
+                    let _ = job.reply.send(Err(Error::Sqlite(clone_error(&error))));
+                }
+            }
+        }
+    }
+}
+
+/// rusqlite errors are not Clone; every waiter gets an equivalent one.
+fn clone_error(error: &rusqlite::Error) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(error.to_string().into())
+}
+
+type CommitOutcome = (Vec<Committed>, Option<Vec<pb::Event>>);
+
+fn commit(conn: &mut Connection, group: &[Job], watching: bool) -> rusqlite::Result<CommitOutcome> {
+    let tx = conn.transaction()?;
+    let mut results = Vec::with_capacity(group.len());
+    let mut fresh = watching.then(Vec::new);
+    {
+        let mut insert_event = tx.prepare_cached(
+            "INSERT OR IGNORE INTO events (id, ts, type, pod_namespace, pod_name, group_id, payload)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        let mut insert_batch = tx.prepare_cached(
+            "INSERT OR IGNORE INTO batches (collector_id, batch_id, sequence, events, accepted, stored_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
+        let mut payload = Vec::with_capacity(512);
+        for job in group {
+            let mut accepted = 0u32;
+            for event in &job.batch.events {
+                payload.clear();
+                event
+                    .encode(&mut payload)
+                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                let entities = event.entities.as_ref();
+                let group_id = event
+                    .correlation
+                    .as_ref()
+                    .map(|c| c.group_id.as_slice())
+                    .filter(|g| !g.is_empty());
+                let inserted = insert_event.execute(params![
+                    event.id,
+                    to_sql_ts(event.timestamp_unix_nano),
+                    event.r#type,
+                    entities.map_or("", |e| e.pod_namespace.as_str()),
+                    entities.map_or("", |e| e.pod_name.as_str()),
+                    group_id,
+                    payload,
+                ])?;
+                if inserted > 0 {
+                    accepted += 1;
+                    if let Some(fresh) = fresh.as_mut() {
+                        fresh.push(event.clone());
+                    }
+                }
+            }
+            let total = job.batch.events.len() as u32;
+            insert_batch.execute(params![
+                job.batch.collector_id,
+                // SQLite integers are signed; the bits round-trip.
+                job.batch.batch_id.cast_signed(),
+                job.batch.sequence.cast_signed(),
+                total,
+                accepted,
+                now,
+            ])?;
+            results.push(Committed {
+                accepted,
+                duplicates: total - accepted,
+            });
+        }
+    }
+    tx.commit()?;
+    Ok((results, fresh))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, EventId};
+
+    fn event(n: u128, kind: &str, namespace: &str) -> pb::Event {
+        let mut e = Event::new(EventId::from_u128(n), n as u64, kind.to_owned(), "test");
+        e.entities.pod_namespace = namespace.into();
+        e.into()
+    }
+
+    fn batch(id: u64, events: Vec<pb::Event>) -> Batch {
+        Batch {
+            collector_id: "node-a".into(),
+            batch_id: id,
+            sequence: id,
+            events,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_resent_batch_stores_nothing_twice() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path(), Sync::Normal).expect("opens");
+        let first = store
+            .write(batch(1, vec![event(1, "a.b", "x"), event(2, "a.b", "x")]))
+            .await
+            .expect("commits");
+        assert_eq!(
+            first,
+            Committed {
+                accepted: 2,
+                duplicates: 0
+            }
+        );
+        let again = store
+            .write(batch(1, vec![event(1, "a.b", "x"), event(2, "a.b", "x")]))
+            .await
+            .expect("commits");
+        assert_eq!(
+            again,
+            Committed {
+                accepted: 0,
+                duplicates: 2
+            }
+        );
+        let overlap = store
+            .write(batch(2, vec![event(2, "a.b", "x"), event(3, "c.d", "y")]))
+            .await
+            .expect("commits");
+        assert_eq!(
+            overlap,
+            Committed {
+                accepted: 1,
+                duplicates: 1
+            }
+        );
+        assert_eq!(
+            store.stats().expect("stats"),
+            Stats {
+                events_total: 3,
+                batches_total: 2
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn queries_filter_by_type_namespace_time_and_limit() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path(), Sync::Normal).expect("opens");
+        let events = (1..=10)
+            .map(|n| {
+                event(
+                    n,
+                    if n % 2 == 0 { "even.x" } else { "odd.x" },
+                    if n <= 5 { "a" } else { "b" },
+                )
+            })
+            .collect();
+        store.write(batch(1, events)).await.expect("commits");
+        let found = |query: EventQuery| -> Vec<u64> {
+            store
+                .events(&query)
+                .expect("queries")
+                .iter()
+                .map(|e| e.timestamp_unix_nano)
+                .collect()
+        };
+        assert_eq!(
+            found(EventQuery {
+                types: vec!["even.x".into()],
+                ..EventQuery::default()
+            }),
+            [2, 4, 6, 8, 10]
+        );
+        assert_eq!(
+            found(EventQuery {
+                pod_namespace: "b".into(),
+                limit: 2,
+                ..EventQuery::default()
+            }),
+            [6, 7]
+        );
+        assert_eq!(
+            found(EventQuery {
+                start: 3,
+                end: 5,
+                ..EventQuery::default()
+            }),
+            [3, 4]
+        );
+    }
+
+    #[tokio::test]
+    async fn subscribers_see_only_new_events_after_commit() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path(), Sync::Normal).expect("opens");
+        let mut live = store.subscribe();
+        store
+            .write(batch(1, vec![event(1, "a.b", "x")]))
+            .await
+            .expect("commits");
+        store
+            .write(batch(2, vec![event(1, "a.b", "x"), event(2, "a.b", "x")]))
+            .await
+            .expect("commits");
+        let first = live.recv().await.expect("first commit");
+        let second = live.recv().await.expect("second commit");
+        assert_eq!(first.len(), 1);
+        assert_eq!(second.len(), 1, "the duplicate is not announced again");
+    }
+}
