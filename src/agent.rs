@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::bridge::{self, Bridge, BridgeConfig};
+use crate::bridge::{self, Bridge, BridgeConfig, SpoolConfig};
 use crate::collectors::BuildContext;
 use crate::config::Config;
 use crate::manager::Manager;
@@ -123,7 +123,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Arc<Tele
             .report_every(config.orchestrator.status_interval, stop_status.clone()),
     );
 
-    let (bridge, embedded) = start_delivery(&config, &node_name, &telemetry).await?;
+    let (bridge, embedded) = start_delivery(&config, &node_name, &telemetry, &shutdown).await?;
     let mut fan_in = manager.into_fan_in();
     let mut correlator = correlation::build(config.correlation.mode, &node_name);
     let mut stdout = config
@@ -188,6 +188,7 @@ async fn start_delivery(
     config: &Config,
     node_name: &str,
     telemetry: &Telemetry,
+    shutdown: &CancellationToken,
 ) -> Result<(Option<Bridge>, Option<Embedded>), Error> {
     let s = &config.server;
     if s.delivery_disabled() {
@@ -227,8 +228,14 @@ async fn start_delivery(
             max_pending_batches: s.max_pending_batches,
             drain_timeout: s.drain_timeout,
             token,
+            spool: s.spool_dir.as_ref().map(|dir| SpoolConfig {
+                dir: dir.clone(),
+                max_bytes: s.spool_max_bytes,
+                when_full: s.spool_when_full,
+            }),
         },
         telemetry.register_bridge(),
+        shutdown.clone(),
     )?;
     Ok((Some(bridge), embedded))
 }

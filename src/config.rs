@@ -114,6 +114,15 @@ pub struct ServerConfig {
     pub max_pending_batches: usize,
     /// File holding the bearer token sent to the server.
     pub token_file: Option<PathBuf>,
+    /// Directory of the on-disk spool: every batch is written here before it is sent and
+    /// kept until acked, so nothing unacked is lost to a restart. Without it batches wait
+    /// in memory only.
+    pub spool_dir: Option<PathBuf>,
+    /// Cap on the spool's size, e.g. `512MiB`, `1GiB`.
+    #[serde(deserialize_with = "deserialize_bytes")]
+    pub spool_max_bytes: u64,
+    /// At the cap: `block` holds the pipeline back; `drop_newest` drops and counts.
+    pub spool_when_full: crate::manager::WhenFull,
 }
 
 impl Default for ServerConfig {
@@ -128,6 +137,9 @@ impl Default for ServerConfig {
             window: 8,
             max_pending_batches: 64,
             token_file: None,
+            spool_dir: None,
+            spool_max_bytes: 1 << 30,
+            spool_when_full: crate::manager::WhenFull::Block,
         }
     }
 }
@@ -273,6 +285,12 @@ impl Config {
         if !(1..=1024).contains(&s.window) {
             problems.push(format!("server.window: must be 1..=1024, got {}", s.window));
         }
+        if s.spool_max_bytes < 1 << 20 {
+            problems.push(format!(
+                "server.spool_max_bytes: must be at least 1MiB, got {}",
+                s.spool_max_bytes
+            ));
+        }
         if s.max_pending_batches == 0 {
             problems.push("server.max_pending_batches: must be at least 1".into());
         }
@@ -382,6 +400,49 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
 }
 
+/// Parses sizes such as `1048576`, `512KiB`, `64MiB`, `1GiB` (also `KB`, `MB`, `GB` as
+/// powers of 1000).
+pub fn parse_bytes(text: &str) -> std::result::Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} does not start with a whole number"))?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "{text:?} has unknown unit {other:?} (B, KiB, MiB, GiB, KB, MB, GB)"
+            ));
+        }
+    };
+    value
+        .checked_mul(factor)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+fn deserialize_bytes<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Number(u64),
+        Text(String),
+    }
+    match Size::deserialize(deserializer)? {
+        Size::Number(n) => Ok(n),
+        Size::Text(text) => parse_bytes(&text).map_err(serde::de::Error::custom),
+    }
+}
+
 fn deserialize_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
     parse_duration(&text).map_err(serde::de::Error::custom)
@@ -470,6 +531,12 @@ pub struct RunArgs {
     /// File holding the bearer token sent to the server.
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// Directory of the on-disk spool (batches kept there until acked; survives restarts).
+    #[arg(long, value_name = "DIR")]
+    pub spool_dir: Option<PathBuf>,
+    /// Cap on the spool's size, e.g. 512MiB [default: 1GiB].
+    #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+    pub spool_max_bytes: Option<u64>,
 }
 
 impl RunArgs {
@@ -521,6 +588,12 @@ impl RunArgs {
         if let Some(v) = &self.token_file {
             config.server.token_file = Some(v.clone());
         }
+        if let Some(v) = &self.spool_dir {
+            config.server.spool_dir = Some(v.clone());
+        }
+        if let Some(v) = self.spool_max_bytes {
+            config.server.spool_max_bytes = v;
+        }
         let groups = [
             (self.enable_ebpf, crate::collectors::Group::Ebpf),
             (self.enable_k8s, crate::collectors::Group::Kubernetes),
@@ -549,6 +622,22 @@ mod tests {
     #[case::hours("1h", Duration::from_hours(1))]
     fn durations_parse(#[case] text: &str, #[case] expected: Duration) {
         assert_eq!(parse_duration(text), Ok(expected));
+    }
+
+    #[rstest]
+    #[case::plain("4096", 4096)]
+    #[case::kibibytes("512KiB", 512 << 10)]
+    #[case::mebibytes("64MiB", 64 << 20)]
+    #[case::gibibytes("1GiB", 1 << 30)]
+    #[case::megabytes("5MB", 5_000_000)]
+    fn sizes_parse(#[case] text: &str, #[case] expected: u64) {
+        assert_eq!(parse_bytes(text), Ok(expected));
+    }
+
+    #[test]
+    fn bad_sizes_say_why() {
+        assert!(parse_bytes("lots").unwrap_err().contains("whole number"));
+        assert!(parse_bytes("5TB").unwrap_err().contains("unknown unit"));
     }
 
     #[rstest]

@@ -17,11 +17,21 @@ pub enum DropCause {
     Rejected,
     /// Still unacknowledged when the drain timeout ran out, with nowhere to keep them.
     Undelivered,
+    /// The spool was at its cap and its policy is drop-newest (or the agent was stopping).
+    SpoolFull,
+    /// Writing to the spool failed (disk error).
+    SpoolError,
 }
 
 impl DropCause {
     /// Every cause, in reporting order.
-    pub const ALL: [Self; 3] = [Self::QueueFull, Self::Rejected, Self::Undelivered];
+    pub const ALL: [Self; 5] = [
+        Self::QueueFull,
+        Self::Rejected,
+        Self::Undelivered,
+        Self::SpoolFull,
+        Self::SpoolError,
+    ];
 
     /// The label used in logs, the status line and metrics.
     #[must_use]
@@ -30,6 +40,8 @@ impl DropCause {
             Self::QueueFull => "queue_full",
             Self::Rejected => "rejected",
             Self::Undelivered => "undelivered",
+            Self::SpoolFull => "spool_full",
+            Self::SpoolError => "spool_error",
         }
     }
 
@@ -38,6 +50,8 @@ impl DropCause {
             Self::QueueFull => 0,
             Self::Rejected => 1,
             Self::Undelivered => 2,
+            Self::SpoolFull => 3,
+            Self::SpoolError => 4,
         }
     }
 }
@@ -73,7 +87,7 @@ impl DropCounters {
 }
 
 /// Delivery counters of the bridge to the Tapio server.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct BridgeStats {
     /// Events the server acknowledged as stored (new or already known).
     pub delivered: AtomicU64,
@@ -85,6 +99,8 @@ pub struct BridgeStats {
     pub pending: AtomicU64,
     /// Successful connections after the first.
     pub reconnects: AtomicU64,
+    /// Events in the spool not yet acked; `u64::MAX` when there is no spool.
+    pub spooled: AtomicU64,
     /// Events dropped by cause.
     pub dropped: DropCounters,
 }
@@ -111,6 +127,20 @@ impl Health {
     #[must_use]
     pub fn is_active(&self) -> bool {
         matches!(self, Self::Running | Self::Degraded(_))
+    }
+}
+
+impl Default for BridgeStats {
+    fn default() -> Self {
+        Self {
+            delivered: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            spooled: AtomicU64::new(u64::MAX),
+            dropped: DropCounters::default(),
+        }
     }
 }
 
@@ -269,6 +299,10 @@ impl Telemetry {
                 bridge.delivered.load(Ordering::Relaxed),
                 bridge.pending.load(Ordering::Relaxed)
             );
+            let spooled = bridge.spooled.load(Ordering::Relaxed);
+            if spooled != u64::MAX {
+                let _ = write!(line, " spooled={spooled}");
+            }
         }
         if !by_cause.is_empty() {
             line.push_str(" dropped_by_cause:");

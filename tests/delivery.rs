@@ -132,3 +132,127 @@ fn the_collector_honours_the_servers_rate_limit() {
     );
     assert_eq!(stats(dir.path()).0, 3000);
 }
+
+fn spool_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "spool"))
+        .map(|e| e.metadata().map_or(0, |m| m.len()))
+        .sum()
+}
+
+#[test]
+fn a_collector_killed_while_the_server_is_down_resends_its_spool_exactly_once() {
+    let store = tempfile::tempdir().expect("temp dir");
+    let spool = tempfile::tempdir().expect("temp dir");
+    let spool_dir = spool.path().to_str().expect("utf-8");
+    let port = free_port();
+    let address = format!("127.0.0.1:{port}");
+    let endless =
+        config("collectors:\n  synthetic: { config: { events: 0, rate: 5000, seed: 1 } }\n");
+    let first = collector(
+        &endless,
+        &[
+            "--server",
+            &address,
+            "--spool-dir",
+            spool_dir,
+            "--flush-interval",
+            "100ms",
+        ],
+    );
+    let started = Instant::now();
+    while spool_bytes(spool.path()) < 500_000 {
+        assert!(
+            started.elapsed() < Duration::from_mins(1),
+            "nothing was spooled"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(first); // SIGKILL, mid-stream, server down.
+    let (_, recovered) =
+        tapio::bridge::Spool::open(spool.path(), 1 << 30, 8).expect("the spool opens");
+    assert!(recovered.events >= 1000, "spooled {recovered:?}");
+
+    let _server = ServerProcess::start(port, store.path(), &[]);
+    let more = config("collectors:\n  synthetic: { config: { events: 1000, seed: 2 } }\n");
+    let out = collector(&more, &["--server", &address, "--spool-dir", spool_dir])
+        .wait_for(Duration::from_mins(1));
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("Resending what an earlier run left in the spool."),
+        "{stderr}"
+    );
+    assert_eq!(
+        stats(store.path()).0,
+        recovered.events + 1000,
+        "every spooled event and every new one stored exactly once"
+    );
+    assert_eq!(spool_bytes(spool.path()), 0, "an acked spool is emptied");
+}
+
+#[test]
+fn sigterm_with_the_server_away_keeps_the_rest_in_the_spool_and_exits_zero() {
+    let store = tempfile::tempdir().expect("temp dir");
+    let spool = tempfile::tempdir().expect("temp dir");
+    let spool_dir = spool.path().to_str().expect("utf-8");
+    let port = free_port();
+    let address = format!("127.0.0.1:{port}");
+    let yaml = config("collectors:\n  synthetic: { config: { events: 3000 } }\n");
+    let out = collector(
+        &yaml,
+        &[
+            "--server",
+            &address,
+            "--spool-dir",
+            spool_dir,
+            "--drain-timeout",
+            "1s",
+        ],
+    )
+    .wait_for(Duration::from_mins(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        out.status.success(),
+        "spooled events are not a failure: {stderr}"
+    );
+    assert!(stderr.contains("stay in the spool"), "{stderr}");
+    assert_eq!(last_status(&stderr, "spooled"), 3000);
+    assert_eq!(last_status(&stderr, "dropped"), 0);
+
+    let _server = ServerProcess::start(port, store.path(), &[]);
+    let one = config("collectors:\n  synthetic: { config: { events: 1, seed: 5 } }\n");
+    let out = collector(&one, &["--server", &address, "--spool-dir", spool_dir])
+        .wait_for(Duration::from_mins(1));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(stats(store.path()).0, 3001);
+}
+
+#[test]
+fn a_full_spool_under_drop_newest_counts_what_it_drops() {
+    let spool = tempfile::tempdir().expect("temp dir");
+    let yaml = config(&format!(
+        "server:\n  address: 127.0.0.1:{}\n  spool_dir: {}\n  spool_max_bytes: 1MiB\n  \
+         spool_when_full: drop_newest\n  drain_timeout: 500ms\n\
+         collectors:\n  synthetic: {{ config: {{ events: 20000 }} }}\n",
+        free_port(),
+        spool.path().display()
+    ));
+    let out = collector(&yaml, &[]).wait_for(Duration::from_mins(1));
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let spooled = last_status(&stderr, "spooled");
+    let dropped = last_status(&stderr, "dropped");
+    assert!(dropped > 0, "1 MiB cannot hold 20000 events: {stderr}");
+    assert_eq!(
+        spooled + dropped,
+        20_000,
+        "every event is spooled or counted"
+    );
+    assert!(stderr.contains("bridge/spool_full="), "{stderr}");
+    assert!(spool_bytes(spool.path()) <= 1 << 20, "the cap holds");
+}

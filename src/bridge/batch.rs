@@ -19,6 +19,8 @@ pub struct Sealed {
     pub events: u32,
     /// The encoded `TapioStreamEventsRequest`.
     pub bytes: Bytes,
+    /// The spool segment holding it, when it is spooled.
+    pub segment: Option<u64>,
 }
 
 /// Largest encoded batch; stays well under the server's default message limit (16 MiB).
@@ -112,6 +114,7 @@ impl Batcher {
             batch_id,
             events: count,
             bytes: Bytes::from(request.encode_to_vec()),
+            segment: None,
         })
     }
 }

@@ -9,6 +9,7 @@
 
 mod batch;
 mod codec;
+pub mod spool;
 
 use std::collections::VecDeque;
 use std::future::{Future, pending};
@@ -22,16 +23,18 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tonic::codec::Streaming;
 use tonic::transport::{Channel, Endpoint};
 
 pub use batch::{Batcher, MAX_BATCH_BYTES, Sealed};
 pub use codec::PreEncoded;
+pub use spool::{Recovered, Spool};
 
 use crate::event::Event;
 use crate::internal_events::EventsDropped;
-use crate::manager::Closed;
+use crate::manager::{Closed, WhenFull};
 use crate::pb;
 use crate::telemetry::{BridgeStats, DropCause};
 
@@ -50,6 +53,26 @@ pub enum Error {
     /// The token is not valid in an HTTP header.
     #[error("the bearer token contains characters not allowed in an HTTP header")]
     Token,
+    /// The spool directory could not be opened.
+    #[error("cannot open the spool in {path}: {source}")]
+    Spool {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The on-disk spool's settings.
+#[derive(Clone, Debug)]
+pub struct SpoolConfig {
+    /// Directory of the segment files.
+    pub dir: std::path::PathBuf,
+    /// Cap on its size.
+    pub max_bytes: u64,
+    /// At the cap: `block` holds the pipeline back; `drop_newest` drops and counts.
+    pub when_full: WhenFull,
 }
 
 /// Delivery settings.
@@ -72,6 +95,8 @@ pub struct BridgeConfig {
     pub drain_timeout: Duration,
     /// Bearer token sent with the stream.
     pub token: Option<String>,
+    /// Where batches wait on disk; without it they wait in memory only.
+    pub spool: Option<SpoolConfig>,
 }
 
 /// How delivery ended.
@@ -79,8 +104,11 @@ pub struct BridgeConfig {
 pub struct Report {
     /// Events acknowledged by the server.
     pub delivered: u64,
-    /// Events still unacknowledged when the drain timeout ran out (counted as dropped).
+    /// Events still unacknowledged when the drain timeout ran out, without a spool to keep
+    /// them (counted as dropped).
     pub undelivered: u64,
+    /// Events left in the spool for the next start.
+    pub spooled: u64,
 }
 
 /// The pipeline's handle to the bridge task.
@@ -91,8 +119,13 @@ pub struct Bridge {
 }
 
 impl Bridge {
-    /// Checks the configuration and starts the delivery task.
-    pub fn spawn(config: BridgeConfig, stats: Arc<BridgeStats>) -> Result<Self, Error> {
+    /// Checks the configuration, opens the spool and starts the delivery task; after
+    /// `shutdown` it takes all remaining input so the pipeline can drain.
+    pub fn spawn(
+        config: BridgeConfig,
+        stats: Arc<BridgeStats>,
+        shutdown: CancellationToken,
+    ) -> Result<Self, Error> {
         let endpoint = Endpoint::from_shared(format!("http://{}", config.address))
             .map_err(|source| Error::Address {
                 address: config.address.clone(),
@@ -112,8 +145,31 @@ impl Bridge {
                     .map_err(|_| Error::Token)
             })
             .transpose()?;
+        let queue = match &config.spool {
+            None => Queue::Memory(VecDeque::new()),
+            Some(spool) => {
+                let (opened, recovered) =
+                    Spool::open(&spool.dir, spool.max_bytes, config.max_pending_batches).map_err(
+                        |source| Error::Spool {
+                            path: spool.dir.clone(),
+                            source,
+                        },
+                    )?;
+                if recovered.batches > 0 {
+                    tracing::info!(
+                        batches = recovered.batches,
+                        events = recovered.events,
+                        spool = %spool.dir.display(),
+                        "Resending what an earlier run left in the spool."
+                    );
+                }
+                stats.pending.fetch_add(recovered.events, Ordering::Relaxed);
+                stats.spooled.store(recovered.events, Ordering::Relaxed);
+                Queue::Spool(opened, spool.when_full)
+            }
+        };
         let (input, events) = mpsc::channel(4);
-        let task = tokio::spawn(run(config, endpoint, token, events, stats));
+        let task = tokio::spawn(run(config, endpoint, token, events, stats, queue, shutdown));
         Ok(Self { input, task })
     }
 
@@ -131,6 +187,7 @@ impl Bridge {
             Report {
                 delivered: 0,
                 undelivered: 0,
+                spooled: 0,
             }
         })
     }
@@ -140,6 +197,8 @@ impl Bridge {
 struct Connection {
     outbound: mpsc::Sender<Bytes>,
     inbound: Streaming<pb::TapioStreamEventsResponse>,
+    /// The server's rate limit from the response headers, if it set one.
+    rate_limit: Option<u64>,
 }
 
 async fn connect(
@@ -170,9 +229,14 @@ async fn connect(
     let path =
         tonic::codegen::http::uri::PathAndQuery::from_static("/tapio.v1.TapioService/StreamEvents");
     let response = grpc.streaming(request, path, PreEncoded).await?;
+    let rate_limit = response
+        .metadata()
+        .get(crate::server::RATE_LIMIT_HEADER)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
     Ok(Connection {
         outbound,
         inbound: response.into_inner(),
+        rate_limit,
     })
 }
 
@@ -230,13 +294,24 @@ async fn sleep_until_some(at: Option<Instant>) {
     }
 }
 
+/// Sealed batches not on the stream yet, in send order.
+#[derive(Debug)]
+enum Queue {
+    /// In memory, up to `max_pending_batches`.
+    Memory(VecDeque<Sealed>),
+    /// Written ahead to disk (and the oldest cached in memory), with its policy at the cap.
+    Spool(Spool, WhenFull),
+}
+
 /// Delivery state owned by the bridge task.
 struct Delivery {
     config: BridgeConfig,
     stats: Arc<BridgeStats>,
     batcher: Batcher,
-    /// Sealed, not on the stream yet, in send order.
-    pending: VecDeque<Sealed>,
+    pending: Queue,
+    /// Stopping: take every remaining input, even past the spool's cap (then dropped and
+    /// counted), so the pipeline can drain.
+    stopping: bool,
     /// On the stream, not acked yet, in send order.
     inflight: VecDeque<Sealed>,
     /// Server flow control: paused, events per second (0 = no limit).
@@ -248,11 +323,22 @@ struct Delivery {
 
 impl Delivery {
     fn has_room(&self) -> bool {
-        self.pending.len() < self.config.max_pending_batches
+        match &self.pending {
+            Queue::Memory(batches) => batches.len() < self.config.max_pending_batches,
+            Queue::Spool(spool, WhenFull::Block) => self.stopping || spool.has_room(0),
+            Queue::Spool(_, WhenFull::DropNewest) => true,
+        }
+    }
+
+    fn nothing_pending(&self) -> bool {
+        match &self.pending {
+            Queue::Memory(batches) => batches.is_empty(),
+            Queue::Spool(spool, _) => spool.is_drained(),
+        }
     }
 
     fn is_empty(&self) -> bool {
-        self.pending.is_empty() && self.inflight.is_empty() && self.batcher.open_events() == 0
+        self.nothing_pending() && self.inflight.is_empty() && self.batcher.open_events() == 0
     }
 
     fn push(&mut self, events: Vec<Event>) {
@@ -261,21 +347,67 @@ impl Delivery {
             .fetch_add(events.len() as u64, Ordering::Relaxed);
         for event in events {
             if let Some(sealed) = self.batcher.push(event) {
-                self.pending.push_back(sealed);
+                self.enqueue(sealed);
             }
         }
     }
 
     fn seal(&mut self) {
         if let Some(sealed) = self.batcher.seal() {
-            self.pending.push_back(sealed);
+            self.enqueue(sealed);
+        }
+    }
+
+    fn enqueue(&mut self, mut sealed: Sealed) {
+        let outcome = match &mut self.pending {
+            Queue::Memory(batches) => {
+                batches.push_back(sealed);
+                return;
+            }
+            Queue::Spool(spool, _) if !spool.has_room(sealed.bytes.len()) => {
+                Err(DropCause::SpoolFull)
+            }
+            Queue::Spool(spool, _) => spool.append(&mut sealed).map_err(|e| {
+                tracing::error!(error = %e, "Cannot write to the spool.");
+                DropCause::SpoolError
+            }),
+        };
+        match outcome {
+            Ok(()) => self.update_spooled(),
+            Err(cause) => self.drop_events(cause, u64::from(sealed.events)),
+        }
+    }
+
+    fn update_spooled(&self) {
+        if let Queue::Spool(spool, _) = &self.pending {
+            self.stats
+                .spooled
+                .store(spool.unacked_events(), Ordering::Relaxed);
+        }
+    }
+
+    /// The next batch to send, if any.
+    fn next_pending(&mut self) -> Option<Sealed> {
+        match &mut self.pending {
+            Queue::Memory(batches) => batches.pop_front(),
+            Queue::Spool(spool, _) => spool.next_unsent().unwrap_or_else(|e| {
+                tracing::error!(error = %e, "Cannot read the spool; what is left in it waits for the next start.");
+                None
+            }),
+        }
+    }
+
+    fn push_front(&mut self, batch: Sealed) {
+        match &mut self.pending {
+            Queue::Memory(batches) => batches.push_front(batch),
+            Queue::Spool(spool, _) => spool.requeue(batch),
         }
     }
 
     /// Puts what was on a lost stream back in front, in order, to be resent.
     fn requeue(&mut self) {
         while let Some(batch) = self.inflight.pop_back() {
-            self.pending.push_front(batch);
+            self.push_front(batch);
         }
     }
 
@@ -283,7 +415,7 @@ impl Delivery {
     /// sending back.
     fn rate_wait(&self) -> Option<Instant> {
         (!self.paused
-            && !self.pending.is_empty()
+            && !self.nothing_pending()
             && self.inflight.len() < self.config.window
             && Instant::now() < self.next_send_at)
             .then_some(self.next_send_at)
@@ -293,26 +425,31 @@ impl Delivery {
     /// false when the stream turned out to be closed.
     fn pump(&mut self, connection: &Connection) -> bool {
         while !self.paused && self.inflight.len() < self.config.window {
-            let Some(batch) = self.pending.front() else {
-                break;
-            };
             let now = Instant::now();
             if now < self.next_send_at {
                 break;
             }
-            if self.limit_per_second > 0 {
-                let nanos =
-                    u128::from(batch.events) * 1_000_000_000 / u128::from(self.limit_per_second);
-                let cost = Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX));
-                self.next_send_at = self.next_send_at.max(now) + cost;
-            }
+            let Some(batch) = self.next_pending() else {
+                break;
+            };
             match connection.outbound.try_send(batch.bytes.clone()) {
                 Ok(()) => {
-                    let batch = self.pending.pop_front().expect("front exists");
+                    if self.limit_per_second > 0 {
+                        let nanos = u128::from(batch.events) * 1_000_000_000
+                            / u128::from(self.limit_per_second);
+                        let cost = Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX));
+                        self.next_send_at = self.next_send_at.max(now) + cost;
+                    }
                     self.inflight.push_back(batch);
                 }
-                Err(mpsc::error::TrySendError::Full(_)) => break,
-                Err(mpsc::error::TrySendError::Closed(_)) => return false,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.push_front(batch);
+                    break;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.push_front(batch);
+                    return false;
+                }
             }
         }
         true
@@ -349,19 +486,31 @@ impl Delivery {
                     .fetch_add(u64::from(ack.duplicates), Ordering::Relaxed);
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
                 self.stats.pending.fetch_sub(events, Ordering::Relaxed);
+                self.forget(&batch);
             }
             pb::ack::Status::Rejected => {
                 let batch = self.inflight.remove(position).expect("position is valid");
                 tracing::error!(batch_id = batch.batch_id, reason = %ack.message, "Server rejected a batch.");
                 self.drop_events(DropCause::Rejected, u64::from(batch.events));
+                self.forget(&batch);
             }
             pb::ack::Status::Retry | pb::ack::Status::Unspecified => {
                 let batch = self.inflight.remove(position).expect("position is valid");
                 tracing::warn!(batch_id = batch.batch_id, reason = %ack.message, "Server asked to resend a batch later.");
-                self.pending.push_front(batch);
+                self.push_front(batch);
                 self.next_send_at = Instant::now() + Duration::from_secs(1);
             }
         }
+    }
+
+    /// The server is done with `batch`: its spool record can go.
+    fn forget(&mut self, batch: &Sealed) {
+        if let Queue::Spool(spool, _) = &mut self.pending
+            && let Err(e) = spool.ack(batch)
+        {
+            tracing::error!(error = %e, "Cannot remove acked batches from the spool.");
+        }
+        self.update_spooled();
     }
 
     fn on_flow_control(&mut self, directive: &pb::FlowControl) {
@@ -437,6 +586,8 @@ async fn run(
     token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     mut input: mpsc::Receiver<Vec<Event>>,
     stats: Arc<BridgeStats>,
+    queue: Queue,
+    shutdown: CancellationToken,
 ) -> Report {
     // Ids from the clock keep batch ids unique across restarts of the collector.
     let first_id = crate::event::unix_nanos_now();
@@ -450,7 +601,8 @@ async fn run(
         ),
         config,
         stats,
-        pending: VecDeque::new(),
+        pending: queue,
+        stopping: false,
         inflight: VecDeque::new(),
         paused: false,
         limit_per_second: 0,
@@ -511,11 +663,12 @@ async fn run(
                         if ever_connected {
                             delivery.stats.reconnects.fetch_add(1, Ordering::Relaxed);
                         }
-                        tracing::info!(server = %delivery.config.address, resending = delivery.pending.len(), "Connected to the server.");
+                        tracing::info!(server = %delivery.config.address, pending_events = delivery.stats.pending.load(Ordering::Relaxed), "Connected to the server.");
                         ever_connected = true;
                         failures = 0;
                         backoff.reset();
                         delivery.paused = false;
+                        delivery.limit_per_second = c.rate_limit.unwrap_or(0);
                         connection = Some(c);
                     }
                     Ok(Err(refused)) => {
@@ -548,6 +701,7 @@ async fn run(
             () = sleep_until_some(retry_at), if connection.is_none() && connecting.is_none() => {},
             () = sleep_until_some(delivery.rate_wait()) => {},
             () = sleep_until_some(drain_deadline) => {},
+            () = shutdown.cancelled(), if !delivery.stopping => delivery.stopping = true,
         }
     }
 
@@ -557,17 +711,37 @@ async fn run(
     if let Some(connection) = connection {
         close(connection, &delivery.config.collector_id).await;
     }
-    let undelivered = delivery.stats.pending.load(Ordering::Relaxed);
-    if undelivered > 0 {
-        tracing::error!(
-            events = undelivered,
-            "Drain timeout ran out with events unacknowledged."
-        );
-        delivery.drop_events(DropCause::Undelivered, undelivered);
-    }
-    Report {
-        delivered: delivery.stats.delivered.load(Ordering::Relaxed),
-        undelivered,
+    let unacked = delivery.stats.pending.load(Ordering::Relaxed);
+    let delivered = delivery.stats.delivered.load(Ordering::Relaxed);
+    match &delivery.pending {
+        Queue::Spool(spool, _) => {
+            let spooled = spool.unacked_events();
+            if spooled > 0 {
+                tracing::warn!(
+                    events = spooled,
+                    "Drain timeout ran out; unacknowledged events stay in the spool for the next start."
+                );
+            }
+            Report {
+                delivered,
+                undelivered: 0,
+                spooled,
+            }
+        }
+        Queue::Memory(_) => {
+            if unacked > 0 {
+                tracing::error!(
+                    events = unacked,
+                    "Drain timeout ran out with events unacknowledged and no spool to keep them."
+                );
+                delivery.drop_events(DropCause::Undelivered, unacked);
+            }
+            Report {
+                delivered,
+                undelivered: unacked,
+                spooled: 0,
+            }
+        }
     }
 }
 

@@ -151,6 +151,9 @@ impl Service {
     }
 }
 
+/// Response header of `StreamEvents` carrying the server's events-per-second limit.
+pub const RATE_LIMIT_HEADER: &str = "tapio-max-events-per-second";
+
 type ResponseSender = mpsc::UnboundedSender<Result<pb::TapioStreamEventsResponse, Status>>;
 
 fn respond(tx: &ResponseSender, payload: pb::tapio_stream_events_response::Payload) {
@@ -296,7 +299,15 @@ impl TapioService for Service {
                 }
             }
         });
-        Ok(Response::new(UnboundedReceiverStream::new(rx)))
+        let mut response = Response::new(UnboundedReceiverStream::new(rx));
+        if self.max_events_per_second > 0 {
+            // Also in the response headers, so the limit holds from the very first batch
+            // rather than from whenever the client reads the directive.
+            response
+                .metadata_mut()
+                .insert(RATE_LIMIT_HEADER, self.max_events_per_second.into());
+        }
+        Ok(response)
     }
 
     async fn get_events(
