@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::bridge::{self, Bridge, BridgeConfig, SpoolConfig};
+use crate::bridge::{self, Bridge, BridgeConfig, SpoolConfig, TlsFiles};
 use crate::collectors::BuildContext;
 use crate::config::Config;
 use crate::manager::Manager;
@@ -232,6 +232,10 @@ async fn start_delivery(
                 dir: dir.clone(),
                 max_bytes: s.spool_max_bytes,
                 when_full: s.spool_when_full,
+            }),
+            tls: (!s.insecure).then(|| TlsFiles {
+                ca: s.tls_ca.clone(),
+                identity: s.tls_cert.clone().zip(s.tls_key.clone()),
             }),
         },
         telemetry.register_bridge(),

@@ -123,6 +123,12 @@ pub struct ServerConfig {
     pub spool_max_bytes: u64,
     /// At the cap: `block` holds the pipeline back; `drop_newest` drops and counts.
     pub spool_when_full: crate::manager::WhenFull,
+    /// PEM CA that signed the server's certificate (TLS); the system's roots when absent.
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate, for mutual TLS.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -140,6 +146,9 @@ impl Default for ServerConfig {
             spool_dir: None,
             spool_max_bytes: 1 << 30,
             spool_when_full: crate::manager::WhenFull::Block,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -149,6 +158,74 @@ impl ServerConfig {
     #[must_use]
     pub fn delivery_disabled(&self) -> bool {
         self.address.eq_ignore_ascii_case("none")
+    }
+
+    /// Appends every problem of the delivery settings to `problems`; `stdout` says whether
+    /// events also go to stdout (so delivery may be off).
+    fn validate(&self, stdout: bool, problems: &mut Vec<String>) {
+        let s = self;
+        if let (false, false, Err(e)) = (
+            s.delivery_disabled(),
+            s.embedded(),
+            check_host_port(&s.address),
+        ) {
+            problems.push(format!("server.address: {e}"));
+        }
+        let tls_files = [
+            ("tls_ca", &s.tls_ca),
+            ("tls_cert", &s.tls_cert),
+            ("tls_key", &s.tls_key),
+        ];
+        if s.insecure {
+            for (field, value) in tls_files {
+                if value.is_some() {
+                    problems.push(format!(
+                        "server.{field}: given, but server.insecure is true; pass \
+                         --grpc-insecure=false to use TLS"
+                    ));
+                }
+            }
+        } else if s.embedded() {
+            problems.push(
+                "server.insecure: the embedded server listens on loopback without TLS; \
+                 leave --grpc-insecure at true"
+                    .into(),
+            );
+        }
+        if s.tls_cert.is_some() != s.tls_key.is_some() {
+            problems.push(
+                "server.tls_cert: a client certificate and its key (server.tls_key) go together"
+                    .into(),
+            );
+        }
+        if !(1..=1024).contains(&s.window) {
+            problems.push(format!("server.window: must be 1..=1024, got {}", s.window));
+        }
+        if s.spool_max_bytes < 1 << 20 {
+            problems.push(format!(
+                "server.spool_max_bytes: must be at least 1MiB, got {}",
+                s.spool_max_bytes
+            ));
+        }
+        if s.max_pending_batches == 0 {
+            problems.push("server.max_pending_batches: must be at least 1".into());
+        }
+        if s.delivery_disabled() && !stdout {
+            problems.push(
+                "server.address: is none and output.stdout is off, so events would go nowhere; \
+                 pass --stdout or a --server"
+                    .into(),
+            );
+        }
+        if !(1..=100_000).contains(&s.buffer_size) {
+            problems.push(format!(
+                "server.buffer_size: must be 1..=100000, got {}",
+                s.buffer_size
+            ));
+        }
+        if s.flush_interval.is_zero() {
+            problems.push("server.flush_interval: must be greater than zero".into());
+        }
     }
 
     /// True when `address` is `embedded`: a server runs in-process.
@@ -269,47 +346,7 @@ impl Config {
         if o.node_name.as_deref() == Some("") {
             problems.push("orchestrator.node_name: must not be empty".into());
         }
-        let s = &self.server;
-        if let (false, false, Err(e)) = (
-            s.delivery_disabled(),
-            s.embedded(),
-            check_host_port(&s.address),
-        ) {
-            problems.push(format!("server.address: {e}"));
-        }
-        if !s.insecure {
-            problems.push(
-                "server.insecure: TLS (--grpc-insecure=false) is not in this build yet".into(),
-            );
-        }
-        if !(1..=1024).contains(&s.window) {
-            problems.push(format!("server.window: must be 1..=1024, got {}", s.window));
-        }
-        if s.spool_max_bytes < 1 << 20 {
-            problems.push(format!(
-                "server.spool_max_bytes: must be at least 1MiB, got {}",
-                s.spool_max_bytes
-            ));
-        }
-        if s.max_pending_batches == 0 {
-            problems.push("server.max_pending_batches: must be at least 1".into());
-        }
-        if s.delivery_disabled() && !self.output.stdout {
-            problems.push(
-                "server.address: is none and output.stdout is off, so events would go nowhere; \
-                 pass --stdout or a --server"
-                    .into(),
-            );
-        }
-        if !(1..=100_000).contains(&s.buffer_size) {
-            problems.push(format!(
-                "server.buffer_size: must be 1..=100000, got {}",
-                s.buffer_size
-            ));
-        }
-        if s.flush_interval.is_zero() {
-            problems.push("server.flush_interval: must be greater than zero".into());
-        }
+        self.server.validate(self.output.stdout, &mut problems);
         if !self.otel.endpoint.eq_ignore_ascii_case("none") {
             let endpoint = self
                 .otel
@@ -537,6 +574,15 @@ pub struct RunArgs {
     /// Cap on the spool's size, e.g. 512MiB [default: 1GiB].
     #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
     pub spool_max_bytes: Option<u64>,
+    /// PEM CA of the server's certificate, with --grpc-insecure=false [default: system roots].
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS, with --tls-key.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM key of --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -593,6 +639,15 @@ impl RunArgs {
         }
         if let Some(v) = self.spool_max_bytes {
             config.server.spool_max_bytes = v;
+        }
+        for (flag, field) in [
+            (&self.tls_ca, &mut config.server.tls_ca),
+            (&self.tls_cert, &mut config.server.tls_cert),
+            (&self.tls_key, &mut config.server.tls_key),
+        ] {
+            if let Some(v) = flag {
+                *field = Some(v.clone());
+            }
         }
         let groups = [
             (self.enable_ebpf, crate::collectors::Group::Ebpf),

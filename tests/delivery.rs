@@ -256,3 +256,105 @@ fn a_full_spool_under_drop_newest_counts_what_it_drops() {
     assert!(stderr.contains("bridge/spool_full="), "{stderr}");
     assert!(spool_bytes(spool.path()) <= 1 << 20, "the cap holds");
 }
+
+/// A TCP proxy on loopback whose connections the test can cut at will.
+struct Proxy {
+    port: u16,
+    live: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Proxy {
+    fn start(upstream: u16) -> Self {
+        use std::net::{TcpListener, TcpStream};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binds");
+        listener.set_nonblocking(true).expect("non-blocking");
+        let port = listener.local_addr().expect("addr").port();
+        let live: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (conns, stopped) = (Arc::clone(&live), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                client.set_nonblocking(false).expect("blocking");
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let pipe = |mut from: TcpStream, mut to: TcpStream| {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                };
+                let mut guard = conns.lock().expect("lock");
+                guard.push(client.try_clone().expect("clone"));
+                guard.push(server.try_clone().expect("clone"));
+                pipe(
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                );
+                pipe(server, client);
+            }
+        });
+        Self { port, live, stop }
+    }
+
+    /// Cuts every connection through the proxy, as a network failure would.
+    fn cut(&self) -> usize {
+        let mut live = self.live.lock().expect("lock");
+        for socket in live.iter() {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
+        let cut = live.len() / 2;
+        live.clear();
+        cut
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.cut();
+    }
+}
+
+#[test]
+fn a_connection_cut_again_and_again_loses_nothing_and_stores_nothing_twice() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = ServerProcess::start(free_port(), dir.path(), &[]);
+    let proxy = Proxy::start(server.port);
+    let yaml = config("collectors:\n  synthetic: { config: { events: 100000, rate: 25000 } }\n");
+    let mut run = collector(
+        &yaml,
+        &[
+            "--server",
+            &format!("127.0.0.1:{}", proxy.port),
+            "--flush-interval",
+            "100ms",
+        ],
+    );
+    let mut cuts = 0;
+    while run.0.try_wait().expect("try_wait").is_none() && cuts < 8 {
+        std::thread::sleep(Duration::from_millis(400));
+        cuts += proxy.cut();
+    }
+    let out = run.wait_for(Duration::from_mins(2));
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(cuts >= 3, "the connection was cut only {cuts} times");
+    assert!(
+        stderr.matches("Connected to the server.").count() > cuts / 2,
+        "the bridge reconnected after the cuts: {stderr}"
+    );
+    assert_eq!(
+        stats(dir.path()).0,
+        100_000,
+        "no loss and no duplicate stored"
+    );
+    assert_eq!(last_status(&stderr, "delivered"), 100_000);
+}

@@ -53,6 +53,9 @@ pub enum Error {
     /// The token is not valid in an HTTP header.
     #[error("the bearer token contains characters not allowed in an HTTP header")]
     Token,
+    /// A TLS file could not be read or used.
+    #[error(transparent)]
+    Tls(#[from] crate::server::Error),
     /// The spool directory could not be opened.
     #[error("cannot open the spool in {path}: {source}")]
     Spool {
@@ -97,6 +100,17 @@ pub struct BridgeConfig {
     pub token: Option<String>,
     /// Where batches wait on disk; without it they wait in memory only.
     pub spool: Option<SpoolConfig>,
+    /// TLS to the server; `None` is plain text.
+    pub tls: Option<TlsFiles>,
+}
+
+/// PEM files for TLS to the server.
+#[derive(Clone, Debug, Default)]
+pub struct TlsFiles {
+    /// CA that signed the server's certificate; the system's roots when absent.
+    pub ca: Option<std::path::PathBuf>,
+    /// Client certificate and key, for mutual TLS.
+    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// How delivery ended.
@@ -126,11 +140,26 @@ impl Bridge {
         stats: Arc<BridgeStats>,
         shutdown: CancellationToken,
     ) -> Result<Self, Error> {
-        let endpoint = Endpoint::from_shared(format!("http://{}", config.address))
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", config.address))
             .map_err(|source| Error::Address {
                 address: config.address.clone(),
                 source,
-            })?
+            })?;
+        if let Some(files) = &config.tls {
+            endpoint =
+                endpoint
+                    .tls_config(client_tls(files)?)
+                    .map_err(|source| Error::Address {
+                        address: config.address.clone(),
+                        source,
+                    })?;
+        }
+        let endpoint = endpoint
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
@@ -191,6 +220,23 @@ impl Bridge {
             }
         })
     }
+}
+
+fn client_tls(files: &TlsFiles) -> Result<tonic::transport::ClientTlsConfig, Error> {
+    use crate::server::read_pem;
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let mut tls = ClientTlsConfig::new();
+    tls = match &files.ca {
+        Some(ca) => tls.ca_certificate(Certificate::from_pem(read_pem(ca, "CA")?)),
+        None => tls.with_native_roots(),
+    };
+    if let Some((cert, key)) = &files.identity {
+        tls = tls.identity(Identity::from_pem(
+            read_pem(cert, "client certificate")?,
+            read_pem(key, "client key")?,
+        ));
+    }
+    Ok(tls)
 }
 
 /// One open stream to the server.

@@ -43,6 +43,9 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A TLS file could not be read or used.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The gRPC transport failed.
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -111,6 +114,15 @@ pub struct ServeArgs {
     /// Ask each collector to send at most this many events per second; 0 = no limit.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub max_events_per_second: u64,
+    /// Serve TLS with this PEM certificate (chain); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this PEM CA (mutual TLS); needs --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Log filter.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: String,
@@ -126,6 +138,9 @@ impl Default for ServeArgs {
             max_batch_events: 10_000,
             max_message_bytes: 16 * 1024 * 1024,
             max_events_per_second: 0,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
             log_level: "info".into(),
         }
     }
@@ -453,6 +468,32 @@ pub fn read_token(path: &std::path::Path) -> Result<String> {
     Ok(token)
 }
 
+/// Reads a PEM file for TLS, naming it in the error.
+pub fn read_pem(path: &std::path::Path, what: &str) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| Error::Tls(format!("cannot read {what} {}: {e}", path.display())))?;
+    if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+        return Err(Error::Tls(format!(
+            "{what} {} is not PEM (no -----BEGIN line)",
+            path.display()
+        )));
+    }
+    Ok(bytes)
+}
+
+fn server_tls(args: &ServeArgs) -> Result<Option<tonic::transport::ServerTlsConfig>> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let identity = Identity::from_pem(read_pem(cert, "certificate")?, read_pem(key, "key")?);
+    let mut tls = ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &args.tls_client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read_pem(ca, "client CA")?));
+    }
+    Ok(Some(tls))
+}
+
 /// A bound, not yet serving server.
 #[derive(Debug)]
 pub struct Server {
@@ -460,12 +501,14 @@ pub struct Server {
     service: Service,
     token: Option<String>,
     max_message_bytes: usize,
+    tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 impl Server {
     /// Opens the store and binds the listen address, so both errors surface before serving.
     pub async fn bind(args: &ServeArgs) -> Result<Self> {
         let token = args.token_file.as_deref().map(read_token).transpose()?;
+        let tls = server_tls(args)?;
         let store = Store::open(&args.data_dir, args.sync)?;
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
@@ -478,6 +521,7 @@ impl Server {
             service: Service::new(store, args),
             token,
             max_message_bytes: args.max_message_bytes,
+            tls,
         })
     }
 
@@ -496,7 +540,11 @@ impl Server {
             .max_encoding_message_size(self.max_message_bytes);
         let service = tonic::service::interceptor::InterceptedService::new(service, auth);
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.listener);
-        tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = self.tls {
+            builder = builder.tls_config(tls)?;
+        }
+        builder
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
             .await?;

@@ -1,0 +1,335 @@
+//! tapio-server as a client sees it, over real sockets: acks after commit, dedup, queries,
+//! the live tail, and every kind of bad input refused with a clear status while good
+//! streams keep flowing.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::{ServerProcess, free_port};
+use tapio::event::{Event, IdGenerator};
+use tapio::pb;
+use tapio::pb::tapio_service_client::TapioServiceClient;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+fn events(ids: &mut IdGenerator, n: usize, kind: &'static str) -> Vec<pb::Event> {
+    (0..n)
+        .map(|i| {
+            let mut e = Event::new(ids.next_id(), 1_000 + i as u64, kind, "test");
+            e.entities.pod_namespace = "payments".into();
+            e.into()
+        })
+        .collect()
+}
+
+fn batch(batch_id: u64, events: Vec<pb::Event>) -> pb::TapioStreamEventsRequest {
+    pb::TapioStreamEventsRequest {
+        payload: Some(pb::tapio_stream_events_request::Payload::Batch(
+            pb::EventBatch {
+                batch_id,
+                collector_id: "test".into(),
+                sequence: batch_id,
+                events,
+            },
+        )),
+    }
+}
+
+async fn client(server: &ServerProcess) -> TapioServiceClient<Channel> {
+    TapioServiceClient::connect(format!("http://{}", server.address()))
+        .await
+        .expect("connects")
+        .max_encoding_message_size(64 * 1024 * 1024)
+}
+
+/// An open `StreamEvents` call.
+struct Stream {
+    tx: mpsc::Sender<pb::TapioStreamEventsRequest>,
+    rx: tonic::Streaming<pb::TapioStreamEventsResponse>,
+}
+
+impl Stream {
+    async fn open(client: &mut TapioServiceClient<Channel>) -> Result<Self, tonic::Status> {
+        let (tx, rx) = mpsc::channel(16);
+        let response = client.stream_events(ReceiverStream::new(rx)).await?;
+        Ok(Self {
+            tx,
+            rx: response.into_inner(),
+        })
+    }
+
+    async fn send(&self, request: pb::TapioStreamEventsRequest) {
+        self.tx.send(request).await.expect("stream open");
+    }
+
+    /// The next ack, skipping other messages.
+    async fn ack(&mut self) -> Result<pb::Ack, tonic::Status> {
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(10), self.rx.message())
+                .await
+                .expect("an answer within 10 s")?
+                .expect("stream still open");
+            if let Some(pb::tapio_stream_events_response::Payload::Ack(ack)) = message.payload {
+                return Ok(ack);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn acks_dedup_queries_and_the_live_tail() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = ServerProcess::start(free_port(), dir.path(), &[]);
+    let mut client = client(&server).await;
+    let mut tail = client
+        .subscribe_to_events(pb::SubscribeToEventsRequest {
+            types: vec!["memory.oom_kill".into()],
+            pod_namespace: String::new(),
+        })
+        .await
+        .expect("subscribes")
+        .into_inner();
+
+    let mut ids = IdGenerator::new();
+    let first = events(&mut ids, 5, "memory.oom_kill");
+    let mut stream = Stream::open(&mut client).await.expect("opens");
+    stream.send(batch(1, first.clone())).await;
+    let ack = stream.ack().await.expect("acked");
+    assert_eq!(
+        (ack.batch_id, ack.status(), ack.accepted, ack.duplicates),
+        (1, pb::ack::Status::Ok, 5, 0)
+    );
+    // The same batch again, as after a lost ack: acked, nothing stored twice.
+    stream.send(batch(1, first.clone())).await;
+    let ack = stream.ack().await.expect("acked");
+    assert_eq!((ack.accepted, ack.duplicates), (0, 5));
+    stream
+        .send(batch(2, events(&mut ids, 3, "dns.query")))
+        .await;
+    assert_eq!(stream.ack().await.expect("acked").accepted, 3);
+
+    for expected in &first {
+        let live = tokio::time::timeout(Duration::from_secs(5), tail.message())
+            .await
+            .expect("live event in time")
+            .expect("tail open")
+            .expect("an event");
+        assert_eq!(
+            &live.id, &expected.id,
+            "the tail filters by type and keeps order"
+        );
+    }
+
+    let all = client
+        .get_events(pb::GetEventsRequest::default())
+        .await
+        .expect("queries")
+        .into_inner()
+        .events;
+    assert_eq!(all.len(), 8);
+    let dns = client
+        .get_events(pb::GetEventsRequest {
+            types: vec!["dns.query".into()],
+            limit: 2,
+            ..pb::GetEventsRequest::default()
+        })
+        .await
+        .expect("queries")
+        .into_inner()
+        .events;
+    assert_eq!(dns.len(), 2);
+    assert!(dns.iter().all(|e| e.r#type == "dns.query"));
+
+    let health = client
+        .health_check(pb::HealthCheckRequest {})
+        .await
+        .expect("health")
+        .into_inner();
+    assert_eq!(health.status(), pb::health_check_response::Status::Serving);
+    assert_eq!(health.events_total, 8);
+    assert_eq!(common::stats(dir.path()), (8, 2));
+}
+
+#[tokio::test]
+async fn semantic_groups_are_derived_from_the_stored_correlation() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = ServerProcess::start(free_port(), dir.path(), &[]);
+    let mut client = client(&server).await;
+    let mut ids = IdGenerator::new();
+    let group = tapio::event::GroupId::new([7; 16]);
+    let grouped: Vec<pb::Event> = (0..3)
+        .map(|i| {
+            let mut e = Event::new(ids.next_id(), 100 + i, "memory.oom_kill", "test");
+            e.correlation = Some(tapio::event::Correlation {
+                group_id: group,
+                impact: [0.25, 0.5, 0.75][i as usize],
+                causal_links: Vec::new(),
+            });
+            e.into()
+        })
+        .collect();
+    let mut stream = Stream::open(&mut client).await.expect("opens");
+    stream.send(batch(1, grouped)).await;
+    stream
+        .send(batch(2, events(&mut ids, 2, "dns.query")))
+        .await;
+    stream.ack().await.expect("acked");
+    stream.ack().await.expect("acked");
+    let groups = client
+        .get_semantic_groups(pb::GetSemanticGroupsRequest::default())
+        .await
+        .expect("queries")
+        .into_inner()
+        .groups;
+    assert_eq!(groups.len(), 1);
+    assert_eq!(groups[0].group_id, vec![7; 16]);
+    assert_eq!(groups[0].event_ids.len(), 3);
+    assert!((groups[0].impact - 0.75).abs() < 1e-9);
+    assert_eq!(
+        (
+            groups[0].first_seen_unix_nano,
+            groups[0].last_seen_unix_nano
+        ),
+        (100, 102)
+    );
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_clearly_and_good_streams_keep_flowing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = ServerProcess::start(
+        free_port(),
+        dir.path(),
+        &["--max-batch-events", "100", "--max-message-bytes", "65536"],
+    );
+    let mut client = client(&server).await;
+    let mut ids = IdGenerator::new();
+    let mut good = Stream::open(&mut client).await.expect("opens");
+    good.send(batch(1, events(&mut ids, 10, "a.b"))).await;
+    assert_eq!(
+        good.ack().await.expect("acked").status(),
+        pb::ack::Status::Ok
+    );
+
+    // Garbage bytes on the port: that connection is dropped, the server lives on.
+    let mut raw = TcpStream::connect(server.address()).expect("connects");
+    raw.write_all(b"\x16\x03\x01 this is not HTTP/2 at all \x00\xff\xfe")
+        .expect("writes");
+    raw.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut sink = Vec::new();
+    let _ = raw.read_to_end(&mut sink);
+
+    // An event without an id: the batch is rejected with the reason; the stream goes on.
+    let mut bad = Stream::open(&mut client).await.expect("opens");
+    let mut no_id = events(&mut ids, 3, "a.b");
+    no_id[1].id.clear();
+    bad.send(batch(7, no_id)).await;
+    let ack = bad.ack().await.expect("answered");
+    assert_eq!(ack.status(), pb::ack::Status::Rejected);
+    assert_eq!(
+        ack.message,
+        "batch 7, event 1: field `id` must be 16 bytes, got 0"
+    );
+    bad.send(batch(8, events(&mut ids, 2, "a.b"))).await;
+    assert_eq!(
+        bad.ack().await.expect("acked").status(),
+        pb::ack::Status::Ok
+    );
+
+    // More events than the server takes in one batch.
+    bad.send(batch(9, events(&mut ids, 101, "a.b"))).await;
+    let ack = bad.ack().await.expect("answered");
+    assert_eq!(ack.status(), pb::ack::Status::Rejected);
+    assert_eq!(
+        ack.message,
+        "batch 9 has 101 events; this server accepts at most 100"
+    );
+
+    // A message over the size limit ends that stream with a status saying so.
+    let mut huge = Stream::open(&mut client).await.expect("opens");
+    let mut big = events(&mut ids, 1, "a.b");
+    big[0].message = "x".repeat(100_000);
+    huge.send(batch(10, big)).await;
+    let status = huge.ack().await.expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+    assert!(status.message().contains("too large"), "{status:?}");
+
+    // The well-behaved stream is unaffected by all of it.
+    good.send(batch(2, events(&mut ids, 10, "a.b"))).await;
+    assert_eq!(good.ack().await.expect("acked").accepted, 10);
+    assert_eq!(
+        common::stats(dir.path()).0,
+        22,
+        "only the good batches were stored"
+    );
+}
+
+#[tokio::test]
+async fn a_token_is_required_when_the_server_has_one() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret-token\n").expect("writes token");
+    let server = ServerProcess::start(
+        free_port(),
+        &dir.path().join("store"),
+        &["--token-file", token.to_str().expect("utf-8")],
+    );
+    let mut client = client(&server).await;
+    let missing = Stream::open(&mut client).await.err().expect("refused");
+    assert_eq!(missing.code(), tonic::Code::Unauthenticated);
+    assert!(
+        missing.message().contains("missing bearer token"),
+        "{missing:?}"
+    );
+
+    let mut wrong = tonic::Request::new(pb::HealthCheckRequest {});
+    wrong
+        .metadata_mut()
+        .insert("authorization", "Bearer guess".parse().expect("ascii"));
+    let refused = client.health_check(wrong).await.expect_err("refused");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    assert_eq!(refused.message(), "invalid bearer token");
+
+    let mut right = tonic::Request::new(pb::HealthCheckRequest {});
+    right.metadata_mut().insert(
+        "authorization",
+        "Bearer s3cret-token".parse().expect("ascii"),
+    );
+    assert!(client.health_check(right).await.is_ok());
+
+    // The collector with the right token file delivers; with a wrong one it says why.
+    let yaml = common::config("collectors:\n  synthetic: { config: { events: 500 } }\n");
+    let ok = std::process::Command::new(common::COLLECTOR)
+        .arg("--config")
+        .arg(yaml.path())
+        .args([
+            "--server",
+            &server.address(),
+            "--token-file",
+            token.to_str().expect("utf-8"),
+        ])
+        .output()
+        .expect("runs");
+    assert!(ok.status.success(), "{}", common::text(&ok.stderr));
+    let bad_token = dir.path().join("bad");
+    std::fs::write(&bad_token, "nope").expect("writes");
+    let refused = std::process::Command::new(common::COLLECTOR)
+        .arg("--config")
+        .arg(yaml.path())
+        .args(["--server", &server.address(), "--drain-timeout", "1s"])
+        .args(["--token-file", bad_token.to_str().expect("utf-8")])
+        .output()
+        .expect("runs");
+    let stderr = common::text(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("The server refused the credentials."),
+        "{stderr}"
+    );
+    assert_eq!(common::stats(&dir.path().join("store")).0, 500);
+}
