@@ -141,7 +141,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("tapio-data"),
             drain_timeout: Duration::from_secs(30),
             window: 8,
-            max_pending_batches: 64,
+            max_pending_batches: 16,
             token_file: None,
             spool_dir: None,
             spool_max_bytes: 1 << 30,

@@ -7,6 +7,11 @@ use clap::Parser;
 use tapio::config::{self, Cli, Command, Config, RunArgs};
 use tokio_util::sync::CancellationToken;
 
+// Events are allocated on collector threads and freed on the pipeline's: glibc's arenas
+// serialise that on a lock, mimalloc does not.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {

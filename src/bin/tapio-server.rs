@@ -8,6 +8,11 @@ use tapio::event::Event;
 use tapio::server::{Cli, Command, EventQuery, ServeArgs, Server, store};
 use tokio_util::sync::CancellationToken;
 
+// Events are allocated on collector threads and freed on the pipeline's: glibc's arenas
+// serialise that on a lock, mimalloc does not.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {

@@ -1,10 +1,14 @@
 //! Batching: events gather until the batch is full (by count or bytes) or old enough, then
 //! the batch is sealed into its wire bytes with an id and a sequence number.
+//!
+//! Each event is encoded as it arrives, straight into the bytes of the `events` field, so
+//! an event is encoded once and the batch holds bytes, not message structs.
 
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
 use tokio::time::Instant;
 
 use crate::event::Event;
@@ -23,6 +27,11 @@ pub struct Sealed {
     pub segment: Option<u64>,
 }
 
+/// `TapioStreamEventsRequest.batch`.
+const BATCH_FIELD: u32 = 1;
+/// `EventBatch.events`.
+const EVENTS_FIELD: u32 = 4;
+
 /// Largest encoded batch; stays well under the server's default message limit (16 MiB).
 pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
@@ -34,8 +43,9 @@ pub struct Batcher {
     max_age: Duration,
     next_id: u64,
     sequence: u64,
-    current: Vec<pb::Event>,
-    current_bytes: usize,
+    /// The encoded `events` fields of the open batch.
+    current: BytesMut,
+    current_events: u32,
     opened_at: Option<Instant>,
 }
 
@@ -49,8 +59,8 @@ impl Batcher {
             max_age,
             next_id: first_id,
             sequence: 0,
-            current: Vec::with_capacity(max_events),
-            current_bytes: 0,
+            current: BytesMut::new(),
+            current_events: 0,
             opened_at: None,
         }
     }
@@ -58,17 +68,22 @@ impl Batcher {
     /// Adds an event; returns a sealed batch when this one filled it.
     pub fn push(&mut self, event: Event) -> Option<Sealed> {
         let event = pb::Event::from(event);
-        let size = event.encoded_len() + 8;
+        let len = event.encoded_len();
+        let size = 1 + encoded_len_varint(len as u64) + len;
         let mut sealed = None;
-        if !self.current.is_empty() && self.current_bytes + size > MAX_BATCH_BYTES {
+        if self.current_events > 0 && self.current.len() + size > MAX_BATCH_BYTES {
             sealed = self.seal();
         }
-        if self.current.is_empty() {
+        if self.current_events == 0 {
             self.opened_at = Some(Instant::now());
         }
-        self.current_bytes += size;
-        self.current.push(event);
-        if self.current.len() >= self.max_events {
+        // Field 4 of EventBatch, length-delimited: the same bytes prost would write.
+        self.current.reserve(size);
+        encode_key(EVENTS_FIELD, WireType::LengthDelimited, &mut self.current);
+        encode_varint(len as u64, &mut self.current);
+        event.encode_raw(&mut self.current);
+        self.current_events += 1;
+        if self.current_events as usize >= self.max_events {
             // Only one of the two seals can happen per push: the size seal leaves one event.
             return self.seal().or(sealed);
         }
@@ -84,36 +99,39 @@ impl Batcher {
     /// Events in the open batch.
     #[must_use]
     pub fn open_events(&self) -> usize {
-        self.current.len()
+        self.current_events as usize
     }
 
     /// Seals the open batch, if it has events.
     pub fn seal(&mut self) -> Option<Sealed> {
-        if self.current.is_empty() {
+        if self.current_events == 0 {
             return None;
         }
-        let events = std::mem::replace(&mut self.current, Vec::with_capacity(self.max_events));
-        let count = events.len() as u32;
+        let count = self.current_events;
         let batch_id = self.next_id;
         self.next_id += 1;
         let sequence = self.sequence;
         self.sequence += 1;
-        self.current_bytes = 0;
+        self.current_events = 0;
         self.opened_at = None;
-        let request = pb::TapioStreamEventsRequest {
-            payload: Some(pb::tapio_stream_events_request::Payload::Batch(
-                pb::EventBatch {
-                    batch_id,
-                    collector_id: self.collector_id.clone(),
-                    sequence,
-                    events,
-                },
-            )),
+        // The batch's own fields, then the events already encoded, wrapped as field 1
+        // (`batch`) of the request.
+        let head = pb::EventBatch {
+            batch_id,
+            collector_id: self.collector_id.clone(),
+            sequence,
+            events: Vec::new(),
         };
+        let inner = head.encoded_len() + self.current.len();
+        let mut bytes = BytesMut::with_capacity(1 + encoded_len_varint(inner as u64) + inner);
+        encode_key(BATCH_FIELD, WireType::LengthDelimited, &mut bytes);
+        encode_varint(inner as u64, &mut bytes);
+        head.encode_raw(&mut bytes);
+        bytes.put(self.current.split());
         Some(Sealed {
             batch_id,
             events: count,
-            bytes: Bytes::from(request.encode_to_vec()),
+            bytes: bytes.freeze(),
             segment: None,
         })
     }
@@ -155,6 +173,35 @@ mod tests {
         assert_eq!(sequences, [0, 1, 2]);
         assert_eq!(counts, [3, 3, 1]);
         assert!(batcher.seal().is_none(), "nothing left");
+    }
+
+    #[tokio::test]
+    async fn sealed_bytes_are_exactly_what_prost_encodes() {
+        let mut ids = crate::event::IdGenerator::new();
+        let events: Vec<Event> = (0..5)
+            .map(|n| {
+                let mut e = Event::new(ids.next_id(), n, "a.b", "t");
+                e.message = "m".repeat(n as usize * 100);
+                e.attributes.set("n", n.cast_signed());
+                e
+            })
+            .collect();
+        let mut batcher = Batcher::new("node-7".into(), 100, Duration::from_secs(1), 42);
+        for e in events.clone() {
+            assert!(batcher.push(e).is_none());
+        }
+        let sealed = batcher.seal().expect("a batch");
+        let expected = pb::TapioStreamEventsRequest {
+            payload: Some(pb::tapio_stream_events_request::Payload::Batch(
+                pb::EventBatch {
+                    batch_id: 42,
+                    collector_id: "node-7".into(),
+                    sequence: 0,
+                    events: events.into_iter().map(pb::Event::from).collect(),
+                },
+            )),
+        };
+        assert_eq!(sealed.bytes.as_ref(), expected.encode_to_vec().as_slice());
     }
 
     #[tokio::test]

@@ -10,7 +10,7 @@ mod serde_impls;
 use std::borrow::Cow;
 
 pub use id::{EventId, IdGenerator, ParseIdError, unix_nanos_now};
-pub use proto::ProtoError;
+pub use proto::{ProtoError, check};
 use serde::{Deserialize, Serialize};
 
 /// One observation from one collector.

@@ -112,6 +112,35 @@ impl TryFrom<pb::Event> for Event {
     }
 }
 
+/// Checks a wire event the way [`Event::try_from`] would, without converting it: what the
+/// server does with every event it stores.
+pub fn check(event: &pb::Event) -> Result<(), ProtoError> {
+    if event.id.len() != 16 {
+        return Err(ProtoError::Length {
+            field: "id",
+            expected: 16,
+            actual: event.id.len(),
+        });
+    }
+    if event.r#type.is_empty() {
+        return Err(ProtoError::Missing("type"));
+    }
+    pb::Severity::try_from(event.severity).map_err(|_| ProtoError::Severity(event.severity))?;
+    optional_bytes::<16>("trace_id", &event.trace_id)?;
+    optional_bytes::<8>("span_id", &event.span_id)?;
+    optional_bytes::<8>("parent_span_id", &event.parent_span_id)?;
+    if let Some(attribute) = event.attributes.iter().find(|a| a.value.is_none()) {
+        return Err(ProtoError::AttributeValue(attribute.key.clone()));
+    }
+    if let Some(correlation) = &event.correlation {
+        exact_bytes::<16>("correlation.group_id", &correlation.group_id)?;
+        for link in &correlation.causal_links {
+            exact_bytes::<16>("causal_links.cause_event_id", &link.cause_event_id)?;
+        }
+    }
+    Ok(())
+}
+
 /// Empty means absent; any other length than `N` is an error.
 fn optional_bytes<const N: usize>(
     field: &'static str,
@@ -385,6 +414,22 @@ mod tests {
             prop_assert!(!line.contains('\n'), "one event is one line");
             let back: Event = serde_json::from_str(&line).expect("parses");
             prop_assert_eq!(back, event);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn check_agrees_with_conversion(event in event(), corrupt in 0usize..6) {
+            let mut wire = pb::Event::from(event);
+            match corrupt {
+                0 => wire.id.truncate(3),
+                1 => wire.r#type.clear(),
+                2 => wire.severity = 99,
+                3 => wire.span_id = vec![1; 5],
+                4 => wire.attributes.push(pb::Attribute { key: "k".into(), value: None }),
+                _ => {}
+            }
+            prop_assert_eq!(check(&wire).err(), Event::try_from(wire).err());
         }
     }
 

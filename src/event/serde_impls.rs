@@ -1,7 +1,7 @@
 //! JSON forms that differ from the derived ones: ids as text, byte ids as lowercase hex
 //! (as OTLP/JSON writes them), attributes as an object of typed values.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 
 use serde::de::{self, MapAccess, Visitor};
 use serde::ser::SerializeMap;
@@ -48,10 +48,11 @@ impl<'de> Deserialize<'de> for Cow<'de> {
 }
 
 fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut text = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        // Writing to a String cannot fail.
-        let _ = write!(text, "{b:02x}");
+    for &b in bytes {
+        text.push(char::from(DIGITS[usize::from(b >> 4)]));
+        text.push(char::from(DIGITS[usize::from(b & 0xf)]));
     }
     text
 }

@@ -135,7 +135,7 @@ const SCHEMA: &str = "
         group_id BLOB,
         payload BLOB NOT NULL
     ) WITHOUT ROWID;
-    CREATE INDEX IF NOT EXISTS events_by_ts ON events(ts);
+
     CREATE INDEX IF NOT EXISTS events_by_group ON events(group_id) WHERE group_id IS NOT NULL;
     CREATE TABLE IF NOT EXISTS batches (
         collector_id TEXT NOT NULL,
@@ -157,6 +157,8 @@ impl Store {
         })?;
         let path = dir.join("events.db");
         let conn = Connection::open(&path)?;
+        conn.pragma_update(None, "page_size", 16384)?;
+        conn.pragma_update(None, "cache_size", -65536)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(
             None,
