@@ -10,6 +10,8 @@
     reason = "criterion_group! generates an undocumented public fn"
 )]
 
+mod support;
+
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use prost::Message;
 use std::hint::black_box;
@@ -20,25 +22,12 @@ const BATCH: usize = 1000;
 
 /// An OOM-kill event with the entities and attributes a real one carries.
 fn event(ids: &mut IdGenerator) -> Event {
-    let mut e = Event::new(
-        ids.next_id(),
-        1_790_000_000_000_000_000,
+    let mut e = support::container_event(
+        ids,
         "memory.oom_kill",
-        "kernel",
+        Severity::Critical,
+        "OOM killer killed java (pid 4242) in payments/checkout-7d9f8-x2k4p",
     );
-    e.severity = Severity::Critical;
-    e.message = "OOM killer killed java (pid 4242) in payments/checkout-7d9f8-x2k4p".into();
-    let n = &mut e.entities;
-    n.node = "worker-3".into();
-    n.pid = 4242;
-    n.comm = "java".into();
-    n.cgroup_id = 12_345;
-    n.container_id = "3f4e".repeat(16);
-    n.pod_uid = "8f6fe56b-7ad0-4637-a0a3-1be51340079c".into();
-    n.pod_namespace = "payments".into();
-    n.pod_name = "checkout-7d9f8-x2k4p".into();
-    n.workload_kind = "Deployment".into();
-    n.workload_name = "checkout".into();
     e.attributes.set("victim_pid", 4242);
     e.attributes.set("memory_limit_bytes", 536_870_912i64);
     e.attributes.set("memory_usage_peak_bytes", 536_870_912i64);
