@@ -12,11 +12,12 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use tapio::event::{Event, IdGenerator};
 use tapio::pb;
 use tapio::server::store::{Batch, Store, Sync};
+use tapio::server::wire::RawEvent;
 
 const BATCH: usize = 1000;
 const BATCHES: usize = 50;
 
-fn batches(ids: &mut IdGenerator) -> Vec<Vec<pb::Event>> {
+fn batches(ids: &mut IdGenerator) -> Vec<Vec<RawEvent>> {
     (0..BATCHES)
         .map(|_| {
             (0..BATCH)
@@ -35,7 +36,7 @@ fn batches(ids: &mut IdGenerator) -> Vec<Vec<pb::Event>> {
                     e.entities.pod_namespace = "payments".into();
                     e.entities.pod_name = "checkout-7d9f8-x2k4p".into();
                     e.attributes.set("dport", 5432);
-                    e.into()
+                    RawEvent::from_message(&pb::Event::from(e)).expect("valid event")
                 })
                 .collect()
         })

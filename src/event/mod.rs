@@ -4,7 +4,7 @@
 //! by `--stdout` reads like the wire message; ids are ULID text and trace ids hex.
 
 mod id;
-mod proto;
+pub(crate) mod proto;
 mod serde_impls;
 
 use std::borrow::Cow;

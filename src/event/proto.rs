@@ -284,14 +284,17 @@ impl TryFrom<pb::CausalLink> for CausalLink {
     }
 }
 
+/// proptest strategies for events, shared by the tests that check wire handling.
 #[cfg(test)]
-mod tests {
+pub(crate) mod strategies {
     use std::collections::BTreeMap;
 
     use proptest::prelude::*;
-    use prost::Message;
 
-    use super::*;
+    use crate::event::{
+        AttrValue, Attribute, Attributes, CausalLink, Correlation, Entities, Event, EventId,
+        GroupId, Severity, SpanId, TraceId,
+    };
 
     fn text() -> impl Strategy<Value = String> {
         "[a-zA-Z0-9._/-]{0,12}"
@@ -363,7 +366,7 @@ mod tests {
     }
 
     prop_compose! {
-        fn event()(
+        pub(crate) fn event()(
             id in any::<u128>(),
             timestamp in any::<u64>(),
             kind in "[a-z]{1,8}(\\.[a-z_]{1,8}){0,2}",
@@ -399,6 +402,15 @@ mod tests {
             }
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use prost::Message;
+
+    use super::*;
+    use strategies::event;
 
     proptest! {
         #[test]

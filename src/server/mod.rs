@@ -2,6 +2,7 @@
 //! durably (see [`store`]), acks a batch only after its commit, and answers queries.
 
 pub mod store;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,14 +11,15 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 use tokio::sync::{broadcast, mpsc};
-use tokio_stream::Stream;
 use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
+use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::pb;
 use crate::pb::tapio_service_server::{TapioService, TapioServiceServer};
 pub use store::{EventQuery, Stats, Store, Sync};
+use wire::{RawBatch, RawEvent, RawRequest};
 
 /// Why the server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -194,7 +196,7 @@ fn ack(
 
 impl Service {
     /// Checks a batch and queues it for commit; the ack is sent when the commit is done.
-    fn accept_batch(&self, batch: pb::EventBatch, peer: &str, tx: &ResponseSender) {
+    fn accept_batch(&self, batch: RawBatch, peer: &str, tx: &ResponseSender) {
         let batch_id = batch.batch_id;
         if batch.events.len() > self.max_batch_events {
             let message = format!(
@@ -206,18 +208,18 @@ impl Service {
             respond(tx, ack(batch_id, pb::ack::Status::Rejected, message, 0, 0));
             return;
         }
-        if let Some((index, error)) = batch
-            .events
-            .iter()
-            .enumerate()
-            .find_map(|(i, e)| crate::event::check(e).err().map(|error| (i, error)))
-        {
-            let message = format!("batch {batch_id}, event {index}: {error}");
-            tracing::warn!(peer, batch_id, error = %message, "Batch rejected: invalid event.");
-            respond(tx, ack(batch_id, pb::ack::Status::Rejected, message, 0, 0));
-            return;
+        let mut events = Vec::with_capacity(batch.events.len());
+        for (index, bytes) in batch.events.into_iter().enumerate() {
+            match RawEvent::parse(bytes) {
+                Ok(event) => events.push(event),
+                Err(error) => {
+                    let message = format!("batch {batch_id}, event {index}: {error}");
+                    tracing::warn!(peer, batch_id, error = %message, "Batch rejected: invalid event.");
+                    respond(tx, ack(batch_id, pb::ack::Status::Rejected, message, 0, 0));
+                    return;
+                }
+            }
         }
-        let events = batch.events;
         let store = self.store.clone();
         let tx = tx.clone();
         let write = store::Batch {
@@ -251,16 +253,12 @@ impl Service {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl TapioService for Service {
-    type StreamEventsStream =
-        UnboundedReceiverStream<Result<pb::TapioStreamEventsResponse, Status>>;
-    type SubscribeToEventsStream = BoxStream<pb::Event>;
-
-    async fn stream_events(
+impl Service {
+    /// Runs one `StreamEvents` call: batches in, acks (after commit) and directives out.
+    fn stream(
         &self,
-        request: Request<Streaming<pb::TapioStreamEventsRequest>>,
-    ) -> Result<Response<Self::StreamEventsStream>, Status> {
+        request: Request<BoxStream<RawRequest>>,
+    ) -> Response<UnboundedReceiverStream<Result<pb::TapioStreamEventsResponse, Status>>> {
         let peer = request
             .remote_addr()
             .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
@@ -277,33 +275,29 @@ impl TapioService for Service {
         }
         let service = self.clone();
         tokio::spawn(async move {
-            use pb::tapio_stream_events_request::Payload;
-            loop {
-                match inbound.message().await {
-                    Ok(Some(message)) => match message.payload {
-                        Some(Payload::Batch(batch)) => service.accept_batch(batch, &peer, &tx),
-                        Some(Payload::Control(control)) => match control.kind() {
-                            pb::stream_control::Kind::Hello => {
-                                tracing::info!(
-                                    peer,
-                                    collector = control.collector_id,
-                                    version = control.version,
-                                    "Collector connected."
-                                );
-                            }
-                            pb::stream_control::Kind::Close => {
-                                tracing::info!(peer, "Collector closed its stream.");
-                            }
-                            _ => {}
-                        },
-                        None => {
-                            let _ = tx.send(Err(Status::invalid_argument(
-                                "a stream message must carry a batch or a control message",
-                            )));
-                            break;
+            while let Some(message) = inbound.next().await {
+                match message {
+                    Ok(RawRequest::Batch(batch)) => service.accept_batch(batch, &peer, &tx),
+                    Ok(RawRequest::Control(control)) => match control.kind() {
+                        pb::stream_control::Kind::Hello => {
+                            tracing::info!(
+                                peer,
+                                collector = control.collector_id,
+                                version = control.version,
+                                "Collector connected."
+                            );
                         }
+                        pb::stream_control::Kind::Close => {
+                            tracing::info!(peer, "Collector closed its stream.");
+                        }
+                        _ => {}
                     },
-                    Ok(None) => break,
+                    Ok(RawRequest::Empty) => {
+                        let _ = tx.send(Err(Status::invalid_argument(
+                            "a stream message must carry a batch or a control message",
+                        )));
+                        break;
+                    }
                     Err(status) => {
                         tracing::warn!(peer, error = %status.message(), "Stream ended with an error.");
                         // Tell the client why, if it is still there (e.g. a message over the limit).
@@ -321,7 +315,85 @@ impl TapioService for Service {
                 .metadata_mut()
                 .insert(RATE_LIMIT_HEADER, self.max_events_per_second.into());
         }
-        Ok(response)
+        response
+    }
+}
+
+/// `TapioService` with `StreamEvents` routed through [`wire::RawCodec`], so events are
+/// stored as the bytes they arrived as; every other method goes to the generated server.
+#[derive(Clone)]
+struct Routes {
+    generated: TapioServiceServer<Service>,
+    service: Arc<Service>,
+    max_message_bytes: usize,
+}
+
+const STREAM_EVENTS_PATH: &str = "/tapio.v1.TapioService/StreamEvents";
+
+impl tonic::server::NamedService for Routes {
+    const NAME: &'static str = "tapio.v1.TapioService";
+}
+
+impl<B> tonic::codegen::Service<tonic::codegen::http::Request<B>> for Routes
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = tonic::codegen::http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: tonic::codegen::http::Request<B>) -> Self::Future {
+        if request.uri().path() != STREAM_EVENTS_PATH {
+            return self.generated.call(request);
+        }
+        let method = RawStreamEvents(Arc::clone(&self.service));
+        let limit = self.max_message_bytes;
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(wire::RawCodec)
+                .apply_max_message_size_config(Some(limit), Some(limit));
+            Ok(grpc.streaming(method, request).await)
+        })
+    }
+}
+
+struct RawStreamEvents(Arc<Service>);
+
+impl tonic::server::StreamingService<RawRequest> for RawStreamEvents {
+    type Response = pb::TapioStreamEventsResponse;
+    type ResponseStream = UnboundedReceiverStream<Result<pb::TapioStreamEventsResponse, Status>>;
+    type Future = tonic::codegen::BoxFuture<Response<Self::ResponseStream>, Status>;
+
+    fn call(&mut self, request: Request<Streaming<RawRequest>>) -> Self::Future {
+        let service = Arc::clone(&self.0);
+        let (metadata, extensions, inbound) = request.into_parts();
+        let request = Request::from_parts(metadata, extensions, Box::pin(inbound) as BoxStream<_>);
+        Box::pin(async move { Ok(service.stream(request)) })
+    }
+}
+
+#[tonic::async_trait]
+impl TapioService for Service {
+    type StreamEventsStream =
+        UnboundedReceiverStream<Result<pb::TapioStreamEventsResponse, Status>>;
+    type SubscribeToEventsStream = BoxStream<pb::Event>;
+
+    /// Served by [`Routes`] with the zero-copy codec; this prost-typed entry point (used
+    /// only when the generated server is mounted on its own) re-encodes each event.
+    async fn stream_events(
+        &self,
+        request: Request<Streaming<pb::TapioStreamEventsRequest>>,
+    ) -> Result<Response<Self::StreamEventsStream>, Status> {
+        let (metadata, extensions, inbound) = request.into_parts();
+        let inbound = inbound.map(|message| message.map(RawRequest::from));
+        Ok(self.stream(Request::from_parts(metadata, extensions, Box::pin(inbound))))
     }
 
     async fn get_events(
@@ -534,10 +606,14 @@ impl Server {
         let auth = Auth {
             token: self.token.map(Arc::from),
         };
-        let service = TapioServiceServer::new(self.service)
-            .max_decoding_message_size(self.max_message_bytes)
-            .max_encoding_message_size(self.max_message_bytes);
-        let service = tonic::service::interceptor::InterceptedService::new(service, auth);
+        let routes = Routes {
+            generated: TapioServiceServer::new(self.service.clone())
+                .max_decoding_message_size(self.max_message_bytes)
+                .max_encoding_message_size(self.max_message_bytes),
+            service: Arc::new(self.service),
+            max_message_bytes: self.max_message_bytes,
+        };
+        let service = tonic::service::interceptor::InterceptedService::new(routes, auth);
         // Acks are small: without TCP_NODELAY, Nagle and delayed ACKs hold each one ~40 ms
         // and the collector's window stalls.
         let incoming = tonic::transport::server::TcpIncoming::from(self.listener)

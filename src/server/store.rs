@@ -13,6 +13,7 @@ use prost::Message;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use super::wire::RawEvent;
 use crate::pb;
 
 /// Why the store failed.
@@ -60,8 +61,8 @@ pub struct Batch {
     pub batch_id: u64,
     /// The batch's sequence number.
     pub sequence: u64,
-    /// Its events, already validated.
-    pub events: Vec<pb::Event>,
+    /// Its events, checked, as the bytes they arrived as.
+    pub events: Vec<RawEvent>,
 }
 
 /// What a commit did with a batch.
@@ -427,33 +428,25 @@ fn commit(conn: &mut Connection, group: &[Job], watching: bool) -> rusqlite::Res
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i64);
-        let mut payload = Vec::with_capacity(512);
         for job in group {
             let mut accepted = 0u32;
             for event in &job.batch.events {
-                payload.clear();
-                event
-                    .encode(&mut payload)
-                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-                let entities = event.entities.as_ref();
-                let group_id = event
-                    .correlation
-                    .as_ref()
-                    .map(|c| c.group_id.as_slice())
-                    .filter(|g| !g.is_empty());
                 let inserted = insert_event.execute(params![
-                    event.id,
-                    to_sql_ts(event.timestamp_unix_nano),
-                    event.r#type,
-                    entities.map_or("", |e| e.pod_namespace.as_str()),
-                    entities.map_or("", |e| e.pod_name.as_str()),
-                    group_id,
-                    payload,
+                    &event.id[..],
+                    to_sql_ts(event.timestamp),
+                    event.kind(),
+                    event.pod_namespace(),
+                    event.pod_name(),
+                    event.group_id.as_ref().map(|g| &g[..]),
+                    &event.bytes[..],
                 ])?;
                 if inserted > 0 {
                     accepted += 1;
                     if let Some(fresh) = fresh.as_mut() {
-                        fresh.push(event.clone());
+                        // Only the live tail wants structs; it is the one place that decodes.
+                        if let Ok(decoded) = event.decode() {
+                            fresh.push(decoded);
+                        }
                     }
                 }
             }
@@ -493,7 +486,10 @@ mod tests {
             collector_id: "node-a".into(),
             batch_id: id,
             sequence: id,
-            events,
+            events: events
+                .into_iter()
+                .map(|e| RawEvent::from_message(&e).expect("valid event"))
+                .collect(),
         }
     }
 
