@@ -3,7 +3,9 @@
 //! read-only connections for queries.
 //!
 //! Events are keyed by their 16-byte id, so a batch that is sent again after a lost ack
-//! stores nothing twice.
+//! stores nothing twice. Each event's row holds the indexed columns and where its bytes
+//! are: the new events of a batch are stored together as one chunk (one blob per batch
+//! rather than one per event: a third of the writer's time, `cargo bench --bench e2e`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,6 +36,14 @@ pub enum Error {
     /// A stored event no longer decodes.
     #[error("stored event does not decode: {0}")]
     Corrupt(#[from] prost::DecodeError),
+    /// An event's row points outside its chunk.
+    #[error("stored event at chunk {chunk}, offset {offset} is missing")]
+    Missing {
+        /// The chunk.
+        chunk: i64,
+        /// Where the event should start.
+        offset: usize,
+    },
     /// The writer thread has stopped.
     #[error("the store is closed")]
     Closed,
@@ -134,8 +144,14 @@ const SCHEMA: &str = "
         pod_namespace TEXT NOT NULL,
         pod_name TEXT NOT NULL,
         group_id BLOB,
-        payload BLOB NOT NULL
+        chunk INTEGER NOT NULL,
+        offset INTEGER NOT NULL,
+        length INTEGER NOT NULL
     ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS chunks (
+        seq INTEGER PRIMARY KEY,
+        bytes BLOB NOT NULL
+    );
 
     CREATE INDEX IF NOT EXISTS events_by_group ON events(group_id) WHERE group_id IS NOT NULL;
     CREATE TABLE IF NOT EXISTS batches (
@@ -172,11 +188,15 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
         let (jobs, rx) = mpsc::channel(GROUP * 4);
+        let next_chunk: i64 =
+            conn.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM chunks", [], |row| {
+                row.get(0)
+            })?;
         let (committed, _) = broadcast::channel(1024);
         let fanout = committed.clone();
         std::thread::Builder::new()
             .name("tapio-store".into())
-            .spawn(move || write_loop(conn, rx, &fanout))
+            .spawn(move || write_loop(conn, rx, &fanout, next_chunk))
             .map_err(|source| Error::CreateDir {
                 path: dir.to_owned(),
                 source,
@@ -316,7 +336,7 @@ fn stats_at(path: &Path) -> Result<Stats> {
 
 fn events_at(path: &Path, query: &EventQuery) -> Result<Vec<pb::Event>> {
     let conn = open_read(path)?;
-    let mut sql = String::from("SELECT payload FROM events WHERE ts >= ? AND ts < ?");
+    let mut sql = String::from("SELECT chunk, offset, length FROM events WHERE ts >= ? AND ts < ?");
     let mut values: Vec<rusqlite::types::Value> =
         vec![to_sql_ts(query.start).into(), upper_bound(query.end).into()];
     if !query.types.is_empty() {
@@ -340,15 +360,32 @@ fn events_at(path: &Path, query: &EventQuery) -> Result<Vec<pb::Event>> {
     sql.push_str(" ORDER BY ts, id LIMIT ?");
     values.push(effective_limit(query.limit).into());
     let mut statement = conn.prepare(&sql)?;
-    let payloads = statement
+    let places = statement
         .query_map(rusqlite::params_from_iter(values), |row| {
-            row.get::<_, Vec<u8>>(0)
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, u32>(1)? as usize,
+                row.get::<_, u32>(2)? as usize,
+            ))
         })?
         .collect::<Result<Vec<_>, _>>()?;
-    payloads
-        .iter()
-        .map(|p| pb::Event::decode(p.as_slice()).map_err(Error::from))
-        .collect()
+    // Events of one batch share a chunk: read each chunk once.
+    let mut chunks: std::collections::HashMap<i64, Vec<u8>> = std::collections::HashMap::new();
+    let mut read_chunk = conn.prepare("SELECT bytes FROM chunks WHERE seq = ?1")?;
+    let mut events = Vec::with_capacity(places.len());
+    for (chunk, offset, length) in places {
+        let stored = match chunks.entry(chunk) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                entry.insert(read_chunk.query_row([chunk], |row| row.get(0))?)
+            }
+        };
+        let bytes = stored
+            .get(offset..offset + length)
+            .ok_or(Error::Missing { chunk, offset })?;
+        events.push(pb::Event::decode(bytes)?);
+    }
+    Ok(events)
 }
 
 /// 0 means the default of 1000; at most 100 000.
@@ -375,6 +412,7 @@ fn write_loop(
     mut conn: Connection,
     mut jobs: mpsc::Receiver<Job>,
     committed: &broadcast::Sender<Arc<Vec<pb::Event>>>,
+    mut next_chunk: i64,
 ) {
     let mut group = Vec::with_capacity(GROUP);
     while let Some(first) = jobs.blocking_recv() {
@@ -386,7 +424,7 @@ fn write_loop(
             }
         }
         let watching = committed.receiver_count() > 0;
-        match commit(&mut conn, &group, watching) {
+        match commit(&mut conn, &group, watching, &mut next_chunk) {
             Ok((results, fresh)) => {
                 if let Some(fresh) = fresh.filter(|f| !f.is_empty()) {
                     let _ = committed.send(Arc::new(fresh));
@@ -412,15 +450,23 @@ fn clone_error(error: &rusqlite::Error) -> rusqlite::Error {
 
 type CommitOutcome = (Vec<Committed>, Option<Vec<pb::Event>>);
 
-fn commit(conn: &mut Connection, group: &[Job], watching: bool) -> rusqlite::Result<CommitOutcome> {
+fn commit(
+    conn: &mut Connection,
+    group: &[Job],
+    watching: bool,
+    next_chunk: &mut i64,
+) -> rusqlite::Result<CommitOutcome> {
     let tx = conn.transaction()?;
     let mut results = Vec::with_capacity(group.len());
     let mut fresh = watching.then(Vec::new);
     {
         let mut insert_event = tx.prepare_cached(
-            "INSERT OR IGNORE INTO events (id, ts, type, pod_namespace, pod_name, group_id, payload)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT OR IGNORE INTO events
+                 (id, ts, type, pod_namespace, pod_name, group_id, chunk, offset, length)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )?;
+        let mut insert_chunk =
+            tx.prepare_cached("INSERT INTO chunks (seq, bytes) VALUES (?1, ?2)")?;
         let mut insert_batch = tx.prepare_cached(
             "INSERT OR IGNORE INTO batches (collector_id, batch_id, sequence, events, accepted, stored_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -428,8 +474,12 @@ fn commit(conn: &mut Connection, group: &[Job], watching: bool) -> rusqlite::Res
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i64);
+        let mut chunk = Vec::new();
         for job in group {
             let mut accepted = 0u32;
+            let seq = *next_chunk;
+            *next_chunk += 1;
+            chunk.clear();
             for event in &job.batch.events {
                 let inserted = insert_event.execute(params![
                     &event.id[..],
@@ -438,9 +488,13 @@ fn commit(conn: &mut Connection, group: &[Job], watching: bool) -> rusqlite::Res
                     event.pod_namespace(),
                     event.pod_name(),
                     event.group_id.as_ref().map(|g| &g[..]),
-                    &event.bytes[..],
+                    seq,
+                    // Messages are capped far below 4 GiB (--max-message-bytes).
+                    chunk.len() as u32,
+                    event.bytes.len() as u32,
                 ])?;
                 if inserted > 0 {
+                    chunk.extend_from_slice(&event.bytes);
                     accepted += 1;
                     if let Some(fresh) = fresh.as_mut() {
                         // Only the live tail wants structs; it is the one place that decodes.
@@ -449,6 +503,9 @@ fn commit(conn: &mut Connection, group: &[Job], watching: bool) -> rusqlite::Res
                         }
                     }
                 }
+            }
+            if !chunk.is_empty() {
+                insert_chunk.execute(params![seq, chunk])?;
             }
             let total = job.batch.events.len() as u32;
             insert_batch.execute(params![
@@ -530,6 +587,14 @@ mod tests {
                 duplicates: 1
             }
         );
+        // A chunk holds only the new events; every row still finds its own bytes.
+        let stored: Vec<u64> = store
+            .events(&EventQuery::default())
+            .expect("queries")
+            .iter()
+            .map(|e| e.timestamp_unix_nano)
+            .collect();
+        assert_eq!(stored, [1, 2, 3]);
         assert_eq!(
             store.stats().expect("stats"),
             Stats {
