@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
 use tokio::time::Instant;
@@ -43,8 +43,11 @@ pub struct Batcher {
     max_age: Duration,
     next_id: u64,
     sequence: u64,
-    /// The encoded `events` fields of the open batch.
+    /// Room for the request and batch headers, then the encoded `events` fields of the
+    /// open batch: the headers are written into the room at seal time, so the events are
+    /// never copied again.
     current: BytesMut,
+    head_room: usize,
     current_events: u32,
     opened_at: Option<Instant>,
 }
@@ -53,16 +56,28 @@ impl Batcher {
     /// Batches of at most `max_events` events or `max_age` age; ids start at `first_id`.
     #[must_use]
     pub fn new(collector_id: String, max_events: usize, max_age: Duration, first_id: u64) -> Self {
-        Self {
+        // Request key and length, then the batch id, collector id and sequence fields.
+        let head_room = 1 + 10 + (1 + 10) + (1 + 10 + collector_id.len()) + (1 + 10);
+        let mut batcher = Self {
             collector_id,
             max_events,
             max_age,
             next_id: first_id,
             sequence: 0,
             current: BytesMut::new(),
+            head_room: 0,
             current_events: 0,
             opened_at: None,
-        }
+        };
+        batcher.head_room = head_room;
+        batcher.fresh_buffer(0);
+        batcher
+    }
+
+    /// Starts an empty buffer with the head room, sized for a batch like the last one.
+    fn fresh_buffer(&mut self, expected: usize) {
+        self.current = BytesMut::with_capacity(self.head_room + expected);
+        self.current.resize(self.head_room, 0);
     }
 
     /// Adds an event; returns a sealed batch when this one filled it.
@@ -71,7 +86,7 @@ impl Batcher {
         let len = event.encoded_len();
         let size = 1 + encoded_len_varint(len as u64) + len;
         let mut sealed = None;
-        if self.current_events > 0 && self.current.len() + size > MAX_BATCH_BYTES {
+        if self.current_events > 0 && self.current.len() - self.head_room + size > MAX_BATCH_BYTES {
             sealed = self.seal();
         }
         if self.current_events == 0 {
@@ -122,16 +137,20 @@ impl Batcher {
             sequence,
             events: Vec::new(),
         };
-        let inner = head.encoded_len() + self.current.len();
-        let mut bytes = BytesMut::with_capacity(1 + encoded_len_varint(inner as u64) + inner);
-        encode_key(BATCH_FIELD, WireType::LengthDelimited, &mut bytes);
-        encode_varint(inner as u64, &mut bytes);
-        head.encode_raw(&mut bytes);
-        bytes.put(self.current.split());
+        let events_len = self.current.len() - self.head_room;
+        let inner = head.encoded_len() + events_len;
+        let mut header = Vec::with_capacity(self.head_room);
+        encode_key(BATCH_FIELD, WireType::LengthDelimited, &mut header);
+        encode_varint(inner as u64, &mut header);
+        head.encode_raw(&mut header);
+        let start = self.head_room - header.len();
+        self.current[start..self.head_room].copy_from_slice(&header);
+        let full = std::mem::take(&mut self.current).freeze();
+        self.fresh_buffer(events_len);
         Some(Sealed {
             batch_id,
             events: count,
-            bytes: bytes.freeze(),
+            bytes: full.slice(start..),
             segment: None,
         })
     }
