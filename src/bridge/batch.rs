@@ -81,9 +81,8 @@ impl Batcher {
     }
 
     /// Adds an event; returns a sealed batch when this one filled it.
-    pub fn push(&mut self, event: Event) -> Option<Sealed> {
-        let event = pb::Event::from(event);
-        let len = event.encoded_len();
+    pub fn push(&mut self, event: &Event) -> Option<Sealed> {
+        let len = event.wire_len();
         let size = 1 + encoded_len_varint(len as u64) + len;
         let mut sealed = None;
         if self.current_events > 0 && self.current.len() - self.head_room + size > MAX_BATCH_BYTES {
@@ -96,7 +95,7 @@ impl Batcher {
         self.current.reserve(size);
         encode_key(EVENTS_FIELD, WireType::LengthDelimited, &mut self.current);
         encode_varint(len as u64, &mut self.current);
-        event.encode_raw(&mut self.current);
+        event.encode_wire(&mut self.current);
         self.current_events += 1;
         if self.current_events as usize >= self.max_events {
             // Only one of the two seals can happen per push: the size seal leaves one event.
@@ -168,7 +167,7 @@ mod tests {
     #[tokio::test]
     async fn seals_by_count_with_increasing_ids_and_sequences() {
         let mut batcher = Batcher::new("node".into(), 3, Duration::from_secs(1), 100);
-        let sealed: Vec<Sealed> = (0..7).filter_map(|n| batcher.push(event(n))).collect();
+        let sealed: Vec<Sealed> = (0..7).filter_map(|n| batcher.push(&event(n))).collect();
         assert_eq!(sealed.len(), 2);
         assert_eq!(batcher.open_events(), 1);
         let last = batcher.seal().expect("partial batch");
@@ -207,7 +206,7 @@ mod tests {
             .collect();
         let mut batcher = Batcher::new("node-7".into(), 100, Duration::from_secs(1), 42);
         for e in events.clone() {
-            assert!(batcher.push(e).is_none());
+            assert!(batcher.push(&e).is_none());
         }
         let sealed = batcher.seal().expect("a batch");
         let expected = pb::TapioStreamEventsRequest {
@@ -228,7 +227,7 @@ mod tests {
         let mut batcher = Batcher::new("node".into(), 10, Duration::from_millis(250), 1);
         assert!(batcher.deadline().is_none());
         let before = Instant::now();
-        batcher.push(event(1));
+        batcher.push(&event(1));
         let deadline = batcher.deadline().expect("open batch");
         assert!(deadline >= before + Duration::from_millis(250));
     }

@@ -392,7 +392,7 @@ impl Delivery {
             .pending
             .fetch_add(events.len() as u64, Ordering::Relaxed);
         for event in events {
-            if let Some(sealed) = self.batcher.push(event) {
+            if let Some(sealed) = self.batcher.push(&event) {
                 self.enqueue(sealed);
             }
         }

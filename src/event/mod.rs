@@ -6,6 +6,7 @@
 mod id;
 pub(crate) mod proto;
 mod serde_impls;
+mod wire;
 
 use std::borrow::Cow;
 
