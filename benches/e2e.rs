@@ -177,37 +177,71 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
-/// One end-to-end run against a real tapio-server: events/s and the collector's peak RSS
-/// with the real collector, and events/s of the bare streaming client against the same
-/// server (the server's own capacity).
-fn end_to_end(events: usize, rate: u64, sync: &str) -> (f64, u64, f64) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
-    let port = listener.local_addr().expect("addr").port();
-    drop(listener);
-    let mut server = Command::new(env!("CARGO_BIN_EXE_tapio-server"))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--sync",
-            sync,
-            "--log-level",
-            "warn",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("server starts");
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        std::thread::sleep(Duration::from_millis(10));
+/// A tapio-server process with a fresh store.
+struct ServerRun {
+    child: std::process::Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl ServerRun {
+    fn start(sync: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+        let port = listener.local_addr().expect("addr").port();
+        drop(listener);
+        let child = Command::new(env!("CARGO_BIN_EXE_tapio-server"))
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--sync", sync])
+            .args(["--log-level", "warn"])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("server starts");
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Self { child, port, dir }
     }
-    let server_only = tokio::runtime::Builder::new_current_thread()
+
+    fn events_total(&self) -> u64 {
+        let totals = Command::new(env!("CARGO_BIN_EXE_tapio-server"))
+            .arg("stats")
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .output()
+            .expect("stats");
+        let value: serde_json::Value = serde_json::from_slice(&totals.stdout).expect("JSON");
+        value["events_total"].as_u64().expect("events_total")
+    }
+}
+
+impl Drop for ServerRun {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The bare streaming client against a fresh tapio-server: the server's own capacity.
+fn server_only(events: usize, sync: &str) -> f64 {
+    let server = ServerRun::start(sync);
+    let rate = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime")
-        .block_on(stream_batches(&format!("127.0.0.1:{port}"), events));
-    let config = dir.path().join("bench.yaml");
+        .block_on(stream_batches(
+            &format!("127.0.0.1:{}", server.port),
+            events,
+        ));
+    assert_eq!(server.events_total(), (events / BATCH * BATCH) as u64);
+    rate
+}
+
+/// The real collector against a fresh tapio-server: events/s and the collector's peak RSS.
+fn end_to_end(events: usize, rate: u64, sync: &str) -> (f64, u64) {
+    let server = ServerRun::start(sync);
+    let config = server.dir.path().join("bench.yaml");
     std::fs::write(
         &config,
         format!("collectors:\n  synthetic: {{ config: {{ events: {events}, rate: {rate} }} }}\ncorrelation: {{ mode: basic }}\n"),
@@ -219,7 +253,7 @@ fn end_to_end(events: usize, rate: u64, sync: &str) -> (f64, u64, f64) {
         .arg(&config)
         .args([
             "--server",
-            &format!("127.0.0.1:{port}"),
+            &format!("127.0.0.1:{}", server.port),
             "--log-level",
             "warn",
         ])
@@ -236,22 +270,8 @@ fn end_to_end(events: usize, rate: u64, sync: &str) -> (f64, u64, f64) {
     };
     let elapsed = started.elapsed();
     assert!(status.success(), "collector failed");
-    let totals = Command::new(env!("CARGO_BIN_EXE_tapio-server"))
-        .arg("stats")
-        .arg("--data-dir")
-        .arg(dir.path())
-        .output()
-        .expect("stats");
-    let value: serde_json::Value = serde_json::from_slice(&totals.stdout).expect("JSON");
-    let expected = (events / BATCH * BATCH + events) as u64;
-    assert_eq!(
-        value["events_total"].as_u64(),
-        Some(expected),
-        "every event stored"
-    );
-    let _ = server.kill();
-    let _ = server.wait();
-    (events as f64 / elapsed.as_secs_f64(), peak, server_only)
+    assert_eq!(server.events_total(), events as u64, "every event stored");
+    (events as f64 / elapsed.as_secs_f64(), peak)
 }
 
 fn main() {
@@ -269,11 +289,12 @@ fn main() {
     drop(runtime);
     println!("e2e/ceiling (bare tonic stream, ack-only server): {ceiling:.0} events/s");
     for sync in ["normal", "full"] {
-        let (rate, rss, server_only) = end_to_end(events, 0, sync);
+        let server_only = server_only(events, sync);
         println!(
             "e2e/bare client->tapio-server (--sync {sync}): {server_only:.0} events/s, ratio {:.2} of ceiling",
             server_only / ceiling
         );
+        let (rate, rss) = end_to_end(events, 0, sync);
         println!(
             "e2e/collector->tapio-server (--sync {sync}): {rate:.0} events/s, ratio {:.2} of ceiling, collector peak RSS {} MiB",
             rate / ceiling,
@@ -282,7 +303,7 @@ fn main() {
     }
     // The footprint target is at a sustained 100k events/s, not at full speed.
     let sustained = events / 2;
-    let (rate, rss, _) = end_to_end(sustained, 100_000, "normal");
+    let (rate, rss) = end_to_end(sustained, 100_000, "normal");
     println!(
         "e2e/collector at a sustained 100k events/s ({sustained} events): {rate:.0} events/s delivered, collector peak RSS {} MiB",
         rss / 1024
