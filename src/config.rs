@@ -140,7 +140,7 @@ impl Default for ServerConfig {
             insecure: true,
             data_dir: PathBuf::from("tapio-data"),
             drain_timeout: Duration::from_secs(30),
-            window: 8,
+            window: 16,
             max_pending_batches: 16,
             token_file: None,
             spool_dir: None,
