@@ -368,6 +368,25 @@ struct Delivery {
 }
 
 impl Delivery {
+    fn new(config: BridgeConfig, stats: Arc<BridgeStats>, pending: Queue, first_id: u64) -> Self {
+        Self {
+            batcher: Batcher::new(
+                config.collector_id.clone(),
+                config.batch_events,
+                config.flush_interval,
+                first_id,
+            ),
+            config,
+            stats,
+            pending,
+            stopping: false,
+            inflight: VecDeque::new(),
+            paused: false,
+            limit_per_second: 0,
+            next_send_at: Instant::now(),
+        }
+    }
+
     fn has_room(&self) -> bool {
         match &self.pending {
             Queue::Memory(batches) => batches.len() < self.config.max_pending_batches,
@@ -469,7 +488,7 @@ impl Delivery {
 
     /// Sends pending batches while the window, flow control and rate limit allow. Returns
     /// false when the stream turned out to be closed.
-    fn pump(&mut self, connection: &Connection) -> bool {
+    fn pump(&mut self, outbound: &mpsc::Sender<Bytes>) -> bool {
         while !self.paused && self.inflight.len() < self.config.window {
             let now = Instant::now();
             if now < self.next_send_at {
@@ -478,7 +497,7 @@ impl Delivery {
             let Some(batch) = self.next_pending() else {
                 break;
             };
-            match connection.outbound.try_send(batch.bytes.clone()) {
+            match outbound.try_send(batch.bytes.clone()) {
                 Ok(()) => {
                     if self.limit_per_second > 0 {
                         let nanos = u128::from(batch.events) * 1_000_000_000
@@ -638,22 +657,7 @@ async fn run(
     // Ids from the clock keep batch ids unique across restarts of the collector.
     let first_id = crate::event::unix_nanos_now();
     let hello = hello(&config.collector_id);
-    let mut delivery = Delivery {
-        batcher: Batcher::new(
-            config.collector_id.clone(),
-            config.batch_events,
-            config.flush_interval,
-            first_id,
-        ),
-        config,
-        stats,
-        pending: queue,
-        stopping: false,
-        inflight: VecDeque::new(),
-        paused: false,
-        limit_per_second: 0,
-        next_send_at: Instant::now(),
-    };
+    let mut delivery = Delivery::new(config, stats, queue, first_id);
     let mut backoff = Backoff::new();
     let mut connection: Option<Connection> = None;
     let mut connecting: Option<JoinHandle<Result<Connection, Status>>> = None;
@@ -676,7 +680,10 @@ async fn run(
                 delivery.config.window,
             )));
         }
-        if connection.as_ref().is_some_and(|c| !delivery.pump(c)) {
+        if connection
+            .as_ref()
+            .is_some_and(|c| !delivery.pump(&c.outbound))
+        {
             connection = None;
             delivery.requeue();
             retry_at = Some(Instant::now() + backoff.delay());
@@ -794,6 +801,99 @@ async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::EventId;
+
+    fn delivery(window: usize) -> Delivery {
+        let config = BridgeConfig {
+            address: "127.0.0.1:1".into(),
+            collector_id: "node".into(),
+            batch_events: 10,
+            flush_interval: Duration::from_secs(1),
+            window,
+            max_pending_batches: 100,
+            drain_timeout: Duration::from_secs(1),
+            token: None,
+            spool: None,
+            tls: None,
+        };
+        Delivery::new(
+            config,
+            Arc::new(BridgeStats::default()),
+            Queue::Memory(VecDeque::new()),
+            1,
+        )
+    }
+
+    fn directive(action: pb::flow_control::Action, rate: u64) -> pb::TapioStreamEventsResponse {
+        pb::TapioStreamEventsResponse {
+            payload: Some(pb::tapio_stream_events_response::Payload::FlowControl(
+                pb::FlowControl {
+                    action: action.into(),
+                    max_events_per_second: rate,
+                },
+            )),
+        }
+    }
+
+    fn ack(batch_id: u64, status: pb::ack::Status) -> pb::TapioStreamEventsResponse {
+        pb::TapioStreamEventsResponse {
+            payload: Some(pb::tapio_stream_events_response::Payload::Ack(pb::Ack {
+                batch_id,
+                status: status.into(),
+                ..pb::Ack::default()
+            })),
+        }
+    }
+
+    fn events(n: u128) -> Vec<Event> {
+        (0..n)
+            .map(|i| Event::new(EventId::from_u128((i + 1) << 80), 1, "a.b", "t"))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn pause_resume_and_the_window_govern_what_is_sent() {
+        let mut d = delivery(2);
+        let (tx, mut rx) = mpsc::channel(16);
+        d.push(events(40)); // four batches of ten
+        d.on_response(directive(pb::flow_control::Action::Pause, 0));
+        assert!(d.pump(&tx));
+        assert!(rx.try_recv().is_err(), "nothing goes while paused");
+        d.on_response(directive(pb::flow_control::Action::Resume, 0));
+        assert!(d.pump(&tx));
+        assert_eq!(d.inflight.len(), 2, "the window caps what is in flight");
+        d.on_response(ack(1, pb::ack::Status::Ok));
+        assert!(d.pump(&tx));
+        let ids: Vec<u64> = d.inflight.iter().map(|b| b.batch_id).collect();
+        assert_eq!(ids, [2, 3]);
+        assert_eq!(d.stats.delivered.load(Ordering::Relaxed), 10);
+        // A lost stream puts what was in flight back in front, in order.
+        d.requeue();
+        let Queue::Memory(pending) = &d.pending else {
+            panic!("memory queue")
+        };
+        let order: Vec<u64> = pending.iter().map(|b| b.batch_id).collect();
+        assert_eq!(order, [2, 3, 4]);
+    }
+
+    #[tokio::test]
+    async fn a_rate_limit_spaces_batches_and_a_rejection_is_counted() {
+        let mut d = delivery(8);
+        let (tx, _rx) = mpsc::channel(16);
+        d.push(events(30));
+        d.on_response(directive(pb::flow_control::Action::Limit, 10));
+        assert!(d.pump(&tx));
+        assert_eq!(
+            d.inflight.len(),
+            1,
+            "ten events at ten per second: one batch now"
+        );
+        let wait = d.rate_wait().expect("held back by the limit");
+        assert!(wait >= Instant::now() + Duration::from_millis(900));
+        d.on_response(ack(1, pb::ack::Status::Rejected));
+        assert_eq!(d.stats.dropped.get(DropCause::Rejected), 10);
+        assert!(d.inflight.is_empty());
+    }
 
     #[test]
     fn backoff_grows_with_jitter_and_caps() {
