@@ -134,7 +134,7 @@ fn correlation(c: &mut Criterion) {
             for e in &mut work {
                 e.trace_id = None;
                 e.span_id = None;
-                e.entities.node.clear();
+                e.entities.node = std::sync::Arc::default();
                 engine.process(e);
             }
             black_box(&work);

@@ -31,7 +31,7 @@ fn batches(ids: &mut IdGenerator) -> Vec<Vec<RawEvent>> {
                     e.message = "java connected to postgres.data:5432".into();
                     e.entities.node = "worker-3".into();
                     e.entities.pid = 4242;
-                    e.entities.container_id = "3f4e".repeat(16);
+                    e.entities.container_id = "3f4e".repeat(16).into();
                     e.entities.pod_uid = "8f6fe56b-7ad0-4637-a0a3-1be51340079c".into();
                     e.entities.pod_namespace = "payments".into();
                     e.entities.pod_name = "checkout-7d9f8-x2k4p".into();

@@ -24,8 +24,8 @@ fn collector(yaml: &tempfile::NamedTempFile, args: &[&str]) -> Guard {
 #[test]
 fn a_server_killed_mid_stream_and_restarted_ends_with_every_event_once() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let port = free_port();
-    let server = ServerProcess::start(port, dir.path(), &[]);
+    let server = ServerProcess::start(0, dir.path(), &[]);
+    let port = server.port;
     let yaml = config(
         "collectors:\n  synthetic: { config: { events: 200000, rate: 40000, scenario: oom-cascade } }\n",
     );
@@ -103,11 +103,7 @@ fn a_server_that_never_answers_is_reported_not_silent() {
 #[test]
 fn the_collector_honours_the_servers_rate_limit() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let server = ServerProcess::start(
-        free_port(),
-        dir.path(),
-        &["--max-events-per-second", "2000"],
-    );
+    let server = ServerProcess::start(0, dir.path(), &["--max-events-per-second", "2000"]);
     let yaml = config("collectors:\n  synthetic: { config: { events: 3000 } }\n");
     let started = Instant::now();
     let out = collector(
@@ -326,7 +322,7 @@ impl Drop for Proxy {
 #[test]
 fn a_connection_cut_again_and_again_loses_nothing_and_stores_nothing_twice() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let server = ServerProcess::start(free_port(), dir.path(), &[]);
+    let server = ServerProcess::start(0, dir.path(), &[]);
     let proxy = Proxy::start(server.port);
     let yaml = config("collectors:\n  synthetic: { config: { events: 100000, rate: 25000 } }\n");
     let mut run = collector(

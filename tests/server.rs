@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{ServerProcess, free_port};
+use common::ServerProcess;
 use tapio::event::{Event, IdGenerator};
 use tapio::pb;
 use tapio::pb::tapio_service_client::TapioServiceClient;
@@ -83,7 +83,7 @@ impl Stream {
 #[tokio::test]
 async fn acks_dedup_queries_and_the_live_tail() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let server = ServerProcess::start(free_port(), dir.path(), &[]);
+    let server = ServerProcess::start(0, dir.path(), &[]);
     let mut client = client(&server).await;
     let mut tail = client
         .subscribe_to_events(pb::SubscribeToEventsRequest {
@@ -157,7 +157,7 @@ async fn acks_dedup_queries_and_the_live_tail() {
 #[tokio::test]
 async fn semantic_groups_are_derived_from_the_stored_correlation() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let server = ServerProcess::start(free_port(), dir.path(), &[]);
+    let server = ServerProcess::start(0, dir.path(), &[]);
     let mut client = client(&server).await;
     let mut ids = IdGenerator::new();
     let group = tapio::event::GroupId::new([7; 16]);
@@ -202,7 +202,7 @@ async fn semantic_groups_are_derived_from_the_stored_correlation() {
 async fn bad_input_is_refused_clearly_and_good_streams_keep_flowing() {
     let dir = tempfile::tempdir().expect("temp dir");
     let server = ServerProcess::start(
-        free_port(),
+        0,
         dir.path(),
         &["--max-batch-events", "100", "--max-message-bytes", "65536"],
     );
@@ -275,7 +275,7 @@ async fn a_token_is_required_when_the_server_has_one() {
     let token = dir.path().join("token");
     std::fs::write(&token, "s3cret-token\n").expect("writes token");
     let server = ServerProcess::start(
-        free_port(),
+        0,
         &dir.path().join("store"),
         &["--token-file", token.to_str().expect("utf-8")],
     );

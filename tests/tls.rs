@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{COLLECTOR, ServerProcess, config, free_port, stats, text};
+use common::{COLLECTOR, ServerProcess, config, stats, text};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 
 /// A CA, a server certificate for localhost and a client certificate, all as PEM files.
@@ -75,7 +75,7 @@ fn tls_delivers_with_the_right_ca_and_refuses_a_stranger() {
     let rogue = pki(dir.path(), "rogue");
     let store = dir.path().join("store");
     let server = ServerProcess::start(
-        free_port(),
+        0,
         &store,
         &[
             "--tls-cert",
@@ -119,7 +119,7 @@ fn mutual_tls_accepts_only_clients_signed_by_its_ca() {
     let rogue = pki(dir.path(), "rogue");
     let store = dir.path().join("store");
     let server = ServerProcess::start(
-        free_port(),
+        0,
         &store,
         &[
             "--tls-cert",

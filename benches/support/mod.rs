@@ -18,7 +18,7 @@ pub fn container_event(
     n.pid = 4242;
     n.comm = "java".into();
     n.cgroup_id = 12_345;
-    n.container_id = "3f4e".repeat(16);
+    n.container_id = "3f4e".repeat(16).into();
     n.pod_uid = "8f6fe56b-7ad0-4637-a0a3-1be51340079c".into();
     n.pod_namespace = "payments".into();
     n.pod_name = "checkout-7d9f8-x2k4p".into();

@@ -8,6 +8,7 @@
 //! scripted offsets), so a cascade keeps realistic gaps at any speed.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -131,15 +132,15 @@ async fn run(config: SyntheticConfig, mut world: World, context: Context) -> Res
 /// One pod of the generated cluster, with its one container and main process.
 #[derive(Clone, Debug)]
 struct Pod {
-    uid: String,
-    namespace: &'static str,
-    name: String,
-    workload_kind: &'static str,
-    workload_name: &'static str,
-    container_id: String,
+    uid: Arc<str>,
+    namespace: Arc<str>,
+    name: Arc<str>,
+    workload_kind: Arc<str>,
+    workload_name: Arc<str>,
+    container_id: Arc<str>,
     cgroup_id: u64,
     pid: u32,
-    comm: &'static str,
+    comm: Arc<str>,
     memory_limit: i64,
     restarts: i64,
 }
@@ -199,7 +200,7 @@ fn cascade_cycle() -> Vec<(u64, Slot)> {
 struct World {
     rng: fastrand::Rng,
     ids: IdGenerator,
-    node: String,
+    node: Arc<str>,
     pods: Vec<Pod>,
     scenario: Scenario,
     start: u64,
@@ -223,7 +224,7 @@ impl World {
         Self {
             rng,
             ids: IdGenerator::new(),
-            node,
+            node: node.into(),
             pods,
             scenario: config.scenario,
             start,
@@ -261,16 +262,16 @@ impl World {
         event.severity = severity;
         let pod = &self.pods[pod];
         let e = &mut event.entities;
-        e.node.clone_from(&self.node);
+        e.node = Arc::clone(&self.node);
         e.pid = pod.pid;
-        e.comm = pod.comm.into();
+        e.comm = Arc::clone(&pod.comm);
         e.cgroup_id = pod.cgroup_id;
-        e.container_id.clone_from(&pod.container_id);
-        e.pod_uid.clone_from(&pod.uid);
-        e.pod_namespace = pod.namespace.into();
-        e.pod_name.clone_from(&pod.name);
-        e.workload_kind = pod.workload_kind.into();
-        e.workload_name = pod.workload_name.into();
+        e.container_id = Arc::clone(&pod.container_id);
+        e.pod_uid = Arc::clone(&pod.uid);
+        e.pod_namespace = Arc::clone(&pod.namespace);
+        e.pod_name = Arc::clone(&pod.name);
+        e.workload_kind = Arc::clone(&pod.workload_kind);
+        e.workload_name = Arc::clone(&pod.workload_name);
         event
     }
 
@@ -438,15 +439,16 @@ fn make_pod(rng: &mut fastrand::Rng, index: usize, pid: u32) -> Pod {
             ['8', '9', 'a', 'b'][rng.usize(..4)],
             hex(rng, 3),
             hex(rng, 12)
-        ),
-        namespace,
-        name,
-        workload_kind,
-        workload_name,
-        container_id: hex(rng, 64),
+        )
+        .into(),
+        namespace: namespace.into(),
+        name: name.into(),
+        workload_kind: workload_kind.into(),
+        workload_name: workload_name.into(),
+        container_id: hex(rng, 64).into(),
         cgroup_id: 4096 + rng.u64(..1 << 20),
         pid,
-        comm,
+        comm: comm.into(),
         memory_limit,
         restarts: 0,
     }

@@ -1,5 +1,7 @@
 //! Basic correlation: the node entity and W3C trace context on every event, no groups.
 
+use std::sync::Arc;
+
 use super::Correlator;
 use crate::event::{Event, SpanId, TraceId};
 
@@ -7,23 +9,21 @@ use crate::event::{Event, SpanId, TraceId};
 /// an event from an instrumented application stays in that application's trace.
 #[derive(Debug)]
 pub struct Basic {
-    node: String,
+    node: Arc<str>,
 }
 
 impl Basic {
     /// An engine that stamps `node` on events that lack one.
     #[must_use]
     pub fn new(node: &str) -> Self {
-        Self {
-            node: node.to_owned(),
-        }
+        Self { node: node.into() }
     }
 }
 
 impl Correlator for Basic {
     fn process(&mut self, event: &mut Event) {
         if event.entities.node.is_empty() {
-            event.entities.node.clone_from(&self.node);
+            event.entities.node = Arc::clone(&self.node);
         }
         let id = event.id.as_u128();
         if event.trace_id.is_none() {
@@ -63,7 +63,7 @@ mod tests {
         let mut b = Event::new(ids.next_id(), 1, "x.y", "t");
         engine.process(&mut a);
         engine.process(&mut b);
-        assert_eq!(a.entities.node, "node-a");
+        assert_eq!(&*a.entities.node, "node-a");
         assert!(a.trace_id.is_some() && a.span_id.is_some());
         assert_ne!(a.trace_id, b.trace_id);
         assert_ne!(a.span_id, b.span_id);
@@ -78,7 +78,7 @@ mod tests {
         event.trace_id = TraceId::new([7; 16]);
         event.parent_span_id = SpanId::new([5; 8]);
         engine.process(&mut event);
-        assert_eq!(event.entities.node, "other");
+        assert_eq!(&*event.entities.node, "other");
         assert_eq!(event.trace_id, TraceId::new([7; 16]));
         assert_eq!(event.parent_span_id, SpanId::new([5; 8]));
         assert!(event.span_id.is_some(), "its own span is added");

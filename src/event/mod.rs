@@ -9,6 +9,7 @@ mod serde_impls;
 mod wire;
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 pub use id::{EventId, IdGenerator, ParseIdError, unix_nanos_now};
 pub use proto::{ProtoError, check};
@@ -99,42 +100,49 @@ pub enum Severity {
 }
 
 /// The entities an event touches; empty strings and zeros mean unknown, as on the wire.
+///
+/// Strings are shared (`Arc<str>`): a collector stamps the same node, pod and container on
+/// many events, and a clone is a reference count, not an allocation.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Entities {
     /// Node (host) name.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub node: String,
+    #[serde(skip_serializing_if = "str_is_empty")]
+    pub node: Arc<str>,
     /// Process id.
     #[serde(skip_serializing_if = "is_zero_u32")]
     pub pid: u32,
     /// Process command name.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub comm: String,
+    #[serde(skip_serializing_if = "str_is_empty")]
+    pub comm: Arc<str>,
     /// cgroup v2 inode id.
     #[serde(skip_serializing_if = "is_zero_u64")]
     pub cgroup_id: u64,
     /// Container id (64 hex characters for containerd and CRI-O).
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub container_id: String,
+    #[serde(skip_serializing_if = "str_is_empty")]
+    pub container_id: Arc<str>,
     /// Pod UID.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub pod_uid: String,
+    #[serde(skip_serializing_if = "str_is_empty")]
+    pub pod_uid: Arc<str>,
     /// Pod namespace.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub pod_namespace: String,
+    #[serde(skip_serializing_if = "str_is_empty")]
+    pub pod_namespace: Arc<str>,
     /// Pod name.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub pod_name: String,
+    #[serde(skip_serializing_if = "str_is_empty")]
+    pub pod_name: Arc<str>,
     /// Owner workload kind, e.g. `Deployment`.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub workload_kind: String,
+    #[serde(skip_serializing_if = "str_is_empty")]
+    pub workload_kind: Arc<str>,
     /// Owner workload name.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub workload_name: String,
+    #[serde(skip_serializing_if = "str_is_empty")]
+    pub workload_name: Arc<str>,
     /// systemd unit.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub unit: String,
+    #[serde(skip_serializing_if = "str_is_empty")]
+    pub unit: Arc<str>,
+}
+
+fn str_is_empty(value: &Arc<str>) -> bool {
+    value.is_empty()
 }
 
 // serde's skip_serializing_if takes a path to a fn over a reference.

@@ -163,17 +163,17 @@ fn exact_bytes<const N: usize>(field: &'static str, bytes: &[u8]) -> Result<[u8;
 impl From<Entities> for pb::Entities {
     fn from(e: Entities) -> Self {
         Self {
-            node: e.node,
+            node: e.node.to_string(),
             pid: e.pid,
-            comm: e.comm,
+            comm: e.comm.to_string(),
             cgroup_id: e.cgroup_id,
-            container_id: e.container_id,
-            pod_uid: e.pod_uid,
-            pod_namespace: e.pod_namespace,
-            pod_name: e.pod_name,
-            workload_kind: e.workload_kind,
-            workload_name: e.workload_name,
-            unit: e.unit,
+            container_id: e.container_id.to_string(),
+            pod_uid: e.pod_uid.to_string(),
+            pod_namespace: e.pod_namespace.to_string(),
+            pod_name: e.pod_name.to_string(),
+            workload_kind: e.workload_kind.to_string(),
+            workload_name: e.workload_name.to_string(),
+            unit: e.unit.to_string(),
         }
     }
 }
@@ -181,17 +181,17 @@ impl From<Entities> for pb::Entities {
 impl From<pb::Entities> for Entities {
     fn from(e: pb::Entities) -> Self {
         Self {
-            node: e.node,
+            node: e.node.into(),
             pid: e.pid,
-            comm: e.comm,
+            comm: e.comm.into(),
             cgroup_id: e.cgroup_id,
-            container_id: e.container_id,
-            pod_uid: e.pod_uid,
-            pod_namespace: e.pod_namespace,
-            pod_name: e.pod_name,
-            workload_kind: e.workload_kind,
-            workload_name: e.workload_name,
-            unit: e.unit,
+            container_id: e.container_id.into(),
+            pod_uid: e.pod_uid.into(),
+            pod_namespace: e.pod_namespace.into(),
+            pod_name: e.pod_name.into(),
+            workload_kind: e.workload_kind.into(),
+            workload_name: e.workload_name.into(),
+            unit: e.unit.into(),
         }
     }
 }
@@ -320,17 +320,17 @@ pub(crate) mod strategies {
                     (node, pid, comm, cgroup_id, container_id, pod_uid),
                     (pod_namespace, pod_name, workload_kind, workload_name, unit),
                 )| Entities {
-                    node,
+                    node: node.into(),
                     pid,
-                    comm,
+                    comm: comm.into(),
                     cgroup_id,
-                    container_id,
-                    pod_uid,
-                    pod_namespace,
-                    pod_name,
-                    workload_kind,
-                    workload_name,
-                    unit,
+                    container_id: container_id.into(),
+                    pod_uid: pod_uid.into(),
+                    pod_namespace: pod_namespace.into(),
+                    pod_name: pod_name.into(),
+                    workload_kind: workload_kind.into(),
+                    workload_name: workload_name.into(),
+                    unit: unit.into(),
                 },
             )
     }

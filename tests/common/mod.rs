@@ -3,7 +3,8 @@
 
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -85,32 +86,39 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Starts a server on `port` with its store in `dir`, plus `extra` flags, and waits
-    /// until it accepts connections.
+    /// Starts a server on `port` (0: a port the kernel picks) with its store in `dir`, plus
+    /// `extra` flags, and waits for its "Listening." log line, which names the bound port.
     pub fn start(port: u16, dir: &Path, extra: &[&str]) -> Self {
-        let child = Command::new(SERVER)
+        let mut child = Command::new(SERVER)
             .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
             .arg(dir)
             .args(["--sync", "normal"])
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("server starts");
-        let server = Self {
-            guard: Guard(child),
-            port,
+        let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+        let mut seen = String::new();
+        let bound = loop {
+            let mut line = String::new();
+            let read = stderr.read_line(&mut line).expect("reads server log");
+            assert!(read > 0, "server exited before listening:\n{seen}");
+            seen.push_str(&line);
+            if line.contains("Listening.") {
+                let addr = line
+                    .split_whitespace()
+                    .find_map(|word| word.strip_prefix("addr="))
+                    .expect("the log line names the address");
+                break addr.parse::<SocketAddr>().expect("an address").port();
+            }
         };
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        let started = Instant::now();
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "server did not listen"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        // Keep draining the log so the server never blocks on a full pipe.
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        Self {
+            guard: Guard(child),
+            port: bound,
         }
-        server
     }
 
     /// `host:port` for the collector's --server flag.
