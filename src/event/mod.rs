@@ -160,7 +160,22 @@ impl Entities {
     /// True when nothing is known.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self == &Self::default()
+        // Field by field: building a default to compare with costs more than the check.
+        self.pid == 0
+            && self.cgroup_id == 0
+            && [
+                &self.node,
+                &self.comm,
+                &self.container_id,
+                &self.pod_uid,
+                &self.pod_namespace,
+                &self.pod_name,
+                &self.workload_kind,
+                &self.workload_name,
+                &self.unit,
+            ]
+            .iter()
+            .all(|s| s.is_empty())
     }
 }
 
