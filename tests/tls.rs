@@ -68,33 +68,46 @@ fn collect(server: &ServerProcess, flags: &[&str]) -> Output {
         .expect("collector runs")
 }
 
+/// A server with `pki`'s certificate; with `mutual`, it requires clients signed by its CA.
+fn tls_server(pki: &Pki, store: &Path, mutual: bool) -> ServerProcess {
+    let mut flags = vec![
+        "--tls-cert",
+        path(&pki.server_cert),
+        "--tls-key",
+        path(&pki.server_key),
+    ];
+    if mutual {
+        flags.extend(["--tls-client-ca", path(&pki.ca)]);
+    }
+    ServerProcess::start(0, store, &flags)
+}
+
+/// Collector flags for TLS trusting `ca`, presenting `identity`'s client certificate if any.
+fn tls_client<'a>(ca: &'a Path, identity: Option<&'a Pki>) -> Vec<&'a str> {
+    let mut flags = vec!["--grpc-insecure=false", "--tls-ca", path(ca)];
+    if let Some(pki) = identity {
+        flags.extend([
+            "--tls-cert",
+            path(&pki.client_cert),
+            "--tls-key",
+            path(&pki.client_key),
+        ]);
+    }
+    flags
+}
+
 #[test]
 fn tls_delivers_with_the_right_ca_and_refuses_a_stranger() {
     let dir = tempfile::tempdir().expect("temp dir");
     let good = pki(dir.path(), "good");
     let rogue = pki(dir.path(), "rogue");
     let store = dir.path().join("store");
-    let server = ServerProcess::start(
-        0,
-        &store,
-        &[
-            "--tls-cert",
-            path(&good.server_cert),
-            "--tls-key",
-            path(&good.server_key),
-        ],
-    );
-    let ok = collect(
-        &server,
-        &["--grpc-insecure=false", "--tls-ca", path(&good.ca)],
-    );
+    let server = tls_server(&good, &store, false);
+    let ok = collect(&server, &tls_client(&good.ca, None));
     assert!(ok.status.success(), "{}", text(&ok.stderr));
     assert_eq!(stats(&store).0, 300);
 
-    let untrusted = collect(
-        &server,
-        &["--grpc-insecure=false", "--tls-ca", path(&rogue.ca)],
-    );
+    let untrusted = collect(&server, &tls_client(&rogue.ca, None));
     let stderr = text(&untrusted.stderr);
     assert_eq!(untrusted.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("Cannot reach the server"), "{stderr}");
@@ -118,45 +131,12 @@ fn mutual_tls_accepts_only_clients_signed_by_its_ca() {
     let good = pki(dir.path(), "good");
     let rogue = pki(dir.path(), "rogue");
     let store = dir.path().join("store");
-    let server = ServerProcess::start(
-        0,
-        &store,
-        &[
-            "--tls-cert",
-            path(&good.server_cert),
-            "--tls-key",
-            path(&good.server_key),
-            "--tls-client-ca",
-            path(&good.ca),
-        ],
-    );
-    let trusted = collect(
-        &server,
-        &[
-            "--grpc-insecure=false",
-            "--tls-ca",
-            path(&good.ca),
-            "--tls-cert",
-            path(&good.client_cert),
-            "--tls-key",
-            path(&good.client_key),
-        ],
-    );
+    let server = tls_server(&good, &store, true);
+    let trusted = collect(&server, &tls_client(&good.ca, Some(&good)));
     assert!(trusted.status.success(), "{}", text(&trusted.stderr));
     assert_eq!(stats(&store).0, 300);
 
-    let stranger = collect(
-        &server,
-        &[
-            "--grpc-insecure=false",
-            "--tls-ca",
-            path(&good.ca),
-            "--tls-cert",
-            path(&rogue.client_cert),
-            "--tls-key",
-            path(&rogue.client_key),
-        ],
-    );
+    let stranger = collect(&server, &tls_client(&good.ca, Some(&rogue)));
     assert_eq!(
         stranger.status.code(),
         Some(1),
@@ -164,10 +144,7 @@ fn mutual_tls_accepts_only_clients_signed_by_its_ca() {
         text(&stranger.stderr)
     );
 
-    let anonymous = collect(
-        &server,
-        &["--grpc-insecure=false", "--tls-ca", path(&good.ca)],
-    );
+    let anonymous = collect(&server, &tls_client(&good.ca, None));
     assert_eq!(
         anonymous.status.code(),
         Some(1),
