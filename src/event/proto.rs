@@ -112,8 +112,9 @@ impl TryFrom<pb::Event> for Event {
     }
 }
 
-/// Checks a wire event the way [`Event::try_from`] would, without converting it: what the
-/// server does with every event it stores.
+/// Checks a wire event the way [`Event::try_from`] would, without converting it. This is the
+/// readable statement of the rules; the server applies them by walking each event's bytes
+/// (`server::wire`), and a property test holds the two to the same answers.
 pub fn check(event: &pb::Event) -> Result<(), ProtoError> {
     if event.id.len() != 16 {
         return Err(ProtoError::Length {
