@@ -177,6 +177,13 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// Lets the kernel finish writing back earlier files (the build, the previous run's store)
+/// first, so one run's I/O does not land in the next one's figure.
+fn settle() {
+    let _ = Command::new("sync").status();
+    std::thread::sleep(Duration::from_secs(2));
+}
+
 /// A tapio-server process with a fresh store.
 struct ServerRun {
     child: std::process::Child,
@@ -186,6 +193,7 @@ struct ServerRun {
 
 impl ServerRun {
     fn start(sync: &str) -> Self {
+        settle();
         let dir = tempfile::tempdir().expect("temp dir");
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
         let port = listener.local_addr().expect("addr").port();
@@ -285,6 +293,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    settle();
     let ceiling = runtime.block_on(ceiling(events));
     drop(runtime);
     println!("e2e/ceiling (bare tonic stream, ack-only server): {ceiling:.0} events/s");
