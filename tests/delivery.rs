@@ -354,3 +354,33 @@ fn a_connection_cut_again_and_again_loses_nothing_and_stores_nothing_twice() {
     );
     assert_eq!(last_status(&stderr, "delivered"), 100_000);
 }
+
+#[test]
+fn sigterm_with_the_server_away_and_no_spool_ends_within_the_drain_timeout() {
+    // Without a spool the bridge holds max_pending_batches in memory and then holds the
+    // pipeline back; a SIGTERM must still end the run, counting what was never acked.
+    let yaml = config(
+        "orchestrator: { buffer_size: 1000 }\n\
+         server: { max_pending_batches: 2, buffer_size: 100 }\n\
+         collectors:\n  synthetic: { config: { events: 0, rate: 0 } }\n",
+    );
+    let address = format!("127.0.0.1:{}", free_port());
+    let run = collector(&yaml, &["--server", &address, "--drain-timeout", "1s"]);
+    std::thread::sleep(Duration::from_millis(700));
+    let status = Command::new("kill")
+        .args(["-TERM", &run.0.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let out = run.wait_for(Duration::from_secs(20));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let processed = last_status(&stderr, "events");
+    assert!(processed > 200, "the pipeline kept draining: {stderr}");
+    assert_eq!(last_status(&stderr, "delivered"), 0);
+    assert_eq!(
+        last_status(&stderr, "dropped"),
+        processed,
+        "every event the pipeline took is counted as undelivered"
+    );
+}

@@ -355,8 +355,9 @@ struct Delivery {
     stats: Arc<BridgeStats>,
     batcher: Batcher,
     pending: Queue,
-    /// Stopping: take every remaining input, even past the spool's cap (then dropped and
-    /// counted), so the pipeline can drain.
+    /// Stopping: take every remaining input, even past the memory or spool cap (past the
+    /// spool's, it is dropped and counted), so the pipeline can drain and the drain
+    /// timeout can start.
     stopping: bool,
     /// On the stream, not acked yet, in send order.
     inflight: VecDeque<Sealed>,
@@ -389,7 +390,9 @@ impl Delivery {
 
     fn has_room(&self) -> bool {
         match &self.pending {
-            Queue::Memory(batches) => batches.len() < self.config.max_pending_batches,
+            Queue::Memory(batches) => {
+                self.stopping || batches.len() < self.config.max_pending_batches
+            }
             Queue::Spool(spool, WhenFull::Block) => self.stopping || spool.has_room(0),
             Queue::Spool(_, WhenFull::DropNewest) => true,
         }
