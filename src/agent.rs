@@ -123,7 +123,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Arc<Tele
             .report_every(config.orchestrator.status_interval, stop_status.clone()),
     );
 
-    let (bridge, embedded) = start_delivery(&config, &node_name, &telemetry, &shutdown).await?;
+    // The bridge stops holding the pipeline back once no new input can come: on shutdown,
+    // or when every collector has ended (a finite run); its drain timeout then applies.
+    let input_ending = CancellationToken::new();
+    {
+        let (ending, shutdown, finished) = (
+            input_ending.clone(),
+            shutdown.clone(),
+            manager.all_finished(),
+        );
+        tokio::spawn(async move {
+            tokio::select! {
+                () = shutdown.cancelled() => {},
+                () = finished.cancelled() => {},
+            }
+            ending.cancel();
+        });
+    }
+    let (bridge, embedded) = start_delivery(&config, &node_name, &telemetry, &input_ending).await?;
     let mut fan_in = manager.into_fan_in();
     let mut correlator = correlation::build(config.correlation.mode, &node_name);
     let mut stdout = config
@@ -188,7 +205,7 @@ async fn start_delivery(
     config: &Config,
     node_name: &str,
     telemetry: &Telemetry,
-    shutdown: &CancellationToken,
+    input_ending: &CancellationToken,
 ) -> Result<(Option<Bridge>, Option<Embedded>), Error> {
     let s = &config.server;
     if s.delivery_disabled() {
@@ -239,7 +256,7 @@ async fn start_delivery(
             }),
         },
         telemetry.register_bridge(),
-        shutdown.clone(),
+        input_ending.clone(),
     )?;
     Ok((Some(bridge), embedded))
 }

@@ -89,6 +89,7 @@ pub struct Manager {
     capacity: usize,
     shutdown: CancellationToken,
     receivers: Vec<mpsc::Receiver<Event>>,
+    supervisors: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Manager {
@@ -100,6 +101,7 @@ impl Manager {
             capacity,
             shutdown,
             receivers: Vec::new(),
+            supervisors: Vec::new(),
         }
     }
 
@@ -125,7 +127,8 @@ impl Manager {
             Ok(running) => {
                 stats.set_health(Health::Running);
                 self.receivers.push(receiver);
-                tokio::spawn(supervise(built.name, running, stats));
+                self.supervisors
+                    .push(tokio::spawn(supervise(built.name, running, stats)));
                 true
             }
             Err(error) => {
@@ -134,6 +137,21 @@ impl Manager {
                 false
             }
         }
+    }
+
+    /// A token cancelled once every started collector has ended (finished, failed or
+    /// stopped): from then on no new event will enter the pipeline.
+    pub fn all_finished(&mut self) -> CancellationToken {
+        let token = CancellationToken::new();
+        let supervisors = std::mem::take(&mut self.supervisors);
+        let done = token.clone();
+        tokio::spawn(async move {
+            for supervisor in supervisors {
+                let _ = supervisor.await;
+            }
+            done.cancel();
+        });
+        token
     }
 
     /// Hands the queues to the pipeline.

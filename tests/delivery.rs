@@ -384,3 +384,23 @@ fn sigterm_with_the_server_away_and_no_spool_ends_within_the_drain_timeout() {
         "every event the pipeline took is counted as undelivered"
     );
 }
+
+#[test]
+fn a_finite_run_with_the_server_away_and_no_spool_ends_within_the_drain_timeout() {
+    // More events than the bridge holds in memory: once the collectors are done, the
+    // bridge must take the rest so the drain timeout can end the run.
+    let yaml = config(
+        "server: { max_pending_batches: 2, buffer_size: 100 }\n\
+         collectors:\n  synthetic: { config: { events: 5000 } }\n",
+    );
+    let address = format!("127.0.0.1:{}", free_port());
+    let out = collector(&yaml, &["--server", &address, "--drain-timeout", "1s"])
+        .wait_for(Duration::from_secs(20));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("5000 events were not acknowledged"),
+        "{stderr}"
+    );
+    assert_eq!(last_status(&stderr, "dropped"), 5000);
+}

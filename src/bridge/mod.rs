@@ -133,12 +133,13 @@ pub struct Bridge {
 }
 
 impl Bridge {
-    /// Checks the configuration, opens the spool and starts the delivery task; after
-    /// `shutdown` it takes all remaining input so the pipeline can drain.
+    /// Checks the configuration, opens the spool and starts the delivery task. Once
+    /// `input_ending` is cancelled (no new events will come) it takes all remaining input
+    /// without holding the pipeline back, so the pipeline can drain.
     pub fn spawn(
         config: BridgeConfig,
         stats: Arc<BridgeStats>,
-        shutdown: CancellationToken,
+        input_ending: CancellationToken,
     ) -> Result<Self, Error> {
         let scheme = if config.tls.is_some() {
             "https"
@@ -198,7 +199,15 @@ impl Bridge {
             }
         };
         let (input, events) = mpsc::channel(4);
-        let task = tokio::spawn(run(config, endpoint, token, events, stats, queue, shutdown));
+        let task = tokio::spawn(run(
+            config,
+            endpoint,
+            token,
+            events,
+            stats,
+            queue,
+            input_ending,
+        ));
         Ok(Self { input, task })
     }
 
@@ -655,7 +664,7 @@ async fn run(
     mut input: mpsc::Receiver<Vec<Event>>,
     stats: Arc<BridgeStats>,
     queue: Queue,
-    shutdown: CancellationToken,
+    input_ending: CancellationToken,
 ) -> Report {
     // Ids from the clock keep batch ids unique across restarts of the collector.
     let first_id = crate::event::unix_nanos_now();
@@ -757,7 +766,7 @@ async fn run(
             () = sleep_until_some(retry_at), if connection.is_none() && connecting.is_none() => {},
             () = sleep_until_some(delivery.rate_wait()) => {},
             () = sleep_until_some(drain_deadline) => {},
-            () = shutdown.cancelled(), if !delivery.stopping => delivery.stopping = true,
+            () = input_ending.cancelled(), if !delivery.stopping => delivery.stopping = true,
         }
     }
 
