@@ -123,23 +123,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Arc<Tele
             .report_every(config.orchestrator.status_interval, stop_status.clone()),
     );
 
-    // The bridge stops holding the pipeline back once no new input can come: on shutdown,
-    // or when every collector has ended (a finite run); its drain timeout then applies.
-    let input_ending = CancellationToken::new();
-    {
-        let (ending, shutdown, finished) = (
-            input_ending.clone(),
-            shutdown.clone(),
-            manager.all_finished(),
-        );
-        tokio::spawn(async move {
-            tokio::select! {
-                () = shutdown.cancelled() => {},
-                () = finished.cancelled() => {},
-            }
-            ending.cancel();
-        });
-    }
+    let input_ending = input_ending(&shutdown, manager.all_finished());
     let (bridge, embedded) = start_delivery(&config, &node_name, &telemetry, &input_ending).await?;
     let mut fan_in = manager.into_fan_in();
     let mut correlator = correlation::build(config.correlation.mode, &node_name);
@@ -193,6 +177,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Arc<Tele
         Some(report) if report.undelivered > 0 => Err(Error::Undelivered(report.undelivered)),
         _ => Ok(telemetry),
     }
+}
+
+/// Cancelled once no new input can come: on shutdown, or when every collector has ended (a
+/// finite run). The bridge then stops holding the pipeline back and its drain timeout
+/// applies.
+fn input_ending(shutdown: &CancellationToken, finished: CancellationToken) -> CancellationToken {
+    let ending = CancellationToken::new();
+    let (done, shutdown) = (ending.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        tokio::select! {
+            () = shutdown.cancelled() => {},
+            () = finished.cancelled() => {},
+        }
+        done.cancel();
+    });
+    ending
 }
 
 type Embedded = (
