@@ -91,14 +91,10 @@ impl DropCounters {
 pub struct BridgeStats {
     /// Events the server acknowledged as stored (new or already known).
     pub delivered: AtomicU64,
-    /// Of those, events the server already had (resends after a lost ack).
-    pub duplicates: AtomicU64,
     /// Batches acknowledged.
     pub batches: AtomicU64,
     /// Events accepted by the bridge and not yet acknowledged.
     pub pending: AtomicU64,
-    /// Successful connections after the first.
-    pub reconnects: AtomicU64,
     /// Events in the spool not yet acked; `u64::MAX` when there is no spool.
     pub spooled: AtomicU64,
     /// Events dropped by cause.
@@ -134,10 +130,8 @@ impl Default for BridgeStats {
     fn default() -> Self {
         Self {
             delivered: AtomicU64::new(0),
-            duplicates: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             pending: AtomicU64::new(0),
-            reconnects: AtomicU64::new(0),
             spooled: AtomicU64::new(u64::MAX),
             dropped: DropCounters::default(),
         }

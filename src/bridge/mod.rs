@@ -116,13 +116,10 @@ pub struct TlsFiles {
 /// How delivery ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Report {
-    /// Events acknowledged by the server.
-    pub delivered: u64,
     /// Events still unacknowledged when the drain timeout ran out, without a spool to keep
-    /// them (counted as dropped).
+    /// them (counted as dropped). Events left in a spool are not undelivered: the next
+    /// start sends them.
     pub undelivered: u64,
-    /// Events left in the spool for the next start.
-    pub spooled: u64,
 }
 
 /// The pipeline's handle to the bridge task.
@@ -222,11 +219,7 @@ impl Bridge {
         drop(self.input);
         self.task.await.unwrap_or_else(|e| {
             tracing::error!(error = %e, "Bridge task failed.");
-            Report {
-                delivered: 0,
-                undelivered: 0,
-                spooled: 0,
-            }
+            Report { undelivered: 0 }
         })
     }
 }
@@ -558,9 +551,6 @@ impl Delivery {
                 let batch = self.inflight.remove(position).expect("position is valid");
                 let events = u64::from(batch.events);
                 self.stats.delivered.fetch_add(events, Ordering::Relaxed);
-                self.stats
-                    .duplicates
-                    .fetch_add(u64::from(ack.duplicates), Ordering::Relaxed);
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
                 self.stats.pending.fetch_sub(events, Ordering::Relaxed);
                 self.forget(&batch);
@@ -674,7 +664,6 @@ async fn run(
     let mut connection: Option<Connection> = None;
     let mut connecting: Option<JoinHandle<Result<Connection, Status>>> = None;
     let mut retry_at = Some(Instant::now());
-    let mut ever_connected = false;
     let mut failures = 0u32;
     let mut input_open = true;
     let mut drain_deadline: Option<Instant> = None;
@@ -725,11 +714,7 @@ async fn run(
                 connecting = None;
                 match outcome {
                     Ok(Ok(c)) => {
-                        if ever_connected {
-                            delivery.stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                        }
                         tracing::info!(server = %delivery.config.address, pending_events = delivery.stats.pending.load(Ordering::Relaxed), "Connected to the server.");
-                        ever_connected = true;
                         failures = 0;
                         backoff.reset();
                         delivery.paused = false;
@@ -777,7 +762,6 @@ async fn run(
         close(connection, &delivery.config.collector_id).await;
     }
     let unacked = delivery.stats.pending.load(Ordering::Relaxed);
-    let delivered = delivery.stats.delivered.load(Ordering::Relaxed);
     match &delivery.pending {
         Queue::Spool(spool, _) => {
             let spooled = spool.unacked_events();
@@ -787,11 +771,7 @@ async fn run(
                     "Drain timeout ran out; unacknowledged events stay in the spool for the next start."
                 );
             }
-            Report {
-                delivered,
-                undelivered: 0,
-                spooled,
-            }
+            Report { undelivered: 0 }
         }
         Queue::Memory(_) => {
             if unacked > 0 {
@@ -802,9 +782,7 @@ async fn run(
                 delivery.drop_events(DropCause::Undelivered, unacked);
             }
             Report {
-                delivered,
                 undelivered: unacked,
-                spooled: 0,
             }
         }
     }

@@ -212,12 +212,6 @@ impl Attributes {
         self.0.is_empty()
     }
 
-    /// How many there are.
-    #[must_use]
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
     /// Sets `key` to `value`, replacing an earlier value of the same key.
     pub fn set(&mut self, key: impl Into<Cow<'static, str>>, value: impl Into<AttrValue>) {
         let key = key.into();

@@ -411,10 +411,7 @@ impl TapioService for Service {
             limit: r.limit,
         };
         let store = self.store.clone();
-        let events = tokio::task::spawn_blocking(move || store.events(&query))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let events = blocking(move || store.events(&query)).await??;
         Ok(Response::new(pb::GetEventsResponse { events }))
     }
 
@@ -424,12 +421,10 @@ impl TapioService for Service {
     ) -> Result<Response<pb::GetSemanticGroupsResponse>, Status> {
         let r = request.into_inner();
         let store = self.store.clone();
-        let groups = tokio::task::spawn_blocking(move || {
+        let groups = blocking(move || {
             store.groups(r.start_unix_nano, r.end_unix_nano, r.min_impact, r.limit)
         })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| Status::internal(e.to_string()))?;
+        .await??;
         Ok(Response::new(pb::GetSemanticGroupsResponse { groups }))
     }
 
@@ -475,9 +470,7 @@ impl TapioService for Service {
         _: Request<pb::HealthCheckRequest>,
     ) -> Result<Response<pb::HealthCheckResponse>, Status> {
         let store = self.store.clone();
-        let totals = tokio::task::spawn_blocking(move || store.stats())
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let totals = blocking(move || store.stats()).await?;
         let (status, events_total) = match totals {
             Ok(stats) => (
                 pb::health_check_response::Status::Serving,
@@ -491,6 +484,16 @@ impl TapioService for Service {
             events_total,
         }))
     }
+}
+
+/// Runs a store read off the async threads; a store error becomes an `INTERNAL` status.
+async fn blocking<T: Send + 'static>(
+    read: impl FnOnce() -> store::Result<T> + Send + 'static,
+) -> Result<Result<T, Status>, Status> {
+    tokio::task::spawn_blocking(read)
+        .await
+        .map(|result| result.map_err(|e| Status::internal(e.to_string())))
+        .map_err(|e| Status::internal(e.to_string()))
 }
 
 /// Checks the bearer token of every call.
