@@ -1,5 +1,11 @@
-//! Compiles the wire contract in proto/ with a protoc that ships inside a crate, so a
-//! build needs nothing from the system package manager.
+//! Compiles the wire contract in proto/ with a protoc that ships inside a crate, and the
+//! eBPF probes in ebpf/ with clang (CO-RE objects that the binary embeds).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The probe objects, one per kernel collector; src/collectors/ebpf embeds each by name.
+const PROBES: [&str; 4] = ["kernel", "network", "memory", "syscalls"];
 
 fn main() -> anyhow::Result<()> {
     let mut config = tonic_prost_build::Config::new();
@@ -9,5 +15,43 @@ fn main() -> anyhow::Result<()> {
         &["proto/tapio/v1/event.proto", "proto/tapio/v1/service.proto"],
         &["proto"],
     )?;
+    compile_probes(&PathBuf::from(std::env::var("OUT_DIR")?))
+}
+
+/// Without clang the build still succeeds with empty objects, so the rest of the agent can
+/// be built and tested anywhere; the kernel collectors then refuse to start and say why.
+/// With clang, a probe that does not compile fails the build.
+fn compile_probes(out: &Path) -> anyhow::Result<()> {
+    println!("cargo:rerun-if-changed=ebpf");
+    println!("cargo:rerun-if-env-changed=CLANG");
+    let clang = std::env::var("CLANG").unwrap_or_else(|_| "clang".to_owned());
+    let arch = std::env::var("CARGO_CFG_TARGET_ARCH")?;
+    let (define, multiarch) = match arch.as_str() {
+        "x86_64" => ("__TARGET_ARCH_x86", "x86_64-linux-gnu"),
+        "aarch64" => ("__TARGET_ARCH_arm64", "aarch64-linux-gnu"),
+        other => anyhow::bail!("eBPF probes: no build recipe for target architecture {other}"),
+    };
+    let available = Command::new(&clang).arg("--version").output().is_ok();
+    if !available {
+        println!(
+            "cargo:warning=clang not found (set CLANG or run scripts/setup): building without eBPF probes"
+        );
+    }
+    for probe in PROBES {
+        let object = out.join(format!("{probe}.bpf.o"));
+        if !available {
+            std::fs::write(&object, [])?;
+            continue;
+        }
+        let source = format!("ebpf/{probe}.bpf.c");
+        let status = Command::new(&clang)
+            .args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror"])
+            .arg(format!("-D{define}"))
+            .arg(format!("-I/usr/include/{multiarch}"))
+            .args(["-c", &source, "-o"])
+            .arg(&object)
+            .status()?;
+        anyhow::ensure!(status.success(), "clang failed on {source}");
+    }
     Ok(())
 }

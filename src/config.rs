@@ -480,7 +480,9 @@ fn deserialize_bytes<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, 
     }
 }
 
-fn deserialize_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+pub(crate) fn deserialize_duration<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
     parse_duration(&text).map_err(serde::de::Error::custom)
 }
@@ -725,7 +727,7 @@ mod tests {
     #[case::unknown_collector(
         "collectors:\n  synthetic: {}\n  bogus: {}\n",
         "collectors.bogus",
-        "unknown collector `bogus`, expected `synthetic` at line 3"
+        "unknown collector `bogus`, expected one of `synthetic`, `kernel`"
     )]
     #[case::unknown_field(
         "orchestrator:\n  workers: 2\n  wrokers: 3\n",
@@ -750,6 +752,7 @@ mod tests {
         );
         assert_eq!(error.matches(field).count(), 1, "field named once: {error}");
         assert!(error.contains(line), "{error}");
+        assert!(error.contains(" at line "), "{error}");
     }
 
     #[test]

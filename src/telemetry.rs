@@ -21,16 +21,19 @@ pub enum DropCause {
     SpoolFull,
     /// Writing to the spool failed (disk error).
     SpoolError,
+    /// A kernel probe's ring buffer was full: the record was lost in the kernel.
+    RingBufferFull,
 }
 
 impl DropCause {
     /// Every cause, in reporting order.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::QueueFull,
         Self::Rejected,
         Self::Undelivered,
         Self::SpoolFull,
         Self::SpoolError,
+        Self::RingBufferFull,
     ];
 
     /// The label used in logs, the status line and metrics.
@@ -42,6 +45,7 @@ impl DropCause {
             Self::Undelivered => "undelivered",
             Self::SpoolFull => "spool_full",
             Self::SpoolError => "spool_error",
+            Self::RingBufferFull => "ring_buffer_full",
         }
     }
 
@@ -52,6 +56,7 @@ impl DropCause {
             Self::Undelivered => 2,
             Self::SpoolFull => 3,
             Self::SpoolError => 4,
+            Self::RingBufferFull => 5,
         }
     }
 }

@@ -332,12 +332,12 @@ fn the_status_line_repeats_while_running() {
 
 #[test]
 fn nothing_enabled_and_nowhere_to_send_are_clear_errors() {
-    let out = run(&["--server", "none", "--stdout", "--enable-ebpf"]);
+    let out = run(&["--server", "none", "--stdout", "--enable-k8s"]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("no collector is enabled"), "{stderr}");
     assert!(
-        stderr.contains("--enable-ebpf found no collector"),
+        stderr.contains("--enable-k8s found no collector"),
         "{stderr}"
     );
 

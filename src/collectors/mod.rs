@@ -3,6 +3,7 @@
 //! Adding a collector is one module, one field in [`CollectorsConfig`] and one line in
 //! [`CollectorsConfig::build`]; serde rejects an unknown name with its line number.
 
+pub mod ebpf;
 pub mod synthetic;
 
 use std::fmt::Write as _;
@@ -127,6 +128,15 @@ impl Group {
 pub struct CollectorsConfig {
     /// Generated load and scripted incidents, for tests, benchmarks and demos.
     pub synthetic: Option<CollectorEntry<synthetic::SyntheticConfig>>,
+    /// Process exec and exit from the kernel (`--enable-ebpf`).
+    pub kernel: Option<CollectorEntry<ebpf::kernel::KernelConfig>>,
+    /// TCP connects, accepts, closes and failures from the kernel (`--enable-ebpf`).
+    pub network: Option<CollectorEntry<ebpf::network::NetworkConfig>>,
+    /// OOM kills from the kernel (`--enable-ebpf`).
+    pub memory: Option<CollectorEntry<ebpf::memory::MemoryConfig>>,
+    /// Failing syscalls, counted in the kernel (`--enable-ebpf`).
+    #[serde(rename = "syscall-errors")]
+    pub syscall_errors: Option<CollectorEntry<ebpf::syscalls::SyscallErrorsConfig>>,
     /// Groups asked for by `--enable-*` flags.
     #[serde(skip)]
     pub requested_groups: Vec<Group>,
@@ -146,8 +156,12 @@ impl CollectorsConfig {
     /// Turns on every collector of `group` that this build has (configured ones keep their
     /// options).
     pub fn enable_group(&mut self, group: Group) {
-        // No collector of any group exists in this build yet; the request is kept so the
-        // agent can say which flag found nothing to turn on.
+        if group == Group::Ebpf {
+            self.kernel
+                .get_or_insert_with(CollectorEntry::default)
+                .enabled = true;
+        }
+        // The request is kept so the agent can say which flag found nothing to turn on.
         if !self.requested_groups.contains(&group) {
             self.requested_groups.push(group);
         }
@@ -156,7 +170,11 @@ impl CollectorsConfig {
     /// Groups that were asked for but have no collector in this build.
     #[must_use]
     pub fn unserved_groups(&self) -> Vec<Group> {
-        self.requested_groups.clone()
+        self.requested_groups
+            .iter()
+            .copied()
+            .filter(|group| *group != Group::Ebpf)
+            .collect()
     }
 
     /// Appends every problem of every enabled collector's options to `problems`.
@@ -167,6 +185,24 @@ impl CollectorsConfig {
             entry
                 .config
                 .validate("collectors.synthetic.config", problems);
+        }
+        if let Some(entry) = self.kernel.as_ref().filter(|e| e.enabled) {
+            enabled += 1;
+            entry.config.validate("collectors.kernel.config", problems);
+        }
+        if let Some(entry) = self.network.as_ref().filter(|e| e.enabled) {
+            enabled += 1;
+            entry.config.validate("collectors.network.config", problems);
+        }
+        if let Some(entry) = self.memory.as_ref().filter(|e| e.enabled) {
+            enabled += 1;
+            entry.config.validate("collectors.memory.config", problems);
+        }
+        if let Some(entry) = self.syscall_errors.as_ref().filter(|e| e.enabled) {
+            enabled += 1;
+            entry
+                .config
+                .validate("collectors.syscall-errors.config", problems);
         }
         if enabled == 0 {
             let mut problem = String::from(
@@ -193,6 +229,46 @@ impl CollectorsConfig {
                 name: synthetic::NAME,
                 when_full: entry.when_full,
                 collector: Ok(Box::new(synthetic::Synthetic::new(
+                    entry.config.clone(),
+                    context.node_name.clone(),
+                ))),
+            });
+        }
+        if let Some(entry) = self.kernel.as_ref().filter(|e| e.enabled) {
+            built.push(Built {
+                name: ebpf::kernel::NAME,
+                when_full: entry.when_full,
+                collector: Ok(Box::new(ebpf::kernel::Kernel::new(
+                    entry.config.clone(),
+                    context.node_name.clone(),
+                ))),
+            });
+        }
+        if let Some(entry) = self.network.as_ref().filter(|e| e.enabled) {
+            built.push(Built {
+                name: ebpf::network::NAME,
+                when_full: entry.when_full,
+                collector: Ok(Box::new(ebpf::network::Network::new(
+                    entry.config.clone(),
+                    context.node_name.clone(),
+                ))),
+            });
+        }
+        if let Some(entry) = self.memory.as_ref().filter(|e| e.enabled) {
+            built.push(Built {
+                name: ebpf::memory::NAME,
+                when_full: entry.when_full,
+                collector: Ok(Box::new(ebpf::memory::Memory::new(
+                    entry.config.clone(),
+                    context.node_name.clone(),
+                ))),
+            });
+        }
+        if let Some(entry) = self.syscall_errors.as_ref().filter(|e| e.enabled) {
+            built.push(Built {
+                name: ebpf::syscalls::NAME,
+                when_full: entry.when_full,
+                collector: Ok(Box::new(ebpf::syscalls::SyscallErrors::new(
                     entry.config.clone(),
                     context.node_name.clone(),
                 ))),

@@ -1,0 +1,97 @@
+/* `syscall-errors` collector: failing syscalls from raw_syscalls:sys_exit, counted in the
+ * kernel per (cgroup, process, syscall, errno); user space reads the counts every interval
+ * and reports what changed, so the cost per syscall is one map update. */
+#include "tapio.h"
+
+#define MAX_ERRNO 4095
+#define MAX_SYSCALL 1024
+
+/* Set by the loader from the collector's options. */
+const volatile __u8 only_listed_errnos = 0;
+const volatile __u8 only_listed_syscalls = 0;
+
+struct key {
+	__u64 cgroup_id;
+	__u32 pid;
+	__u32 syscall;
+	__u32 err;
+	__u32 pad;
+};
+
+struct count {
+	__u64 count;
+	__u64 first_ktime;
+	__u64 last_ktime;
+	char comm[TASK_COMM_LEN];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 10240);
+	__type(key, struct key);
+	__type(value, struct count);
+} counts SEC(".maps");
+
+/* 1 = report (with only_listed_*) or ignore (errnos without it): see syscalls.rs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_ERRNO + 1);
+	__type(key, __u32);
+	__type(value, __u8);
+} errno_list SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_SYSCALL);
+	__type(key, __u32);
+	__type(value, __u8);
+} syscall_list SEC(".maps");
+
+struct sys_exit_ctx {
+	__u64 common;
+	__s64 id;
+	__s64 ret;
+};
+
+SEC("tracepoint/raw_syscalls/sys_exit")
+int tapio_sys_exit(struct sys_exit_ctx *ctx)
+{
+	__s64 ret = ctx->ret;
+	if (ret >= 0 || ret < -MAX_ERRNO)
+		return 0;
+	__u32 err = (__u32)(-ret);
+	__u32 syscall = (__u32)ctx->id;
+	__u8 *listed = bpf_map_lookup_elem(&errno_list, &err);
+	if (only_listed_errnos ? !(listed && *listed) : (listed && *listed))
+		return 0;
+	if (only_listed_syscalls) {
+		listed = bpf_map_lookup_elem(&syscall_list, &syscall);
+		if (!listed || !*listed)
+			return 0;
+	}
+	struct key key = {
+		.cgroup_id = bpf_get_current_cgroup_id(),
+		.pid = bpf_get_current_pid_tgid() >> 32,
+		.syscall = syscall,
+		.err = err,
+	};
+	__u64 now = bpf_ktime_get_ns();
+	struct count *c = bpf_map_lookup_elem(&counts, &key);
+	if (c) {
+		__sync_fetch_and_add(&c->count, 1);
+		c->last_ktime = now;
+		return 0;
+	}
+	struct count fresh = { .count = 1, .first_ktime = now, .last_ktime = now };
+	bpf_get_current_comm(fresh.comm, sizeof(fresh.comm));
+	long inserted = bpf_map_update_elem(&counts, &key, &fresh, BPF_NOEXIST);
+	if (inserted == 0)
+		return 0;
+	/* Another CPU inserted the key first: add to its count. */
+	c = bpf_map_lookup_elem(&counts, &key);
+	if (c)
+		__sync_fetch_and_add(&c->count, 1);
+	else
+		count_lost(); /* the map is full */
+	return 0;
+}

@@ -1,0 +1,91 @@
+//! `memory`: OOM kills, from the `mark_victim` BTF tracepoint (`ebpf/memory.bpf.c`), with
+//! the victim's pid, comm, cgroup and memory figures at the moment it was chosen.
+
+use super::{Header, Reader, Ring, RingOptions, Stamp, attach_btf_tracepoint, load, objects};
+use crate::collectors::{Collector, Context, Error, Running};
+use crate::event::{Event, Severity};
+
+/// Registry name.
+pub const NAME: &str = "memory";
+
+/// Options of the `memory` collector.
+pub type MemoryConfig = RingOptions;
+
+const KIND_OOM_KILL: u32 = 30;
+
+/// The collector.
+#[derive(Debug)]
+pub struct Memory {
+    config: MemoryConfig,
+    node: String,
+}
+
+impl Memory {
+    /// A collector stamping `node` on its events.
+    #[must_use]
+    pub fn new(config: MemoryConfig, node: String) -> Self {
+        Self { config, node }
+    }
+}
+
+impl Collector for Memory {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn start(self: Box<Self>, context: Context) -> Result<Running, Error> {
+        let mut ebpf = load(objects::MEMORY, self.config.ring_buffer_bytes, &[])?;
+        attach_btf_tracepoint(&mut ebpf, "tapio_oom", "mark_victim")?;
+        let ring = Ring::new(NAME, ebpf)?;
+        let mut stamp = Stamp::new(NAME, &self.node);
+        let page = i64::try_from(rustix::param::page_size()).unwrap_or(4096);
+        Ok(Box::pin(ring.pump(context, move |record| {
+            decode(&mut stamp, page, record)
+        })))
+    }
+}
+
+fn decode(stamp: &mut Stamp, page: i64, record: &[u8]) -> Option<Event> {
+    let mut reader = Reader::new(record);
+    let header = Header::read(&mut reader)?;
+    if header.kind != KIND_OOM_KILL {
+        return None;
+    }
+    let victim_pid = reader.u32()?;
+    let uid = reader.u32()?;
+    let victim_cgroup = reader.u64()?;
+    let victim_comm = reader.c_str(16)?;
+    let total_vm = reader.u64()?;
+    let anon = reader.i64()?;
+    let file = reader.i64()?;
+    let shmem = reader.i64()?;
+    let oom_score_adj = reader.i32()?;
+    let mut event = stamp.event_at(
+        header.ktime,
+        "memory.oom_kill",
+        victim_pid,
+        &victim_comm,
+        victim_cgroup,
+    );
+    event.severity = Severity::Critical;
+    let rss = (anon + file + shmem).max(0) * page;
+    event.message = format!(
+        "OOM killer killed {victim_comm} (pid {victim_pid}) using {} MiB",
+        rss >> 20
+    );
+    event.attributes.set("victim_pid", victim_pid);
+    event.attributes.set("uid", uid);
+    event.attributes.set(
+        "total_vm_bytes",
+        i64::try_from(total_vm)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(page),
+    );
+    event.attributes.set("anon_rss_bytes", anon.max(0) * page);
+    event.attributes.set("file_rss_bytes", file.max(0) * page);
+    event.attributes.set("shmem_rss_bytes", shmem.max(0) * page);
+    event.attributes.set("oom_score_adj", oom_score_adj);
+    event.attributes.set("killer_pid", header.pid);
+    event.attributes.set("killer_comm", header.comm.clone());
+    Some(event)
+}

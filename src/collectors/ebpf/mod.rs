@@ -1,0 +1,470 @@
+//! The kernel collectors: CO-RE probes from ebpf/, compiled by build.rs, embedded in the
+//! binary and loaded with aya.
+//!
+//! Each collector owns one probe object with one ring buffer (`events`) and one per-CPU
+//! count of records the ring buffer had no room for (`lost`), so one collector failing to
+//! load (a missing tracepoint, a verifier refusal) leaves the others running. Records start
+//! with the header of `ebpf/tapio.h`; [`Record`] reads it.
+
+pub mod containers;
+pub mod kernel;
+pub mod memory;
+mod names;
+pub mod network;
+pub mod syscalls;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::{Ebpf, EbpfLoader};
+use serde::Deserialize;
+use tokio::io::unix::AsyncFd;
+
+use super::{Context, Error};
+use crate::event::{Event, IdGenerator};
+use crate::internal_events::EventsDropped;
+use crate::telemetry::DropCause;
+use containers::Containers;
+
+/// Ring buffer size when a collector's options do not set one.
+pub const DEFAULT_RING_BUFFER_BYTES: u32 = 256 * 1024;
+
+/// Options every kernel collector has.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RingOptions {
+    /// Bytes of the probe's ring buffer: a power of two, at least one page.
+    pub ring_buffer_bytes: u32,
+}
+
+impl Default for RingOptions {
+    fn default() -> Self {
+        Self {
+            ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES,
+        }
+    }
+}
+
+impl RingOptions {
+    /// Appends problems to `problems`, each prefixed with `prefix`.
+    pub fn validate(&self, prefix: &str, problems: &mut Vec<String>) {
+        let size = self.ring_buffer_bytes;
+        if !size.is_power_of_two() || !(4096..=1 << 30).contains(&size) {
+            problems.push(format!(
+                "{prefix}.ring_buffer_bytes: must be a power of two from 4096 to 1073741824, got {size}"
+            ));
+        }
+    }
+}
+
+/// The compiled probe objects; empty when the build had no clang.
+pub(crate) mod objects {
+    /// `ebpf/kernel.bpf.c`.
+    pub static KERNEL: &[u8] =
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kernel.bpf.o"));
+    /// `ebpf/network.bpf.c`.
+    pub static NETWORK: &[u8] =
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/network.bpf.o"));
+    /// `ebpf/memory.bpf.c`.
+    pub static MEMORY: &[u8] =
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memory.bpf.o"));
+    /// `ebpf/syscalls.bpf.c`.
+    pub static SYSCALLS: &[u8] =
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/syscalls.bpf.o"));
+}
+
+/// Loads `object` with its ring buffer sized to `ring_bytes` and its `const volatile` flags
+/// set from `flags`, after making sure the kernel can be asked for tracepoints.
+pub(crate) fn load(
+    object: &[u8],
+    ring_bytes: u32,
+    flags: &[(&'static str, u8)],
+) -> Result<Ebpf, Error> {
+    if object.is_empty() {
+        return Err(Error::Unavailable(
+            "this binary was built without eBPF probes (clang was not found at build time); \
+             run scripts/setup and rebuild"
+                .into(),
+        ));
+    }
+    if !rustix::process::geteuid().is_root() {
+        return Err(Error::Unavailable(
+            "loading eBPF probes needs root (CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN); run the \
+             collector as root or as a privileged container"
+                .into(),
+        ));
+    }
+    ensure_tracefs()?;
+    let mut loader = EbpfLoader::new();
+    loader.map_max_entries("events", ring_bytes);
+    for (name, value) in flags {
+        loader.override_global(name, value, true);
+    }
+    loader
+        .load(object)
+        .map_err(|error| Error::Unavailable(format!("the kernel refused the probes: {error}")))
+}
+
+/// Attaches the tracepoint program `program` to `category/name`.
+pub(crate) fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    program: &str,
+    category: &str,
+    name: &str,
+) -> Result<(), Error> {
+    let unavailable =
+        |what: String| Error::Unavailable(format!("tracepoint {category}/{name}: {what}"));
+    let program: &mut aya::programs::TracePoint = ebpf
+        .program_mut(program)
+        .ok_or_else(|| unavailable(format!("program {program} is missing from the object")))?
+        .try_into()
+        .map_err(|error| unavailable(format!("{error}")))?;
+    program
+        .load()
+        .map_err(|error| unavailable(format!("the verifier refused the program: {error}")))?;
+    program
+        .attach(category, name)
+        .map_err(|error| unavailable(format!("cannot attach: {error}")))?;
+    Ok(())
+}
+
+/// Attaches the BTF tracepoint program `program` to the raw tracepoint `name`.
+pub(crate) fn attach_btf_tracepoint(
+    ebpf: &mut Ebpf,
+    program: &str,
+    name: &str,
+) -> Result<(), Error> {
+    let unavailable = |what: String| Error::Unavailable(format!("BTF tracepoint {name}: {what}"));
+    let btf = aya::Btf::from_sys_fs()
+        .map_err(|error| unavailable(format!("cannot read the kernel's BTF: {error}")))?;
+    let program: &mut aya::programs::BtfTracePoint = ebpf
+        .program_mut(program)
+        .ok_or_else(|| unavailable(format!("program {program} is missing from the object")))?
+        .try_into()
+        .map_err(|error| unavailable(format!("{error}")))?;
+    program
+        .load(name, &btf)
+        .map_err(|error| unavailable(format!("the verifier refused the program: {error}")))?;
+    program
+        .attach()
+        .map_err(|error| unavailable(format!("cannot attach: {error}")))?;
+    Ok(())
+}
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Tracepoint ids are read from tracefs, which is not mounted at boot on some hosts.
+fn ensure_tracefs() -> Result<(), Error> {
+    if Path::new(TRACEFS).join("events").is_dir()
+        || Path::new("/sys/kernel/debug/tracing/events").is_dir()
+    {
+        return Ok(());
+    }
+    rustix::mount::mount(
+        "tracefs",
+        TRACEFS,
+        "tracefs",
+        rustix::mount::MountFlags::empty(),
+        None,
+    )
+    .map_err(|error| {
+        Error::Unavailable(format!(
+            "tracefs is not mounted and mounting it on {TRACEFS} failed: {error}"
+        ))
+    })?;
+    tracing::info!(path = TRACEFS, "Mounted tracefs.");
+    Ok(())
+}
+
+/// Maps the kernel's `CLOCK_MONOTONIC` nanoseconds (`bpf_ktime_get_ns`) to Unix time.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Clock {
+    offset: i128,
+}
+
+impl Clock {
+    /// Reads both clocks now.
+    pub(crate) fn now() -> Self {
+        let nanos = |t: rustix::time::Timespec| {
+            i128::from(t.tv_sec) * 1_000_000_000 + i128::from(t.tv_nsec)
+        };
+        let monotonic = nanos(rustix::time::clock_gettime(
+            rustix::time::ClockId::Monotonic,
+        ));
+        let real = nanos(rustix::time::clock_gettime(rustix::time::ClockId::Realtime));
+        Self {
+            offset: real - monotonic,
+        }
+    }
+
+    /// Unix nanoseconds of a kernel timestamp.
+    pub(crate) fn unix_nanos(self, ktime: u64) -> u64 {
+        u64::try_from(i128::from(ktime) + self.offset).unwrap_or(0)
+    }
+}
+
+/// Reads little-endian fields off a record in order.
+#[derive(Debug)]
+pub(crate) struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(bytes: &'a [u8]) -> Self {
+        Self { bytes }
+    }
+
+    /// The next `n` bytes; `None` when the record is shorter.
+    pub(crate) fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.bytes.len() < n {
+            return None;
+        }
+        let (head, tail) = self.bytes.split_at(n);
+        self.bytes = tail;
+        Some(head)
+    }
+
+    pub(crate) fn u16(&mut self) -> Option<u16> {
+        self.take(2)?.try_into().ok().map(u16::from_le_bytes)
+    }
+
+    pub(crate) fn u32(&mut self) -> Option<u32> {
+        self.take(4)?.try_into().ok().map(u32::from_le_bytes)
+    }
+
+    pub(crate) fn i32(&mut self) -> Option<i32> {
+        self.take(4)?.try_into().ok().map(i32::from_le_bytes)
+    }
+
+    pub(crate) fn u64(&mut self) -> Option<u64> {
+        self.take(8)?.try_into().ok().map(u64::from_le_bytes)
+    }
+
+    pub(crate) fn i64(&mut self) -> Option<i64> {
+        self.take(8)?.try_into().ok().map(i64::from_le_bytes)
+    }
+
+    /// A fixed-size C string field: the text up to its first NUL.
+    pub(crate) fn c_str(&mut self, n: usize) -> Option<String> {
+        self.take(n).map(c_string)
+    }
+}
+
+/// The text of a NUL-terminated C buffer, lossily decoded.
+pub(crate) fn c_string(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// `struct header` of ebpf/tapio.h.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub kind: u32,
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub ktime: u64,
+    pub cgroup_id: u64,
+    pub comm: String,
+}
+
+impl Header {
+    pub(crate) fn read(reader: &mut Reader<'_>) -> Option<Self> {
+        Some(Self {
+            kind: reader.u32()?,
+            pid: reader.u32()?,
+            tid: reader.u32()?,
+            uid: reader.u32()?,
+            ktime: reader.u64()?,
+            cgroup_id: reader.u64()?,
+            comm: reader.c_str(16)?,
+        })
+    }
+}
+
+/// Builds events from records: ids, wall time, and the process's identity (pid, comm,
+/// cgroup, container, pod) shared by every kernel collector.
+#[derive(Debug)]
+pub(crate) struct Stamp {
+    source: &'static str,
+    node: Arc<str>,
+    ids: IdGenerator,
+    clock: Clock,
+    containers: Containers,
+}
+
+impl Stamp {
+    pub(crate) fn new(source: &'static str, node: &str) -> Self {
+        Self {
+            source,
+            node: node.into(),
+            ids: IdGenerator::new(),
+            clock: Clock::now(),
+            containers: Containers::new(containers::DEFAULT_CAPACITY),
+        }
+    }
+
+    /// A new event of `kind` for the process in `header`.
+    pub(crate) fn event(&mut self, header: &Header, kind: &'static str) -> Event {
+        self.event_at(
+            header.ktime,
+            kind,
+            header.pid,
+            &header.comm,
+            header.cgroup_id,
+        )
+    }
+
+    /// A new event of `kind` at kernel time `ktime` for process `pid`.
+    pub(crate) fn event_at(
+        &mut self,
+        ktime: u64,
+        kind: &'static str,
+        pid: u32,
+        comm: &str,
+        cgroup_id: u64,
+    ) -> Event {
+        let mut event = Event::new(
+            self.ids.next_id(),
+            self.clock.unix_nanos(ktime),
+            kind,
+            self.source,
+        );
+        let entities = &mut event.entities;
+        entities.node = Arc::clone(&self.node);
+        entities.pid = pid;
+        entities.comm = comm.into();
+        entities.cgroup_id = cgroup_id;
+        if let Some(found) = self.containers.resolve(pid, cgroup_id) {
+            entities.container_id = Arc::clone(&found.container_id);
+            entities.pod_uid = Arc::clone(&found.pod_uid);
+        }
+        event
+    }
+
+    /// Unix nanoseconds of a kernel timestamp.
+    pub(crate) fn unix_nanos(&self, ktime: u64) -> u64 {
+        self.clock.unix_nanos(ktime)
+    }
+
+    /// Forgets what was cached about a process that has exited.
+    pub(crate) fn forget(&mut self, pid: u32) {
+        self.containers.forget(pid);
+    }
+}
+
+/// A loaded probe's ring buffer and lost-record count, read together.
+pub(crate) struct Ring {
+    name: &'static str,
+    records: AsyncFd<RingBuf<MapData>>,
+    lost: PerCpuArray<MapData, u64>,
+    lost_reported: u64,
+    // Dropping it detaches every program of the object.
+    _ebpf: Ebpf,
+}
+
+impl std::fmt::Debug for Ring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ring")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How often lost-record counts are read between records.
+const LOST_POLL: Duration = Duration::from_secs(1);
+
+impl Ring {
+    /// Takes the `events` and `lost` maps of a loaded and attached object.
+    pub(crate) fn new(name: &'static str, mut ebpf: Ebpf) -> Result<Self, Error> {
+        let missing = |map: &str| Error::Unavailable(format!("probe object has no map {map}"));
+        let events = ebpf.take_map("events").ok_or_else(|| missing("events"))?;
+        let lost = ebpf.take_map("lost").ok_or_else(|| missing("lost"))?;
+        let ring = RingBuf::try_from(events)
+            .map_err(|error| Error::Unavailable(format!("ring buffer: {error}")))?;
+        let lost = PerCpuArray::try_from(lost)
+            .map_err(|error| Error::Unavailable(format!("lost counter: {error}")))?;
+        // Sound: the ring buffer owns its descriptor and the AsyncFd owns the ring buffer,
+        // so the descriptor stays open for the AsyncFd's whole life. The replacement,
+        // `register_with_interest`, is an unsafe fn, which this crate forbids.
+        #[allow(deprecated)]
+        let records = AsyncFd::with_interest(ring, tokio::io::Interest::READABLE)
+            .map_err(|error| Error::Unavailable(format!("ring buffer: {error}")))?;
+        Ok(Self {
+            name,
+            records,
+            lost,
+            lost_reported: 0,
+            _ebpf: ebpf,
+        })
+    }
+
+    /// Runs until shutdown: every record goes through `decode`, and every event it makes
+    /// goes to the pipeline.
+    pub(crate) async fn pump<F>(mut self, context: Context, mut decode: F) -> Result<(), Error>
+    where
+        F: FnMut(&[u8]) -> Option<Event> + Send,
+    {
+        let mut ticker = tokio::time::interval(LOST_POLL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch = Vec::new();
+        loop {
+            tokio::select! {
+                biased;
+                () = context.shutdown.cancelled() => break,
+                _ = ticker.tick() => self.report_lost(&context),
+                ready = self.records.readable_mut() => {
+                    let mut guard = ready.map_err(|error| Error::Unavailable(format!("ring buffer: {error}")))?;
+                    let ring = guard.get_inner_mut();
+                    while let Some(record) = ring.next() {
+                        batch.extend(decode(&record));
+                    }
+                    guard.clear_ready();
+                }
+            }
+            for event in batch.drain(..) {
+                context.out.send(event).await?;
+            }
+        }
+        self.report_lost(&context);
+        Ok(())
+    }
+
+    /// Counts records lost since the last report as drops of this collector.
+    fn report_lost(&mut self, context: &Context) {
+        let Ok(values) = self.lost.get(&0, 0) else {
+            return;
+        };
+        let total: u64 = values.iter().sum();
+        let new = total.saturating_sub(self.lost_reported);
+        if new > 0 {
+            self.lost_reported = total;
+            EventsDropped {
+                component: self.name,
+                cause: DropCause::RingBufferFull,
+                count: new,
+                counters: context.stats.drop_counters(),
+            }
+            .emit();
+        }
+    }
+}
+
+/// Why a kernel collector test cannot run here, or `None` when it can.
+///
+/// Tests call this and skip with the reason; with `TAPIO_REQUIRE_EBPF=1` (CI) they fail.
+#[must_use]
+pub fn unsupported_here() -> Option<String> {
+    if objects::KERNEL.is_empty() {
+        return Some("built without eBPF probes: clang was not found at build time".into());
+    }
+    if !rustix::process::geteuid().is_root() {
+        return Some("eBPF needs root".into());
+    }
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return Some("the kernel has no BTF (/sys/kernel/btf/vmlinux)".into());
+    }
+    None
+}

@@ -1,0 +1,445 @@
+//! The kernel collectors against the real kernel, as root: each test starts the collector's
+//! pipeline in-process, makes something happen (its own child, port, name) and waits for
+//! the matching event. The machine is shared, so every match is on the test's own pids,
+//! ports and names.
+//!
+//! Without root or BPF each test skips with a reason; with `TAPIO_REQUIRE_EBPF=1` (CI) it
+//! fails instead.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tapio::collectors::BuildContext;
+use tapio::collectors::ebpf::unsupported_here;
+use tapio::config::Config;
+use tapio::event::{AttrValue, Event};
+use tapio::manager::{FanIn, Manager};
+use tapio::telemetry::Telemetry;
+use tokio_util::sync::CancellationToken;
+
+/// Whether the test can run; records the skip (see scripts/test) or fails under CI.
+fn can_run(test: &str) -> bool {
+    let Some(reason) = unsupported_here() else {
+        return true;
+    };
+    assert!(
+        std::env::var("TAPIO_REQUIRE_EBPF").as_deref() != Ok("1"),
+        "{test}: TAPIO_REQUIRE_EBPF=1 but {reason}"
+    );
+    eprintln!("SKIPPED {test}: {reason}");
+    if let Ok(log) = std::env::var("TAPIO_SKIP_LOG") {
+        use std::io::Write as _;
+        if let Ok(mut file) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+        {
+            // One write per line: appends of one write each do not interleave.
+            let _ = file.write_all(format!("{test}: {reason}\n").as_bytes());
+        }
+    }
+    false
+}
+
+/// Collectors from a YAML `collectors:` map, running into an in-process pipeline.
+struct Pipeline {
+    fan_in: FanIn,
+    // Received but not yet asked for: one read can bring the events of several waits.
+    backlog: Vec<Event>,
+    shutdown: CancellationToken,
+    telemetry: Arc<Telemetry>,
+}
+
+impl Pipeline {
+    fn start(collectors_yaml: &str) -> Self {
+        let config = Config::from_yaml(collectors_yaml, "test").expect("valid config");
+        let telemetry = Arc::new(Telemetry::default());
+        let shutdown = CancellationToken::new();
+        let mut manager = Manager::new(Arc::clone(&telemetry), 65_536, shutdown.clone());
+        let context = BuildContext {
+            node_name: "test-node".into(),
+        };
+        for built in config.collectors.build(&context) {
+            let name = built.name;
+            assert!(manager.start(built), "collector {name} starts");
+        }
+        Self {
+            fan_in: manager.into_fan_in(),
+            backlog: Vec::new(),
+            shutdown,
+            telemetry,
+        }
+    }
+
+    /// The first event for which `wanted` holds, within `limit`.
+    async fn wait_for(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        wanted: impl Fn(&Event) -> bool,
+    ) -> Event {
+        let deadline = Instant::now() + limit;
+        let mut searched = 0;
+        loop {
+            if let Some(at) = self.backlog[searched..].iter().position(&wanted) {
+                return self.backlog.remove(searched + at);
+            }
+            searched = self.backlog.len();
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no {what} within {limit:?}; status: {}",
+                self.telemetry.status_line()
+            );
+            let received =
+                tokio::time::timeout(left, self.fan_in.recv_many(&mut self.backlog, 4096)).await;
+            if let Ok(0) = received {
+                panic!("the pipeline closed before a {what}");
+            }
+        }
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn int(event: &Event, key: &str) -> Option<i64> {
+    match event.attributes.get(key) {
+        Some(AttrValue::Int(n)) => Some(*n),
+        _ => None,
+    }
+}
+
+fn text<'a>(event: &'a Event, key: &str) -> Option<&'a str> {
+    match event.attributes.get(key) {
+        Some(AttrValue::Str(s)) => Some(s),
+        _ => None,
+    }
+}
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_reports_a_childs_exec_and_its_exit_code() {
+    if !can_run("kernel_reports_a_childs_exec_and_its_exit_code") {
+        return;
+    }
+    let mut pipeline = Pipeline::start("collectors:\n  kernel: {}\n");
+    let marker = format!("tapio-exec-test-{}", std::process::id());
+    let mut child = Command::new("/bin/sh")
+        .args(["-c", "exit 7", &marker])
+        .spawn()
+        .expect("spawns sh");
+    let pid = child.id();
+    assert_eq!(child.wait().expect("waits").code(), Some(7));
+
+    let exec = pipeline
+        .wait_for("exec of the child", WAIT, |e| {
+            e.kind == "process.exec" && e.entities.pid == pid
+        })
+        .await;
+    assert_eq!(text(&exec, "filename"), Some("/bin/sh"));
+    let args = text(&exec, "args").expect("args");
+    assert!(
+        args.contains("exit 7") && args.contains(&marker),
+        "args: {args}"
+    );
+    assert_eq!(int(&exec, "ppid"), Some(i64::from(std::process::id())));
+    assert_eq!(exec.source, "kernel");
+    assert_eq!(&*exec.entities.node, "test-node");
+    assert!(exec.entities.cgroup_id != 0, "cgroup id stamped");
+
+    let exit = pipeline
+        .wait_for("exit of the child", WAIT, |e| {
+            e.kind == "process.exit" && e.entities.pid == pid
+        })
+        .await;
+    assert_eq!(int(&exit, "exit_code"), Some(7));
+    assert_eq!(int(&exit, "signal"), Some(0));
+    assert_eq!(&*exit.entities.comm, "sh");
+    let now = tapio::event::unix_nanos_now();
+    assert!(
+        exit.timestamp <= now && now - exit.timestamp < 60_000_000_000,
+        "kernel time maps to wall time: {} vs now {now}",
+        exit.timestamp
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_reports_a_signal_as_the_cause_of_death() {
+    if !can_run("kernel_reports_a_signal_as_the_cause_of_death") {
+        return;
+    }
+    let mut pipeline = Pipeline::start("collectors:\n  kernel: {}\n");
+    let mut child = Command::new("/bin/sleep")
+        .arg("30")
+        .spawn()
+        .expect("spawns sleep");
+    let pid = child.id();
+    child.kill().expect("kills");
+    let _ = child.wait();
+    let exit = pipeline
+        .wait_for("exit of the killed child", WAIT, |e| {
+            e.kind == "process.exit" && e.entities.pid == pid
+        })
+        .await;
+    assert_eq!(int(&exit, "signal"), Some(9));
+    assert_eq!(exit.severity, tapio::event::Severity::Warning);
+}
+
+#[test]
+fn without_privileges_the_kernel_collector_says_why_and_the_others_run() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        "collectors:\n  kernel: {}\n  synthetic: { config: { events: 500, rate: 0 } }\n",
+    )
+    .expect("writes config");
+    for path in [dir.path(), config.as_path()] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let collector = env!("CARGO_BIN_EXE_tapio-collector");
+    let args = [
+        "--config",
+        config.to_str().expect("utf-8"),
+        "--server",
+        "none",
+        "--stdout",
+    ];
+    let root = rustix::process::geteuid().is_root();
+    // As root, drop to nobody for this one run; otherwise the test already lacks privileges.
+    let out = if root {
+        Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                collector,
+            ])
+            .args(args)
+            .output()
+    } else {
+        Command::new(collector).args(args).output()
+    }
+    .expect("collector runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let refusals: Vec<_> = stderr
+        .lines()
+        .filter(|l| l.contains("collector=\"kernel\"") || l.contains("collector=kernel"))
+        .collect();
+    assert_eq!(
+        refusals.len(),
+        1,
+        "one clear line about the kernel collector:\n{stderr}"
+    );
+    assert!(refusals[0].contains("needs root"), "{}", refusals[0]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        500,
+        "synthetic delivered all: {stderr}"
+    );
+}
+
+/// A memory cgroup with a small limit, removed on drop; v2 or v1, whichever the host has.
+struct MemoryCgroup {
+    dir: std::path::PathBuf,
+}
+
+impl MemoryCgroup {
+    fn create(name: &str, limit_bytes: u64) -> Self {
+        let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+        let dir = if v2 {
+            let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+memory");
+            std::path::Path::new("/sys/fs/cgroup").join(name)
+        } else {
+            std::path::Path::new("/sys/fs/cgroup/memory").join(name)
+        };
+        let _ = std::fs::remove_dir(&dir);
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("creates {}: {e}", dir.display()));
+        let write = |file: &str, value: &str| {
+            std::fs::write(dir.join(file), value).unwrap_or_else(|e| panic!("writes {file}: {e}"));
+        };
+        if v2 {
+            write("memory.max", &limit_bytes.to_string());
+            let _ = std::fs::write(dir.join("memory.swap.max"), "0");
+        } else {
+            write("memory.limit_in_bytes", &limit_bytes.to_string());
+            let _ = std::fs::write(dir.join("memory.swappiness"), "0");
+        }
+        Self { dir }
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        // The killed child may take a moment to leave the cgroup.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_reports_the_oom_kill_of_a_child_past_its_cgroup_limit() {
+    if !can_run("memory_reports_the_oom_kill_of_a_child_past_its_cgroup_limit") {
+        return;
+    }
+    let mut pipeline = Pipeline::start("collectors:\n  memory: {}\n");
+    let cgroup = MemoryCgroup::create(&format!("tapio-oom-test-{}", std::process::id()), 32 << 20);
+    // The child moves itself into the cgroup, then `tail` buffers an endless line.
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec tail /dev/zero",
+        cgroup.dir.display()
+    );
+    let mut child = Command::new("/bin/sh")
+        .args(["-c", &script])
+        .spawn()
+        .expect("spawns sh");
+    let pid = child.id();
+    let status = child.wait().expect("waits");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "the child was OOM-killed: {status:?}"
+    );
+    let oom = pipeline
+        .wait_for("OOM kill of the child", WAIT, |e| {
+            e.kind == "memory.oom_kill" && e.entities.pid == pid
+        })
+        .await;
+    assert_eq!(&*oom.entities.comm, "tail");
+    assert_eq!(int(&oom, "victim_pid"), Some(i64::from(pid)));
+    assert_eq!(oom.severity, tapio::event::Severity::Critical);
+    let rss = int(&oom, "anon_rss_bytes").expect("anon rss");
+    assert!(
+        rss > 8 << 20 && rss <= 64 << 20,
+        "anon rss near the 32 MiB limit: {rss}"
+    );
+    drop(cgroup);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syscall_errors_counts_a_childs_failing_opens_in_the_kernel() {
+    if !can_run("syscall_errors_counts_a_childs_failing_opens_in_the_kernel") {
+        return;
+    }
+    let mut pipeline = Pipeline::start(
+        "collectors:\n  syscall-errors: { config: { interval: 200ms, syscalls: [openat] } }\n",
+    );
+    let missing = format!("/nonexistent-tapio-{}", std::process::id());
+    let script = format!("i=0; while [ $i -lt 100 ]; do true < {missing}; i=$((i+1)); done");
+    // A clean environment: under cargo, LD_LIBRARY_PATH sends the loader through
+    // directories where libc is not, each miss a failing openat of its own.
+    let mut child = Command::new("/bin/sh")
+        .args(["-c", &script])
+        .env_clear()
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawns sh");
+    let pid = child.id();
+    child.wait().expect("waits");
+    let mut total = 0;
+    while total < 100 {
+        let event = pipeline
+            .wait_for("openat/ENOENT counts of the child", WAIT, |e| {
+                e.kind == "syscall.error" && e.entities.pid == pid
+            })
+            .await;
+        assert_eq!(text(&event, "syscall"), Some("openat"));
+        assert_eq!(text(&event, "errno"), Some("ENOENT"));
+        total += int(&event, "count").expect("count");
+    }
+    // Two more intervals: nothing else for the child may come.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(
+        Duration::from_millis(100),
+        pipeline.fan_in.recv_many(&mut rest, 65_536),
+    )
+    .await;
+    pipeline.backlog.extend(rest);
+    let extra: i64 = pipeline
+        .backlog
+        .iter()
+        .filter(|e| e.kind == "syscall.error" && e.entities.pid == pid)
+        .filter_map(|e| int(e, "count"))
+        .sum();
+    assert_eq!(total + extra, 100, "exactly one failing openat per loop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_reports_connect_accept_close_and_a_refused_connect() {
+    use std::net::{TcpListener, TcpStream};
+    if !can_run("network_reports_connect_accept_close_and_a_refused_connect") {
+        return;
+    }
+    let mut pipeline = Pipeline::start("collectors:\n  network: {}\n");
+    let (port, client_port, closed_port) = tokio::task::spawn_blocking(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binds");
+        let port = listener.local_addr().expect("addr").port();
+        let client = TcpStream::connect(("127.0.0.1", port)).expect("connects");
+        let client_port = client.local_addr().expect("addr").port();
+        let (accepted, _) = listener.accept().expect("accepts");
+        drop(client);
+        drop(accepted);
+        // A port that was just free: nothing listens there.
+        let closed_port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let refused = TcpStream::connect(("127.0.0.1", closed_port)).expect_err("refused");
+        assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+        (port, client_port, closed_port)
+    })
+    .await
+    .expect("socket work");
+    let me = std::process::id();
+    let ports = |e: &Event, kind: &str, sport: u16, dport: u16| {
+        e.kind == kind
+            && int(e, "sport") == Some(i64::from(sport))
+            && int(e, "dport") == Some(i64::from(dport))
+    };
+
+    let connect = pipeline
+        .wait_for("connect", WAIT, |e| {
+            ports(e, "net.tcp.connect", client_port, port)
+        })
+        .await;
+    assert_eq!(
+        connect.entities.pid, me,
+        "the connecting process, not the softirq's"
+    );
+    assert_eq!(text(&connect, "daddr"), Some("127.0.0.1"));
+    assert_eq!(text(&connect, "new_state"), Some("ESTABLISHED"));
+    let accept = pipeline
+        .wait_for("accept", WAIT, |e| {
+            ports(e, "net.tcp.accept", port, client_port)
+        })
+        .await;
+    assert_eq!(accept.entities.pid, me, "the accepting process");
+    for (sport, dport) in [(client_port, port), (port, client_port)] {
+        let close = pipeline
+            .wait_for("close", WAIT, |e| ports(e, "net.tcp.close", sport, dport))
+            .await;
+        assert_eq!(close.entities.pid, me, "close {sport}->{dport}");
+        assert_eq!(text(&close, "new_state"), Some("CLOSE"));
+    }
+    let refused = pipeline
+        .wait_for("refused connect", WAIT, |e| {
+            e.kind == "net.tcp.connect_failed" && int(e, "dport") == Some(i64::from(closed_port))
+        })
+        .await;
+    assert_eq!(text(&refused, "error"), Some("ECONNREFUSED"));
+    assert_eq!(refused.entities.pid, me);
+    assert_eq!(refused.severity, tapio::event::Severity::Warning);
+}
