@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The probe objects, one per kernel collector; src/collectors/ebpf embeds each by name.
-const PROBES: [&str; 4] = ["kernel", "network", "memory", "syscalls"];
+const PROBES: [&str; 5] = ["kernel", "network", "dns", "memory", "syscalls"];
 
 fn main() -> anyhow::Result<()> {
     let mut config = tonic_prost_build::Config::new();

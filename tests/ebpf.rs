@@ -443,3 +443,90 @@ async fn network_reports_connect_accept_close_and_a_refused_connect() {
     assert_eq!(refused.entities.pid, me);
     assert_eq!(refused.severity, tapio::event::Severity::Warning);
 }
+
+/// A DNS message: one question for `name` (type A), and for answers `rcode` plus `answers`
+/// A records of 192.0.2.1.
+fn dns_message(id: u16, name: &str, response: Option<(u16, u16)>) -> Vec<u8> {
+    let (flags, answers) =
+        response.map_or((0x0100, 0), |(rcode, answers)| (0x8180 | rcode, answers));
+    let mut message = Vec::new();
+    for word in [id, flags, 1, answers, 0, 0] {
+        message.extend(word.to_be_bytes());
+    }
+    for label in name.split('.') {
+        message.push(u8::try_from(label.len()).expect("short label"));
+        message.extend(label.as_bytes());
+    }
+    message.extend([0, 0, 1, 0, 1]);
+    for _ in 0..answers {
+        message.extend([0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 1]);
+    }
+    message
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_reports_queries_and_responses_with_rcode_and_latency() {
+    use std::net::UdpSocket;
+    if !can_run("dns_reports_queries_and_responses_with_rcode_and_latency") {
+        return;
+    }
+    let mut pipeline = Pipeline::start("collectors:\n  dns: {}\n");
+    let me = std::process::id();
+    // A resolver of the test's own on port 53 of a loopback address no one else uses.
+    let server_ip = format!("127.53.{}.{}", (me >> 8) % 250 + 1, me % 250 + 1);
+    let found = format!("found-{me}.tapio.test");
+    let missing = format!("missing-{me}.tapio.test");
+    let (found2, missing2, ip) = (found.clone(), missing.clone(), server_ip.clone());
+    tokio::task::spawn_blocking(move || {
+        let server = UdpSocket::bind((ip.as_str(), 53)).expect("binds port 53");
+        let client = UdpSocket::bind("127.0.0.1:0").expect("binds client");
+        client.connect((ip.as_str(), 53)).expect("connects");
+        for (id, name, rcode, answers) in [(0x1111, &found2, 0, 1), (0x2222, &missing2, 3, 0)] {
+            client
+                .send(&dns_message(id, name, None))
+                .expect("sends query");
+            let mut buffer = [0; 512];
+            let (_, from) = server.recv_from(&mut buffer).expect("server receives");
+            std::thread::sleep(Duration::from_millis(20));
+            server
+                .send_to(&dns_message(id, name, Some((rcode, answers))), from)
+                .expect("answers");
+            client.recv(&mut buffer).expect("client receives");
+        }
+    })
+    .await
+    .expect("resolver work");
+
+    let named =
+        |e: &Event, kind: &str, name: &str| e.kind == kind && text(e, "query_name") == Some(name);
+    let query = pipeline
+        .wait_for("query", WAIT, |e| named(e, "dns.query", &found))
+        .await;
+    assert_eq!(query.entities.pid, me, "the process that sent the query");
+    assert_eq!(text(&query, "query_type"), Some("A"));
+    assert_eq!(text(&query, "server"), Some(server_ip.as_str()));
+    let answer = pipeline
+        .wait_for("response", WAIT, |e| named(e, "dns.response", &found))
+        .await;
+    assert_eq!(text(&answer, "rcode"), Some("NOERROR"));
+    assert_eq!(int(&answer, "answers"), Some(1));
+    assert_eq!(
+        answer.entities.pid, me,
+        "a response is the asking process's"
+    );
+    let latency = int(&answer, "latency_us").expect("latency");
+    assert!(
+        (20_000..2_000_000).contains(&latency),
+        "the resolver took 20 ms: {latency} us"
+    );
+    assert_eq!(answer.severity, tapio::event::Severity::Info);
+
+    pipeline
+        .wait_for("query", WAIT, |e| named(e, "dns.query", &missing))
+        .await;
+    let nxdomain = pipeline
+        .wait_for("response", WAIT, |e| named(e, "dns.response", &missing))
+        .await;
+    assert_eq!(text(&nxdomain, "rcode"), Some("NXDOMAIN"));
+    assert_eq!(nxdomain.severity, tapio::event::Severity::Warning);
+}

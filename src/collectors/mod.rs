@@ -132,6 +132,8 @@ pub struct CollectorsConfig {
     pub kernel: Option<CollectorEntry<ebpf::kernel::KernelConfig>>,
     /// TCP connects, accepts, closes and failures from the kernel (`--enable-ebpf`).
     pub network: Option<CollectorEntry<ebpf::network::NetworkConfig>>,
+    /// DNS queries and responses seen by a socket filter (`--enable-ebpf`).
+    pub dns: Option<CollectorEntry<ebpf::dns::DnsConfig>>,
     /// OOM kills from the kernel (`--enable-ebpf`).
     pub memory: Option<CollectorEntry<ebpf::memory::MemoryConfig>>,
     /// Failing syscalls, counted in the kernel (`--enable-ebpf`).
@@ -194,6 +196,10 @@ impl CollectorsConfig {
             enabled += 1;
             entry.config.validate("collectors.network.config", problems);
         }
+        if let Some(entry) = self.dns.as_ref().filter(|e| e.enabled) {
+            enabled += 1;
+            entry.config.validate("collectors.dns.config", problems);
+        }
         if let Some(entry) = self.memory.as_ref().filter(|e| e.enabled) {
             enabled += 1;
             entry.config.validate("collectors.memory.config", problems);
@@ -249,6 +255,16 @@ impl CollectorsConfig {
                 name: ebpf::network::NAME,
                 when_full: entry.when_full,
                 collector: Ok(Box::new(ebpf::network::Network::new(
+                    entry.config.clone(),
+                    context.node_name.clone(),
+                ))),
+            });
+        }
+        if let Some(entry) = self.dns.as_ref().filter(|e| e.enabled) {
+            built.push(Built {
+                name: ebpf::dns::NAME,
+                when_full: entry.when_full,
+                collector: Ok(Box::new(ebpf::dns::Dns::new(
                     entry.config.clone(),
                     context.node_name.clone(),
                 ))),

@@ -7,6 +7,7 @@
 //! with the header of `ebpf/tapio.h`; [`Record`] reads it.
 
 pub mod containers;
+pub mod dns;
 pub mod kernel;
 pub mod memory;
 mod names;
@@ -64,6 +65,8 @@ pub(crate) mod objects {
     /// `ebpf/kernel.bpf.c`.
     pub static KERNEL: &[u8] =
         aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kernel.bpf.o"));
+    /// `ebpf/dns.bpf.c`.
+    pub static DNS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dns.bpf.o"));
     /// `ebpf/network.bpf.c`.
     pub static NETWORK: &[u8] =
         aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/network.bpf.o"));
