@@ -1,6 +1,7 @@
 /* `network` collector: TCP connect, accept, close and failed connects from
  * sock:inet_sock_set_state, with the owning process tracked per socket (the handshake
- * completes in softirq context, where the current task is whoever was interrupted). */
+ * completes in softirq context, where the current task is whoever was interrupted):
+ * connect() and listen() run in their caller's context. */
 #include "tapio.h"
 
 #define AF_INET 2
@@ -12,6 +13,27 @@
 #define TCP_SYN_SENT 2
 #define TCP_SYN_RECV 3
 #define TCP_CLOSE 7
+#define TCP_LISTEN 10
+
+/* Set by the loader: attribute accepted connections at the exit of accept()/accept4()
+ * (exact, but a syscall tracepoint slows every syscall on the host) rather than to the
+ * process that called listen() on the port. */
+const volatile __u8 accept_from_syscalls = 0;
+
+/* Who called listen() on a port: the owner of the connections it accepts. */
+struct owner {
+	__u64 cgroup_id;
+	__u32 pid;
+	__u32 pad;
+	char comm[TASK_COMM_LEN];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32); /* family << 16 | port */
+	__type(value, struct owner);
+} listeners SEC(".maps");
 
 struct conn {
 	__u64 start_ktime;  /* connect(): SYN sent; then: established */
@@ -107,6 +129,20 @@ int tapio_tcp_state(struct set_state_ctx *ctx)
 	__u64 now = bpf_ktime_get_ns();
 	__s32 old = ctx->oldstate, new = ctx->newstate;
 
+	__u32 listener = (__u32)ctx->family << 16 | ctx->sport;
+	if (new == TCP_LISTEN) {
+		/* listen(): the calling process's own context. */
+		struct owner o = {};
+		o.cgroup_id = bpf_get_current_cgroup_id();
+		o.pid = bpf_get_current_pid_tgid() >> 32;
+		bpf_get_current_comm(o.comm, sizeof(o.comm));
+		bpf_map_update_elem(&listeners, &listener, &o, BPF_ANY);
+		return 0;
+	}
+	if (old == TCP_LISTEN) {
+		bpf_map_delete_elem(&listeners, &listener);
+		return 0;
+	}
 	if (new == TCP_SYN_SENT) {
 		/* connect(): the calling process's own context. */
 		struct conn c = {};
@@ -125,6 +161,16 @@ int tapio_tcp_state(struct set_state_ctx *ctx)
 		c.start_ktime = now;
 		c.server = 1;
 		fill_addresses(&c, ctx);
+		if (!accept_from_syscalls) {
+			struct owner *o = bpf_map_lookup_elem(&listeners, &listener);
+			if (o) {
+				c.pid = o->pid;
+				c.cgroup_id = o->cgroup_id;
+				__builtin_memcpy(c.comm, o->comm, sizeof(c.comm));
+			}
+			/* pid 0: a listener from before the probe; user space looks it up. */
+			emit(KIND_TCP_ACCEPT, &c, 0, ctx, 0);
+		}
 		bpf_map_update_elem(&conns, &sk, &c, BPF_ANY);
 		return 0;
 	}
@@ -172,7 +218,7 @@ static __always_inline int on_accept(struct accept_exit_ctx *ctx)
 	if (!sk)
 		return 0;
 	struct conn *c = bpf_map_lookup_elem(&conns, &sk);
-	if (!c || !c->server || c->pid)
+	if (!c || !c->server || c->pid || !accept_from_syscalls)
 		return 0;
 	c->pid = bpf_get_current_pid_tgid() >> 32;
 	c->cgroup_id = bpf_get_current_cgroup_id();

@@ -53,10 +53,15 @@ struct Pipeline {
 
 impl Pipeline {
     fn start(collectors_yaml: &str) -> Self {
+        Self::with_queue(collectors_yaml, 65_536)
+    }
+
+    /// Collectors whose queues into the pipeline hold `capacity` events each.
+    fn with_queue(collectors_yaml: &str, capacity: usize) -> Self {
         let config = Config::from_yaml(collectors_yaml, "test").expect("valid config");
         let telemetry = Arc::new(Telemetry::default());
         let shutdown = CancellationToken::new();
-        let mut manager = Manager::new(Arc::clone(&telemetry), 65_536, shutdown.clone());
+        let mut manager = Manager::new(Arc::clone(&telemetry), capacity, shutdown.clone());
         let context = BuildContext {
             node_name: "test-node".into(),
         };
@@ -379,19 +384,38 @@ async fn syscall_errors_counts_a_childs_failing_opens_in_the_kernel() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn network_reports_connect_accept_close_and_a_refused_connect() {
-    use std::net::{TcpListener, TcpStream};
     if !can_run("network_reports_connect_accept_close_and_a_refused_connect") {
         return;
     }
-    let mut pipeline = Pipeline::start("collectors:\n  network: {}\n");
-    let (port, client_port, closed_port) = tokio::task::spawn_blocking(|| {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("binds");
-        let port = listener.local_addr().expect("addr").port();
-        let client = TcpStream::connect(("127.0.0.1", port)).expect("connects");
-        let client_port = client.local_addr().expect("addr").port();
-        let (accepted, _) = listener.accept().expect("accepts");
-        drop(client);
-        drop(accepted);
+    network_case("collectors:\n  network: {}\n").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_with_accept_syscalls_names_the_accepting_process() {
+    if !can_run("network_with_accept_syscalls_names_the_accepting_process") {
+        return;
+    }
+    network_case("collectors:\n  network: { config: { accept_syscalls: true } }\n").await;
+}
+
+/// Connections to a listener older than the collector and to one it saw start, then a
+/// refused connect: every event names this process and the right ports.
+async fn network_case(yaml: &str) {
+    use std::net::{TcpListener, TcpStream};
+    let early = TcpListener::bind("127.0.0.1:0").expect("binds");
+    let mut pipeline = Pipeline::start(yaml);
+    let (pairs, closed_port, _listeners) = tokio::task::spawn_blocking(move || {
+        let late = TcpListener::bind("127.0.0.1:0").expect("binds");
+        let mut pairs = Vec::new();
+        for listener in [&early, &late] {
+            let port = listener.local_addr().expect("addr").port();
+            let client = TcpStream::connect(("127.0.0.1", port)).expect("connects");
+            let client_port = client.local_addr().expect("addr").port();
+            let (accepted, _) = listener.accept().expect("accepts");
+            drop(client);
+            drop(accepted);
+            pairs.push((port, client_port));
+        }
         // A port that was just free: nothing listens there.
         let closed_port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -399,7 +423,8 @@ async fn network_reports_connect_accept_close_and_a_refused_connect() {
             .port();
         let refused = TcpStream::connect(("127.0.0.1", closed_port)).expect_err("refused");
         assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
-        (port, client_port, closed_port)
+        // The listeners live on, as a server's do, while the events are read.
+        (pairs, closed_port, [early, late])
     })
     .await
     .expect("socket work");
@@ -409,30 +434,34 @@ async fn network_reports_connect_accept_close_and_a_refused_connect() {
             && int(e, "sport") == Some(i64::from(sport))
             && int(e, "dport") == Some(i64::from(dport))
     };
-
-    let connect = pipeline
-        .wait_for("connect", WAIT, |e| {
-            ports(e, "net.tcp.connect", client_port, port)
-        })
-        .await;
-    assert_eq!(
-        connect.entities.pid, me,
-        "the connecting process, not the softirq's"
-    );
-    assert_eq!(text(&connect, "daddr"), Some("127.0.0.1"));
-    assert_eq!(text(&connect, "new_state"), Some("ESTABLISHED"));
-    let accept = pipeline
-        .wait_for("accept", WAIT, |e| {
-            ports(e, "net.tcp.accept", port, client_port)
-        })
-        .await;
-    assert_eq!(accept.entities.pid, me, "the accepting process");
-    for (sport, dport) in [(client_port, port), (port, client_port)] {
-        let close = pipeline
-            .wait_for("close", WAIT, |e| ports(e, "net.tcp.close", sport, dport))
+    for (port, client_port) in pairs {
+        let connect = pipeline
+            .wait_for("connect", WAIT, |e| {
+                ports(e, "net.tcp.connect", client_port, port)
+            })
             .await;
-        assert_eq!(close.entities.pid, me, "close {sport}->{dport}");
-        assert_eq!(text(&close, "new_state"), Some("CLOSE"));
+        assert_eq!(
+            connect.entities.pid, me,
+            "the connecting process, not the softirq's"
+        );
+        assert_eq!(text(&connect, "daddr"), Some("127.0.0.1"));
+        assert_eq!(text(&connect, "new_state"), Some("ESTABLISHED"));
+        let accept = pipeline
+            .wait_for("accept", WAIT, |e| {
+                ports(e, "net.tcp.accept", port, client_port)
+            })
+            .await;
+        assert_eq!(
+            accept.entities.pid, me,
+            "the accepting process, port {port}"
+        );
+        for (sport, dport) in [(client_port, port), (port, client_port)] {
+            let close = pipeline
+                .wait_for("close", WAIT, |e| ports(e, "net.tcp.close", sport, dport))
+                .await;
+            assert_eq!(close.entities.pid, me, "close {sport}->{dport}");
+            assert_eq!(text(&close, "new_state"), Some("CLOSE"));
+        }
     }
     let refused = pipeline
         .wait_for("refused connect", WAIT, |e| {
@@ -529,4 +558,50 @@ async fn dns_reports_queries_and_responses_with_rcode_and_latency() {
         .await;
     assert_eq!(text(&nxdomain, "rcode"), Some("NXDOMAIN"));
     assert_eq!(nxdomain.severity, tapio::event::Severity::Warning);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_lost_in_a_full_ring_buffer_are_counted_and_shown() {
+    if !can_run("records_lost_in_a_full_ring_buffer_are_counted_and_shown") {
+        return;
+    }
+    // One page of ring buffer, and a queue of one event that nobody reads yet: the
+    // collector blocks on the queue, the ring buffer fills, the kernel counts what it lost.
+    let mut pipeline = Pipeline::with_queue(
+        "collectors:\n  kernel: { config: { ring_buffer_bytes: 4096 } }\n",
+        1,
+    );
+    tokio::task::spawn_blocking(|| {
+        for _ in 0..100 {
+            Command::new("/bin/true").status().expect("runs true");
+        }
+    })
+    .await
+    .expect("spawns");
+    let deadline = Instant::now() + WAIT;
+    let mut drained = Vec::new();
+    let lost = loop {
+        let line = pipeline.telemetry.status_line();
+        if let Some(count) = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("kernel/ring_buffer_full="))
+        {
+            break count.parse::<u64>().expect("a count");
+        }
+        assert!(Instant::now() < deadline, "no ring_buffer_full in: {line}");
+        let _ = tokio::time::timeout(
+            Duration::from_millis(50),
+            pipeline.fan_in.recv_many(&mut drained, 4096),
+        )
+        .await;
+    };
+    // 100 execs and 100 exits, about 64 KiB of records, through 4 KiB.
+    assert!(lost > 50, "lost {lost}");
+    let line = pipeline.telemetry.status_line();
+    let dropped: u64 = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("dropped="))
+        .and_then(|n| n.parse().ok())
+        .expect("dropped=");
+    assert!(dropped >= lost, "the total counts the lost records: {line}");
 }

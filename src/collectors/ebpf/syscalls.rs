@@ -12,7 +12,7 @@ use aya::maps::{Array, HashMap as BpfHashMap, MapData};
 use serde::Deserialize;
 
 use super::names::{errno_name, errno_number, syscall_name, syscall_number};
-use super::{Stamp, attach_tracepoint, c_string, load, objects};
+use super::{Stamp, attach_btf_tracepoint, c_string, load, objects};
 use crate::collectors::{Collector, Context, Error, Running};
 use crate::event::Event;
 use crate::internal_events::EventsDropped;
@@ -169,7 +169,7 @@ impl Collector for SyscallErrors {
                 table.set(n, 1, 0).map_err(|e| map_error(name, &e))?;
             }
         }
-        attach_tracepoint(&mut ebpf, "tapio_sys_exit", "raw_syscalls", "sys_exit")?;
+        attach_btf_tracepoint(&mut ebpf, "tapio_sys_exit", "sys_exit")?;
         let counts: BpfHashMap<MapData, Key, Counts> = BpfHashMap::try_from(
             ebpf.take_map("counts")
                 .ok_or_else(|| Error::Unavailable("probe object has no map counts".into()))?,
