@@ -188,6 +188,70 @@ fn the_oom_cascade_reaches_the_output_in_causal_order() {
 }
 
 #[test]
+fn semantic_mode_puts_each_cascade_in_one_trace_with_causal_parents() {
+    let file = config(
+        "collectors:\n  synthetic: { config: { events: 40, scenario: oom-cascade, seed: 9 } }\n",
+    );
+    let out = run(&[
+        "--config",
+        file.path().to_str().expect("utf-8"),
+        "--server",
+        "none",
+        "--stdout",
+        "--correlation",
+        "semantic",
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let events = parse_events(&text(&out.stdout));
+    let kill = events
+        .iter()
+        .find(|e| e.kind == "memory.oom_kill")
+        .expect("an OOM kill");
+    let group = kill
+        .correlation
+        .as_ref()
+        .expect("the kill opens a group")
+        .group_id;
+    let members: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.correlation.as_ref().is_some_and(|c| c.group_id == group))
+        .collect();
+    let kinds: Vec<&str> = members.iter().map(|e| e.kind.as_ref()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "memory.oom_kill",
+            "container.exit",
+            "k8s.pod.restart",
+            "k8s.pod.backoff"
+        ]
+    );
+    for pair in members.windows(2) {
+        let (cause, effect) = (pair[0], pair[1]);
+        assert_eq!(effect.trace_id, kill.trace_id, "one trace per group");
+        assert_eq!(
+            effect.parent_span_id, cause.span_id,
+            "parent = causal predecessor"
+        );
+        let links = &effect
+            .correlation
+            .as_ref()
+            .expect("correlated")
+            .causal_links;
+        assert_eq!(links[0].cause_event_id, cause.id);
+    }
+    let background = events
+        .iter()
+        .filter(|e| e.kind == "process.exec")
+        .find(|e| e.trace_id == kill.trace_id);
+    assert!(
+        background.is_none(),
+        "background stays out of the incident's trace"
+    );
+}
+
+#[test]
 fn sigterm_stops_collectors_drains_and_exits_zero() {
     let file = config(
         "collectors:\n  synthetic: { config: { events: 0, rate: 20000, scenario: oom-cascade } }\n",

@@ -578,17 +578,30 @@ async fn records_lost_in_a_full_ring_buffer_are_counted_and_shown() {
     })
     .await
     .expect("spawns");
+    // Drain until the reported count has been read twice (reports come every second) and
+    // stopped growing: the first report can come while the ring is still overflowing.
     let deadline = Instant::now() + WAIT;
     let mut drained = Vec::new();
+    let mut previous = None;
+    let mut steady_since = Instant::now();
     let lost = loop {
         let line = pipeline.telemetry.status_line();
-        if let Some(count) = line
+        let count = line
             .split_whitespace()
             .find_map(|w| w.strip_prefix("kernel/ring_buffer_full="))
+            .map(|n| n.parse::<u64>().expect("a count"));
+        if count != previous {
+            previous = count;
+            steady_since = Instant::now();
+        } else if let Some(count) = count
+            && steady_since.elapsed() > Duration::from_millis(2500)
         {
-            break count.parse::<u64>().expect("a count");
+            break count;
         }
-        assert!(Instant::now() < deadline, "no ring_buffer_full in: {line}");
+        assert!(
+            Instant::now() < deadline,
+            "no settled ring_buffer_full in: {line}"
+        );
         let _ = tokio::time::timeout(
             Duration::from_millis(50),
             pipeline.fan_in.recv_many(&mut drained, 4096),

@@ -1,9 +1,10 @@
 //! `synthetic`: generated events for tests, benchmarks and demos.
 //!
-//! Two scenarios: `uniform`, a steady mix of process, network, DNS and syscall events
-//! across a pool of pods; and `oom-cascade`, the same background with a scripted incident
-//! every 20 events: kernel OOM kill -> container exit 137 -> pod restart (`OOMKilled`) ->
-//! `CrashLoopBackOff`, on one pod at a time. Everything but ids and the start time is a
+//! `uniform` is a steady mix of process, network, DNS and syscall events across a pool of
+//! pods; the incident scenarios add a scripted incident to the same background every 30 s
+//! of scenario time, on one pod at a time: `oom-cascade` (kernel OOM kill -> container exit
+//! 137 -> pod restart (`OOMKilled`) -> `CrashLoopBackOff`), `dns-outage`, `restart-storm`,
+//! `node-pressure` and `unit-failure` (see [`Scenario`]). Everything but ids and the start time is a
 //! function of `seed`. Timestamps follow the scenario's own clock (start time plus the
 //! scripted offsets), so a cascade keeps realistic gaps at any speed.
 
@@ -28,7 +29,8 @@ pub struct SyntheticConfig {
     pub events: u64,
     /// Events per second; 0 means as fast as the pipeline takes them.
     pub rate: u64,
-    /// `uniform` or `oom-cascade`.
+    /// `uniform`, or an incident among the same background: `oom-cascade`, `dns-outage`,
+    /// `restart-storm`, `node-pressure`, `unit-failure`.
     pub scenario: Scenario,
     /// Seed of everything generated, so runs with one seed produce the same events.
     pub seed: u64,
@@ -75,6 +77,26 @@ pub enum Scenario {
     Uniform,
     /// Background events with a scripted OOM cascade on one pod every 20 events.
     OomCascade,
+    /// Background with a DNS failure (SERVFAIL) on one pod, then its connects failing.
+    DnsOutage,
+    /// Background with a crash loop: exit 1 -> restart -> back-off -> restart -> back-off.
+    RestartStorm,
+    /// Background with node memory pressure, then three pods evicted.
+    NodePressure,
+    /// Background with disk latency -> containerd logging errors -> containerd failed ->
+    /// node `NotReady` -> two pods evicted.
+    UnitFailure,
+}
+
+impl Scenario {
+    /// Every scenario that scripts an incident.
+    pub const INCIDENTS: [Self; 5] = [
+        Self::OomCascade,
+        Self::DnsOutage,
+        Self::RestartStorm,
+        Self::NodePressure,
+        Self::UnitFailure,
+    ];
 }
 
 /// The `synthetic` collector.
@@ -176,28 +198,75 @@ enum Slot {
     ContainerExit,
     PodRestart,
     BackOff,
+    CrashExit,
+    DnsFailure,
+    ConnectFailed,
+    NodePressure,
+    /// The nth pod after the victim is evicted.
+    Evicted(usize),
+    DiskLatency,
+    UnitError,
+    UnitFailed,
+    NodeNotReady,
 }
 
-/// Length of one oom-cascade cycle: 16 background events over 30 s with the 4-event
-/// incident starting 4 s in.
+/// Length of one incident cycle: 16 background events over 30 s with the incident's
+/// events at scripted offsets among them.
 const CYCLE: Duration = Duration::from_secs(30);
 
-fn cascade_cycle() -> Vec<(u64, Slot)> {
+fn incident_cycle(scenario: Scenario) -> Vec<(u64, Slot)> {
+    const MS: u64 = 1_000_000;
     let step = CYCLE.as_nanos() as u64 / 16;
-    let start = Duration::from_secs(4).as_nanos() as u64;
+    let start = 4_000 * MS;
+    let script: &[(u64, Slot)] = match scenario {
+        Scenario::Uniform => &[],
+        Scenario::OomCascade => &[
+            (0, Slot::OomKill),
+            (15, Slot::ContainerExit),
+            (1_200, Slot::PodRestart),
+            (11_200, Slot::BackOff),
+        ],
+        Scenario::DnsOutage => &[
+            (0, Slot::DnsFailure),
+            (180, Slot::ConnectFailed),
+            (2_400, Slot::ConnectFailed),
+        ],
+        Scenario::RestartStorm => &[
+            (0, Slot::CrashExit),
+            (900, Slot::PodRestart),
+            (5_900, Slot::BackOff),
+            (15_900, Slot::PodRestart),
+            (16_400, Slot::BackOff),
+        ],
+        Scenario::NodePressure => &[
+            (0, Slot::NodePressure),
+            (5_000, Slot::Evicted(0)),
+            (5_400, Slot::Evicted(1)),
+            (6_100, Slot::Evicted(2)),
+        ],
+        Scenario::UnitFailure => &[
+            (0, Slot::DiskLatency),
+            (3_000, Slot::UnitError),
+            (9_000, Slot::UnitFailed),
+            (14_000, Slot::NodeNotReady),
+            (20_000, Slot::Evicted(0)),
+            (20_300, Slot::Evicted(1)),
+        ],
+    };
     let mut slots: Vec<(u64, Slot)> = (0..16).map(|k| (k * step, Slot::Background)).collect();
-    slots.extend([
-        (start, Slot::OomKill),
-        (start + 15_000_000, Slot::ContainerExit),
-        (start + 1_200_000_000, Slot::PodRestart),
-        (start + 11_200_000_000, Slot::BackOff),
-    ]);
+    slots.extend(
+        script
+            .iter()
+            .map(|&(offset, slot)| (start + offset * MS, slot)),
+    );
     slots.sort_by_key(|&(offset, _)| offset);
     slots
 }
 
-/// The generated cluster and the scenario's clock.
-struct World {
+/// The generator behind the collector: the generated cluster and the scenario's clock,
+/// usable on its own by tests and benchmarks.
+#[derive(Debug)]
+pub struct World {
     rng: fastrand::Rng,
     ids: IdGenerator,
     node: Arc<str>,
@@ -212,7 +281,9 @@ struct World {
 }
 
 impl World {
-    fn new(config: &SyntheticConfig, node: String, start: u64) -> Self {
+    /// A cluster from `config` on `node`, its clock starting at `start` (Unix nanoseconds).
+    #[must_use]
+    pub fn new(config: &SyntheticConfig, node: String, start: u64) -> Self {
         let mut rng = fastrand::Rng::with_seed(config.seed);
         let mut next_pid = 1000 + rng.u32(..20_000);
         let pods = (0..config.pods)
@@ -230,30 +301,28 @@ impl World {
             start,
             background_gap: 1_000_000_000u64.checked_div(config.rate).unwrap_or(100_000),
             produced: 0,
-            cycle: cascade_cycle(),
+            cycle: incident_cycle(config.scenario),
             victim: 0,
             next_pid,
         }
     }
 
-    fn next_event(&mut self) -> Event {
+    /// The scenario's next event.
+    pub fn next_event(&mut self) -> Event {
         let n = self.produced;
         self.produced += 1;
-        match self.scenario {
-            Scenario::Uniform => {
-                let at = self.start + n * self.background_gap;
-                self.background(at)
+        if self.scenario == Scenario::Uniform {
+            let at = self.start + n * self.background_gap;
+            self.background(at)
+        } else {
+            let len = self.cycle.len() as u64;
+            let (cycle, position) = (n / len, (n % len) as usize);
+            let (offset, slot) = self.cycle[position];
+            let at = self.start + cycle * CYCLE.as_nanos() as u64 + offset;
+            if position == 0 {
+                self.victim = (cycle as usize) % self.pods.len();
             }
-            Scenario::OomCascade => {
-                let len = self.cycle.len() as u64;
-                let (cycle, position) = (n / len, (n % len) as usize);
-                let (offset, slot) = self.cycle[position];
-                let at = self.start + cycle * CYCLE.as_nanos() as u64 + offset;
-                if position == 0 {
-                    self.victim = (cycle as usize) % self.pods.len();
-                }
-                self.scripted(slot, at)
-            }
+            self.scripted(slot, at)
         }
     }
 
@@ -397,12 +466,17 @@ impl World {
                 self.pods[victim].pid = self.next_pid;
                 let mut e = self.base(at, "k8s.pod.restart", Severity::Warning, victim);
                 let pod = &self.pods[victim];
+                let (reason, code) = if self.scenario == Scenario::RestartStorm {
+                    ("Error", 1i64)
+                } else {
+                    ("OOMKilled", 137)
+                };
                 e.message = format!(
-                    "pod {}/{} restarted (restart {}): last state OOMKilled, exit code 137",
+                    "pod {}/{} restarted (restart {}): last state {reason}, exit code {code}",
                     pod.namespace, pod.name, pod.restarts
                 );
-                e.attributes.set("reason", "OOMKilled");
-                e.attributes.set("last_exit_code", 137i64);
+                e.attributes.set("reason", reason);
+                e.attributes.set("last_exit_code", code);
                 e.attributes.set("restart_count", pod.restarts);
                 e
             }
@@ -418,7 +492,117 @@ impl World {
                 e.attributes.set("restart_count", pod.restarts);
                 e
             }
+            Slot::CrashExit | Slot::DnsFailure | Slot::ConnectFailed | Slot::Evicted(_) => {
+                self.pod_incident(slot, at)
+            }
+            Slot::NodePressure
+            | Slot::DiskLatency
+            | Slot::UnitError
+            | Slot::UnitFailed
+            | Slot::NodeNotReady => self.node_incident(slot, at),
         }
+    }
+
+    /// The other scenarios' events about one pod.
+    fn pod_incident(&mut self, slot: Slot, at: u64) -> Event {
+        let victim = self.victim;
+        match slot {
+            Slot::CrashExit => {
+                let mut e = self.base(at, "container.exit", Severity::Error, victim);
+                e.message = format!(
+                    "container {} exited with code 1: config file /etc/app/config.yaml not found",
+                    self.pods[victim].workload_name
+                );
+                e.attributes.set("exit_code", 1i64);
+                e.attributes.set("reason", "Error");
+                e
+            }
+            Slot::DnsFailure => {
+                let mut e = self.base(at, "dns.query", Severity::Warning, victim);
+                e.message = "A redis.cache.svc.cluster.local -> SERVFAIL".into();
+                e.attributes
+                    .set("query_name", "redis.cache.svc.cluster.local");
+                e.attributes.set("query_type", "A");
+                e.attributes.set("rcode", "SERVFAIL");
+                e.attributes.set("answers", 0i64);
+                e.attributes.set("latency_us", 5_000_000i64);
+                e
+            }
+            Slot::ConnectFailed => {
+                let mut e = self.base(at, "net.tcp.connect_failed", Severity::Warning, victim);
+                e.message = format!(
+                    "{} could not connect to redis.cache:6379: no address (name resolution failed)",
+                    e.entities.comm
+                );
+                e.attributes.set("dport", 6379i64);
+                e.attributes.set("error", "EAI_AGAIN");
+                e
+            }
+            Slot::Evicted(nth) => {
+                let pod = (victim + nth) % self.pods.len();
+                let mut e = self.base(at, "k8s.pod.evicted", Severity::Warning, pod);
+                e.message = format!(
+                    "pod {}/{} evicted: the node was low on resources",
+                    self.pods[pod].namespace, self.pods[pod].name
+                );
+                e.attributes.set("reason", "Evicted");
+                e
+            }
+            _ => self.background(at),
+        }
+    }
+
+    /// The other scenarios' events about the node and its units.
+    fn node_incident(&mut self, slot: Slot, at: u64) -> Event {
+        match slot {
+            Slot::NodePressure => {
+                let mut e = self.node_event(at, "k8s.node.pressure", Severity::Warning);
+                e.message = format!(
+                    "node {} has MemoryPressure: available memory below 100Mi",
+                    self.node
+                );
+                e.attributes.set("condition", "MemoryPressure");
+                e
+            }
+            Slot::DiskLatency => {
+                let mut e = self.node_event(at, "block.latency_spike", Severity::Warning);
+                e.message =
+                    "block device nvme0n1: p99 I/O latency 850 ms over the last 10 s".into();
+                e.attributes.set("device", "nvme0n1");
+                e.attributes.set("p99_latency_ms", 850i64);
+                e
+            }
+            Slot::UnitError => {
+                let mut e = self.node_event(at, "journal.unit_error", Severity::Error);
+                e.entities.unit = "containerd.service".into();
+                e.message =
+                    "containerd.service: failed to write snapshot: context deadline exceeded"
+                        .into();
+                e
+            }
+            Slot::UnitFailed => {
+                let mut e = self.node_event(at, "systemd.unit_failed", Severity::Critical);
+                e.entities.unit = "containerd.service".into();
+                e.message = "containerd.service entered failed state (watchdog timeout)".into();
+                e.attributes.set("result", "watchdog");
+                e
+            }
+            Slot::NodeNotReady => {
+                let mut e = self.node_event(at, "k8s.node.not_ready", Severity::Critical);
+                e.message = format!("node {} is NotReady: container runtime is down", self.node);
+                e.attributes.set("reason", "ContainerRuntimeDown");
+                e
+            }
+            _ => self.background(at),
+        }
+    }
+
+    /// An event about the node itself: no pod, container or process.
+    fn node_event(&mut self, at: u64, kind: &'static str, severity: Severity) -> Event {
+        let mut event = Event::new(self.ids.next_id(), at, kind, NAME);
+        event.severity = severity;
+        event.entities.node = Arc::clone(&self.node);
+        event
     }
 }
 

@@ -42,7 +42,7 @@ impl Correlator for Basic {
 }
 
 /// A well-mixed, non-zero 64-bit span id derived from the event id (`SplitMix64` finaliser).
-fn span_bits(id: u128) -> u64 {
+pub(crate) fn span_bits(id: u128) -> u64 {
     let mut z = (id as u64) ^ ((id >> 64) as u64);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);

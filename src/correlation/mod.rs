@@ -2,8 +2,11 @@
 //! semantic mode it also joins related events into groups.
 
 mod basic;
+pub mod rules;
+pub mod semantic;
 
 pub use basic::Basic;
+pub use semantic::Semantic;
 
 use crate::config::CorrelationMode;
 use crate::event::Event;
@@ -17,16 +20,15 @@ pub trait Correlator: Send {
     fn open_groups(&self) -> usize;
 }
 
-/// Builds the engine for `mode`.
-///
-/// Semantic grouping is not in this build yet: `semantic` runs the basic engine and says
-/// so once at start, so a default run still enriches every event.
+/// Builds the engine for `mode`: `semantic` with the built-in rules and default limits.
 #[must_use]
 pub fn build(mode: CorrelationMode, node_name: &str) -> Box<dyn Correlator> {
-    if mode == CorrelationMode::Semantic {
-        tracing::warn!(
-            "Semantic grouping is not in this build; correlating in basic mode (entities and trace ids)."
-        );
+    match mode {
+        CorrelationMode::Semantic => Box::new(Semantic::new(
+            node_name,
+            rules::builtin(),
+            semantic::Limits::default(),
+        )),
+        CorrelationMode::Basic => Box::new(Basic::new(node_name)),
     }
-    Box::new(Basic::new(node_name))
 }

@@ -262,7 +262,7 @@ impl Store {
         let mut statement = conn.prepare(
             "SELECT group_id, MIN(ts), MAX(ts) FROM events
              WHERE group_id IS NOT NULL AND ts >= ?1 AND ts < ?2
-             GROUP BY group_id ORDER BY MIN(ts) LIMIT ?3",
+             GROUP BY group_id HAVING COUNT(*) > 1 ORDER BY MIN(ts) LIMIT ?3",
         )?;
         let rows = statement
             .query_map(
