@@ -3,6 +3,7 @@
 
 use std::io::IsTerminal as _;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -10,6 +11,7 @@ use crate::bridge::{self, Bridge, BridgeConfig, SpoolConfig, TlsFiles};
 use crate::collectors::BuildContext;
 use crate::config::Config;
 use crate::manager::Manager;
+use crate::otel::Exporter;
 use crate::output::JsonLines;
 use crate::server::{self, ServeArgs, Server};
 use crate::telemetry::Telemetry;
@@ -127,6 +129,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Arc<Tele
     let (bridge, embedded) = start_delivery(&config, &node_name, &telemetry, &input_ending).await?;
     let mut fan_in = manager.into_fan_in();
     let mut correlator = correlation::build(config.correlation.mode, &node_name);
+    let exporter = start_export(&config, &node_name, &telemetry);
     let mut stdout = config
         .output
         .stdout
@@ -149,6 +152,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Arc<Tele
         }
         telemetry.add_processed(n as u64);
         telemetry.set_open_groups(correlator.open_groups() as u64);
+        offer_closed(correlator.as_mut(), exporter.as_ref());
         if let Some(bridge) = &bridge {
             let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
             if bridge.send(full).await.is_err() {
@@ -159,10 +163,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Arc<Tele
             batch.clear();
         }
     };
+    correlator.close_all();
+    offer_closed(correlator.as_mut(), exporter.as_ref());
+    telemetry.set_open_groups(0);
+    let export_done = exporter.map(|e| tokio::spawn(e.finish(EXPORT_FINISH)));
     let report = match bridge {
         Some(bridge) => Some(bridge.finish().await),
         None => None,
     };
+    if let Some(done) = export_done {
+        let _ = done.await;
+    }
     if let Some((stop, task)) = embedded {
         stop.cancel();
         if let Ok(Err(e)) = task.await {
@@ -176,6 +187,33 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Arc<Tele
     match report {
         Some(report) if report.undelivered > 0 => Err(Error::Undelivered(report.undelivered)),
         _ => Ok(telemetry),
+    }
+}
+
+/// Longest the exporter gets at shutdown to send the last groups (one attempt, no retries).
+const EXPORT_FINISH: Duration = Duration::from_secs(10);
+
+/// The OTLP exporter, unless `otel.endpoint` is `none`; one that cannot be built is logged
+/// and the agent runs without it.
+fn start_export(config: &Config, node: &str, telemetry: &Telemetry) -> Option<Exporter> {
+    if config.otel.endpoint.eq_ignore_ascii_case("none") {
+        return None;
+    }
+    match Exporter::start(&config.otel.endpoint, node, telemetry.register_exporter()) {
+        Ok(exporter) => Some(exporter),
+        Err(error) => {
+            tracing::error!(error = %error, "Incident traces will not be exported.");
+            None
+        }
+    }
+}
+
+/// Hands closed groups to the exporter; without one they are simply released.
+fn offer_closed(correlator: &mut dyn correlation::Correlator, exporter: Option<&Exporter>) {
+    for group in correlator.take_closed() {
+        if let Some(exporter) = exporter {
+            exporter.offer(group);
+        }
     }
 }
 

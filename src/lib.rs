@@ -11,6 +11,7 @@ pub mod correlation;
 pub mod event;
 pub mod internal_events;
 pub mod manager;
+pub mod otel;
 pub mod output;
 pub mod server;
 pub mod telemetry;

@@ -214,6 +214,7 @@ pub struct Telemetry {
     processed: AtomicU64,
     open_groups: AtomicU64,
     bridge: Mutex<Option<Arc<BridgeStats>>>,
+    exporter: Mutex<Option<Arc<crate::otel::ExportStats>>>,
 }
 
 impl Telemetry {
@@ -240,6 +241,13 @@ impl Telemetry {
     pub fn register_bridge(&self) -> Arc<BridgeStats> {
         let stats = Arc::new(BridgeStats::default());
         *self.bridge.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&stats));
+        stats
+    }
+
+    /// Registers the OTLP exporter and returns its stats.
+    pub fn register_exporter(&self) -> Arc<crate::otel::ExportStats> {
+        let stats = Arc::new(crate::otel::ExportStats::default());
+        *self.exporter.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&stats));
         stats
     }
 
@@ -302,6 +310,19 @@ impl Telemetry {
             if spooled != u64::MAX {
                 let _ = write!(line, " spooled={spooled}");
             }
+        }
+        if let Some(exporter) = self
+            .exporter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            let _ = write!(
+                line,
+                " spans_exported={} spans_dropped={}",
+                exporter.exported.load(Ordering::Relaxed),
+                exporter.dropped.load(Ordering::Relaxed)
+            );
         }
         if !by_cause.is_empty() {
             line.push_str(" dropped_by_cause:");

@@ -18,6 +18,14 @@ pub trait Correlator: Send {
 
     /// Semantic groups currently open.
     fn open_groups(&self) -> usize;
+
+    /// Groups that closed since the last call, for export.
+    fn take_closed(&mut self) -> Vec<semantic::Group> {
+        Vec::new()
+    }
+
+    /// Closes every open group (the input has ended).
+    fn close_all(&mut self) {}
 }
 
 /// Builds the engine for `mode`: `semantic` with the built-in rules and default limits.

@@ -56,6 +56,30 @@ pub struct Prediction {
     pub prevention: Vec<String>,
 }
 
+/// One event of a group, as its span: what the trace exporter needs once the event itself
+/// has left.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Member {
+    /// The event's id.
+    pub id: EventId,
+    /// Its type: the span's name.
+    pub kind: String,
+    /// Event time, Unix nanoseconds.
+    pub timestamp: u64,
+    /// Its span in the group's trace.
+    pub span: Option<SpanId>,
+    /// Its causal predecessor's span; `None` for the root cause.
+    pub parent: Option<SpanId>,
+    /// The trace context the event arrived with (an application's), linked from its span.
+    pub own_context: Option<(TraceId, SpanId)>,
+    /// Severity.
+    pub severity: Severity,
+    /// Human text.
+    pub message: String,
+    /// What it touched.
+    pub entities: crate::event::Entities,
+}
+
 /// A group as it stands: what the server and the trace exporter receive when it closes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Group {
@@ -67,6 +91,8 @@ pub struct Group {
     pub root: EventId,
     /// Member events, in arrival order.
     pub events: Vec<EventId>,
+    /// The same members with what their spans need.
+    pub members: Vec<Member>,
     /// Every causal link: (effect, link).
     pub chain: Vec<(EventId, CausalLink)>,
     /// 0..1.
@@ -317,6 +343,7 @@ impl Group {
             trace_id: trace_id_of(id),
             root: root.id,
             events: Vec::new(),
+            members: Vec::new(),
             chain: Vec::new(),
             impact: 0.0,
             predictions: Vec::new(),
@@ -331,8 +358,23 @@ impl Group {
         }
     }
 
-    fn add(&mut self, event: &Event, links: &[CausalLink], rules: &[Rule]) {
+    fn add(&mut self, event: &Event, parent: Option<SpanId>, links: &[CausalLink], rules: &[Rule]) {
         self.events.push(event.id);
+        let own_context = event
+            .trace_id
+            .filter(|t| *t != self.trace_id)
+            .zip(event.parent_span_id.or(event.span_id));
+        self.members.push(Member {
+            id: event.id,
+            kind: event.kind.to_string(),
+            timestamp: event.timestamp,
+            span: event.span_id,
+            parent,
+            own_context,
+            severity: event.severity,
+            message: event.message.clone(),
+            entities: event.entities.clone(),
+        });
         self.chain
             .extend(links.iter().map(|l| (event.id, l.clone())));
         self.first_seen = self.first_seen.min(event.timestamp);
@@ -482,7 +524,7 @@ impl Correlator for Semantic {
                 .groups
                 .get_mut(&best.group)
                 .expect("a remembered cause's group is open");
-            group.add(event, &links, &self.rules);
+            group.add(event, best.span, &links, &self.rules);
             if event.trace_id.is_none() {
                 event.trace_id = Some(group.trace_id);
                 event.parent_span_id = best.span;
@@ -510,7 +552,7 @@ impl Correlator for Semantic {
                 self.recurrences.clear();
             }
             let mut group = Group::new(id, event, recurrence, &self.rules);
-            group.add(event, &[], &self.rules);
+            group.add(event, None, &[], &self.rules);
             if event.trace_id.is_none() {
                 event.trace_id = Some(group.trace_id);
             }
@@ -534,6 +576,14 @@ impl Correlator for Semantic {
 
     fn open_groups(&self) -> usize {
         self.groups.values().filter(|g| g.events.len() > 1).count()
+    }
+
+    fn take_closed(&mut self) -> Vec<Group> {
+        Semantic::take_closed(self)
+    }
+
+    fn close_all(&mut self) {
+        Semantic::close_all(self);
     }
 }
 

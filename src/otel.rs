@@ -1,0 +1,321 @@
+//! Incidents as traces over OTLP/gRPC: every closed semantic group becomes one trace, one
+//! span per event, each span's parent its causal predecessor.
+//!
+//! Export never blocks the event path: groups are offered to a bounded queue and a task
+//! exports them in batches, retrying a failed batch with backoff; a batch that still fails,
+//! or a group the full queue cannot take, is dropped and counted (`spans_dropped` in the
+//! status line), never lost silently.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, UNIX_EPOCH};
+
+use opentelemetry::trace::{
+    Link, SpanContext, SpanId as OtelSpanId, SpanKind, Status, TraceFlags, TraceId as OtelTraceId,
+    TraceState,
+};
+use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::correlation::semantic::{Group, Member};
+use crate::event::Severity;
+
+/// Groups waiting for export at most; beyond it they are dropped and counted.
+const QUEUE: usize = 1024;
+/// Spans per export call at most.
+const BATCH_SPANS: usize = 512;
+/// Longest a span waits for its batch to fill.
+const BATCH_AGE: Duration = Duration::from_secs(1);
+/// Attempts per batch before it is dropped.
+const ATTEMPTS: u32 = 3;
+
+/// What the exporter did.
+#[derive(Debug, Default)]
+pub struct ExportStats {
+    /// Spans the endpoint accepted.
+    pub exported: AtomicU64,
+    /// Spans dropped: the queue was full or the endpoint kept failing.
+    pub dropped: AtomicU64,
+}
+
+/// A running exporter.
+#[derive(Debug)]
+pub struct Exporter {
+    groups: mpsc::Sender<Group>,
+    closing: CancellationToken,
+    task: JoinHandle<()>,
+    stats: Arc<ExportStats>,
+}
+
+/// Why the exporter could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the OTLP exporter for {endpoint}: {reason}")]
+pub struct StartError {
+    endpoint: String,
+    reason: String,
+}
+
+impl Exporter {
+    /// Starts exporting to `endpoint` (`host:port` or a URL), naming `node` as the host.
+    pub fn start(endpoint: &str, node: &str, stats: Arc<ExportStats>) -> Result<Self, StartError> {
+        let url = if endpoint.contains("://") {
+            endpoint.to_owned()
+        } else {
+            format!("http://{endpoint}")
+        };
+        let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(url.clone())
+            .with_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|error| StartError {
+                endpoint: url,
+                reason: error.to_string(),
+            })?;
+        exporter.set_resource(
+            &Resource::builder_empty()
+                .with_attributes([
+                    KeyValue::new("service.name", "tapio-collector"),
+                    KeyValue::new("host.name", node.to_owned()),
+                    KeyValue::new("k8s.node.name", node.to_owned()),
+                ])
+                .build(),
+        );
+        let (groups, queue) = mpsc::channel(QUEUE);
+        let closing = CancellationToken::new();
+        let task = tokio::spawn(run(exporter, queue, closing.clone(), Arc::clone(&stats)));
+        Ok(Self {
+            groups,
+            closing,
+            task,
+            stats,
+        })
+    }
+
+    /// Queues a closed group for export; when the queue is full it is dropped and counted.
+    pub fn offer(&self, group: Group) {
+        if let Err(refused) = self.groups.try_send(group) {
+            let spans = match refused {
+                mpsc::error::TrySendError::Full(g) | mpsc::error::TrySendError::Closed(g) => {
+                    g.members.len()
+                }
+            };
+            count_dropped(&self.stats, spans as u64, "the export queue is full");
+        }
+    }
+
+    /// Exports what is queued (one attempt each, no more retries) and stops, within `limit`.
+    pub async fn finish(self, limit: Duration) {
+        drop(self.groups);
+        self.closing.cancel();
+        let mut task = self.task;
+        if tokio::time::timeout(limit, &mut task).await.is_err() {
+            task.abort();
+            tracing::warn!("OTLP export did not finish in time; the spans left are lost.");
+        }
+    }
+}
+
+fn count_dropped(stats: &ExportStats, spans: u64, why: &str) {
+    if spans == 0 {
+        return;
+    }
+    let before = stats.dropped.fetch_add(spans, Ordering::Relaxed);
+    let total = before + spans;
+    // The first drop, then at each power of two: visible without flooding the log.
+    if before == 0 || before.leading_zeros() != total.leading_zeros() {
+        tracing::warn!(total, reason = why, "Trace spans dropped.");
+    }
+}
+
+async fn run(
+    exporter: opentelemetry_otlp::SpanExporter,
+    mut queue: mpsc::Receiver<Group>,
+    closing: CancellationToken,
+    stats: Arc<ExportStats>,
+) {
+    let scope = InstrumentationScope::builder("tapio-collector")
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .build();
+    let mut pending: Vec<SpanData> = Vec::new();
+    let mut ticker = tokio::time::interval(BATCH_AGE);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            group = queue.recv() => {
+                let Some(group) = group else {
+                    // Closed and drained: the last batch, then stop.
+                    export(&exporter, std::mem::take(&mut pending), &closing, &stats).await;
+                    return;
+                };
+                pending.extend(spans(&group, &scope));
+                if pending.len() >= BATCH_SPANS {
+                    export(&exporter, std::mem::take(&mut pending), &closing, &stats).await;
+                }
+            }
+            _ = ticker.tick() => {
+                export(&exporter, std::mem::take(&mut pending), &closing, &stats).await;
+            }
+        }
+    }
+}
+
+/// Exports `batch`, retrying with backoff unless the exporter is closing; counts the result.
+async fn export(
+    exporter: &opentelemetry_otlp::SpanExporter,
+    batch: Vec<SpanData>,
+    closing: &CancellationToken,
+    stats: &ExportStats,
+) {
+    if batch.is_empty() {
+        return;
+    }
+    let spans = batch.len() as u64;
+    let mut backoff = Duration::from_secs(1);
+    let mut last_error = String::new();
+    for attempt in 1..=ATTEMPTS {
+        match exporter.export(batch.clone()).await {
+            Ok(()) => {
+                stats.exported.fetch_add(spans, Ordering::Relaxed);
+                return;
+            }
+            Err(error) => {
+                last_error = error.to_string();
+                if attempt == ATTEMPTS || closing.is_cancelled() {
+                    break;
+                }
+                tracing::debug!(error = %last_error, attempt, "OTLP export failed; retrying.");
+                tokio::select! {
+                    () = closing.cancelled() => {}
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff *= 2;
+            }
+        }
+    }
+    count_dropped(
+        stats,
+        spans,
+        &format!("the OTLP endpoint failed: {last_error}"),
+    );
+}
+
+/// The spans of one group: one per member, parent = causal predecessor.
+fn spans(group: &Group, scope: &InstrumentationScope) -> Vec<SpanData> {
+    let trace = OtelTraceId::from_bytes(group.trace_id.to_bytes());
+    let root = group.members.first().map(|m| m.id);
+    group
+        .members
+        .iter()
+        .filter_map(|member| {
+            let span = OtelSpanId::from_bytes(member.span?.to_bytes());
+            let at = UNIX_EPOCH + Duration::from_nanos(member.timestamp);
+            let mut links = SpanLinks::default();
+            if let Some((trace_id, span_id)) = member.own_context {
+                links.links.push(Link::with_context(SpanContext::new(
+                    OtelTraceId::from_bytes(trace_id.to_bytes()),
+                    OtelSpanId::from_bytes(span_id.to_bytes()),
+                    TraceFlags::SAMPLED,
+                    true,
+                    TraceState::default(),
+                )));
+            }
+            Some(SpanData {
+                span_context: SpanContext::new(
+                    trace,
+                    span,
+                    TraceFlags::SAMPLED,
+                    false,
+                    TraceState::default(),
+                ),
+                parent_span_id: member.parent.map_or(OtelSpanId::INVALID, |p| {
+                    OtelSpanId::from_bytes(p.to_bytes())
+                }),
+                parent_span_is_remote: false,
+                span_kind: SpanKind::Internal,
+                name: Cow::Owned(member.kind.clone()),
+                start_time: at,
+                end_time: at,
+                attributes: attributes(group, member, root == Some(member.id)),
+                dropped_attributes_count: 0,
+                events: SpanEvents::default(),
+                links,
+                status: if member.severity >= Severity::Error {
+                    Status::error(member.message.clone())
+                } else {
+                    Status::Unset
+                },
+                instrumentation_scope: scope.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Span attributes: OpenTelemetry semantic conventions for the entities (`k8s.*`,
+/// `container.*`, `process.*`), `tapio.*` for what the correlation found.
+fn attributes(group: &Group, member: &Member, is_root: bool) -> Vec<KeyValue> {
+    let e = &member.entities;
+    let mut out = vec![
+        KeyValue::new("tapio.event.id", member.id.to_string()),
+        KeyValue::new(
+            "tapio.severity",
+            format!("{:?}", member.severity).to_lowercase(),
+        ),
+        KeyValue::new("tapio.group.id", hex(&group.id.to_bytes())),
+        KeyValue::new("tapio.impact", group.impact),
+        KeyValue::new("tapio.root_cause", is_root),
+    ];
+    let mut text = |key: &'static str, value: &str| {
+        if !value.is_empty() {
+            out.push(KeyValue::new(key, value.to_owned()));
+        }
+    };
+    text("tapio.message", &member.message);
+    text("k8s.node.name", &e.node);
+    text("k8s.namespace.name", &e.pod_namespace);
+    text("k8s.pod.name", &e.pod_name);
+    text("k8s.pod.uid", &e.pod_uid);
+    text("container.id", &e.container_id);
+    text("process.command", &e.comm);
+    text("systemd.unit", &e.unit);
+    if !e.workload_name.is_empty() {
+        let key = match e.workload_kind.as_ref() {
+            "Deployment" => "k8s.deployment.name",
+            "StatefulSet" => "k8s.statefulset.name",
+            "DaemonSet" => "k8s.daemonset.name",
+            "Job" => "k8s.job.name",
+            _ => "k8s.workload.name",
+        };
+        out.push(KeyValue::new(key, e.workload_name.to_string()));
+    }
+    if e.pid != 0 {
+        out.push(KeyValue::new("process.pid", i64::from(e.pid)));
+    }
+    if is_root {
+        out.push(KeyValue::new("tapio.summary", group.summary.clone()));
+        for (n, prediction) in group.predictions.iter().enumerate().take(3) {
+            out.push(KeyValue::new(
+                format!("tapio.prediction.{n}"),
+                format!("{} p={:.2}", prediction.event_type, prediction.probability),
+            ));
+        }
+        if let Some(action) = group.predictions.first().and_then(|p| p.prevention.first()) {
+            out.push(KeyValue::new("tapio.prevention", action.clone()));
+        }
+    }
+    out
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}

@@ -1,0 +1,180 @@
+//! Incident traces over OTLP against a real receiver (`tests/peers/otlp_receiver.py`, on
+//! `PyPI`'s opentelemetry-proto and grpcio, installed by `scripts/setup`): the collector binary
+//! runs the oom-cascade scenario and the spans that arrive must form one trace per cascade
+//! with causal parents; with the endpoint down the run still ends promptly and says what it
+//! dropped.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{COLLECTOR, config, free_port, last_status, text};
+use serde_json::Value;
+
+mod common;
+
+/// The receiver process; killed on drop.
+struct Receiver {
+    child: Child,
+    port: u16,
+    spans: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Receiver {
+    fn start() -> Self {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/otlp_receiver.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs (scripts/setup installs the receiver's packages)");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let first = lines
+            .next()
+            .and_then(Result::ok)
+            .expect("the receiver says where it listens (did scripts/setup run?)");
+        let port = first
+            .strip_prefix("listening ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
+        let spans = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&spans);
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let span: Value = serde_json::from_str(&line).expect("a JSON span");
+                sink.lock().expect("lock").push(span);
+            }
+        });
+        Self { child, port, spans }
+    }
+
+    /// The spans received once at least `count` have arrived (or after `limit`).
+    fn wait_for(&self, count: usize, limit: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let spans = self.spans.lock().expect("lock").clone();
+            if spans.len() >= count || Instant::now() > deadline {
+                return spans;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run_cascade(endpoint: &str) -> (std::process::Output, Duration) {
+    let file = config(
+        "collectors:\n  synthetic: { config: { events: 40, scenario: oom-cascade, seed: 9 } }\n",
+    );
+    let started = Instant::now();
+    let out = Command::new(COLLECTOR)
+        .args(["--config", file.path().to_str().expect("utf-8")])
+        .args(["--server", "none", "--stdout", "--correlation", "semantic"])
+        .args(["--otel-endpoint", endpoint])
+        .output()
+        .expect("collector runs");
+    (out, started.elapsed())
+}
+
+#[test]
+fn each_oom_cascade_arrives_as_one_trace_with_causal_parents() {
+    let receiver = Receiver::start();
+    let (out, _) = run_cascade(&format!("127.0.0.1:{}", receiver.port));
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(last_status(&stderr, "spans_dropped"), 0, "{stderr}");
+    assert_eq!(last_status(&stderr, "spans_exported"), 8, "{stderr}");
+    let spans = receiver.wait_for(8, Duration::from_secs(10));
+    assert_eq!(spans.len(), 8, "two cascades of four events: {spans:#?}");
+
+    let mut traces: HashMap<String, Vec<&Value>> = HashMap::new();
+    for span in &spans {
+        traces
+            .entry(span["trace_id"].as_str().expect("trace id").to_owned())
+            .or_default()
+            .push(span);
+    }
+    assert_eq!(traces.len(), 2, "one trace per cascade");
+    // The events the collector printed carry the same trace ids.
+    let printed: Vec<Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON event"))
+        .collect();
+    for (trace, mut members) in traces {
+        members.sort_by_key(|s| s["start"].as_u64());
+        let names: Vec<&str> = members
+            .iter()
+            .map(|s| s["name"].as_str().expect("name"))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "memory.oom_kill",
+                "container.exit",
+                "k8s.pod.restart",
+                "k8s.pod.backoff"
+            ]
+        );
+        let root = members[0];
+        assert_eq!(root["parent_span_id"], "", "the OOM kill is the root span");
+        assert_eq!(root["attributes"]["tapio.root_cause"], true);
+        assert!(
+            root["attributes"]["tapio.prevention"]
+                .as_str()
+                .is_some_and(|p| p.contains("memory limit"))
+        );
+        for pair in members.windows(2) {
+            assert_eq!(
+                pair[1]["parent_span_id"], pair[0]["span_id"],
+                "parent = causal predecessor"
+            );
+        }
+        let pod = root["attributes"]["k8s.pod.name"]
+            .as_str()
+            .expect("k8s.pod.name");
+        for span in &members {
+            assert_eq!(span["attributes"]["k8s.pod.name"], pod);
+            assert!(span["attributes"]["k8s.namespace.name"].is_string());
+            assert!(
+                span["attributes"]["tapio.impact"]
+                    .as_f64()
+                    .is_some_and(|i| i > 0.0)
+            );
+            assert_eq!(span["resource"]["service.name"], "tapio-collector");
+        }
+        let kill = printed
+            .iter()
+            .find(|e| e["type"] == "memory.oom_kill" && e["trace_id"] == trace.as_str())
+            .expect("the printed OOM kill carries the exported trace id");
+        assert_eq!(kill["span_id"], root["span_id"]);
+    }
+}
+
+#[test]
+fn with_the_endpoint_down_the_run_ends_and_counts_what_it_dropped() {
+    // A port where nothing listens.
+    let port = free_port();
+    let (out, took) = run_cascade(&format!("127.0.0.1:{port}"));
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        took < Duration::from_secs(20),
+        "the exporter does not hold the exit: {took:?}"
+    );
+    assert_eq!(last_status(&stderr, "spans_exported"), 0);
+    assert_eq!(last_status(&stderr, "spans_dropped"), 8, "{stderr}");
+    assert_eq!(
+        last_status(&stderr, "dropped"),
+        0,
+        "events themselves are all delivered"
+    );
+    assert_eq!(text(&out.stdout).lines().count(), 40);
+}
