@@ -16,7 +16,7 @@
 use std::time::{Duration, Instant};
 
 use tapio::collectors::synthetic::{Scenario, SyntheticConfig, World};
-use tapio::config::CorrelationMode;
+use tapio::config::{CorrelationConfig, CorrelationMode};
 use tapio::correlation::{self, Correlator};
 use tapio::event::Event;
 
@@ -29,6 +29,13 @@ fn events(count: usize) -> Vec<Event> {
     };
     let mut world = World::new(&config, "bench-node".into(), 1_790_000_000_000_000_000);
     (0..count).map(|_| world.next_event()).collect()
+}
+
+fn config(mode: CorrelationMode) -> CorrelationConfig {
+    CorrelationConfig {
+        mode,
+        ..CorrelationConfig::default()
+    }
 }
 
 /// Events per second through `engine`, over a fresh copy of `input`.
@@ -75,17 +82,17 @@ fn main() {
     let input = events(count);
     // Warm both engines' caches and the allocator on the same events first.
     let warm = &input[..count.min(100_000)];
-    let mut basic = correlation::build(CorrelationMode::Basic, "bench-node");
+    let mut basic = correlation::build(&config(CorrelationMode::Basic), "bench-node");
     throughput(basic.as_mut(), warm);
     let ceiling = throughput(basic.as_mut(), &input);
 
-    let mut semantic = correlation::build(CorrelationMode::Semantic, "bench-node");
+    let mut semantic = correlation::build(&config(CorrelationMode::Semantic), "bench-node");
     throughput(semantic.as_mut(), warm);
-    let mut semantic = correlation::build(CorrelationMode::Semantic, "bench-node");
+    let mut semantic = correlation::build(&config(CorrelationMode::Semantic), "bench-node");
     let rate = throughput(semantic.as_mut(), &input);
     let groups = semantic.open_groups();
 
-    let mut fresh = correlation::build(CorrelationMode::Semantic, "bench-node");
+    let mut fresh = correlation::build(&config(CorrelationMode::Semantic), "bench-node");
     let times = latencies(fresh.as_mut(), &input);
     println!("correlation/ceiling basic engine: {ceiling:.0} events/s on one core");
     println!(

@@ -128,7 +128,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Arc<Tele
     let input_ending = input_ending(&shutdown, manager.all_finished());
     let (bridge, embedded) = start_delivery(&config, &node_name, &telemetry, &input_ending).await?;
     let mut fan_in = manager.into_fan_in();
-    let mut correlator = correlation::build(config.correlation.mode, &node_name);
+    let mut correlator = correlation::build(&config.correlation, &node_name);
     let exporter = start_export(&config, &node_name, &telemetry);
     let mut stdout = config
         .output

@@ -236,11 +236,103 @@ impl ServerConfig {
 }
 
 /// How events are correlated.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CorrelationConfig {
     /// `semantic` (groups, causal chains, impact) or `basic` (entities and trace ids).
     pub mode: CorrelationMode,
+    /// A group closes after this long without a new member (event time).
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub group_quiet: Duration,
+    /// Open groups at most; beyond it the quietest closes.
+    pub max_groups: usize,
+    /// Events in one group at most.
+    pub max_group_events: usize,
+    /// Namespaces whose incidents matter most: a group touching none of them has its
+    /// impact scaled by 0.75. Empty: every namespace counts the same.
+    pub critical_namespaces: Vec<String>,
+    /// Causal rules added to the built-in ones (docs/correlation.md).
+    pub rules: Vec<RuleConfig>,
+}
+
+impl Default for CorrelationConfig {
+    fn default() -> Self {
+        Self {
+            mode: CorrelationMode::default(),
+            group_quiet: Duration::from_mins(5),
+            max_groups: 10_000,
+            max_group_events: 1_000,
+            critical_namespaces: Vec::new(),
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// One causal rule from the YAML file.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Short name, carried on every link the rule makes.
+    pub name: String,
+    /// Event type of the cause, e.g. `k8s.pod.evicted`.
+    pub cause: String,
+    /// Event type of the effect.
+    pub effect: String,
+    /// Entity both share: `process`, `container`, `pod`, `workload`, `node` or `unit`.
+    pub relation: crate::correlation::rules::Relation,
+    /// Longest time from cause to effect, e.g. `30s`.
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub max_delay: Duration,
+    /// How sure a match is, 0..1.
+    pub confidence: f64,
+    /// Causes below this severity do not match; default `info`.
+    #[serde(default)]
+    pub cause_min_severity: crate::event::Severity,
+}
+
+impl CorrelationConfig {
+    fn validate(&self, problems: &mut Vec<String>) {
+        if self.group_quiet < Duration::from_secs(1) {
+            problems.push(format!(
+                "correlation.group_quiet: must be at least 1s, got {:?}",
+                self.group_quiet
+            ));
+        }
+        if self.max_groups == 0 {
+            problems.push("correlation.max_groups: must be at least 1".into());
+        }
+        if self.max_group_events < 2 {
+            problems.push(format!(
+                "correlation.max_group_events: must be at least 2, got {}",
+                self.max_group_events
+            ));
+        }
+        for (i, rule) in self.rules.iter().enumerate() {
+            let at = format!("correlation.rules[{i}]");
+            if rule.name.is_empty() {
+                problems.push(format!("{at}.name: must not be empty"));
+            }
+            for (field, kind) in [("cause", &rule.cause), ("effect", &rule.effect)] {
+                if !kind.contains('.') || kind.contains(char::is_whitespace) {
+                    problems.push(format!(
+                        "{at}.{field}: an event type like `k8s.pod.evicted`, got `{kind}`"
+                    ));
+                }
+            }
+            if !(0.0..=1.0).contains(&rule.confidence) {
+                problems.push(format!(
+                    "{at}.confidence: must be from 0 to 1, got {}",
+                    rule.confidence
+                ));
+            }
+            if rule.max_delay.is_zero() || rule.max_delay > Duration::from_hours(24) {
+                problems.push(format!(
+                    "{at}.max_delay: must be more than 0 and at most 24h, got {:?}",
+                    rule.max_delay
+                ));
+            }
+        }
+    }
 }
 
 /// Correlation mode.
@@ -358,6 +450,7 @@ impl Config {
                 problems.push(format!("otel.endpoint: {e}"));
             }
         }
+        self.correlation.validate(&mut problems);
         self.collectors.validate(&mut problems);
         if problems.is_empty() {
             Ok(())

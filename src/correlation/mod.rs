@@ -2,13 +2,14 @@
 //! semantic mode it also joins related events into groups.
 
 mod basic;
+pub mod entities;
 pub mod rules;
 pub mod semantic;
 
 pub use basic::Basic;
 pub use semantic::Semantic;
 
-use crate::config::CorrelationMode;
+use crate::config::{CorrelationConfig, CorrelationMode};
 use crate::event::Event;
 
 /// A correlation engine. It sees every event once, in pipeline order, and may enrich it.
@@ -28,15 +29,146 @@ pub trait Correlator: Send {
     fn close_all(&mut self) {}
 }
 
-/// Builds the engine for `mode`: `semantic` with the built-in rules and default limits.
+/// Builds the engine `config` asks for: `semantic` with the built-in rules plus the YAML's.
 #[must_use]
-pub fn build(mode: CorrelationMode, node_name: &str) -> Box<dyn Correlator> {
-    match mode {
-        CorrelationMode::Semantic => Box::new(Semantic::new(
-            node_name,
-            rules::builtin(),
-            semantic::Limits::default(),
-        )),
+pub fn build(config: &CorrelationConfig, node_name: &str) -> Box<dyn Correlator> {
+    match config.mode {
+        CorrelationMode::Semantic => {
+            let mut table = rules::builtin();
+            table.extend(config.rules.iter().map(rules::from_config));
+            let limits = semantic::Limits {
+                quiet: config.group_quiet,
+                max_groups: config.max_groups,
+                max_group_events: config.max_group_events,
+                ..semantic::Limits::default()
+            };
+            Box::new(
+                Semantic::new(node_name, table, limits)
+                    .with_critical_namespaces(config.critical_namespaces.clone()),
+            )
+        }
         CorrelationMode::Basic => Box::new(Basic::new(node_name)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::event::{Event, EventId};
+
+    fn event(n: u128, at_secs: u64, kind: &str, f: impl FnOnce(&mut Event)) -> Event {
+        let mut e = Event::new(
+            EventId::from_u128(n),
+            at_secs * 1_000_000_000,
+            kind.to_owned(),
+            "t",
+        );
+        e.entities.node = "n".into();
+        f(&mut e);
+        e
+    }
+
+    fn in_pod(e: &mut Event) {
+        e.entities.container_id = "c1".into();
+        e.entities.pod_uid = "u1".into();
+        e.entities.pod_namespace = "shop".into();
+        e.entities.pod_name = "cart-1".into();
+        e.entities.workload_kind = "Deployment".into();
+        e.entities.workload_name = "cart".into();
+    }
+
+    fn engine(yaml: &str) -> Box<dyn Correlator> {
+        let yaml = format!("collectors:\n  synthetic: {{}}\n{yaml}");
+        let config = Config::from_yaml(&yaml, "test.yaml").expect("valid");
+        config.validate().expect("valid");
+        build(&config.correlation, "n")
+    }
+
+    #[test]
+    fn a_yaml_rule_links_like_a_builtin_one() {
+        let mut engine = engine(
+            "correlation:\n  rules:\n    - { name: evictions-reschedule, cause: k8s.pod.evicted, effect: k8s.pod.scheduled, relation: workload, max_delay: 1m, confidence: 0.8 }\n",
+        );
+        let mut evicted = event(1, 10, "k8s.pod.evicted", in_pod);
+        let mut scheduled = event(2, 40, "k8s.pod.scheduled", |e| {
+            in_pod(e);
+            e.entities.pod_name = "cart-2".into();
+        });
+        engine.process(&mut evicted);
+        engine.process(&mut scheduled);
+        let links = &scheduled.correlation.as_ref().expect("linked").causal_links;
+        assert_eq!(links[0].rule, "evictions-reschedule");
+        assert_eq!(links[0].cause_event_id, evicted.id);
+    }
+
+    #[test]
+    fn a_kernel_event_with_only_a_pid_resolves_to_its_container_and_pod() {
+        let mut engine = engine("correlation: {}\n");
+        let mut exec = event(1, 1, "process.exec", |e| {
+            in_pod(e);
+            e.entities.pid = 42;
+        });
+        // The OOM kill names only the pid; the index knows its container and pod.
+        let mut kill = event(2, 5, "memory.oom_kill", |e| e.entities.pid = 42);
+        let mut exit = event(3, 5, "container.exit", in_pod);
+        for e in [&mut exec, &mut kill, &mut exit] {
+            engine.process(e);
+        }
+        assert_eq!(&*kill.entities.pod_name, "cart-1");
+        let links = &exit.correlation.as_ref().expect("linked").causal_links;
+        assert_eq!(
+            links[0].cause_event_id, kill.id,
+            "linked through the container"
+        );
+    }
+
+    #[test]
+    fn groups_outside_critical_namespaces_weigh_less() {
+        let impact = |yaml: &str| {
+            let mut engine = engine(yaml);
+            let mut kill = event(1, 1, "memory.oom_kill", in_pod);
+            let mut exit = event(2, 1, "container.exit", in_pod);
+            engine.process(&mut kill);
+            engine.process(&mut exit);
+            exit.correlation.expect("grouped").impact
+        };
+        let equal = impact("correlation: {}\n");
+        let elsewhere = impact("correlation: { critical_namespaces: [payments] }\n");
+        let here = impact("correlation: { critical_namespaces: [shop] }\n");
+        assert!(
+            (elsewhere - equal * 0.75).abs() < 1e-9,
+            "{elsewhere} vs {equal}"
+        );
+        assert!((here - equal).abs() < 1e-9);
+    }
+
+    #[test]
+    fn bad_rules_and_limits_are_named() {
+        let config = Config::from_yaml(
+            "correlation:\n  max_group_events: 1\n  rules:\n    - { name: x, cause: oops, effect: a.b, relation: pod, max_delay: 0s, confidence: 2 }\n",
+            "bad.yaml",
+        )
+        .expect("parses");
+        let problems = config.validate().expect_err("invalid").to_string();
+        for expected in [
+            "correlation.max_group_events",
+            "correlation.rules[0].cause",
+            "correlation.rules[0].confidence",
+            "correlation.rules[0].max_delay",
+        ] {
+            assert!(problems.contains(expected), "{expected} in {problems}");
+        }
+        let unknown = Config::from_yaml(
+            "correlation:\n  rules:\n    - { name: x, cause: a.b, effect: c.d, relation: galaxy, max_delay: 1s, confidence: 1 }\n",
+            "bad.yaml",
+        )
+        .expect_err("unknown relation");
+        assert!(
+            unknown
+                .to_string()
+                .contains("correlation.rules[0].relation"),
+            "{unknown}"
+        );
     }
 }

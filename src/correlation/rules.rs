@@ -9,7 +9,8 @@ use std::time::Duration;
 use crate::event::{Entities, Severity};
 
 /// Which entity a cause and its effect must share.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Relation {
     /// The same process on the same node.
     Process,
@@ -245,6 +246,22 @@ pub fn builtin() -> Vec<Rule> {
             Info,
         ),
     ]
+}
+
+/// A rule from the YAML file. Its strings live for the whole run: rules are read once at
+/// start, and the engine keys its tables by `&'static str`.
+#[must_use]
+pub fn from_config(rule: &crate::config::RuleConfig) -> Rule {
+    let keep = |s: &str| -> &'static str { Box::leak(s.to_owned().into_boxed_str()) };
+    Rule {
+        name: keep(&rule.name),
+        cause: keep(&rule.cause),
+        effect: keep(&rule.effect),
+        relation: rule.relation,
+        max_delay: rule.max_delay,
+        confidence: rule.confidence,
+        cause_min_severity: rule.cause_min_severity,
+    }
 }
 
 #[cfg(test)]

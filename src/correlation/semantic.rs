@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Correlator;
+use super::entities::{EntityIndex, FxMap};
 use super::rules::{Relation, Rule};
 use crate::event::{CausalLink, Correlation, Event, EventId, GroupId, Severity, SpanId, TraceId};
 
@@ -32,6 +33,8 @@ pub struct Limits {
     pub max_group_events: usize,
     /// Remembered causes per (cause type, relation, entity).
     pub causes_per_key: usize,
+    /// Containers (and as many processes) the entity index remembers.
+    pub entities: usize,
 }
 
 impl Default for Limits {
@@ -41,6 +44,7 @@ impl Default for Limits {
             max_groups: 10_000,
             max_group_events: 1_000,
             causes_per_key: 8,
+            entities: 65_536,
         }
     }
 }
@@ -111,6 +115,7 @@ pub struct Group {
     severity: Severity,
     evidence: Vec<String>,
     recurrence: u32,
+    critical: bool,
 }
 
 /// A remembered cause.
@@ -127,13 +132,15 @@ struct Cause {
 #[derive(Debug)]
 pub struct Semantic {
     node: Arc<str>,
+    index: EntityIndex,
+    critical: Vec<String>,
     rules: Vec<Rule>,
-    by_effect: HashMap<&'static str, Vec<usize>>,
+    by_effect: FxMap<&'static str, Vec<usize>>,
     // Per cause type: the longest delay of its rules and the lowest severity any accepts.
-    cause_types: HashMap<&'static str, (Duration, Severity)>,
+    cause_types: FxMap<&'static str, (Duration, Severity)>,
     limits: Limits,
-    causes: HashMap<(&'static str, Relation, u64), VecDeque<Cause>>,
-    groups: HashMap<GroupId, Group>,
+    causes: FxMap<(&'static str, Relation, u64), VecDeque<Cause>>,
+    groups: FxMap<GroupId, Group>,
     closed: Vec<Group>,
     recurrences: HashMap<String, u32>,
     clock: u64,
@@ -144,8 +151,8 @@ impl Semantic {
     /// An engine with `rules` and `limits`, stamping `node` on events that lack one.
     #[must_use]
     pub fn new(node: &str, rules: Vec<Rule>, limits: Limits) -> Self {
-        let mut by_effect: HashMap<&'static str, Vec<usize>> = HashMap::new();
-        let mut cause_types: HashMap<&'static str, (Duration, Severity)> = HashMap::new();
+        let mut by_effect: FxMap<&'static str, Vec<usize>> = FxMap::default();
+        let mut cause_types: FxMap<&'static str, (Duration, Severity)> = FxMap::default();
         for (i, rule) in rules.iter().enumerate() {
             by_effect.entry(rule.effect).or_default().push(i);
             let (longest, lowest) = cause_types
@@ -156,17 +163,26 @@ impl Semantic {
         }
         Self {
             node: node.into(),
+            index: EntityIndex::new(limits.entities),
+            critical: Vec::new(),
             rules,
             by_effect,
             cause_types,
             limits,
-            causes: HashMap::new(),
-            groups: HashMap::new(),
+            causes: FxMap::default(),
+            groups: FxMap::default(),
             closed: Vec::new(),
             recurrences: HashMap::new(),
             clock: 0,
             processed: 0,
         }
+    }
+
+    /// Scales down the impact of groups that touch none of `namespaces` (empty: no effect).
+    #[must_use]
+    pub fn with_critical_namespaces(mut self, namespaces: Vec<String>) -> Self {
+        self.critical = namespaces;
+        self
     }
 
     /// Groups closed since the last call (quiet, evicted or at shutdown), oldest first.
@@ -355,10 +371,22 @@ impl Group {
             severity: Severity::Debug,
             evidence: Vec::new(),
             recurrence,
+            critical: false,
         }
     }
 
-    fn add(&mut self, event: &Event, parent: Option<SpanId>, links: &[CausalLink], rules: &[Rule]) {
+    fn add(
+        &mut self,
+        event: &Event,
+        parent: Option<SpanId>,
+        links: &[CausalLink],
+        rules: &[Rule],
+        critical: &[String],
+    ) {
+        self.critical |= critical.is_empty()
+            || critical
+                .iter()
+                .any(|ns| **ns == *event.entities.pod_namespace);
         self.events.push(event.id);
         let own_context = event
             .trace_id
@@ -389,11 +417,14 @@ impl Group {
         {
             self.evidence.push(fact);
         }
-        // Impact: how bad (severity) x how wide (pods touched) x how often (recurrence).
+        // Impact: how bad (severity) x how wide (pods touched) x how often (recurrence) x
+        // where (a critical namespace, when any are configured).
         let blast = 1.0 - 0.5f64.powi(i32::try_from(self.pods.len().max(1)).unwrap_or(i32::MAX));
         let recurring = (0.8 + 0.1 * f64::from(self.recurrence.saturating_sub(1))).min(1.0);
+        let criticality = if self.critical { 1.0 } else { 0.75 };
         self.impact =
-            (severity_weight(self.severity) * (0.6 + 0.4 * blast) * recurring).clamp(0.0, 1.0);
+            (severity_weight(self.severity) * (0.6 + 0.4 * blast) * recurring * criticality)
+                .clamp(0.0, 1.0);
         // What comes next: the rules leading on from the newest member, and the spread of
         // the root cause across its workload while the group is open.
         let newest = known_kind(rules, &event.kind);
@@ -495,6 +526,8 @@ impl Correlator for Semantic {
         if event.entities.node.is_empty() {
             event.entities.node = Arc::clone(&self.node);
         }
+        let exited = event.kind == "process.exit";
+        self.index.resolve(&mut event.entities, exited);
         if event.span_id.is_none() {
             event.span_id = SpanId::new(super::basic::span_bits(event.id.as_u128()).to_be_bytes());
         }
@@ -524,7 +557,7 @@ impl Correlator for Semantic {
                 .groups
                 .get_mut(&best.group)
                 .expect("a remembered cause's group is open");
-            group.add(event, best.span, &links, &self.rules);
+            group.add(event, best.span, &links, &self.rules, &self.critical);
             if event.trace_id.is_none() {
                 event.trace_id = Some(group.trace_id);
                 event.parent_span_id = best.span;
@@ -552,7 +585,7 @@ impl Correlator for Semantic {
                 self.recurrences.clear();
             }
             let mut group = Group::new(id, event, recurrence, &self.rules);
-            group.add(event, None, &[], &self.rules);
+            group.add(event, None, &[], &self.rules, &self.critical);
             if event.trace_id.is_none() {
                 event.trace_id = Some(group.trace_id);
             }
@@ -880,7 +913,7 @@ mod tests {
 
         #[test]
         fn no_group_exceeds_its_caps(events in arbitrary_events()) {
-            let limits = Limits { quiet: Duration::from_mins(2), max_groups: 3, max_group_events: 4, causes_per_key: 2 };
+            let limits = Limits { quiet: Duration::from_mins(2), max_groups: 3, max_group_events: 4, causes_per_key: 2, entities: 8 };
             let mut engine = Semantic::new("node-a", builtin(), limits.clone());
             for mut event in events {
                 engine.process(&mut event);

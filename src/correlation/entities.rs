@@ -1,0 +1,304 @@
+//! The entity index: what the collectors have said about how entities nest (process ->
+//! container -> pod -> workload), remembered so an event that names only the inner entity
+//! is resolved to the outer ones. A kernel event knows the pid and maybe the container; a
+//! Kubernetes event knows the pod and its containers; together every event can be matched
+//! by pod and workload rules.
+//!
+//! Bounded: each map holds at most `capacity` entries and forgets the oldest first; a
+//! process that exits is forgotten at once (its pid will be reused).
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::sync::Arc;
+
+use crate::event::Entities;
+
+/// The pod a container belongs to, as some event named it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Pod {
+    uid: Arc<str>,
+    namespace: Arc<str>,
+    name: Arc<str>,
+    workload_kind: Arc<str>,
+    workload_name: Arc<str>,
+}
+
+/// A word-at-a-time multiplicative hash (the `FxHash` scheme): the keys are ids the
+/// collectors produce, not attacker-chosen, and `SipHash` on a 64-character container id
+/// per event was a large share of the engine's time.
+#[derive(Default)]
+pub(crate) struct Fx(u64);
+
+impl Fx {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for Fx {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0; 8];
+            word.copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+}
+
+/// A `HashMap` hashed with [`Fx`].
+pub(crate) type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<Fx>>;
+
+/// A map that forgets its oldest entries beyond a capacity.
+#[derive(Debug)]
+struct Bounded<K, V> {
+    capacity: usize,
+    map: FxMap<K, V>,
+    order: VecDeque<K>,
+}
+
+impl<K: Clone + Eq + Hash, V: PartialEq> Bounded<K, V> {
+    fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            map: FxMap::default(),
+            order: VecDeque::new(),
+        }
+    }
+
+    fn insert(&mut self, key: K, value: V) {
+        match self.map.get_mut(&key) {
+            Some(known) if *known == value => return,
+            Some(known) => *known = value,
+            None => {
+                while self.map.len() >= self.capacity {
+                    let Some(oldest) = self.order.pop_front() else {
+                        break;
+                    };
+                    self.map.remove(&oldest);
+                }
+                self.map.insert(key.clone(), value);
+                self.order.push_back(key);
+            }
+        }
+        // Keys removed by `remove` stay in `order` until they reach its front.
+        if self.order.len() > self.capacity * 2 {
+            let map = &self.map;
+            self.order.retain(|k| map.contains_key(k));
+        }
+    }
+
+    fn get(&self, key: &K) -> Option<&V> {
+        self.map.get(key)
+    }
+
+    fn remove(&mut self, key: &K) {
+        self.map.remove(key);
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
+/// The index.
+#[derive(Debug)]
+pub struct EntityIndex {
+    containers: Bounded<Arc<str>, Pod>,
+    // By pid alone, with the node checked on lookup: hashing the node name per event costs
+    // more than the rare cross-node collision (the agent sees one node).
+    processes: Bounded<u32, (Arc<str>, Arc<str>)>,
+    // Container -> pod pairs confirmed lately, by the container id's allocation: a
+    // collector stamps one shared `Arc` per container on all its events, so most events
+    // are confirmed here without hashing and comparing the 64-character id. The slots hold
+    // their `Arc`s, so an address cannot be reused while it is remembered.
+    confirmed: Vec<Option<(Arc<str>, Arc<str>)>>,
+}
+
+/// Slots of `EntityIndex::confirmed`; a power of two.
+const CONFIRMED: usize = 16_384;
+
+impl EntityIndex {
+    /// An index holding at most `capacity` containers and as many processes.
+    #[must_use]
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            containers: Bounded::new(capacity),
+            processes: Bounded::new(capacity),
+            confirmed: vec![None; CONFIRMED],
+        }
+    }
+
+    /// Learns from `entities` what they say about nesting, then fills in what they lack
+    /// from what earlier events said. `exited` forgets the process afterwards.
+    pub fn resolve(&mut self, entities: &mut Entities, exited: bool) {
+        let pid = entities.pid;
+        if !entities.container_id.is_empty() {
+            if pid != 0 {
+                let known = self.processes.get(&pid).is_some_and(|(node, container)| {
+                    Arc::ptr_eq(container, &entities.container_id)
+                        && Arc::ptr_eq(node, &entities.node)
+                });
+                if !known {
+                    self.processes.insert(
+                        pid,
+                        (
+                            Arc::clone(&entities.node),
+                            Arc::clone(&entities.container_id),
+                        ),
+                    );
+                }
+            }
+            let slot = (Arc::as_ptr(&entities.container_id).cast::<u8>() as usize >> 4) % CONFIRMED;
+            let confirmed = self.confirmed[slot]
+                .as_ref()
+                .is_some_and(|(container, pod)| {
+                    Arc::ptr_eq(container, &entities.container_id)
+                        && Arc::ptr_eq(pod, &entities.pod_name)
+                });
+            if !confirmed && !entities.pod_uid.is_empty() && !entities.pod_name.is_empty() {
+                self.confirmed[slot] = Some((
+                    Arc::clone(&entities.container_id),
+                    Arc::clone(&entities.pod_name),
+                ));
+                let known = self
+                    .containers
+                    .get(&entities.container_id)
+                    .is_some_and(|pod| {
+                        Arc::ptr_eq(&pod.uid, &entities.pod_uid)
+                            && Arc::ptr_eq(&pod.name, &entities.pod_name)
+                    });
+                if !known {
+                    self.containers.insert(
+                        Arc::clone(&entities.container_id),
+                        Pod {
+                            uid: Arc::clone(&entities.pod_uid),
+                            namespace: Arc::clone(&entities.pod_namespace),
+                            name: Arc::clone(&entities.pod_name),
+                            workload_kind: Arc::clone(&entities.workload_kind),
+                            workload_name: Arc::clone(&entities.workload_name),
+                        },
+                    );
+                }
+            }
+        } else if pid != 0
+            && let Some((node, container)) = self.processes.get(&pid)
+            && node == &entities.node
+        {
+            entities.container_id = Arc::clone(container);
+        }
+        if entities.pod_name.is_empty()
+            && !entities.container_id.is_empty()
+            && let Some(pod) = self.containers.get(&entities.container_id)
+        {
+            entities.pod_uid = Arc::clone(&pod.uid);
+            entities.pod_namespace = Arc::clone(&pod.namespace);
+            entities.pod_name = Arc::clone(&pod.name);
+            if entities.workload_name.is_empty() {
+                entities.workload_kind = Arc::clone(&pod.workload_kind);
+                entities.workload_name = Arc::clone(&pod.workload_name);
+            }
+        }
+        if exited && pid != 0 {
+            self.processes.remove(&pid);
+        }
+    }
+
+    /// Containers and processes remembered.
+    #[must_use]
+    pub fn len(&self) -> (usize, usize) {
+        (self.containers.len(), self.processes.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod_event() -> Entities {
+        Entities {
+            node: "n".into(),
+            pid: 10,
+            container_id: "c1".into(),
+            pod_uid: "u1".into(),
+            pod_namespace: "shop".into(),
+            pod_name: "cart-1".into(),
+            workload_kind: "Deployment".into(),
+            workload_name: "cart".into(),
+            ..Entities::default()
+        }
+    }
+
+    #[test]
+    fn a_bare_pid_resolves_through_its_container_to_the_pod() {
+        let mut index = EntityIndex::new(16);
+        index.resolve(&mut pod_event(), false);
+        let mut kernel = Entities {
+            node: "n".into(),
+            pid: 10,
+            ..Entities::default()
+        };
+        index.resolve(&mut kernel, false);
+        assert_eq!(&*kernel.container_id, "c1");
+        assert_eq!(&*kernel.pod_name, "cart-1");
+        assert_eq!(&*kernel.workload_name, "cart");
+        // Same pid on another node is another process.
+        let mut elsewhere = Entities {
+            node: "m".into(),
+            pid: 10,
+            ..Entities::default()
+        };
+        index.resolve(&mut elsewhere, false);
+        assert!(elsewhere.pod_name.is_empty());
+    }
+
+    #[test]
+    fn an_exit_forgets_the_pid_and_the_maps_stay_bounded() {
+        let mut index = EntityIndex::new(4);
+        index.resolve(&mut pod_event(), true);
+        let mut reused = Entities {
+            node: "n".into(),
+            pid: 10,
+            ..Entities::default()
+        };
+        index.resolve(&mut reused, false);
+        assert!(
+            reused.container_id.is_empty(),
+            "a reused pid is not the old process"
+        );
+        for n in 0..100u32 {
+            let mut e = pod_event();
+            e.pid = n + 100;
+            e.container_id = format!("c{n}").into();
+            index.resolve(&mut e, false);
+            let (containers, processes) = index.len();
+            assert!(containers <= 4 && processes <= 4);
+        }
+    }
+}
