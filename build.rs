@@ -8,6 +8,9 @@ use std::process::Command;
 const PROBES: [&str; 5] = ["kernel", "network", "dns", "memory", "syscalls"];
 
 fn main() -> anyhow::Result<()> {
+    // Naming any path below turns off cargo's default of rerunning on every change.
+    println!("cargo:rerun-if-changed=proto");
+    println!("cargo:rerun-if-changed=build.rs");
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     tonic_prost_build::configure().compile_with_config(

@@ -69,6 +69,7 @@ fn store(c: &mut Criterion) {
                                             batch_id: n as u64,
                                             sequence: n as u64,
                                             events,
+                                            groups: Vec::new(),
                                         })
                                         .await
                                         .expect("commits")

@@ -152,10 +152,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Arc<Tele
         }
         telemetry.add_processed(n as u64);
         telemetry.set_open_groups(correlator.open_groups() as u64);
-        offer_closed(correlator.as_mut(), exporter.as_ref());
+        let closed = take_closed(correlator.as_mut(), exporter.as_ref());
         if let Some(bridge) = &bridge {
             let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
-            if bridge.send(full).await.is_err() {
+            if bridge.send(full).await.is_err() || bridge.send_groups(closed).await.is_err() {
                 shutdown.cancel();
                 break Err(Error::BridgeClosed);
             }
@@ -163,10 +163,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Arc<Tele
             batch.clear();
         }
     };
-    correlator.close_all();
-    offer_closed(correlator.as_mut(), exporter.as_ref());
-    telemetry.set_open_groups(0);
-    let export_done = exporter.map(|e| tokio::spawn(e.finish(EXPORT_FINISH)));
+    let export_done =
+        close_groups(correlator.as_mut(), exporter, bridge.as_ref(), &telemetry).await;
     let report = match bridge {
         Some(bridge) => Some(bridge.finish().await),
         None => None,
@@ -208,13 +206,42 @@ fn start_export(config: &Config, node: &str, telemetry: &Telemetry) -> Option<Ex
     }
 }
 
-/// Hands closed groups to the exporter; without one they are simply released.
-fn offer_closed(correlator: &mut dyn correlation::Correlator, exporter: Option<&Exporter>) {
-    for group in correlator.take_closed() {
-        if let Some(exporter) = exporter {
-            exporter.offer(group);
-        }
+/// The input has ended: closes every open group, sends them to the server and the trace
+/// exporter, and starts the exporter's last flush.
+async fn close_groups(
+    correlator: &mut dyn correlation::Correlator,
+    exporter: Option<Exporter>,
+    bridge: Option<&Bridge>,
+    telemetry: &Telemetry,
+) -> Option<tokio::task::JoinHandle<()>> {
+    correlator.close_all();
+    let closed = take_closed(correlator, exporter.as_ref());
+    if let Some(bridge) = bridge
+        && bridge.send_groups(closed).await.is_err()
+    {
+        tracing::warn!("The bridge closed before the last incident groups could be sent.");
     }
+    telemetry.set_open_groups(0);
+    exporter.map(|e| tokio::spawn(e.finish(EXPORT_FINISH)))
+}
+
+/// Hands closed groups to the exporter and returns them as the server receives them;
+/// without an exporter they are only converted.
+fn take_closed(
+    correlator: &mut dyn correlation::Correlator,
+    exporter: Option<&Exporter>,
+) -> Vec<crate::pb::SemanticGroup> {
+    correlator
+        .take_closed()
+        .into_iter()
+        .map(|group| {
+            let message = group.to_proto();
+            if let Some(exporter) = exporter {
+                exporter.offer(group);
+            }
+            message
+        })
+        .collect()
 }
 
 /// Cancelled once no new input can come: on shutdown, or when every collector has ended (a

@@ -79,7 +79,11 @@ fn the_embedded_server_stores_every_event() {
     .wait_for(Duration::from_mins(1));
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert_eq!(stats(&data), (5000, 5));
+    let (events, batches) = stats(&data);
+    assert_eq!(events, 5000);
+    // Five full batches of events; the incident groups closed at the end (the uniform
+    // background has DNS failures followed by failed connects) ride a last one.
+    assert!((5..=6).contains(&batches), "{batches} batches");
     assert_eq!(last_status(&stderr, "delivered"), 5000);
 }
 

@@ -34,6 +34,7 @@ fn batch(batch_id: u64, events: Vec<pb::Event>) -> pb::TapioStreamEventsRequest 
                 collector_id: "test".into(),
                 sequence: batch_id,
                 events,
+                groups: Vec::new(),
             },
         )),
     }
@@ -332,4 +333,100 @@ async fn a_token_is_required_when_the_server_has_one() {
         "{stderr}"
     );
     assert_eq!(common::stats(&dir.path().join("store")).0, 500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_a_collector_closed_arrive_whole_and_are_queryable() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = ServerProcess::start(0, dir.path(), &[]);
+    let yaml = common::config(
+        "collectors:\n  synthetic: { config: { events: 40, scenario: oom-cascade, seed: 9 } }\ncorrelation: { mode: semantic }\n",
+    );
+    let address = server.address();
+    let path = yaml.path().to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(common::COLLECTOR)
+            .arg("--config")
+            .arg(path)
+            .args(["--server", &address, "--otel-endpoint", "none"])
+            .output()
+            .expect("collector runs")
+    })
+    .await
+    .expect("joined");
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+
+    let mut client = client(&server).await;
+    let groups = client
+        .get_semantic_groups(pb::GetSemanticGroupsRequest::default())
+        .await
+        .expect("groups")
+        .into_inner()
+        .groups;
+    assert_eq!(groups.len(), 2, "one per cascade: {groups:#?}");
+    for group in &groups {
+        assert_eq!(group.event_ids.len(), 4);
+        assert_eq!(
+            group.root_cause_event_id, group.event_ids[0],
+            "the OOM kill is the root"
+        );
+        assert_eq!(group.causal_chain.len(), 3);
+        assert!(
+            group.summary.starts_with("memory.oom_kill led to"),
+            "{}",
+            group.summary
+        );
+        assert!(
+            group
+                .predictions
+                .iter()
+                .flat_map(|p| &p.prevention_actions)
+                .any(|a| a.contains("memory limit")),
+            "{:?}",
+            group.predictions
+        );
+        assert!(group.impact > 0.0);
+        // The same group's events are in the store with its id.
+        let events = client
+            .get_events(pb::GetEventsRequest {
+                group_id: group.group_id.clone(),
+                ..pb::GetEventsRequest::default()
+            })
+            .await
+            .expect("events")
+            .into_inner()
+            .events;
+        assert_eq!(events.len(), 4);
+    }
+}
+
+#[tokio::test]
+async fn a_group_with_a_bad_id_is_refused_by_name_and_the_stream_goes_on() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = ServerProcess::start(0, dir.path(), &[]);
+    let mut client = client(&server).await;
+    let mut stream = Stream::open(&mut client).await.expect("stream");
+    let mut ids = IdGenerator::new();
+    let mut bad = batch(1, events(&mut ids, 2, "a.b"));
+    if let Some(pb::tapio_stream_events_request::Payload::Batch(b)) = bad.payload.as_mut() {
+        b.groups.push(pb::SemanticGroup {
+            group_id: vec![1, 2, 3],
+            trace_id: vec![9; 16],
+            ..pb::SemanticGroup::default()
+        });
+    }
+    stream.send(bad).await;
+    let refused = stream.ack().await.expect("an ack");
+    assert_eq!(refused.status, i32::from(pb::ack::Status::Rejected));
+    assert!(
+        refused
+            .message
+            .contains("group 0: group_id and trace_id must be 16 bytes"),
+        "{}",
+        refused.message
+    );
+    stream.send(batch(2, events(&mut ids, 3, "a.b"))).await;
+    let good = stream.ack().await.expect("an ack");
+    assert_eq!(good.status, i32::from(pb::ack::Status::Ok));
+    assert_eq!(good.accepted, 3);
 }

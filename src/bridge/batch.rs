@@ -31,6 +31,8 @@ pub struct Sealed {
 const BATCH_FIELD: u32 = 1;
 /// `EventBatch.events`.
 const EVENTS_FIELD: u32 = 4;
+/// `EventBatch.groups`.
+const GROUPS_FIELD: u32 = 5;
 
 /// Largest encoded batch; stays well under the server's default message limit (16 MiB).
 pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
@@ -49,6 +51,7 @@ pub struct Batcher {
     current: BytesMut,
     head_room: usize,
     current_events: u32,
+    current_groups: u32,
     opened_at: Option<Instant>,
 }
 
@@ -67,6 +70,7 @@ impl Batcher {
             current: BytesMut::new(),
             head_room: 0,
             current_events: 0,
+            current_groups: 0,
             opened_at: None,
         };
         batcher.head_room = head_room;
@@ -88,7 +92,7 @@ impl Batcher {
         if self.current_events > 0 && self.current.len() - self.head_room + size > MAX_BATCH_BYTES {
             sealed = self.seal();
         }
-        if self.current_events == 0 {
+        if self.is_empty() {
             self.opened_at = Some(Instant::now());
         }
         // Field 4 of EventBatch, length-delimited: the same bytes prost would write.
@@ -104,6 +108,26 @@ impl Batcher {
         sealed
     }
 
+    /// Adds a closed incident group: it rides the open batch, acked and spooled with it.
+    pub fn push_group(&mut self, group: &pb::SemanticGroup) {
+        if self.is_empty() {
+            self.opened_at = Some(Instant::now());
+        }
+        let len = group.encoded_len();
+        self.current
+            .reserve(1 + encoded_len_varint(len as u64) + len);
+        encode_key(GROUPS_FIELD, WireType::LengthDelimited, &mut self.current);
+        encode_varint(len as u64, &mut self.current);
+        group.encode_raw(&mut self.current);
+        self.current_groups += 1;
+    }
+
+    /// Whether the open batch holds nothing.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.current_events == 0 && self.current_groups == 0
+    }
+
     /// When the open batch is due, if there is one.
     #[must_use]
     pub fn deadline(&self) -> Option<Instant> {
@@ -116,9 +140,9 @@ impl Batcher {
         self.current_events as usize
     }
 
-    /// Seals the open batch, if it has events.
+    /// Seals the open batch, if it has events or groups.
     pub fn seal(&mut self) -> Option<Sealed> {
-        if self.current_events == 0 {
+        if self.is_empty() {
             return None;
         }
         let count = self.current_events;
@@ -127,6 +151,7 @@ impl Batcher {
         let sequence = self.sequence;
         self.sequence += 1;
         self.current_events = 0;
+        self.current_groups = 0;
         self.opened_at = None;
         // The batch's own fields, then the events already encoded, wrapped as field 1
         // (`batch`) of the request.
@@ -135,6 +160,7 @@ impl Batcher {
             collector_id: self.collector_id.clone(),
             sequence,
             events: Vec::new(),
+            groups: Vec::new(),
         };
         let events_len = self.current.len() - self.head_room;
         let inner = head.encoded_len() + events_len;
@@ -162,6 +188,40 @@ mod tests {
 
     fn event(n: u128) -> Event {
         Event::new(EventId::from_u128(n), 1, "a.b", "t")
+    }
+
+    #[tokio::test]
+    async fn groups_ride_a_batch_and_a_batch_of_groups_alone_seals() {
+        let group = |n: u8| pb::SemanticGroup {
+            group_id: vec![n; 16],
+            trace_id: vec![n; 16],
+            summary: format!("group {n}"),
+            ..pb::SemanticGroup::default()
+        };
+        let mut batcher = Batcher::new("node".into(), 10, Duration::from_secs(1), 1);
+        batcher.push_group(&group(1));
+        assert!(
+            !batcher.is_empty() && batcher.deadline().is_some(),
+            "a group opens a batch"
+        );
+        let alone = batcher.seal().expect("a batch of one group");
+        assert_eq!(alone.events, 0, "groups are not counted as events");
+        batcher.push(&event(1));
+        batcher.push_group(&group(2));
+        batcher.push(&event(2));
+        let mixed = batcher.seal().expect("a mixed batch");
+        let decode =
+            |sealed: &Sealed| match pb::TapioStreamEventsRequest::decode(sealed.bytes.clone())
+                .expect("prost decodes it")
+                .payload
+            {
+                Some(pb::tapio_stream_events_request::Payload::Batch(batch)) => batch,
+                other => panic!("not a batch: {other:?}"),
+            };
+        assert_eq!(decode(&alone).groups, vec![group(1)]);
+        let mixed = decode(&mixed);
+        assert_eq!(mixed.groups, vec![group(2)]);
+        assert_eq!(mixed.events.len(), 2);
     }
 
     #[tokio::test]
@@ -216,6 +276,7 @@ mod tests {
                     collector_id: "node-7".into(),
                     sequence: 0,
                     events: events.into_iter().map(pb::Event::from).collect(),
+                    groups: Vec::new(),
                 },
             )),
         };

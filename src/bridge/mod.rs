@@ -122,10 +122,19 @@ pub struct Report {
     pub undelivered: u64,
 }
 
+/// What the pipeline hands the bridge.
+#[derive(Debug)]
+pub enum Input {
+    /// Enriched events.
+    Events(Vec<Event>),
+    /// Incident groups the correlation closed.
+    Groups(Vec<pb::SemanticGroup>),
+}
+
 /// The pipeline's handle to the bridge task.
 #[derive(Debug)]
 pub struct Bridge {
-    input: mpsc::Sender<Vec<Event>>,
+    input: mpsc::Sender<Input>,
     task: JoinHandle<Report>,
 }
 
@@ -211,7 +220,21 @@ impl Bridge {
     /// Hands a batch of enriched events to the bridge; waits while it holds as much as it
     /// may (back-pressure).
     pub async fn send(&self, events: Vec<Event>) -> Result<(), Closed> {
-        self.input.send(events).await.map_err(|_| Closed)
+        self.input
+            .send(Input::Events(events))
+            .await
+            .map_err(|_| Closed)
+    }
+
+    /// Hands closed incident groups to the bridge; they ride the next batch.
+    pub async fn send_groups(&self, groups: Vec<pb::SemanticGroup>) -> Result<(), Closed> {
+        if groups.is_empty() {
+            return Ok(());
+        }
+        self.input
+            .send(Input::Groups(groups))
+            .await
+            .map_err(|_| Closed)
     }
 
     /// Closes the input and waits until everything is acked or the drain timeout runs out.
@@ -408,7 +431,7 @@ impl Delivery {
     }
 
     fn is_empty(&self) -> bool {
-        self.nothing_pending() && self.inflight.is_empty() && self.batcher.open_events() == 0
+        self.nothing_pending() && self.inflight.is_empty() && self.batcher.is_empty()
     }
 
     fn push(&mut self, events: Vec<Event>) {
@@ -419,6 +442,12 @@ impl Delivery {
             if let Some(sealed) = self.batcher.push(&event) {
                 self.enqueue(sealed);
             }
+        }
+    }
+
+    fn push_groups(&mut self, groups: &[pb::SemanticGroup]) {
+        for group in groups {
+            self.batcher.push_group(group);
         }
     }
 
@@ -651,7 +680,7 @@ async fn run(
     config: BridgeConfig,
     endpoint: Endpoint,
     token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
-    mut input: mpsc::Receiver<Vec<Event>>,
+    mut input: mpsc::Receiver<Input>,
     stats: Arc<BridgeStats>,
     queue: Queue,
     input_ending: CancellationToken,
@@ -739,8 +768,11 @@ async fn run(
                 }
             },
             events = input.recv(), if input_open && delivery.has_room() => {
-                if let Some(events) = events {
-                    delivery.push(events);
+                if let Some(input) = events {
+                    match input {
+                        Input::Events(events) => delivery.push(events),
+                        Input::Groups(groups) => delivery.push_groups(&groups),
+                    }
                 } else {
                     input_open = false;
                     delivery.seal();

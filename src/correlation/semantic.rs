@@ -352,6 +352,39 @@ fn severity_weight(severity: Severity) -> f64 {
 }
 
 impl Group {
+    /// The group as the server receives it.
+    #[must_use]
+    pub fn to_proto(&self) -> crate::pb::SemanticGroup {
+        crate::pb::SemanticGroup {
+            group_id: self.id.to_bytes().to_vec(),
+            trace_id: self.trace_id.to_bytes().to_vec(),
+            root_cause_event_id: self.root.to_bytes().to_vec(),
+            event_ids: self
+                .events
+                .iter()
+                .map(|id| id.to_bytes().to_vec())
+                .collect(),
+            impact: self.impact,
+            causal_chain: self
+                .chain
+                .iter()
+                .map(|(_, link)| link.clone().into())
+                .collect(),
+            predictions: self
+                .predictions
+                .iter()
+                .map(|p| crate::pb::Prediction {
+                    event_type: p.event_type.to_owned(),
+                    probability: p.probability,
+                    prevention_actions: p.prevention.clone(),
+                })
+                .collect(),
+            first_seen_unix_nano: self.first_seen,
+            last_seen_unix_nano: self.last_seen,
+            summary: self.summary.clone(),
+        }
+    }
+
     fn new(id: GroupId, root: &Event, recurrence: u32, rules: &[Rule]) -> Self {
         Self {
             root_kind: known_kind(rules, &root.kind),

@@ -220,6 +220,18 @@ impl Service {
                 }
             }
         }
+        for (index, group) in batch.groups.iter().enumerate() {
+            if group.group_id.len() != 16 || group.trace_id.len() != 16 {
+                let message = format!(
+                    "batch {batch_id}, group {index}: group_id and trace_id must be 16 bytes, got {} and {}",
+                    group.group_id.len(),
+                    group.trace_id.len()
+                );
+                tracing::warn!(peer, batch_id, error = %message, "Batch rejected: invalid group.");
+                respond(tx, ack(batch_id, pb::ack::Status::Rejected, message, 0, 0));
+                return;
+            }
+        }
         let store = self.store.clone();
         let tx = tx.clone();
         let write = store::Batch {
@@ -227,6 +239,7 @@ impl Service {
             batch_id,
             sequence: batch.sequence,
             events,
+            groups: batch.groups,
         };
         // Queue the write now, in arrival order; answer whenever its commit is done.
         tokio::spawn(async move {

@@ -73,6 +73,8 @@ pub struct Batch {
     pub sequence: u64,
     /// Its events, checked, as the bytes they arrived as.
     pub events: Vec<RawEvent>,
+    /// Incident groups the collector closed, stored whole.
+    pub groups: Vec<pb::SemanticGroup>,
 }
 
 /// What a commit did with a batch.
@@ -154,6 +156,11 @@ const SCHEMA: &str = "
     );
 
     CREATE INDEX IF NOT EXISTS events_by_group ON events(group_id) WHERE group_id IS NOT NULL;
+    CREATE TABLE IF NOT EXISTS semantic_groups (
+        group_id BLOB PRIMARY KEY,
+        first_seen INTEGER NOT NULL,
+        message BLOB NOT NULL
+    ) WITHOUT ROWID;
     CREATE TABLE IF NOT EXISTS batches (
         collector_id TEXT NOT NULL,
         batch_id INTEGER NOT NULL,
@@ -250,7 +257,10 @@ impl Store {
         events_at(&self.path, query)
     }
 
-    /// Semantic groups derived from the stored events' correlation fields.
+    /// Semantic groups first seen in [`start`, `end`) with at least `min_impact`, oldest
+    /// first: the groups collectors closed and sent, as sent (root cause, predictions,
+    /// summary), then groups still open on a collector, derived from their events'
+    /// correlation fields.
     pub fn groups(
         &self,
         start: u64,
@@ -259,6 +269,39 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<pb::SemanticGroup>> {
         let conn = open_read(&self.path)?;
+        let mut closed = Vec::new();
+        {
+            let mut statement = conn.prepare(
+                "SELECT message FROM semantic_groups WHERE first_seen >= ?1 AND first_seen < ?2
+                 ORDER BY first_seen LIMIT ?3",
+            )?;
+            let rows = statement.query_map(
+                params![to_sql_ts(start), upper_bound(end), effective_limit(limit)],
+                |row| row.get::<_, Vec<u8>>(0),
+            )?;
+            for bytes in rows {
+                let group = pb::SemanticGroup::decode(bytes?.as_slice())?;
+                if group.impact >= min_impact {
+                    closed.push(group);
+                }
+            }
+        }
+        let mut groups = self.derived_groups(&conn, start, end, min_impact, limit)?;
+        groups.retain(|g| !closed.iter().any(|c| c.group_id == g.group_id));
+        groups.extend(closed);
+        groups.sort_by_key(|g| g.first_seen_unix_nano);
+        groups.truncate(effective_limit(limit).try_into().unwrap_or(usize::MAX));
+        Ok(groups)
+    }
+
+    fn derived_groups(
+        &self,
+        conn: &Connection,
+        start: u64,
+        end: u64,
+        min_impact: f64,
+        limit: u32,
+    ) -> Result<Vec<pb::SemanticGroup>> {
         let mut statement = conn.prepare(
             "SELECT group_id, MIN(ts), MAX(ts) FROM events
              WHERE group_id IS NOT NULL AND ts >= ?1 AND ts < ?2
@@ -518,6 +561,10 @@ fn commit(
         )?;
         let mut insert_chunk =
             tx.prepare_cached("INSERT INTO chunks (seq, bytes) VALUES (?1, ?2)")?;
+        // A resent batch carries the same groups: the first copy stays.
+        let mut insert_group = tx.prepare_cached(
+            "INSERT OR IGNORE INTO semantic_groups (group_id, first_seen, message) VALUES (?1, ?2, ?3)",
+        )?;
         let mut insert_batch = tx.prepare_cached(
             "INSERT OR IGNORE INTO batches (collector_id, batch_id, sequence, events, accepted, stored_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -557,6 +604,13 @@ fn commit(
             }
             if !chunk.is_empty() {
                 insert_chunk.execute(params![seq, chunk])?;
+            }
+            for group in &job.batch.groups {
+                insert_group.execute(params![
+                    group.group_id,
+                    to_sql_ts(group.first_seen_unix_nano),
+                    group.encode_to_vec(),
+                ])?;
             }
             let total = job.batch.events.len() as u32;
             insert_batch.execute(params![
@@ -598,6 +652,7 @@ mod tests {
                 .into_iter()
                 .map(|e| RawEvent::from_message(&e).expect("valid event"))
                 .collect(),
+            groups: Vec::new(),
         }
     }
 

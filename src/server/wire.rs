@@ -105,6 +105,7 @@ impl From<pb::TapioStreamEventsRequest> for RawRequest {
                     .iter()
                     .map(|e| Bytes::from(e.encode_to_vec()))
                     .collect(),
+                groups: batch.groups,
             }),
             Some(Payload::Control(control)) => Self::Control(control),
             None => Self::Empty,
@@ -123,6 +124,8 @@ pub struct RawBatch {
     pub sequence: u64,
     /// Each event's bytes.
     pub events: Vec<Bytes>,
+    /// Incident groups the collector closed (rare: decoded).
+    pub groups: Vec<pb::SemanticGroup>,
 }
 
 /// A cursor over one message inside the event's bytes; every range it returns indexes
@@ -434,6 +437,7 @@ fn parse_request(bytes: &Bytes) -> Result<RawRequest, WireError> {
                     collector_id: String::new(),
                     sequence: 0,
                     events: Vec::new(),
+                    groups: Vec::new(),
                 };
                 while !b.done() {
                     let (field, wire) = b.key()?;
@@ -452,6 +456,13 @@ fn parse_request(bytes: &Bytes) -> Result<RawRequest, WireError> {
                             batch.sequence = b.varint()?;
                         }
                         4 => batch.events.push(bytes.slice(b.bytes(wire)?)),
+                        5 => {
+                            let range = b.bytes(wire)?;
+                            let group = pb::SemanticGroup::decode(&bytes[range]).map_err(|_| {
+                                WireError::Malformed("semantic group does not decode")
+                            })?;
+                            batch.groups.push(group);
+                        }
                         _ => b.skip(wire)?,
                     }
                 }
@@ -581,6 +592,7 @@ mod tests {
                     collector_id: "node".into(),
                     sequence: 4,
                     events: events.clone(),
+                    groups: Vec::new(),
                 },
             )),
         };
