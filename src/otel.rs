@@ -217,6 +217,15 @@ fn spans(group: &Group, scope: &InstrumentationScope) -> Vec<SpanData> {
             let span = OtelSpanId::from_bytes(member.span?.to_bytes());
             let at = UNIX_EPOCH + Duration::from_nanos(member.timestamp);
             let mut links = SpanLinks::default();
+            for (trace_id, span_id) in &member.cross_links {
+                links.links.push(Link::with_context(SpanContext::new(
+                    OtelTraceId::from_bytes(trace_id.to_bytes()),
+                    OtelSpanId::from_bytes(span_id.to_bytes()),
+                    TraceFlags::SAMPLED,
+                    false,
+                    TraceState::default(),
+                )));
+            }
             if let Some((trace_id, span_id)) = member.own_context {
                 links.links.push(Link::with_context(SpanContext::new(
                     OtelTraceId::from_bytes(trace_id.to_bytes()),

@@ -76,6 +76,8 @@ pub struct Member {
     pub parent: Option<SpanId>,
     /// The trace context the event arrived with (an application's), linked from its span.
     pub own_context: Option<(TraceId, SpanId)>,
+    /// Causes that matched in other groups: span links across traces.
+    pub cross_links: Vec<(TraceId, SpanId)>,
     /// Severity.
     pub severity: Severity,
     /// Human text.
@@ -412,6 +414,7 @@ impl Group {
         &mut self,
         event: &Event,
         parent: Option<SpanId>,
+        cross_links: Vec<(TraceId, SpanId)>,
         links: &[CausalLink],
         rules: &[Rule],
         critical: &[String],
@@ -432,6 +435,7 @@ impl Group {
             span: event.span_id,
             parent,
             own_context,
+            cross_links,
             severity: event.severity,
             message: event.message.clone(),
             entities: event.entities.clone(),
@@ -586,11 +590,23 @@ impl Correlator for Semantic {
                     confidence: self.rules[*i].confidence,
                 })
                 .collect();
+            let cross_links = found
+                .iter()
+                .filter(|(_, c)| c.group != best.group)
+                .filter_map(|(_, c)| Some((self.groups.get(&c.group)?.trace_id, c.span?)))
+                .collect();
             let group = self
                 .groups
                 .get_mut(&best.group)
                 .expect("a remembered cause's group is open");
-            group.add(event, best.span, &links, &self.rules, &self.critical);
+            group.add(
+                event,
+                best.span,
+                cross_links,
+                &links,
+                &self.rules,
+                &self.critical,
+            );
             if event.trace_id.is_none() {
                 event.trace_id = Some(group.trace_id);
                 event.parent_span_id = best.span;
@@ -618,7 +634,7 @@ impl Correlator for Semantic {
                 self.recurrences.clear();
             }
             let mut group = Group::new(id, event, recurrence, &self.rules);
-            group.add(event, None, &[], &self.rules, &self.critical);
+            group.add(event, None, Vec::new(), &[], &self.rules, &self.critical);
             if event.trace_id.is_none() {
                 event.trace_id = Some(group.trace_id);
             }
@@ -839,6 +855,54 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_cause_in_another_group_becomes_a_span_link() {
+        let mut engine = Semantic::new("node-a", builtin(), Limits::default());
+        let at = |secs: u64| 1_000_000_000_000 + secs * 1_000_000_000;
+        let mut n = 0u128;
+        let mut next = |kind: &str, secs: u64| {
+            n += 1;
+            let mut e = Event::new(EventId::from_u128(n), at(secs), kind.to_owned(), "t");
+            e.entities.pod_uid = "pod-1".into();
+            e.entities.container_id = "ctr-1".into();
+            e
+        };
+        // A crash loop: exit -> restart -> back-off (group 1) ...
+        let mut storm = [
+            next("container.exit", 0),
+            next("k8s.pod.restart", 1),
+            next("k8s.pod.backoff", 6),
+        ];
+        for e in &mut storm {
+            engine.process(e);
+        }
+        // ... then an OOM kill opens group 2; its restart has causes in both.
+        let mut kill = next("memory.oom_kill", 200);
+        let mut exit = next("container.exit", 200);
+        let mut restart = next("k8s.pod.restart", 201);
+        for e in [&mut kill, &mut exit, &mut restart] {
+            engine.process(e);
+        }
+        let second = engine
+            .group(kill.correlation.as_ref().expect("grouped").group_id)
+            .expect("open");
+        let member = second
+            .members
+            .iter()
+            .find(|m| m.id == restart.id)
+            .expect("a member");
+        assert_eq!(
+            member.parent, exit.span_id,
+            "the parent is the best cause, in its own group"
+        );
+        let first_trace = storm[2].trace_id.expect("traced");
+        assert_eq!(
+            member.cross_links,
+            vec![(first_trace, storm[2].span_id.expect("span"))]
+        );
+        assert_ne!(first_trace, second.trace_id);
     }
 
     #[test]
