@@ -48,13 +48,30 @@ pub enum Error {
 
 /// Sets up logging on stderr with `filter` (a level or tracing directives).
 pub fn init_logging(filter: &str) {
+    init_logging_traced(filter, None);
+}
+
+/// Logging on stderr, and with `self_tracing` = (endpoint, node) the agent's own spans over
+/// OTLP too. Call inside the runtime.
+pub fn init_logging_traced(filter: &str, self_tracing: Option<(&str, &str)>) {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::builder()
         .parse(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        .with_filter(filter);
+    let traced = self_tracing.and_then(|(endpoint, node)| {
+        crate::otel::self_tracing_layer(endpoint, node)
+            .inspect_err(|e| eprintln!("warning: the agent's own tracing is off: {e}"))
+            .ok()
+    });
+    tracing_subscriber::registry()
+        .with(stderr)
+        .with(traced)
         .init();
 }
 
@@ -142,8 +159,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Arc<Tele
         if n == 0 {
             break Ok(());
         }
-        for event in &mut batch {
-            correlator.process(event);
+        {
+            // The agent's own trace (`otel.self_tracing`): one span per pipeline batch.
+            let _span = tracing::info_span!("correlate", events = n).entered();
+            for event in &mut batch {
+                correlator.process(event);
+            }
         }
         if let Some(Err(e)) = stdout.as_mut().map(|out| out.write_batch(&batch)) {
             // Stop producing: the events already taken could not be written.
@@ -172,6 +193,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Arc<Tele
     if let Some(done) = export_done {
         let _ = done.await;
     }
+    crate::otel::finish_self_tracing(EXPORT_FINISH).await;
     if let Some((stop, task)) = embedded {
         stop.cancel();
         if let Ok(Err(e)) = task.await {
@@ -197,7 +219,12 @@ fn start_export(config: &Config, node: &str, telemetry: &Telemetry) -> Option<Ex
     if config.otel.endpoint.eq_ignore_ascii_case("none") {
         return None;
     }
-    match Exporter::start(&config.otel.endpoint, node, telemetry.register_exporter()) {
+    match Exporter::start(
+        &config.otel.endpoint,
+        node,
+        "tapio-collector",
+        telemetry.register_exporter(),
+    ) {
         Ok(exporter) => Some(exporter),
         Err(error) => {
             tracing::error!(error = %error, "Incident traces will not be exported.");
@@ -235,11 +262,10 @@ fn take_closed(
         .take_closed()
         .into_iter()
         .map(|group| {
-            let message = group.to_proto();
             if let Some(exporter) = exporter {
-                exporter.offer(group);
+                exporter.offer(&group);
             }
-            message
+            group.to_proto()
         })
         .collect()
 }

@@ -361,12 +361,15 @@ impl fmt::Display for CorrelationMode {
 pub struct OtelConfig {
     /// OTLP/gRPC endpoint (`host:port` or `http://host:port`), or `none`.
     pub endpoint: String,
+    /// Also export the agent's own spans (service `tapio-collector-agent`); off by default.
+    pub self_tracing: bool,
 }
 
 impl Default for OtelConfig {
     fn default() -> Self {
         Self {
             endpoint: "localhost:4317".into(),
+            self_tracing: false,
         }
     }
 }
@@ -621,6 +624,9 @@ pub struct RunArgs {
     /// OTLP/gRPC endpoint for incident traces, or `none` [default: localhost:4317].
     #[arg(long, value_name = "ADDR")]
     pub otel_endpoint: Option<String>,
+    /// Also export the agent's own spans to the OTLP endpoint (off by default).
+    #[arg(long)]
+    pub otel_self_tracing: bool,
     /// Turn on the eBPF kernel collectors.
     #[arg(long)]
     pub enable_ebpf: bool,
@@ -698,6 +704,9 @@ impl RunArgs {
         }
         if let Some(v) = &self.otel_endpoint {
             config.otel.endpoint.clone_from(v);
+        }
+        if self.otel_self_tracing {
+            config.otel.self_tracing = true;
         }
         if let Some(v) = self.buffer_size {
             config.server.buffer_size = v;

@@ -47,7 +47,8 @@ pub struct ExportStats {
 /// A running exporter.
 #[derive(Debug)]
 pub struct Exporter {
-    groups: mpsc::Sender<Group>,
+    groups: mpsc::Sender<Vec<SpanData>>,
+    scope: InstrumentationScope,
     closing: CancellationToken,
     task: JoinHandle<()>,
     stats: Arc<ExportStats>,
@@ -62,8 +63,13 @@ pub struct StartError {
 }
 
 impl Exporter {
-    /// Starts exporting to `endpoint` (`host:port` or a URL), naming `node` as the host.
-    pub fn start(endpoint: &str, node: &str, stats: Arc<ExportStats>) -> Result<Self, StartError> {
+    /// Starts exporting to `endpoint` (`host:port` or a URL) as `service` on `node`.
+    pub fn start(
+        endpoint: &str,
+        node: &str,
+        service: &'static str,
+        stats: Arc<ExportStats>,
+    ) -> Result<Self, StartError> {
         let url = if endpoint.contains("://") {
             endpoint.to_owned()
         } else {
@@ -81,7 +87,7 @@ impl Exporter {
         exporter.set_resource(
             &Resource::builder_empty()
                 .with_attributes([
-                    KeyValue::new("service.name", "tapio-collector"),
+                    KeyValue::new("service.name", service),
                     KeyValue::new("host.name", node.to_owned()),
                     KeyValue::new("k8s.node.name", node.to_owned()),
                 ])
@@ -92,6 +98,9 @@ impl Exporter {
         let task = tokio::spawn(run(exporter, queue, closing.clone(), Arc::clone(&stats)));
         Ok(Self {
             groups,
+            scope: InstrumentationScope::builder("tapio-collector")
+                .with_version(env!("CARGO_PKG_VERSION"))
+                .build(),
             closing,
             task,
             stats,
@@ -99,11 +108,16 @@ impl Exporter {
     }
 
     /// Queues a closed group for export; when the queue is full it is dropped and counted.
-    pub fn offer(&self, group: Group) {
-        if let Err(refused) = self.groups.try_send(group) {
+    pub fn offer(&self, group: &Group) {
+        self.offer_spans(spans(group, &self.scope));
+    }
+
+    /// Queues finished spans for export; when the queue is full they are dropped and counted.
+    pub fn offer_spans(&self, spans: Vec<SpanData>) {
+        if let Err(refused) = self.groups.try_send(spans) {
             let spans = match refused {
-                mpsc::error::TrySendError::Full(g) | mpsc::error::TrySendError::Closed(g) => {
-                    g.members.len()
+                mpsc::error::TrySendError::Full(s) | mpsc::error::TrySendError::Closed(s) => {
+                    s.len()
                 }
             };
             count_dropped(&self.stats, spans as u64, "the export queue is full");
@@ -136,25 +150,22 @@ fn count_dropped(stats: &ExportStats, spans: u64, why: &str) {
 
 async fn run(
     exporter: opentelemetry_otlp::SpanExporter,
-    mut queue: mpsc::Receiver<Group>,
+    mut queue: mpsc::Receiver<Vec<SpanData>>,
     closing: CancellationToken,
     stats: Arc<ExportStats>,
 ) {
-    let scope = InstrumentationScope::builder("tapio-collector")
-        .with_version(env!("CARGO_PKG_VERSION"))
-        .build();
     let mut pending: Vec<SpanData> = Vec::new();
     let mut ticker = tokio::time::interval(BATCH_AGE);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             group = queue.recv() => {
-                let Some(group) = group else {
+                let Some(spans) = group else {
                     // Closed and drained: the last batch, then stop.
                     export(&exporter, std::mem::take(&mut pending), &closing, &stats).await;
                     return;
                 };
-                pending.extend(spans(&group, &scope));
+                pending.extend(spans);
                 if pending.len() >= BATCH_SPANS {
                     export(&exporter, std::mem::take(&mut pending), &closing, &stats).await;
                 }
@@ -327,4 +338,72 @@ fn hex(bytes: &[u8]) -> String {
         let _ = write!(s, "{b:02x}");
         s
     })
+}
+
+/// The exporter of the agent's own spans, while self-tracing is on; process-wide like the
+/// tracing subscriber that feeds it.
+static SELF_EXPORT: std::sync::Mutex<Option<Exporter>> = std::sync::Mutex::new(None);
+
+/// Sends the agent's own last spans and stops exporting them, within `limit`.
+pub async fn finish_self_tracing(limit: Duration) {
+    let exporter = SELF_EXPORT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    if let Some(exporter) = exporter {
+        exporter.finish(limit).await;
+    }
+}
+
+/// The agent's own spans, handed to the self-tracing [`Exporter`] as they end.
+#[derive(Debug)]
+struct SelfSpans;
+
+impl opentelemetry_sdk::trace::SpanProcessor for SelfSpans {
+    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &opentelemetry::Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        if let Some(exporter) = SELF_EXPORT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+        {
+            exporter.offer_spans(vec![span]);
+        }
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        Ok(())
+    }
+
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        Ok(())
+    }
+}
+
+/// A tracing layer that exports the agent's own spans (`otel.self_tracing`) to `endpoint`
+/// as service `tapio-collector-agent`; only `tapio`'s own spans, not its libraries'. Must be
+/// called inside the runtime; [`finish_self_tracing`] sends the last ones.
+pub fn self_tracing_layer<S>(
+    endpoint: &str,
+    node: &str,
+) -> Result<impl tracing_subscriber::Layer<S>, StartError>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::Layer as _;
+    let exporter = Exporter::start(endpoint, node, "tapio-collector-agent", Arc::default())?;
+    *SELF_EXPORT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(exporter);
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_span_processor(SelfSpans)
+        .build();
+    let tracer = provider.tracer("tapio-collector");
+    Ok(tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(
+            tracing_subscriber::filter::Targets::new().with_target("tapio", tracing::Level::INFO),
+        ))
 }

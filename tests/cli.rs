@@ -41,6 +41,7 @@ fn help_lists_every_flag() {
     for flag in [
         "--server",
         "--otel-endpoint",
+        "--otel-self-tracing",
         "--enable-ebpf",
         "--enable-k8s",
         "--enable-systemd",

@@ -178,3 +178,38 @@ fn with_the_endpoint_down_the_run_ends_and_counts_what_it_dropped() {
     );
     assert_eq!(text(&out.stdout).lines().count(), 40);
 }
+
+#[test]
+fn the_agents_own_spans_are_exported_only_when_asked_for() {
+    let receiver = Receiver::start();
+    let file = config("collectors:\n  synthetic: { config: { events: 3000, rate: 0 } }\n");
+    let out = Command::new(COLLECTOR)
+        .args(["--config", file.path().to_str().expect("utf-8")])
+        .args(["--server", "none", "--stdout", "--otel-self-tracing"])
+        .args(["--otel-endpoint", &format!("127.0.0.1:{}", receiver.port)])
+        .stdout(Stdio::null())
+        .output()
+        .expect("collector runs");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Exported each second: give the last batch its chance while the collector ran.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let own = loop {
+        let own: Vec<Value> = receiver
+            .wait_for(1, Duration::from_millis(200))
+            .into_iter()
+            .filter(|s| s["resource"]["service.name"] == "tapio-collector-agent")
+            .collect();
+        if !own.is_empty() || Instant::now() > deadline {
+            break own;
+        }
+    };
+    assert!(!own.is_empty(), "no agent spans arrived");
+    assert!(own.iter().all(|s| s["name"] == "correlate"), "{own:#?}");
+    assert!(
+        own.iter().all(
+            |s| s["attributes"]["events"].as_str().is_some_and(|n| n != "0")
+                || s["attributes"]["events"].as_i64().is_some_and(|n| n > 0)
+        ),
+        "{own:#?}"
+    );
+}

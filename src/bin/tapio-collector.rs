@@ -67,7 +67,6 @@ fn run(args: &RunArgs) -> ExitCode {
         print_problems(&e, &origin);
         return ExitCode::FAILURE;
     }
-    tapio::agent::init_logging(&config.orchestrator.log_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.orchestrator.workers)
         .enable_all()
@@ -79,6 +78,15 @@ fn run(args: &RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    {
+        // The agent's own tracing exports from a task of this runtime.
+        let _inside = runtime.enter();
+        let node = config.node_name();
+        let traced = (config.otel.self_tracing
+            && !config.otel.endpoint.eq_ignore_ascii_case("none"))
+        .then_some((config.otel.endpoint.as_str(), node.as_str()));
+        tapio::agent::init_logging_traced(&config.orchestrator.log_level, traced);
+    }
     let outcome = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tapio::agent::cancel_on_signals(shutdown.clone())
