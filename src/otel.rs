@@ -319,6 +319,7 @@ fn attributes(group: &Group, member: &Member, is_root: bool) -> Vec<KeyValue> {
     }
     if is_root {
         out.push(KeyValue::new("tapio.summary", group.summary.clone()));
+        out.push(KeyValue::new("tapio.cascade_risk", group.cascade_risk));
         for (n, prediction) in group.predictions.iter().enumerate().take(3) {
             out.push(KeyValue::new(
                 format!("tapio.prediction.{n}"),

@@ -386,6 +386,11 @@ async fn groups_a_collector_closed_arrive_whole_and_are_queryable() {
             group.predictions
         );
         assert!(group.impact > 0.0);
+        assert!(
+            (group.cascade_risk - 0.85).abs() < 1e-9,
+            "a restart (0.7) or a spread in the workload (0.5) may follow: {}",
+            group.cascade_risk
+        );
         // The same group's events are in the store with its id.
         let events = client
             .get_events(pb::GetEventsRequest {

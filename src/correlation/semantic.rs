@@ -105,6 +105,8 @@ pub struct Group {
     pub impact: f64,
     /// Likely next effects.
     pub predictions: Vec<Prediction>,
+    /// 0..1: how likely at least one more effect follows, 1 - prod(1 - p) over predictions.
+    pub cascade_risk: f64,
     /// Event time of the first and the last member.
     pub first_seen: u64,
     /// See `first_seen`.
@@ -384,6 +386,7 @@ impl Group {
             first_seen_unix_nano: self.first_seen,
             last_seen_unix_nano: self.last_seen,
             summary: self.summary.clone(),
+            cascade_risk: self.cascade_risk,
         }
     }
 
@@ -398,6 +401,7 @@ impl Group {
             chain: Vec::new(),
             impact: 0.0,
             predictions: Vec::new(),
+            cascade_risk: 0.0,
             first_seen: root.timestamp,
             last_seen: root.timestamp,
             summary: String::new(),
@@ -483,6 +487,12 @@ impl Group {
         });
         self.predictions
             .dedup_by(|a, b| a.event_type == b.event_type);
+        self.cascade_risk = 1.0
+            - self
+                .predictions
+                .iter()
+                .map(|p| 1.0 - p.probability)
+                .product::<f64>();
         let mut effects: Vec<&str> = self
             .kinds
             .iter()
@@ -719,9 +729,10 @@ mod tests {
             let root = by_id[&group.root];
             let _ = writeln!(
                 out,
-                "group {}: impact {:.2}; root cause {} on {}\n  summary: {}",
+                "group {}: impact {:.2}, cascade risk {:.2}; root cause {} on {}\n  summary: {}",
                 n + 1,
                 group.impact,
+                group.cascade_risk,
                 root.kind,
                 place(root),
                 group.summary
