@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::correlation::semantic::{Group, Member};
-use crate::event::Severity;
+use crate::event::{Severity, to_hex};
 
 /// Groups waiting for export at most; beyond it they are dropped and counted.
 const QUEUE: usize = 1024;
@@ -287,7 +287,7 @@ fn attributes(group: &Group, member: &Member, is_root: bool) -> Vec<KeyValue> {
             "tapio.severity",
             format!("{:?}", member.severity).to_lowercase(),
         ),
-        KeyValue::new("tapio.group.id", hex(&group.id.to_bytes())),
+        KeyValue::new("tapio.group.id", to_hex(&group.id.to_bytes())),
         KeyValue::new("tapio.impact", group.impact),
         KeyValue::new("tapio.root_cause", is_root),
     ];
@@ -331,14 +331,6 @@ fn attributes(group: &Group, member: &Member, is_root: bool) -> Vec<KeyValue> {
         }
     }
     out
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 /// The exporter of the agent's own spans, while self-tracing is on; process-wide like the

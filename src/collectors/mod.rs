@@ -238,68 +238,49 @@ impl CollectorsConfig {
     /// Builds every enabled collector.
     #[must_use]
     pub fn build(&self, context: &BuildContext) -> Vec<Built> {
+        let node = &context.node_name;
         let mut built = Vec::new();
-        if let Some(entry) = self.synthetic.as_ref().filter(|e| e.enabled) {
-            built.push(Built {
-                name: synthetic::NAME,
-                when_full: entry.when_full,
-                collector: Ok(Box::new(synthetic::Synthetic::new(
-                    entry.config.clone(),
-                    context.node_name.clone(),
-                ))),
-            });
-        }
-        if let Some(entry) = self.kernel.as_ref().filter(|e| e.enabled) {
-            built.push(Built {
-                name: ebpf::kernel::NAME,
-                when_full: entry.when_full,
-                collector: Ok(Box::new(ebpf::kernel::Kernel::new(
-                    entry.config.clone(),
-                    context.node_name.clone(),
-                ))),
-            });
-        }
-        if let Some(entry) = self.network.as_ref().filter(|e| e.enabled) {
-            built.push(Built {
-                name: ebpf::network::NAME,
-                when_full: entry.when_full,
-                collector: Ok(Box::new(ebpf::network::Network::new(
-                    entry.config.clone(),
-                    context.node_name.clone(),
-                ))),
-            });
-        }
-        if let Some(entry) = self.dns.as_ref().filter(|e| e.enabled) {
-            built.push(Built {
-                name: ebpf::dns::NAME,
-                when_full: entry.when_full,
-                collector: Ok(Box::new(ebpf::dns::Dns::new(
-                    entry.config.clone(),
-                    context.node_name.clone(),
-                ))),
-            });
-        }
-        if let Some(entry) = self.memory.as_ref().filter(|e| e.enabled) {
-            built.push(Built {
-                name: ebpf::memory::NAME,
-                when_full: entry.when_full,
-                collector: Ok(Box::new(ebpf::memory::Memory::new(
-                    entry.config.clone(),
-                    context.node_name.clone(),
-                ))),
-            });
-        }
-        if let Some(entry) = self.syscall_errors.as_ref().filter(|e| e.enabled) {
-            built.push(Built {
-                name: ebpf::syscalls::NAME,
-                when_full: entry.when_full,
-                collector: Ok(Box::new(ebpf::syscalls::SyscallErrors::new(
-                    entry.config.clone(),
-                    context.node_name.clone(),
-                ))),
-            });
-        }
+        add(&mut built, self.synthetic.as_ref(), synthetic::NAME, |c| {
+            Box::new(synthetic::Synthetic::new(c, node.clone()))
+        });
+        add(&mut built, self.kernel.as_ref(), ebpf::kernel::NAME, |c| {
+            Box::new(ebpf::kernel::Kernel::new(c, node.clone()))
+        });
+        add(
+            &mut built,
+            self.network.as_ref(),
+            ebpf::network::NAME,
+            |c| Box::new(ebpf::network::Network::new(c, node.clone())),
+        );
+        add(&mut built, self.dns.as_ref(), ebpf::dns::NAME, |c| {
+            Box::new(ebpf::dns::Dns::new(c, node.clone()))
+        });
+        add(&mut built, self.memory.as_ref(), ebpf::memory::NAME, |c| {
+            Box::new(ebpf::memory::Memory::new(c, node.clone()))
+        });
+        add(
+            &mut built,
+            self.syscall_errors.as_ref(),
+            ebpf::syscalls::NAME,
+            |c| Box::new(ebpf::syscalls::SyscallErrors::new(c, node.clone())),
+        );
         built
+    }
+}
+
+/// Builds `entry`'s collector with `make` when it is enabled.
+fn add<T: Clone>(
+    built: &mut Vec<Built>,
+    entry: Option<&CollectorEntry<T>>,
+    name: &'static str,
+    make: impl FnOnce(T) -> Box<dyn Collector>,
+) {
+    if let Some(entry) = entry.filter(|e| e.enabled) {
+        built.push(Built {
+            name,
+            when_full: entry.when_full,
+            collector: Ok(make(entry.config.clone())),
+        });
     }
 }
 

@@ -6,6 +6,8 @@
 mod id;
 pub(crate) mod proto;
 mod serde_impls;
+
+pub(crate) use serde_impls::to_hex;
 mod wire;
 
 use std::borrow::Cow;

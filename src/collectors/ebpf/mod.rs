@@ -362,8 +362,7 @@ impl Stamp {
 pub(crate) struct Ring {
     name: &'static str,
     records: AsyncFd<RingBuf<MapData>>,
-    lost: PerCpuArray<MapData, u64>,
-    lost_reported: u64,
+    lost: Lost,
     // Dropping it detaches every program of the object.
     _ebpf: Ebpf,
 }
@@ -384,11 +383,9 @@ impl Ring {
     pub(crate) fn new(name: &'static str, mut ebpf: Ebpf) -> Result<Self, Error> {
         let missing = |map: &str| Error::Unavailable(format!("probe object has no map {map}"));
         let events = ebpf.take_map("events").ok_or_else(|| missing("events"))?;
-        let lost = ebpf.take_map("lost").ok_or_else(|| missing("lost"))?;
+        let lost = Lost::take(name, &mut ebpf)?;
         let ring = RingBuf::try_from(events)
             .map_err(|error| Error::Unavailable(format!("ring buffer: {error}")))?;
-        let lost = PerCpuArray::try_from(lost)
-            .map_err(|error| Error::Unavailable(format!("lost counter: {error}")))?;
         // Sound: the ring buffer owns its descriptor and the AsyncFd owns the ring buffer,
         // so the descriptor stays open for the AsyncFd's whole life. The replacement,
         // `register_with_interest`, is an unsafe fn, which this crate forbids.
@@ -399,7 +396,6 @@ impl Ring {
             name,
             records,
             lost,
-            lost_reported: 0,
             _ebpf: ebpf,
         })
     }
@@ -417,7 +413,7 @@ impl Ring {
             tokio::select! {
                 biased;
                 () = context.shutdown.cancelled() => break,
-                _ = ticker.tick() => self.report_lost(&context),
+                _ = ticker.tick() => self.lost.report(&context),
                 ready = self.records.readable_mut() => {
                     let mut guard = ready.map_err(|error| Error::Unavailable(format!("ring buffer: {error}")))?;
                     let ring = guard.get_inner_mut();
@@ -431,19 +427,43 @@ impl Ring {
                 context.out.send(event).await?;
             }
         }
-        self.report_lost(&context);
+        self.lost.report(&context);
         Ok(())
+    }
+}
+
+/// A probe object's per-CPU count of records it had no room for (`lost`), reported as
+/// drops of its collector.
+pub(crate) struct Lost {
+    name: &'static str,
+    map: PerCpuArray<MapData, u64>,
+    reported: u64,
+}
+
+impl Lost {
+    /// Takes the `lost` map of a loaded object.
+    pub(crate) fn take(name: &'static str, ebpf: &mut Ebpf) -> Result<Self, Error> {
+        let map = ebpf
+            .take_map("lost")
+            .ok_or_else(|| Error::Unavailable("probe object has no map lost".into()))?;
+        let map = PerCpuArray::try_from(map)
+            .map_err(|error| Error::Unavailable(format!("lost counter: {error}")))?;
+        Ok(Self {
+            name,
+            map,
+            reported: 0,
+        })
     }
 
     /// Counts records lost since the last report as drops of this collector.
-    fn report_lost(&mut self, context: &Context) {
-        let Ok(values) = self.lost.get(&0, 0) else {
+    pub(crate) fn report(&mut self, context: &Context) {
+        let Ok(values) = self.map.get(&0, 0) else {
             return;
         };
         let total: u64 = values.iter().sum();
-        let new = total.saturating_sub(self.lost_reported);
+        let new = total.saturating_sub(self.reported);
         if new > 0 {
-            self.lost_reported = total;
+            self.reported = total;
             EventsDropped {
                 component: self.name,
                 cause: DropCause::RingBufferFull,

@@ -610,9 +610,14 @@ pub fn errno_name(n: u32) -> String {
 /// The number of errno `name` (`ENOENT`) or of a plain number (`2`).
 #[must_use]
 pub fn errno_number(name: &str) -> Option<u32> {
+    number_in(&ERRNOS, name)
+}
+
+/// `name` parsed as a number, or its index in `table`.
+fn number_in(table: &[&str], name: &str) -> Option<u32> {
     name.parse()
         .ok()
-        .or_else(|| ERRNOS.iter().position(|e| !e.is_empty() && *e == name))
+        .or_else(|| table.iter().position(|e| !e.is_empty() && *e == name))
         .and_then(|n| u32::try_from(n).ok())
 }
 
@@ -628,10 +633,7 @@ pub fn syscall_name(n: u32) -> String {
 /// The number of syscall `name` (`openat`) or of a plain number (`257`).
 #[must_use]
 pub fn syscall_number(name: &str) -> Option<u32> {
-    name.parse()
-        .ok()
-        .or_else(|| SYSCALLS.iter().position(|s| !s.is_empty() && *s == name))
-        .and_then(|n| u32::try_from(n).ok())
+    number_in(&SYSCALLS, name)
 }
 
 #[cfg(test)]

@@ -12,11 +12,9 @@ use aya::maps::{Array, HashMap as BpfHashMap, MapData};
 use serde::Deserialize;
 
 use super::names::{errno_name, errno_number, syscall_name, syscall_number};
-use super::{Stamp, attach_btf_tracepoint, c_string, load, objects};
+use super::{Lost, Stamp, attach_btf_tracepoint, c_string, load, objects};
 use crate::collectors::{Collector, Context, Error, Running};
 use crate::event::Event;
-use crate::internal_events::EventsDropped;
-use crate::telemetry::DropCause;
 
 /// Registry name.
 pub const NAME: &str = "syscall-errors";
@@ -175,15 +173,10 @@ impl Collector for SyscallErrors {
                 .ok_or_else(|| Error::Unavailable("probe object has no map counts".into()))?,
         )
         .map_err(|e| map_error("counts", &e))?;
-        let lost: aya::maps::PerCpuArray<MapData, u64> = aya::maps::PerCpuArray::try_from(
-            ebpf.take_map("lost")
-                .ok_or_else(|| Error::Unavailable("probe object has no map lost".into()))?,
-        )
-        .map_err(|e| map_error("lost", &e))?;
+        let lost = Lost::take(NAME, &mut ebpf)?;
         let reader = Flusher {
             counts,
             lost,
-            lost_reported: 0,
             reported: HashMap::new(),
             stamp: Stamp::new(NAME, &self.node),
             _ebpf: ebpf,
@@ -194,8 +187,7 @@ impl Collector for SyscallErrors {
 
 struct Flusher {
     counts: BpfHashMap<MapData, Key, Counts>,
-    lost: aya::maps::PerCpuArray<MapData, u64>,
-    lost_reported: u64,
+    lost: Lost,
     reported: HashMap<Key, u64>,
     stamp: Stamp,
     // Dropping it detaches the program.
@@ -242,18 +234,7 @@ impl Flusher {
             let _ = self.counts.remove(&key);
             self.reported.remove(&key);
         }
-        if let Ok(values) = self.lost.get(&0, 0) {
-            let total: u64 = values.iter().sum();
-            let new = total.saturating_sub(self.lost_reported);
-            self.lost_reported = total;
-            EventsDropped {
-                component: NAME,
-                cause: DropCause::RingBufferFull,
-                count: new,
-                counters: context.stats.drop_counters(),
-            }
-            .emit();
-        }
+        self.lost.report(context);
         events
     }
 
