@@ -248,9 +248,20 @@ pub struct CorrelationConfig {
     pub max_groups: usize,
     /// Events in one group at most.
     pub max_group_events: usize,
-    /// Namespaces whose incidents matter most: a group touching none of them has its
-    /// impact scaled by 0.75. Empty: every namespace counts the same.
+    /// Events in all open groups together at most: the engine's memory bound (a few
+    /// hundred bytes each); beyond it the quietest groups close early.
+    pub max_open_events: usize,
+    /// A warning that no rule explains joins a group that touched the same container, pod
+    /// or unit at most this long before; `0s` turns such joins off.
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub join_window: Duration,
+    /// Namespaces whose incidents matter most. When any `critical_*` list is set, a group
+    /// touching nothing in them has its impact scaled by 0.75.
     pub critical_namespaces: Vec<String>,
+    /// Pod labels that make a pod critical: `key=value`, or `key` for any value.
+    pub critical_labels: Vec<String>,
+    /// systemd units that matter most, e.g. `kubelet.service`.
+    pub critical_units: Vec<String>,
     /// Causal rules added to the built-in ones (docs/correlation.md).
     pub rules: Vec<RuleConfig>,
 }
@@ -262,7 +273,11 @@ impl Default for CorrelationConfig {
             group_quiet: Duration::from_mins(5),
             max_groups: 10_000,
             max_group_events: 1_000,
+            max_open_events: 100_000,
+            join_window: Duration::from_mins(1),
             critical_namespaces: Vec::new(),
+            critical_labels: Vec::new(),
+            critical_units: Vec::new(),
             rules: Vec::new(),
         }
     }
@@ -290,6 +305,23 @@ pub struct RuleConfig {
     pub cause_min_severity: crate::event::Severity,
 }
 
+/// A `key=value` or `key` label selector as (key, value).
+///
+/// # Errors
+/// The reason, naming the selector, when the key is empty or either part has whitespace.
+pub fn parse_label_selector(selector: &str) -> Result<(String, Option<String>), String> {
+    let (key, value) = match selector.split_once('=') {
+        Some((key, value)) => (key, Some(value)),
+        None => (selector, None),
+    };
+    if key.is_empty() || selector.contains(char::is_whitespace) {
+        return Err(format!(
+            "a label selector like `tier=critical` or `tier`, got `{selector}`"
+        ));
+    }
+    Ok((key.to_owned(), value.map(str::to_owned)))
+}
+
 impl CorrelationConfig {
     fn validate(&self, problems: &mut Vec<String>) {
         if self.group_quiet < Duration::from_secs(1) {
@@ -306,6 +338,23 @@ impl CorrelationConfig {
                 "correlation.max_group_events: must be at least 2, got {}",
                 self.max_group_events
             ));
+        }
+        if self.max_open_events < self.max_group_events {
+            problems.push(format!(
+                "correlation.max_open_events: must be at least max_group_events ({}), got {}",
+                self.max_group_events, self.max_open_events
+            ));
+        }
+        if self.join_window > self.group_quiet {
+            problems.push(format!(
+                "correlation.join_window: must be at most group_quiet ({:?}), got {:?}",
+                self.group_quiet, self.join_window
+            ));
+        }
+        for (i, selector) in self.critical_labels.iter().enumerate() {
+            if let Err(why) = parse_label_selector(selector) {
+                problems.push(format!("correlation.critical_labels[{i}]: {why}"));
+            }
         }
         for (i, rule) in self.rules.iter().enumerate() {
             let at = format!("correlation.rules[{i}]");

@@ -317,6 +317,12 @@ fn attributes(group: &Group, member: &Member, is_root: bool) -> Vec<KeyValue> {
     if e.pid != 0 {
         out.push(KeyValue::new("process.pid", i64::from(e.pid)));
     }
+    if let Some(relation) = member.joined_on {
+        out.push(KeyValue::new(
+            "tapio.related_on",
+            format!("{relation:?}").to_lowercase(),
+        ));
+    }
     if is_root {
         out.push(KeyValue::new("tapio.summary", group.summary.clone()));
         out.push(KeyValue::new("tapio.cascade_risk", group.cascade_risk));

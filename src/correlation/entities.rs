@@ -1,8 +1,9 @@
 //! The entity index: what the collectors have said about how entities nest (process ->
-//! container -> pod -> workload), remembered so an event that names only the inner entity
-//! is resolved to the outer ones. A kernel event knows the pid and maybe the container; a
-//! Kubernetes event knows the pod and its containers; together every event can be matched
-//! by pod and workload rules.
+//! container -> pod -> workload, and process -> systemd unit), remembered so an event that
+//! names only the inner entity is resolved to the outer ones. A kernel event knows the pid
+//! and maybe the container or unit (from its cgroup); a Kubernetes event knows the pod and
+//! its containers; a systemd event knows the unit and its main pid; together every event
+//! can be matched by pod, workload and unit rules.
 //!
 //! Bounded: each map holds at most `capacity` entries and forgets the oldest first; a
 //! process that exits is forgotten at once (its pid will be reused).
@@ -77,14 +78,14 @@ pub(crate) type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<Fx>>;
 
 /// A map that forgets its oldest entries beyond a capacity.
 #[derive(Debug)]
-struct Bounded<K, V> {
+pub(crate) struct Bounded<K, V> {
     capacity: usize,
     map: FxMap<K, V>,
     order: VecDeque<K>,
 }
 
 impl<K: Clone + Eq + Hash, V: PartialEq> Bounded<K, V> {
-    fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         Self {
             capacity: capacity.max(1),
             map: FxMap::default(),
@@ -92,7 +93,7 @@ impl<K: Clone + Eq + Hash, V: PartialEq> Bounded<K, V> {
         }
     }
 
-    fn insert(&mut self, key: K, value: V) {
+    pub(crate) fn insert(&mut self, key: K, value: V) {
         match self.map.get_mut(&key) {
             Some(known) if *known == value => return,
             Some(known) => *known = value,
@@ -114,7 +115,7 @@ impl<K: Clone + Eq + Hash, V: PartialEq> Bounded<K, V> {
         }
     }
 
-    fn get(&self, key: &K) -> Option<&V> {
+    pub(crate) fn get(&self, key: &K) -> Option<&V> {
         self.map.get(key)
     }
 
@@ -122,9 +123,17 @@ impl<K: Clone + Eq + Hash, V: PartialEq> Bounded<K, V> {
         self.map.remove(key);
     }
 
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.map.len()
     }
+}
+
+/// What a process runs in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Process {
+    node: Arc<str>,
+    container: Arc<str>,
+    unit: Arc<str>,
 }
 
 /// The index.
@@ -133,7 +142,7 @@ pub struct EntityIndex {
     containers: Bounded<Arc<str>, Pod>,
     // By pid alone, with the node checked on lookup: hashing the node name per event costs
     // more than the rare cross-node collision (the agent sees one node).
-    processes: Bounded<u32, (Arc<str>, Arc<str>)>,
+    processes: Bounded<u32, Process>,
     // Container -> pod pairs confirmed lately, by the container id's allocation: a
     // collector stamps one shared `Arc` per container on all its events, so most events
     // are confirmed here without hashing and comparing the 64-character id. The slots hold
@@ -159,22 +168,31 @@ impl EntityIndex {
     /// from what earlier events said. `exited` forgets the process afterwards.
     pub fn resolve(&mut self, entities: &mut Entities, exited: bool) {
         let pid = entities.pid;
-        if !entities.container_id.is_empty() {
-            if pid != 0 {
-                let known = self.processes.get(&pid).is_some_and(|(node, container)| {
-                    Arc::ptr_eq(container, &entities.container_id)
-                        && Arc::ptr_eq(node, &entities.node)
-                });
-                if !known {
-                    self.processes.insert(
-                        pid,
-                        (
-                            Arc::clone(&entities.node),
-                            Arc::clone(&entities.container_id),
-                        ),
-                    );
-                }
+        let placed = !entities.container_id.is_empty() || !entities.unit.is_empty();
+        if pid != 0 && placed {
+            let known = self.processes.get(&pid).is_some_and(|p| {
+                Arc::ptr_eq(&p.container, &entities.container_id)
+                    && Arc::ptr_eq(&p.unit, &entities.unit)
+                    && Arc::ptr_eq(&p.node, &entities.node)
+            });
+            if !known {
+                self.processes.insert(
+                    pid,
+                    Process {
+                        node: Arc::clone(&entities.node),
+                        container: Arc::clone(&entities.container_id),
+                        unit: Arc::clone(&entities.unit),
+                    },
+                );
             }
+        } else if pid != 0
+            && let Some(known) = self.processes.get(&pid)
+            && known.node == entities.node
+        {
+            entities.container_id = Arc::clone(&known.container);
+            entities.unit = Arc::clone(&known.unit);
+        }
+        if !entities.container_id.is_empty() {
             let slot = (Arc::as_ptr(&entities.container_id).cast::<u8>() as usize >> 4) % CONFIRMED;
             let confirmed = self.confirmed[slot]
                 .as_ref()
@@ -207,11 +225,6 @@ impl EntityIndex {
                     );
                 }
             }
-        } else if pid != 0
-            && let Some((node, container)) = self.processes.get(&pid)
-            && node == &entities.node
-        {
-            entities.container_id = Arc::clone(container);
         }
         if entities.pod_name.is_empty()
             && !entities.container_id.is_empty()
@@ -276,6 +289,26 @@ mod tests {
         };
         index.resolve(&mut elsewhere, false);
         assert!(elsewhere.pod_name.is_empty());
+    }
+
+    #[test]
+    fn a_bare_pid_resolves_to_the_unit_a_systemd_event_named() {
+        let mut index = EntityIndex::new(16);
+        let mut unit_started = Entities {
+            node: "n".into(),
+            pid: 42,
+            unit: "nginx.service".into(),
+            ..Entities::default()
+        };
+        index.resolve(&mut unit_started, false);
+        let mut kernel = Entities {
+            node: "n".into(),
+            pid: 42,
+            ..Entities::default()
+        };
+        index.resolve(&mut kernel, false);
+        assert_eq!(&*kernel.unit, "nginx.service");
+        assert!(kernel.container_id.is_empty());
     }
 
     #[test]

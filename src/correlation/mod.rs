@@ -40,12 +40,21 @@ pub fn build(config: &CorrelationConfig, node_name: &str) -> Box<dyn Correlator>
                 quiet: config.group_quiet,
                 max_groups: config.max_groups,
                 max_group_events: config.max_group_events,
+                max_open_events: config.max_open_events,
+                join_window: config.join_window,
                 ..semantic::Limits::default()
             };
-            Box::new(
-                Semantic::new(node_name, table, limits)
-                    .with_critical_namespaces(config.critical_namespaces.clone()),
-            )
+            let critical = semantic::Criticality {
+                namespaces: config.critical_namespaces.clone(),
+                // Validated with the rest of the configuration.
+                labels: config
+                    .critical_labels
+                    .iter()
+                    .filter_map(|s| crate::config::parse_label_selector(s).ok())
+                    .collect(),
+                units: config.critical_units.clone(),
+            };
+            Box::new(Semantic::new(node_name, table, limits).with_criticality(critical))
         }
         CorrelationMode::Basic => Box::new(Basic::new(node_name)),
     }
@@ -144,15 +153,59 @@ mod tests {
     }
 
     #[test]
+    fn critical_labels_and_units_mark_a_group_and_a_labelled_pod_is_remembered() {
+        let yaml = "correlation: { critical_labels: [tier=critical], critical_units: [kubelet.service] }\n";
+        let impact = |labelled: bool, unit: &str| {
+            let mut engine = engine(yaml);
+            let mut kill = event(1, 1, "memory.oom_kill", in_pod);
+            let mut exit = event(2, 1, "container.exit", in_pod);
+            if labelled {
+                // A Kubernetes event carries the labels; the kernel events after it do not.
+                let mut restart = event(3, 0, "k8s.pod.restart", |e| {
+                    in_pod(e);
+                    e.attributes.set("k8s.pod.label.tier", "critical");
+                });
+                engine.process(&mut restart);
+            }
+            let mut failed = event(4, 1, "systemd.unit_failed", |e| {
+                e.entities.unit = unit.into();
+            });
+            let mut notready = event(5, 2, "k8s.node.not_ready", |_| {});
+            engine.process(&mut kill);
+            engine.process(&mut exit);
+            engine.process(&mut failed);
+            engine.process(&mut notready);
+            (
+                exit.correlation.expect("grouped").impact,
+                notready.correlation.expect("grouped").impact,
+            )
+        };
+        let (plain_pod, plain_unit) = impact(false, "cron.service");
+        let (labelled_pod, critical_unit) = impact(true, "kubelet.service");
+        assert!(
+            (plain_pod - labelled_pod * 0.75).abs() < 1e-9,
+            "{plain_pod} vs {labelled_pod}"
+        );
+        assert!(
+            (plain_unit - critical_unit * 0.75).abs() < 1e-9,
+            "{plain_unit} vs {critical_unit}"
+        );
+    }
+
+    #[test]
     fn bad_rules_and_limits_are_named() {
         let config = Config::from_yaml(
-            "correlation:\n  max_group_events: 1\n  rules:\n    - { name: x, cause: oops, effect: a.b, relation: pod, max_delay: 0s, confidence: 2 }\n",
+            "correlation:\n  max_group_events: 1\n  max_open_events: 0\n  join_window: 10m\n  critical_labels: ['tier critical', '=x']\n  rules:\n    - { name: x, cause: oops, effect: a.b, relation: pod, max_delay: 0s, confidence: 2 }\n",
             "bad.yaml",
         )
         .expect("parses");
         let problems = config.validate().expect_err("invalid").to_string();
         for expected in [
             "correlation.max_group_events",
+            "correlation.max_open_events",
+            "correlation.join_window",
+            "correlation.critical_labels[0]",
+            "correlation.critical_labels[1]",
             "correlation.rules[0].cause",
             "correlation.rules[0].confidence",
             "correlation.rules[0].max_delay",

@@ -63,7 +63,7 @@ impl Relation {
 
 /// FNV-1a over `parts`, each followed by a separator so ("ab", "c") and ("a", "bc") differ,
 /// then mixed (`SplitMix64` finaliser) so the high bits are as good as the low ones.
-fn hash(parts: &[&[u8]]) -> u64 {
+pub(crate) fn hash(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for part in parts {
         for &byte in part.iter().chain(&[0xff]) {

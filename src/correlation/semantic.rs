@@ -8,6 +8,11 @@
 //! its span's parent is that cause's span, and the link is recorded on it. A group with
 //! one event is not an incident and is not counted or reported.
 //!
+//! An event that no rule explains but that is at least a warning joins an open group that
+//! touched the same pod, container or unit within [`Limits::join_window`]: the group gains a
+//! related member (its span's parent is the group's latest span on that entity) but no
+//! causal link, since the engine cannot say which caused which.
+//!
 //! Bounded: causes are remembered per (type, entity) for their rules' longest delay, at most
 //! [`Limits::causes_per_key`] each; groups close after [`Limits::quiet`] of event time without
 //! a new member, at most [`Limits::max_groups`] are open (the quietest closes first) and at
@@ -18,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Correlator;
-use super::entities::{EntityIndex, FxMap};
+use super::entities::{Bounded, EntityIndex, FxMap};
 use super::rules::{Relation, Rule};
 use crate::event::{CausalLink, Correlation, Event, EventId, GroupId, Severity, SpanId, TraceId};
 
@@ -29,12 +34,20 @@ pub struct Limits {
     pub quiet: Duration,
     /// Open groups at most.
     pub max_groups: usize,
-    /// Events in one group at most; later effects start groups of their own.
+    /// Events in one group at most; later effects start groups of their own. At most a
+    /// quarter of them may be related (shared-entity) members.
     pub max_group_events: usize,
+    /// Events in all open groups together at most (each costs a few hundred bytes); beyond
+    /// it the quietest sixteenth of the groups close.
+    pub max_open_events: usize,
     /// Remembered causes per (cause type, relation, entity).
     pub causes_per_key: usize,
-    /// Containers (and as many processes) the entity index remembers.
+    /// Containers (and as many processes) the entity index remembers; also the most
+    /// (entity, group) pairs kept for shared-entity joins.
     pub entities: usize,
+    /// How long after a group last touched an entity a warning on that entity joins it;
+    /// zero turns shared-entity joins off.
+    pub join_window: Duration,
 }
 
 impl Default for Limits {
@@ -43,8 +56,10 @@ impl Default for Limits {
             quiet: Duration::from_mins(5),
             max_groups: 10_000,
             max_group_events: 1_000,
+            max_open_events: 100_000,
             causes_per_key: 8,
             entities: 65_536,
+            join_window: Duration::from_mins(1),
         }
     }
 }
@@ -78,6 +93,8 @@ pub struct Member {
     pub own_context: Option<(TraceId, SpanId)>,
     /// Causes that matched in other groups: span links across traces.
     pub cross_links: Vec<(TraceId, SpanId)>,
+    /// The entity a related (not causally linked) member shares with the group.
+    pub joined_on: Option<Relation>,
     /// Severity.
     pub severity: Severity,
     /// Human text.
@@ -111,15 +128,113 @@ pub struct Group {
     pub first_seen: u64,
     /// See `first_seen`.
     pub last_seen: u64,
-    /// One line for humans.
+    /// One line for humans; written when the group closes.
     pub summary: String,
     root_kind: &'static str,
     kinds: HashSet<&'static str>,
-    pods: HashSet<Arc<str>>,
+    reach: Reach,
+    related: usize,
     severity: Severity,
     evidence: Vec<String>,
     recurrence: u32,
     critical: bool,
+}
+
+/// The distinct entities a group touched (by key): its blast radius.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Reach {
+    pods: HashSet<u64>,
+    workloads: HashSet<u64>,
+    services: HashSet<u64>,
+    units: HashSet<u64>,
+}
+
+impl Reach {
+    fn add(&mut self, event: &Event) {
+        let e = &event.entities;
+        if let Some(key) = Relation::Pod.key(e) {
+            self.pods.insert(key);
+        }
+        if let Some(key) = Relation::Workload.key(e) {
+            self.workloads.insert(key);
+        }
+        if let Some(key) = Relation::Unit.key(e) {
+            self.units.insert(key);
+        }
+        if let Some(crate::event::AttrValue::Str(service)) = event.attributes.get(SERVICE) {
+            self.services.insert(super::rules::hash(&[
+                e.pod_namespace.as_bytes(),
+                service.as_bytes(),
+            ]));
+        }
+    }
+
+    /// Entities touched, counting a workload only beyond the first (its pods count already).
+    fn width(&self) -> usize {
+        self.pods.len()
+            + self.workloads.len().saturating_sub(1)
+            + self.services.len()
+            + self.units.len()
+    }
+
+    fn describe(&self) -> String {
+        let mut parts = vec![plural(self.pods.len(), "pod")];
+        for (n, what) in [
+            (self.workloads.len(), "workload"),
+            (self.services.len(), "service"),
+            (self.units.len(), "unit"),
+        ] {
+            if n > 0 {
+                parts.push(plural(n, what));
+            }
+        }
+        parts.join(", ")
+    }
+}
+
+fn plural(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+/// The attribute naming the Kubernetes service an event concerns (e.g. a connect failure's
+/// destination), counted in the blast radius.
+pub const SERVICE: &str = "k8s.service.name";
+
+/// The attribute prefix of a pod's labels on events that carry them.
+pub const POD_LABEL: &str = "k8s.pod.label.";
+
+/// What makes an incident matter most. Empty: everything matters the same; otherwise a
+/// group touching none of it has its impact scaled by 0.75.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Criticality {
+    /// Pod namespaces.
+    pub namespaces: Vec<String>,
+    /// Pod labels as (key, value); no value: the key alone. Read from `k8s.pod.label.<key>`
+    /// attributes, and remembered per pod for its events that carry none.
+    pub labels: Vec<(String, Option<String>)>,
+    /// systemd units.
+    pub units: Vec<String>,
+}
+
+impl Criticality {
+    fn is_empty(&self) -> bool {
+        self.namespaces.is_empty() && self.labels.is_empty() && self.units.is_empty()
+    }
+
+    fn by_labels(&self, event: &Event) -> bool {
+        self.labels.iter().any(|(key, value)| {
+            event.attributes.iter().any(|a| {
+                a.key.strip_prefix(POD_LABEL) == Some(key.as_str())
+                    && value.as_ref().is_none_or(
+                        |v| matches!(&a.value, crate::event::AttrValue::Str(s) if s == v),
+                    )
+            })
+        })
+    }
 }
 
 /// A remembered cause.
@@ -132,12 +247,26 @@ struct Cause {
     group: GroupId,
 }
 
+/// Where a group last touched an entity, for shared-entity joins.
+#[derive(Clone, Copy, Debug)]
+struct Touch {
+    group: GroupId,
+    span: Option<SpanId>,
+    timestamp: u64,
+}
+
+/// Relations a related event may share with a group, most specific first.
+const JOIN_ON: [Relation; 3] = [Relation::Container, Relation::Pod, Relation::Unit];
+
 /// The engine.
 #[derive(Debug)]
 pub struct Semantic {
     node: Arc<str>,
     index: EntityIndex,
-    critical: Vec<String>,
+    critical: Criticality,
+    // Pods (by key) a label made critical, for their events that carry no labels.
+    critical_pods: Bounded<u64, ()>,
+    touched: FxMap<(Relation, u64), Touch>,
     rules: Vec<Rule>,
     by_effect: FxMap<&'static str, Vec<usize>>,
     // Per cause type: the longest delay of its rules and the lowest severity any accepts.
@@ -149,6 +278,7 @@ pub struct Semantic {
     recurrences: HashMap<String, u32>,
     clock: u64,
     processed: u64,
+    open_events: usize,
 }
 
 impl Semantic {
@@ -168,7 +298,9 @@ impl Semantic {
         Self {
             node: node.into(),
             index: EntityIndex::new(limits.entities),
-            critical: Vec::new(),
+            critical: Criticality::default(),
+            critical_pods: Bounded::new(limits.entities),
+            touched: FxMap::default(),
             rules,
             by_effect,
             cause_types,
@@ -179,14 +311,78 @@ impl Semantic {
             recurrences: HashMap::new(),
             clock: 0,
             processed: 0,
+            open_events: 0,
         }
     }
 
-    /// Scales down the impact of groups that touch none of `namespaces` (empty: no effect).
+    /// Scales down the impact of groups that touch nothing `critical` names.
     #[must_use]
-    pub fn with_critical_namespaces(mut self, namespaces: Vec<String>) -> Self {
-        self.critical = namespaces;
+    pub fn with_criticality(mut self, critical: Criticality) -> Self {
+        self.critical = critical;
         self
+    }
+
+    /// Whether `event` touches something critical (always, when nothing is configured).
+    fn is_critical(&mut self, event: &Event) -> bool {
+        let c = &self.critical;
+        if c.is_empty() {
+            return true;
+        }
+        let e = &event.entities;
+        if c.namespaces.iter().any(|ns| **ns == *e.pod_namespace)
+            || c.units.iter().any(|u| **u == *e.unit)
+        {
+            return true;
+        }
+        let pod = Relation::Pod.key(e);
+        if c.by_labels(event) {
+            if let Some(pod) = pod {
+                self.critical_pods.insert(pod, ());
+            }
+            return true;
+        }
+        pod.is_some_and(|pod| self.critical_pods.get(&pod).is_some())
+    }
+
+    /// Remembers that `group` touched `event`'s entities, for shared-entity joins.
+    fn touch(&mut self, event: &Event, group: GroupId) {
+        if self.limits.join_window.is_zero() {
+            return;
+        }
+        for relation in JOIN_ON {
+            let Some(key) = relation.key(&event.entities) else {
+                continue;
+            };
+            if self.touched.len() >= self.limits.entities
+                && !self.touched.contains_key(&(relation, key))
+            {
+                continue;
+            }
+            self.touched.insert(
+                (relation, key),
+                Touch {
+                    group,
+                    span: event.span_id,
+                    timestamp: event.timestamp,
+                },
+            );
+        }
+    }
+
+    /// The open group `event` shares an entity with lately, and on which entity.
+    fn shared(&self, event: &Event) -> Option<(Touch, Relation)> {
+        let window = self.limits.join_window.as_nanos() as u64;
+        JOIN_ON.iter().find_map(|&relation| {
+            let touch = self
+                .touched
+                .get(&(relation, relation.key(&event.entities)?))?;
+            let open = self.groups.get(&touch.group).is_some_and(|g| {
+                g.events.len() < self.limits.max_group_events
+                    && g.related < self.limits.max_group_events / 4
+            });
+            (open && event.timestamp.abs_diff(touch.timestamp) <= window)
+                .then_some((*touch, relation))
+        })
     }
 
     /// Groups closed since the last call (quiet, evicted or at shutdown), oldest first.
@@ -196,10 +392,20 @@ impl Semantic {
 
     /// Closes every open group (at shutdown).
     pub fn close_all(&mut self) {
-        let mut open: Vec<Group> = self.groups.drain().map(|(_, g)| g).collect();
-        open.sort_by_key(|g| (g.first_seen, g.id));
-        self.closed
-            .extend(open.into_iter().filter(|g| g.events.len() > 1));
+        let open: Vec<Group> = self.groups.drain().map(|(_, g)| g).collect();
+        self.finish(open);
+    }
+
+    /// Hands closing groups over, oldest first, summarised; one-event groups are dropped.
+    fn finish(&mut self, mut closing: Vec<Group>) {
+        let members: usize = closing.iter().map(|g| g.events.len()).sum();
+        self.open_events = self.open_events.saturating_sub(members);
+        closing.retain(|g| g.events.len() > 1);
+        closing.sort_by_key(|g| (g.first_seen, g.id));
+        for group in &mut closing {
+            group.summarise();
+        }
+        self.closed.extend(closing);
     }
 
     /// The open group `id`.
@@ -302,6 +508,9 @@ impl Semantic {
             causes.retain(|c| now.saturating_sub(c.timestamp) <= keep);
             !causes.is_empty()
         });
+        let window = self.limits.join_window.as_nanos() as u64;
+        self.touched
+            .retain(|_, t| now.saturating_sub(t.timestamp) <= window);
         let quiet = self.limits.quiet.as_nanos() as u64;
         let done: Vec<GroupId> = self
             .groups
@@ -313,25 +522,85 @@ impl Semantic {
     }
 
     fn close(&mut self, ids: &[GroupId]) {
-        let mut closing: Vec<Group> = ids.iter().filter_map(|id| self.groups.remove(id)).collect();
-        closing.sort_by_key(|g| (g.first_seen, g.id));
-        self.closed
-            .extend(closing.into_iter().filter(|g| g.events.len() > 1));
+        let closing: Vec<Group> = ids.iter().filter_map(|id| self.groups.remove(id)).collect();
+        self.finish(closing);
     }
 
-    /// Makes room for one more group by closing the quietest.
+    /// Closes the quietest sixteenth of the open groups when there are `max_groups` of them
+    /// or `max_open_events` members: one scan makes room for many new groups.
     fn make_room(&mut self) {
-        while self.groups.len() >= self.limits.max_groups {
-            let Some(quietest) = self
-                .groups
-                .values()
-                .min_by_key(|g| (g.last_seen, g.id))
-                .map(|g| g.id)
-            else {
-                return;
-            };
-            self.close(&[quietest]);
+        if self.groups.len() < self.limits.max_groups
+            && self.open_events < self.limits.max_open_events
+        {
+            return;
         }
+        let mut by_quiet: Vec<(u64, GroupId)> =
+            self.groups.values().map(|g| (g.last_seen, g.id)).collect();
+        let n = (by_quiet.len() / 16).max(1).min(by_quiet.len());
+        if n == 0 {
+            return;
+        }
+        by_quiet.select_nth_unstable(n - 1);
+        let quietest: Vec<GroupId> = by_quiet[..n].iter().map(|(_, id)| *id).collect();
+        self.close(&quietest);
+    }
+}
+
+impl Semantic {
+    /// Adds `event` to the open group `id` and stamps the group on it.
+    fn join(&mut self, event: &mut Event, id: GroupId, join: Join) -> GroupId {
+        let critical = self.is_critical(event);
+        let group = self
+            .groups
+            .get_mut(&id)
+            .expect("a remembered cause or touch names an open group");
+        let parent = join.parent;
+        let links = join.links.clone();
+        group.add(event, join, &self.rules, critical);
+        self.open_events += 1;
+        if event.trace_id.is_none() {
+            event.trace_id = Some(group.trace_id);
+            event.parent_span_id = parent;
+        }
+        event.correlation = Some(Correlation {
+            group_id: group.id,
+            impact: group.impact,
+            causal_links: links,
+        });
+        id
+    }
+
+    /// Opens a provisional group rooted at the cause `event`.
+    fn open(&mut self, event: &mut Event) -> GroupId {
+        self.make_room();
+        let id = group_id_of(event.id);
+        let key = format!(
+            "{}@{}",
+            event.kind,
+            Relation::Workload.key(&event.entities).unwrap_or_default()
+        );
+        let recurrence = {
+            let seen = self.recurrences.entry(key).or_default();
+            *seen += 1;
+            *seen
+        };
+        if self.recurrences.len() > self.limits.max_groups * 4 {
+            self.recurrences.clear();
+        }
+        let critical = self.is_critical(event);
+        let mut group = Group::new(id, event, recurrence, &self.rules);
+        group.add(event, Join::default(), &self.rules, critical);
+        self.open_events += 1;
+        if event.trace_id.is_none() {
+            event.trace_id = Some(group.trace_id);
+        }
+        event.correlation = Some(Correlation {
+            group_id: id,
+            impact: group.impact,
+            causal_links: Vec::new(),
+        });
+        self.groups.insert(id, group);
+        id
     }
 }
 
@@ -406,7 +675,8 @@ impl Group {
             last_seen: root.timestamp,
             summary: String::new(),
             kinds: HashSet::new(),
-            pods: HashSet::new(),
+            reach: Reach::default(),
+            related: 0,
             severity: Severity::Debug,
             evidence: Vec::new(),
             recurrence,
@@ -414,19 +684,14 @@ impl Group {
         }
     }
 
-    fn add(
-        &mut self,
-        event: &Event,
-        parent: Option<SpanId>,
-        cross_links: Vec<(TraceId, SpanId)>,
-        links: &[CausalLink],
-        rules: &[Rule],
-        critical: &[String],
-    ) {
-        self.critical |= critical.is_empty()
-            || critical
-                .iter()
-                .any(|ns| **ns == *event.entities.pod_namespace);
+    fn add(&mut self, event: &Event, join: Join, rules: &[Rule], critical: bool) {
+        let Join {
+            parent,
+            cross_links,
+            links,
+            joined_on,
+        } = join;
+        self.critical |= critical;
         self.events.push(event.id);
         let own_context = event
             .trace_id
@@ -440,34 +705,41 @@ impl Group {
             parent,
             own_context,
             cross_links,
+            joined_on,
             severity: event.severity,
             message: event.message.clone(),
             entities: event.entities.clone(),
         });
-        self.chain
-            .extend(links.iter().map(|l| (event.id, l.clone())));
+        self.chain.extend(links.into_iter().map(|l| (event.id, l)));
         self.first_seen = self.first_seen.min(event.timestamp);
         self.last_seen = self.last_seen.max(event.timestamp);
         self.severity = self.severity.max(event.severity);
-        self.kinds.insert(known_kind(rules, &event.kind));
-        if !event.entities.pod_uid.is_empty() {
-            self.pods.insert(Arc::clone(&event.entities.pod_uid));
+        if joined_on.is_some() {
+            self.related += 1;
+        } else {
+            self.kinds.insert(known_kind(rules, &event.kind));
         }
+        self.reach.add(event);
         if let Some(fact) = evidence(event)
             && !self.evidence.contains(&fact)
         {
             self.evidence.push(fact);
         }
-        // Impact: how bad (severity) x how wide (pods touched) x how often (recurrence) x
-        // where (a critical namespace, when any are configured).
-        let blast = 1.0 - 0.5f64.powi(i32::try_from(self.pods.len().max(1)).unwrap_or(i32::MAX));
+        // Impact: how bad (severity) x how wide (pods, workloads, services and units
+        // touched) x how often (recurrence) x where (something critical, when configured).
+        let width = i32::try_from(self.reach.width().max(1)).unwrap_or(i32::MAX);
+        let blast = 1.0 - 0.5f64.powi(width);
         let recurring = (0.8 + 0.1 * f64::from(self.recurrence.saturating_sub(1))).min(1.0);
         let criticality = if self.critical { 1.0 } else { 0.75 };
         self.impact =
             (severity_weight(self.severity) * (0.6 + 0.4 * blast) * recurring * criticality)
                 .clamp(0.0, 1.0);
-        // What comes next: the rules leading on from the newest member, and the spread of
-        // the root cause across its workload while the group is open.
+        // A related member changes neither the causal kinds nor the evidence.
+        if joined_on.is_some() {
+            return;
+        }
+        // What comes next: the rules leading on from the newest causal member, and the
+        // spread of the root cause across its workload while the group is open.
         let newest = known_kind(rules, &event.kind);
         self.predictions = rules
             .iter()
@@ -493,6 +765,10 @@ impl Group {
                 .iter()
                 .map(|p| 1.0 - p.probability)
                 .product::<f64>();
+    }
+
+    /// Writes `summary`: once, when the group closes, since nothing reads it before.
+    fn summarise(&mut self) {
         let mut effects: Vec<&str> = self
             .kinds
             .iter()
@@ -500,18 +776,32 @@ impl Group {
             .filter(|k| *k != self.root_kind)
             .collect();
         effects.sort_unstable();
+        let related = match self.related {
+            0 => String::new(),
+            n => format!(", {} on the same entities", plural(n, "related event")),
+        };
         self.summary = format!(
-            "{} led to {} ({} events, {} pods)",
+            "{} led to {} ({}{related}; {})",
             self.root_kind,
             if effects.is_empty() {
                 "nothing yet".to_owned()
             } else {
                 effects.join(", ")
             },
-            self.events.len(),
-            self.pods.len()
+            plural(self.events.len(), "event"),
+            self.reach.describe()
         );
     }
+}
+
+/// How an event joins a group.
+#[derive(Default)]
+struct Join {
+    /// The span of its causal predecessor, or of the group's latest event on a shared entity.
+    parent: Option<SpanId>,
+    cross_links: Vec<(TraceId, SpanId)>,
+    links: Vec<CausalLink>,
+    joined_on: Option<Relation>,
 }
 
 /// The rule table's own spelling of `kind`, or `other`: group bookkeeping holds only
@@ -583,6 +873,9 @@ impl Correlator for Semantic {
         if self.processed.is_multiple_of(1024) {
             self.sweep();
         }
+        if self.open_events >= self.limits.max_open_events {
+            self.make_room();
+        }
 
         let found = self.best_cause(event);
         // A cause only when some rule would accept it as one (a NOERROR answer causes nothing).
@@ -590,6 +883,7 @@ impl Correlator for Semantic {
             .cause_types
             .get(event.kind.as_ref())
             .is_some_and(|(_, lowest)| event.severity >= *lowest);
+        let mut related = false;
         let group_id = if let Some((_, best)) = found.first() {
             let links: Vec<CausalLink> = found
                 .iter()
@@ -605,56 +899,25 @@ impl Correlator for Semantic {
                 .filter(|(_, c)| c.group != best.group)
                 .filter_map(|(_, c)| Some((self.groups.get(&c.group)?.trace_id, c.span?)))
                 .collect();
-            let group = self
-                .groups
-                .get_mut(&best.group)
-                .expect("a remembered cause's group is open");
-            group.add(
-                event,
-                best.span,
+            let join = Join {
+                parent: best.span,
                 cross_links,
-                &links,
-                &self.rules,
-                &self.critical,
-            );
-            if event.trace_id.is_none() {
-                event.trace_id = Some(group.trace_id);
-                event.parent_span_id = best.span;
-            }
-            event.correlation = Some(Correlation {
-                group_id: group.id,
-                impact: group.impact,
-                causal_links: links,
-            });
-            Some(best.group)
-        } else if is_cause {
-            self.make_room();
-            let id = group_id_of(event.id);
-            let key = format!(
-                "{}@{}",
-                event.kind,
-                Relation::Workload.key(&event.entities).unwrap_or_default()
-            );
-            let recurrence = {
-                let seen = self.recurrences.entry(key).or_default();
-                *seen += 1;
-                *seen
+                links,
+                joined_on: None,
             };
-            if self.recurrences.len() > self.limits.max_groups * 4 {
-                self.recurrences.clear();
-            }
-            let mut group = Group::new(id, event, recurrence, &self.rules);
-            group.add(event, None, Vec::new(), &[], &self.rules, &self.critical);
-            if event.trace_id.is_none() {
-                event.trace_id = Some(group.trace_id);
-            }
-            event.correlation = Some(Correlation {
-                group_id: id,
-                impact: group.impact,
-                causal_links: Vec::new(),
-            });
-            self.groups.insert(id, group);
-            Some(id)
+            Some(self.join(event, best.group, join))
+        } else if is_cause {
+            Some(self.open(event))
+        } else if event.severity >= Severity::Warning
+            && let Some((touch, relation)) = self.shared(event)
+        {
+            let join = Join {
+                parent: touch.span,
+                joined_on: Some(relation),
+                ..Join::default()
+            };
+            related = true;
+            Some(self.join(event, touch.group, join))
         } else {
             None
         };
@@ -663,6 +926,11 @@ impl Correlator for Semantic {
         }
         if let Some(group) = group_id {
             self.remember(event, group);
+            // The window runs from the group's last causal event on the entity, so a pod
+            // that keeps warning does not hold its incident open forever.
+            if !related {
+                self.touch(event, group);
+            }
         }
     }
 
@@ -737,7 +1005,7 @@ mod tests {
                 place(root),
                 group.summary
             );
-            for id in &group.events {
+            for (id, member) in group.events.iter().zip(&group.members) {
                 let event = by_id[id];
                 let _ = write!(
                     out,
@@ -752,6 +1020,9 @@ mod tests {
                         "  <- {} ({}, {:.2})",
                         by_id[&link.cause_event_id].kind, link.rule, link.confidence
                     );
+                }
+                if let Some(relation) = member.joined_on {
+                    let _ = write!(out, "  ~ related: same {relation:?}");
                 }
                 out.push('\n');
             }
@@ -917,6 +1188,116 @@ mod tests {
     }
 
     #[test]
+    fn a_warning_on_a_groups_pod_joins_it_as_related_within_the_window() {
+        let run = |join_window: Duration| {
+            let limits = Limits {
+                join_window,
+                ..Limits::default()
+            };
+            let mut engine = Semantic::new("node-a", builtin(), limits);
+            let at = |secs: u64| 1_000_000_000_000 + secs * 1_000_000_000;
+            let mut n = 0u128;
+            let mut next = |kind: &str, secs: u64, severity: Severity| {
+                n += 1;
+                let mut e = Event::new(EventId::from_u128(n), at(secs), kind.to_owned(), "t");
+                e.entities.pod_uid = "pod-1".into();
+                e.severity = severity;
+                e
+            };
+            let mut events = [
+                next("memory.oom_kill", 0, Severity::Error),
+                // Nothing explains these; the warning shares the pod, the info is noise.
+                next("app.log_error", 20, Severity::Warning),
+                next("app.request", 21, Severity::Info),
+                // Too late: more than the window after the group last touched the pod.
+                next("app.log_error", 200, Severity::Warning),
+            ];
+            for e in &mut events {
+                engine.process(e);
+            }
+            engine.close_all();
+            (events, engine.take_closed())
+        };
+        let (events, groups) = run(Duration::from_mins(1));
+        assert_eq!(groups.len(), 1);
+        let group = &groups[0];
+        assert_eq!(group.events, vec![events[0].id, events[1].id]);
+        assert_eq!(group.root, events[0].id);
+        assert!(
+            group.chain.is_empty(),
+            "a related event is not a causal link"
+        );
+        let related = &group.members[1];
+        assert_eq!(related.joined_on, Some(Relation::Pod));
+        assert_eq!(related.parent, events[0].span_id);
+        assert_eq!(events[1].trace_id, Some(group.trace_id));
+        assert!(
+            group.summary.contains("1 related event"),
+            "{}",
+            group.summary
+        );
+        assert!(events[2].correlation.is_none() && events[3].correlation.is_none());
+
+        let (_, off) = run(Duration::ZERO);
+        assert!(off.is_empty(), "with joins off the OOM kill stays alone");
+    }
+
+    #[test]
+    fn blast_radius_counts_pods_workloads_services_and_units() {
+        let mut engine = Semantic::new("node-a", builtin(), Limits::default());
+        let mut n = 0u128;
+        let mut next = |kind: &str, f: &dyn Fn(&mut Event)| {
+            n += 1;
+            let mut e = Event::new(
+                EventId::from_u128(n),
+                1_000_000_000_000,
+                kind.to_owned(),
+                "t",
+            );
+            e.entities.node = "node-a".into();
+            e.severity = Severity::Error;
+            f(&mut e);
+            e
+        };
+        let in_pod = |pod: &'static str, workload: &'static str| {
+            move |e: &mut Event| {
+                e.entities.pod_uid = pod.into();
+                e.entities.pod_namespace = "shop".into();
+                e.entities.workload_kind = "Deployment".into();
+                e.entities.workload_name = workload.into();
+            }
+        };
+        let mut events = [
+            next("k8s.node.pressure", &|_| {}),
+            next("k8s.pod.evicted", &in_pod("p1", "cart")),
+            next("k8s.pod.evicted", &in_pod("p2", "cart")),
+            next("k8s.pod.evicted", &|e| {
+                in_pod("p3", "ledger")(e);
+                e.attributes.set(SERVICE, "ledger");
+            }),
+        ];
+        let mut impacts = Vec::new();
+        for e in &mut events {
+            engine.process(e);
+            impacts.push(e.correlation.as_ref().map_or(0.0, |c| c.impact));
+        }
+        assert!(
+            impacts[1..].windows(2).all(|w| w[0] < w[1]),
+            "each pod, workload and service widens the blast: {impacts:?}"
+        );
+        engine.close_all();
+        let closed = engine.take_closed();
+        let group = &closed[0];
+        assert!(
+            group
+                .summary
+                .ends_with("(4 events; 3 pods, 2 workloads, 1 service)"),
+            "{}",
+            group.summary
+        );
+    }
+
+    #[test]
     fn background_events_keep_their_own_traces_and_no_group() {
         let mut events = synthetic(Scenario::Uniform, 3, 2_000);
         let groups = correlate(&mut events, Limits::default());
@@ -961,6 +1342,8 @@ mod tests {
             sizes.push((engine.open_group_slots(), engine.remembered_causes()));
             if round > 0 {
                 assert!(engine.open_group_slots() <= limits.max_groups);
+                assert!(engine.open_events <= limits.max_open_events);
+                assert!(engine.touched.len() <= limits.entities);
             }
         }
         let (first, last) = (sizes[1], sizes[5]);
@@ -1021,13 +1404,18 @@ mod tests {
 
         #[test]
         fn no_group_exceeds_its_caps(events in arbitrary_events()) {
-            let limits = Limits { quiet: Duration::from_mins(2), max_groups: 3, max_group_events: 4, causes_per_key: 2, entities: 8 };
+            let limits = Limits { quiet: Duration::from_mins(2), max_groups: 3, max_group_events: 4, max_open_events: 7, causes_per_key: 2, entities: 8, join_window: Duration::from_mins(1) };
             let mut engine = Semantic::new("node-a", builtin(), limits.clone());
             for mut event in events {
                 engine.process(&mut event);
                 prop_assert!(engine.open_group_slots() <= limits.max_groups);
                 prop_assert!(engine.groups.values().all(|g| g.events.len() <= limits.max_group_events));
                 prop_assert!(engine.causes.values().all(|c| c.len() <= limits.causes_per_key));
+                prop_assert!(engine.touched.len() <= limits.entities);
+                prop_assert!(engine.open_events <= limits.max_open_events);
+                let counted: usize = engine.groups.values().map(|g| g.events.len()).sum();
+                prop_assert_eq!(counted, engine.open_events);
+                prop_assert!(engine.groups.values().all(|g| g.related <= limits.max_group_events / 4));
             }
             engine.close_all();
             prop_assert!(engine.take_closed().iter().all(|g| g.events.len() <= limits.max_group_events && g.events.len() > 1));

@@ -1,5 +1,8 @@
 //! Which container and pod a process belongs to, read from its cgroup path.
 //!
+//! A host service's cgroup is its systemd unit's (`/system.slice/cron.service`), so kernel
+//! events of host processes name their unit too.
+//!
 //! Container runtimes name a container's cgroup after its 64-hex id (`docker-<id>.scope`,
 //! `cri-containerd-<id>.scope`, `crio-<id>.scope`, `/docker/<id>`), and the kubelet nests
 //! it under the pod's (`kubepods-burstable-pod<uid>.slice` or `/kubepods/burstable/pod<uid>`).
@@ -18,20 +21,22 @@ pub const DEFAULT_CAPACITY: usize = 4096;
 /// Most cgroup directories looked at when searching for a cgroup id.
 const SEARCH_LIMIT: usize = 20_000;
 
-/// A process's container and pod; empty strings when it runs on the host.
+/// A process's container and pod, or its systemd unit; empty strings when none is found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Identity {
     /// The runtime's 64-hex container id.
     pub container_id: Arc<str>,
     /// The pod's UID, with dashes.
     pub pod_uid: Arc<str>,
+    /// The systemd unit whose cgroup holds a host process, e.g. `cron.service`.
+    pub unit: Arc<str>,
 }
 
 impl Identity {
-    /// Whether neither a container nor a pod was found.
+    /// Whether no container, pod or unit was found.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.container_id.is_empty() && self.pod_uid.is_empty()
+        self.container_id.is_empty() && self.pod_uid.is_empty() && self.unit.is_empty()
     }
 }
 
@@ -184,6 +189,14 @@ pub fn from_path(path: &str) -> Identity {
             identity.pod_uid = uid.into();
         }
     }
+    // A container's scope is a unit too, but the container is the better name for it.
+    if identity.container_id.is_empty() && identity.pod_uid.is_empty() {
+        identity.unit = path
+            .rsplit('/')
+            .find(|segment| matches!(segment.rsplit_once('.'), Some((_, "service" | "scope"))))
+            .map(Arc::from)
+            .unwrap_or_default();
+    }
     identity
 }
 
@@ -270,14 +283,30 @@ mod tests {
     }
 
     #[test]
-    fn host_processes_have_no_identity() {
-        for path in [
-            "/",
-            "/user.slice/user-0.slice/session-1.scope",
-            "/system.slice/cron.service",
-        ] {
-            assert!(from_path(path).is_empty(), "{path}");
+    fn host_processes_are_named_by_their_unit_when_they_have_one() {
+        assert!(from_path("/").is_empty());
+        assert!(from_path("/user.slice/user-0.slice").is_empty());
+        let cases = [
+            ("/system.slice/cron.service", "cron.service"),
+            (
+                "/user.slice/user-0.slice/session-1.scope",
+                "session-1.scope",
+            ),
+            (
+                "/system.slice/containerd.service/kubepods-burstable.slice",
+                "containerd.service",
+            ),
+        ];
+        for (path, unit) in cases {
+            let identity = from_path(path);
+            assert_eq!(&*identity.unit, unit, "{path}");
+            assert!(identity.container_id.is_empty(), "{path}");
         }
+        assert!(
+            from_path(&format!("/system.slice/docker-{ID}.scope"))
+                .unit
+                .is_empty()
+        );
     }
 
     #[test]

@@ -343,6 +343,7 @@ impl Stamp {
         if let Some(found) = self.containers.resolve(pid, cgroup_id) {
             entities.container_id = Arc::clone(&found.container_id);
             entities.pod_uid = Arc::clone(&found.pod_uid);
+            entities.unit = Arc::clone(&found.unit);
         }
         event
     }
