@@ -181,7 +181,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Arc<Tele
                 break Err(Error::BridgeClosed);
             }
         } else {
-            batch.clear();
+            // Written to the only output there is (or to none): nothing more to wait for.
+            crate::delivery::confirm_all(batch.drain(..).filter_map(|mut e| e.receipt.take()));
         }
     };
     let export_done =

@@ -8,6 +8,7 @@ pub mod bridge;
 pub mod collectors;
 pub mod config;
 pub mod correlation;
+pub mod delivery;
 pub mod event;
 pub mod internal_events;
 pub mod manager;

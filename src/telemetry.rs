@@ -23,17 +23,20 @@ pub enum DropCause {
     SpoolError,
     /// A kernel probe's ring buffer was full: the record was lost in the kernel.
     RingBufferFull,
+    /// Input that could not be read (a corrupt or truncated journal file).
+    Unreadable,
 }
 
 impl DropCause {
     /// Every cause, in reporting order.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::QueueFull,
         Self::Rejected,
         Self::Undelivered,
         Self::SpoolFull,
         Self::SpoolError,
         Self::RingBufferFull,
+        Self::Unreadable,
     ];
 
     /// The label used in logs, the status line and metrics.
@@ -46,6 +49,7 @@ impl DropCause {
             Self::SpoolFull => "spool_full",
             Self::SpoolError => "spool_error",
             Self::RingBufferFull => "ring_buffer_full",
+            Self::Unreadable => "unreadable",
         }
     }
 
@@ -57,6 +61,7 @@ impl DropCause {
             Self::SpoolFull => 3,
             Self::SpoolError => 4,
             Self::RingBufferFull => 5,
+            Self::Unreadable => 6,
         }
     }
 }

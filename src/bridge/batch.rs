@@ -25,6 +25,8 @@ pub struct Sealed {
     pub bytes: Bytes,
     /// The spool segment holding it, when it is spooled.
     pub segment: Option<u64>,
+    /// Receipts of the events inside, confirmed once the batch is durable.
+    pub receipts: Vec<crate::delivery::Receipt>,
 }
 
 /// `TapioStreamEventsRequest.batch`.
@@ -52,6 +54,7 @@ pub struct Batcher {
     head_room: usize,
     current_events: u32,
     current_groups: u32,
+    current_receipts: Vec<crate::delivery::Receipt>,
     opened_at: Option<Instant>,
 }
 
@@ -71,6 +74,7 @@ impl Batcher {
             head_room: 0,
             current_events: 0,
             current_groups: 0,
+            current_receipts: Vec::new(),
             opened_at: None,
         };
         batcher.head_room = head_room;
@@ -101,6 +105,9 @@ impl Batcher {
         encode_varint(len as u64, &mut self.current);
         event.encode_wire(&mut self.current);
         self.current_events += 1;
+        if let Some(receipt) = &event.receipt {
+            self.current_receipts.push(receipt.clone());
+        }
         if self.current_events as usize >= self.max_events {
             // Only one of the two seals can happen per push: the size seal leaves one event.
             return self.seal().or(sealed);
@@ -177,6 +184,7 @@ impl Batcher {
             events: count,
             bytes: full.slice(start..),
             segment: None,
+            receipts: std::mem::take(&mut self.current_receipts),
         })
     }
 }

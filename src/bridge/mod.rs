@@ -472,7 +472,11 @@ impl Delivery {
             }),
         };
         match outcome {
-            Ok(()) => self.update_spooled(),
+            Ok(()) => {
+                // On disk, it survives a restart: as good as delivered for the receipts.
+                crate::delivery::confirm_all(std::mem::take(&mut sealed.receipts));
+                self.update_spooled();
+            }
             Err(cause) => self.drop_events(cause, u64::from(sealed.events)),
         }
     }
@@ -577,7 +581,8 @@ impl Delivery {
         };
         match ack.status() {
             pb::ack::Status::Ok => {
-                let batch = self.inflight.remove(position).expect("position is valid");
+                let mut batch = self.inflight.remove(position).expect("position is valid");
+                crate::delivery::confirm_all(std::mem::take(&mut batch.receipts));
                 let events = u64::from(batch.events);
                 self.stats.delivered.fetch_add(events, Ordering::Relaxed);
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);

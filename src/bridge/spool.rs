@@ -345,6 +345,7 @@ fn read_record(reader: &mut impl Read) -> io::Result<Option<(Sealed, u64)>> {
             events: u32_at(events),
             bytes: Bytes::from(payload),
             segment: None,
+            receipts: Vec::new(),
         },
         record_len,
     )))
@@ -397,6 +398,7 @@ mod tests {
             events: 10,
             bytes: Bytes::from(vec![(id % 251) as u8; size]),
             segment: None,
+            receipts: Vec::new(),
         }
     }
 

@@ -4,6 +4,7 @@
 //! [`CollectorsConfig::build`]; serde rejects an unknown name with its line number.
 
 pub mod ebpf;
+pub mod journald;
 pub mod synthetic;
 
 use std::fmt::Write as _;
@@ -139,6 +140,8 @@ pub struct CollectorsConfig {
     /// Failing syscalls, counted in the kernel (YAML only: not in `--enable-ebpf`'s set).
     #[serde(rename = "syscall-errors")]
     pub syscall_errors: Option<CollectorEntry<ebpf::syscalls::SyscallErrorsConfig>>,
+    /// Entries of the systemd journal (`--enable-journald`).
+    pub journald: Option<CollectorEntry<journald::JournaldConfig>>,
     /// Groups asked for by `--enable-*` flags.
     #[serde(skip)]
     pub requested_groups: Vec<Group>,
@@ -172,6 +175,11 @@ impl CollectorsConfig {
             // Not `syscall-errors`: its tracepoint slows every syscall on the host (+40% on
             // `dd bs=1`, docs/benchmarks.md), so it runs only where the YAML asks for it.
         }
+        if group == Group::Journald {
+            self.journald
+                .get_or_insert_with(CollectorEntry::default)
+                .enabled = true;
+        }
         // The request is kept so the agent can say which flag found nothing to turn on.
         if !self.requested_groups.contains(&group) {
             self.requested_groups.push(group);
@@ -184,7 +192,7 @@ impl CollectorsConfig {
         self.requested_groups
             .iter()
             .copied()
-            .filter(|group| *group != Group::Ebpf)
+            .filter(|group| !matches!(group, Group::Ebpf | Group::Journald))
             .collect()
     }
 
@@ -218,6 +226,12 @@ impl CollectorsConfig {
             entry
                 .config
                 .validate("collectors.syscall-errors.config", problems);
+        }
+        if let Some(entry) = self.journald.as_ref().filter(|e| e.enabled) {
+            enabled += 1;
+            entry
+                .config
+                .validate("collectors.journald.config", problems);
         }
         if enabled == 0 {
             let mut problem = String::from(
@@ -264,6 +278,9 @@ impl CollectorsConfig {
             ebpf::syscalls::NAME,
             |c| Box::new(ebpf::syscalls::SyscallErrors::new(c, node.clone())),
         );
+        add(&mut built, self.journald.as_ref(), journald::NAME, |c| {
+            Box::new(journald::Journald::new(c, node.clone()))
+        });
         built
     }
 }

@@ -54,6 +54,10 @@ pub struct Event {
     /// Set by the correlation engine when the event belongs to a group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correlation: Option<Correlation>,
+    /// Confirmed once the event is durable, for collectors that keep a read position
+    /// (`crate::delivery`); never on the wire.
+    #[serde(skip)]
+    pub receipt: Option<crate::delivery::Receipt>,
 }
 
 impl Event {
@@ -78,6 +82,7 @@ impl Event {
             span_id: None,
             parent_span_id: None,
             correlation: None,
+            receipt: None,
         }
     }
 }
@@ -222,6 +227,14 @@ impl Attributes {
             Some(existing) => existing.value = value,
             None => self.0.push(Attribute { key, value }),
         }
+    }
+
+    /// Appends `key`, which the caller knows is not there yet (no search, unlike `set`).
+    pub fn push(&mut self, key: impl Into<Cow<'static, str>>, value: impl Into<AttrValue>) {
+        self.0.push(Attribute {
+            key: key.into(),
+            value: value.into(),
+        });
     }
 
     /// The value of `key`, if present.

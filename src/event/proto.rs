@@ -108,6 +108,7 @@ impl TryFrom<pb::Event> for Event {
             parent_span_id: optional_bytes::<8>("parent_span_id", &event.parent_span_id)?
                 .and_then(SpanId::new),
             correlation: event.correlation.map(Correlation::try_from).transpose()?,
+            receipt: None,
         })
     }
 }
@@ -400,6 +401,7 @@ pub(crate) mod strategies {
                 span_id: span.and_then(SpanId::new),
                 parent_span_id: parent.and_then(SpanId::new),
                 correlation,
+                receipt: None,
             }
         }
     }
