@@ -6,6 +6,8 @@
 //! Without root or BPF each test skips with a reason; with `TAPIO_REQUIRE_EBPF=1` (CI) it
 //! fails instead.
 
+mod common;
+
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,26 +22,10 @@ use tokio_util::sync::CancellationToken;
 
 /// Whether the test can run; records the skip (see scripts/test) or fails under CI.
 fn can_run(test: &str) -> bool {
-    let Some(reason) = unsupported_here() else {
-        return true;
-    };
-    assert!(
-        std::env::var("TAPIO_REQUIRE_EBPF").as_deref() != Ok("1"),
-        "{test}: TAPIO_REQUIRE_EBPF=1 but {reason}"
-    );
-    eprintln!("SKIPPED {test}: {reason}");
-    if let Ok(log) = std::env::var("TAPIO_SKIP_LOG") {
-        use std::io::Write as _;
-        if let Ok(mut file) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-        {
-            // One write per line: appends of one write each do not interleave.
-            let _ = file.write_all(format!("{test}: {reason}\n").as_bytes());
-        }
+    match unsupported_here() {
+        None => true,
+        Some(reason) => common::skip(test, &reason),
     }
-    false
 }
 
 /// Collectors from a YAML `collectors:` map, running into an in-process pipeline.

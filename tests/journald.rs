@@ -487,3 +487,110 @@ fn sigkill_mid_stream_then_a_restart_stores_every_entry_exactly_once() {
         "none lost, none twice"
     );
 }
+
+/// Runs in a private mount namespace: a real systemd-journald on tmpfs, the collector
+/// following it, entries written over journald's native socket, a rotation and a vacuum
+/// between the three rounds of writes.
+const LIVE_SCRIPT: &str = r#"
+set -eu
+mount -t tmpfs tmpfs /run/systemd
+mkdir -p /run/log /var/log/journal
+mount -t tmpfs tmpfs /run/log
+mount -t tmpfs tmpfs /var/log/journal
+/lib/systemd/systemd-journald >"$WORK/journald.log" 2>&1 &
+JOURNALD=$!
+trap 'kill $JOURNALD 2>/dev/null || true' EXIT
+for _ in $(seq 200); do [ -S /run/systemd/journal/socket ] && break; sleep 0.05; done
+"$COLLECTOR" --config "$CONFIG" --server none --stdout --otel-endpoint none \
+  >"$WORK/events.jsonl" 2>"$WORK/collector.log" &
+AGENT=$!
+write() {
+  python3 -c '
+import socket, struct, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.connect("/run/systemd/journal/socket")
+for n in range(int(sys.argv[1]), int(sys.argv[2])):
+    text = ("live %d" % n + ("\nsecond line" if n % 100 == 0 else "")).encode()
+    s.send(b"SYSLOG_IDENTIFIER=tapio-live\nPRIORITY=5\nMESSAGE\n" + struct.pack("<Q", len(text)) + text + b"\n")
+' "$1" "$2"
+}
+arrived() {
+  for _ in $(seq 600); do
+    [ "$(grep -c tapio-live "$WORK/events.jsonl" || true)" -ge "$1" ] && return 0
+    sleep 0.05
+  done
+  echo "only $(grep -c tapio-live "$WORK/events.jsonl" || true) of $1 arrived" >&2
+  return 1
+}
+sleep 0.5
+write 0 1000
+arrived 1000
+kill -USR2 $JOURNALD
+sleep 1.2
+write 1000 2000
+arrived 2000
+echo "files before vacuum: $(find /run/log/journal -name '*.journal' | wc -l)" >>"$WORK/steps.log"
+journalctl -D /run/log/journal --vacuum-time=1s >>"$WORK/steps.log" 2>&1
+echo "files after vacuum: $(find /run/log/journal -name '*.journal' | wc -l)" >>"$WORK/steps.log"
+write 2000 3000
+arrived 3000
+kill -TERM $AGENT
+wait $AGENT
+echo "collector exit: $?" >>"$WORK/steps.log"
+"#;
+
+#[test]
+fn a_live_journald_is_followed_across_rotation_and_vacuum() {
+    if !common::as_root("a_live_journald_is_followed_across_rotation_and_vacuum") {
+        return;
+    }
+    let work = tempfile::tempdir().expect("temp dir");
+    let yaml = config(
+        "collectors:\n  journald:\n    config: { directory: /run/log/journal, start_at: head, identifiers: [tapio-live] }\n",
+    );
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "bash", "-c", LIVE_SCRIPT])
+        .env("WORK", work.path())
+        .env("COLLECTOR", COLLECTOR)
+        .env("CONFIG", yaml.path())
+        .output()
+        .expect("unshare runs");
+    let log = |name: &str| std::fs::read_to_string(work.path().join(name)).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "script failed: {}\ncollector: {}\njournald: {}",
+        text(&out.stderr),
+        log("collector.log"),
+        log("journald.log")
+    );
+    let steps = log("steps.log");
+    assert!(steps.contains("collector exit: 0"), "{steps}");
+    let count = |prefix: &str| -> usize {
+        steps
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{prefix} in {steps}"))
+    };
+    assert!(
+        count("files after vacuum: ") < count("files before vacuum: "),
+        "the rotated file was vacuumed: {steps}"
+    );
+    let messages: Vec<String> = log("events.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("a JSON event"))
+        .filter(|e| e["attributes"]["SYSLOG_IDENTIFIER"] == "tapio-live")
+        .map(|e| e["message"].as_str().expect("message").to_owned())
+        .collect();
+    let expected: Vec<String> = (0..3000)
+        .map(|n| {
+            if n % 100 == 0 {
+                format!("live {n}\nsecond line")
+            } else {
+                format!("live {n}")
+            }
+        })
+        .collect();
+    assert_eq!(messages.len(), 3000, "every entry once");
+    assert_eq!(messages, expected, "in order, multi-line ones whole");
+}

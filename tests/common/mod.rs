@@ -148,3 +148,32 @@ pub fn stats(dir: &Path) -> (u64, u64) {
         value["batches_total"].as_u64().expect("batches_total"),
     )
 }
+
+/// Records that `test` cannot run here and why (scripts/test counts the lines of
+/// `TAPIO_SKIP_LOG`), and returns false; under `TAPIO_REQUIRE_EBPF=1` (CI, as root) it fails
+/// the test instead.
+pub fn skip(test: &str, reason: &str) -> bool {
+    assert!(
+        std::env::var("TAPIO_REQUIRE_EBPF").as_deref() != Ok("1"),
+        "{test}: TAPIO_REQUIRE_EBPF=1 but {reason}"
+    );
+    eprintln!("SKIPPED {test}: {reason}");
+    if let Ok(log) = std::env::var("TAPIO_SKIP_LOG") {
+        use std::io::Write as _;
+        if let Ok(mut file) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+        {
+            // One write per line: appends of one write each do not interleave.
+            let _ = file.write_all(format!("{test}: {reason}\n").as_bytes());
+        }
+    }
+    false
+}
+
+/// Whether `test` can run as root here (mount namespaces, a private journald or systemd);
+/// records the skip otherwise.
+pub fn as_root(test: &str) -> bool {
+    rustix::process::geteuid().is_root() || skip(test, "needs root (a private mount namespace)")
+}
