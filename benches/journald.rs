@@ -138,7 +138,11 @@ fn main() {
     let out = journalctl_command(dir.path())
         .output()
         .expect("journalctl runs");
-    let lines = out.stdout.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count();
+    let lines = out
+        .stdout
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .count();
     assert_eq!(lines, count, "journalctl prints every entry");
     for round in 1..=3 {
         let peer = journalctl(dir.path(), count);

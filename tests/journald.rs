@@ -421,7 +421,8 @@ fn sigterm_mid_stream_then_a_restart_delivers_every_entry_exactly_once() {
     let state = tempfile::tempdir().expect("temp dir");
     let store = tempfile::tempdir().expect("temp dir");
     numbered_journal(journal.path(), ENTRIES);
-    let server = ServerProcess::start(0, store.path(), &[]);
+    // Paced, so the stop lands mid-stream however fast the machine is.
+    let server = ServerProcess::start(0, store.path(), &["--max-events-per-second", "25000"]);
 
     let (first, _yaml) = collector_to(&server, journal.path(), state.path());
     wait_for_stored(store.path(), 5_000);
@@ -462,15 +463,24 @@ fn sigkill_mid_stream_then_a_restart_stores_every_entry_exactly_once() {
     let state = tempfile::tempdir().expect("temp dir");
     let store = tempfile::tempdir().expect("temp dir");
     numbered_journal(journal.path(), ENTRIES);
-    let server = ServerProcess::start(0, store.path(), &[]);
+    // Paced, so the stop lands mid-stream however fast the machine is.
+    let server = ServerProcess::start(0, store.path(), &["--max-events-per-second", "25000"]);
 
     let (first, _yaml) = collector_to(&server, journal.path(), state.path());
     wait_for_stored(store.path(), 20_000);
+    let cursor = state.path().join("journald.cursor");
+    let started = Instant::now();
+    while !cursor.exists() {
+        assert!(
+            started.elapsed() < Duration::from_mins(1),
+            "no cursor saved"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     drop(first); // SIGKILL: no drain, no last save.
     let stored = stats(store.path()).0;
     assert!(stored < ENTRIES as u64, "killed mid-stream");
-    let saved = std::fs::read_to_string(state.path().join("journald.cursor"))
-        .expect("a cursor was saved while the first run was delivering");
+    let saved = std::fs::read_to_string(&cursor).expect("the saved cursor");
     assert!(saved.starts_with("s="), "{saved}");
 
     let (second, _yaml) = collector_to(&server, journal.path(), state.path());

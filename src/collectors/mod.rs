@@ -6,6 +6,7 @@
 pub mod ebpf;
 pub mod journald;
 pub mod synthetic;
+pub mod systemd;
 
 use std::fmt::Write as _;
 use std::future::Future;
@@ -140,6 +141,8 @@ pub struct CollectorsConfig {
     /// Failing syscalls, counted in the kernel (YAML only: not in `--enable-ebpf`'s set).
     #[serde(rename = "syscall-errors")]
     pub syscall_errors: Option<CollectorEntry<ebpf::syscalls::SyscallErrorsConfig>>,
+    /// Unit lifecycle from the systemd manager over D-Bus (`--enable-systemd`).
+    pub systemd: Option<CollectorEntry<systemd::SystemdConfig>>,
     /// Entries of the systemd journal (`--enable-journald`).
     pub journald: Option<CollectorEntry<journald::JournaldConfig>>,
     /// Groups asked for by `--enable-*` flags.
@@ -175,6 +178,11 @@ impl CollectorsConfig {
             // Not `syscall-errors`: its tracepoint slows every syscall on the host (+40% on
             // `dd bs=1`, docs/benchmarks.md), so it runs only where the YAML asks for it.
         }
+        if group == Group::Systemd {
+            self.systemd
+                .get_or_insert_with(CollectorEntry::default)
+                .enabled = true;
+        }
         if group == Group::Journald {
             self.journald
                 .get_or_insert_with(CollectorEntry::default)
@@ -192,7 +200,7 @@ impl CollectorsConfig {
         self.requested_groups
             .iter()
             .copied()
-            .filter(|group| !matches!(group, Group::Ebpf | Group::Journald))
+            .filter(|group| !matches!(group, Group::Ebpf | Group::Journald | Group::Systemd))
             .collect()
     }
 
@@ -226,6 +234,10 @@ impl CollectorsConfig {
             entry
                 .config
                 .validate("collectors.syscall-errors.config", problems);
+        }
+        if let Some(entry) = self.systemd.as_ref().filter(|e| e.enabled) {
+            enabled += 1;
+            entry.config.validate("collectors.systemd.config", problems);
         }
         if let Some(entry) = self.journald.as_ref().filter(|e| e.enabled) {
             enabled += 1;
@@ -278,6 +290,9 @@ impl CollectorsConfig {
             ebpf::syscalls::NAME,
             |c| Box::new(ebpf::syscalls::SyscallErrors::new(c, node.clone())),
         );
+        add(&mut built, self.systemd.as_ref(), systemd::NAME, |c| {
+            Box::new(systemd::Systemd::new(c, node.clone()))
+        });
         add(&mut built, self.journald.as_ref(), journald::NAME, |c| {
             Box::new(journald::Journald::new(c, node.clone()))
         });

@@ -581,7 +581,7 @@ impl World {
                 e
             }
             Slot::UnitFailed => {
-                let mut e = self.node_event(at, "systemd.unit_failed", Severity::Critical);
+                let mut e = self.node_event(at, "systemd.unit.failed", Severity::Critical);
                 e.entities.unit = "containerd.service".into();
                 e.message = "containerd.service entered failed state (watchdog timeout)".into();
                 e.attributes.set("result", "watchdog");

@@ -167,7 +167,7 @@ mod tests {
                 });
                 engine.process(&mut restart);
             }
-            let mut failed = event(4, 1, "systemd.unit_failed", |e| {
+            let mut failed = event(4, 1, "systemd.unit.failed", |e| {
                 e.entities.unit = unit.into();
             });
             let mut notready = event(5, 2, "k8s.node.not_ready", |_| {});

@@ -211,7 +211,7 @@ pub fn builtin() -> Vec<Rule> {
         rule(
             "unit-errors-fail-unit",
             "journal.unit_error",
-            "systemd.unit_failed",
+            "systemd.unit.failed",
             Unit,
             300,
             0.7,
@@ -220,7 +220,7 @@ pub fn builtin() -> Vec<Rule> {
         // A node agent failing -> node NotReady -> its pods evicted.
         rule(
             "unit-failure-node-notready",
-            "systemd.unit_failed",
+            "systemd.unit.failed",
             "k8s.node.not_ready",
             Node,
             300,
