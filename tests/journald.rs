@@ -197,6 +197,10 @@ fn journal_files_read_field_by_field_as_journalctl_reads_them() {
             field("_PID", "12"),
             field("_COMM", "app"),
             field("_SYSTEMD_UNIT", "app.service"),
+            field(
+                "CONTAINER_NAME",
+                "k8s_app_web-7d9f_shop_0d3c2f1e-5a6b-4c7d-8e9f-0a1b2c3d4e5f_0",
+            ),
         ],
         vec![
             field("MESSAGE", "line one\nline two\n\tindented"),
@@ -277,6 +281,8 @@ fn journal_files_read_field_by_field_as_journalctl_reads_them() {
     assert_eq!(events[0]["entities"]["pid"], 12);
     assert_eq!(events[0]["entities"]["comm"], "app");
     assert_eq!(events[0]["entities"]["unit"], "app.service");
+    assert_eq!(events[0]["entities"]["pod_name"], "web-7d9f");
+    assert_eq!(events[0]["entities"]["pod_namespace"], "shop");
     assert_eq!(
         events[5]["entities"]["unit"], "nginx.service",
         "systemd's message about a unit names that unit"

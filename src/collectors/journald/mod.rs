@@ -430,6 +430,13 @@ impl Mapper {
                 b"CONTAINER_ID_FULL" => {
                     event.entities.container_id = String::from_utf8_lossy(value).into();
                 }
+                b"CONTAINER_NAME" => {
+                    if let Some((namespace, pod, uid)) = kubelet_container_name(value) {
+                        event.entities.pod_namespace = namespace.into();
+                        event.entities.pod_name = pod.into();
+                        event.entities.pod_uid = uid.into();
+                    }
+                }
                 _ => {}
             }
             add_field(&mut event, key, value);
@@ -451,6 +458,17 @@ impl Mapper {
         }
         Ok(event)
     }
+}
+
+/// (namespace, pod, pod UID) from a container name the kubelet gave through Docker
+/// (`k8s_<container>_<pod>_<namespace>_<uid>_<attempt>`), as Docker's journald log
+/// driver records it. Kubernetes names cannot hold `_`, so the split is exact.
+fn kubelet_container_name(value: &[u8]) -> Option<(&str, &str, &str)> {
+    let text = std::str::from_utf8(value).ok()?;
+    let mut parts = text.strip_prefix("k8s_")?.split('_');
+    let (_container, pod, namespace, uid) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    (!pod.is_empty() && !namespace.is_empty() && !uid.is_empty()).then_some((namespace, pod, uid))
 }
 
 /// Adds one field as an attribute: text when it is UTF-8, else `hex:` and its bytes; a
@@ -703,6 +721,16 @@ mod tests {
             assert!(text.contains(expected), "{expected} in {text}");
         }
         assert!(!text.contains("matches[2]"), "{text}");
+    }
+
+    #[test]
+    fn kubelet_container_names_give_the_pod() {
+        assert_eq!(
+            kubelet_container_name(b"k8s_app_web-7d9f_shop_0d3c2f1e-5a6b-4c7d-8e9f-0a1b2c3d4e5f_0"),
+            Some(("shop", "web-7d9f", "0d3c2f1e-5a6b-4c7d-8e9f-0a1b2c3d4e5f"))
+        );
+        assert_eq!(kubelet_container_name(b"nginx"), None);
+        assert_eq!(kubelet_container_name(b"k8s_app"), None);
     }
 
     #[test]
