@@ -178,6 +178,7 @@ fn drain(count: u32, ring_bytes: u32) {
         let mut manager = Manager::new(Arc::clone(&telemetry), 65_536, shutdown.clone());
         for built in config.collectors.build(&BuildContext {
             node_name: "bench".into(),
+            directory: tapio::metadata::PodDirectory::new(),
         }) {
             assert!(manager.start(built), "dns collector starts");
         }

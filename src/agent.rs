@@ -105,12 +105,6 @@ pub fn cancel_on_signals(shutdown: CancellationToken) -> std::io::Result<()> {
 /// the pipeline has drained.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Arc<Telemetry>, Error> {
     config.validate()?;
-    for group in config.collectors.unserved_groups() {
-        tracing::warn!(
-            flag = group.flag(),
-            "No collector of this group is in this build; the flag turns nothing on."
-        );
-    }
     let node_name = config.node_name();
     let telemetry = Arc::new(Telemetry::default());
     let mut manager = Manager::new(
@@ -119,8 +113,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Arc<Tele
         shutdown.clone(),
     );
     let mut started = 0;
+    let directory = crate::metadata::PodDirectory::new();
     for built in config.collectors.build(&BuildContext {
         node_name: node_name.clone(),
+        directory: Arc::clone(&directory),
     }) {
         if manager.start(built) {
             started += 1;
@@ -145,7 +141,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Arc<Tele
     let input_ending = input_ending(&shutdown, manager.all_finished());
     let (bridge, embedded) = start_delivery(&config, &node_name, &telemetry, &input_ending).await?;
     let mut fan_in = manager.into_fan_in();
-    let mut correlator = correlation::build(&config.correlation, &node_name);
+    let mut correlator = correlation::build_with(&config.correlation, &node_name, Some(directory));
     let exporter = start_export(&config, &node_name, &telemetry);
     let mut stdout = config
         .output

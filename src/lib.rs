@@ -12,6 +12,7 @@ pub mod delivery;
 pub mod event;
 pub mod internal_events;
 pub mod manager;
+pub mod metadata;
 pub mod otel;
 pub mod output;
 pub mod server;

@@ -50,6 +50,7 @@ impl Pipeline {
         let mut manager = Manager::new(Arc::clone(&telemetry), capacity, shutdown.clone());
         let context = BuildContext {
             node_name: "test-node".into(),
+            directory: tapio::metadata::PodDirectory::new(),
         };
         for built in config.collectors.build(&context) {
             let name = built.name;

@@ -5,10 +5,10 @@
 
 pub mod ebpf;
 pub mod journald;
+pub mod kubeapi;
 pub mod synthetic;
 pub mod systemd;
 
-use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -67,6 +67,8 @@ impl Context {
 pub struct BuildContext {
     /// This node's name, stamped on events.
     pub node_name: String,
+    /// The node's pod metadata, which `kubeapi` fills and the correlation engine reads.
+    pub directory: Arc<crate::metadata::PodDirectory>,
 }
 
 /// One collector's YAML entry: `{ enabled, when_full, config }`.
@@ -141,13 +143,12 @@ pub struct CollectorsConfig {
     /// Failing syscalls, counted in the kernel (YAML only: not in `--enable-ebpf`'s set).
     #[serde(rename = "syscall-errors")]
     pub syscall_errors: Option<CollectorEntry<ebpf::syscalls::SyscallErrorsConfig>>,
+    /// Pods, the node and Warning events from the Kubernetes API (`--enable-k8s`).
+    pub kubeapi: Option<CollectorEntry<kubeapi::KubeApiConfig>>,
     /// Unit lifecycle from the systemd manager over D-Bus (`--enable-systemd`).
     pub systemd: Option<CollectorEntry<systemd::SystemdConfig>>,
     /// Entries of the systemd journal (`--enable-journald`).
     pub journald: Option<CollectorEntry<journald::JournaldConfig>>,
-    /// Groups asked for by `--enable-*` flags.
-    #[serde(skip)]
-    pub requested_groups: Vec<Group>,
 }
 
 /// A collector built from its entry, or the reason it could not be.
@@ -178,6 +179,11 @@ impl CollectorsConfig {
             // Not `syscall-errors`: its tracepoint slows every syscall on the host (+40% on
             // `dd bs=1`, docs/benchmarks.md), so it runs only where the YAML asks for it.
         }
+        if group == Group::Kubernetes {
+            self.kubeapi
+                .get_or_insert_with(CollectorEntry::default)
+                .enabled = true;
+        }
         if group == Group::Systemd {
             self.systemd
                 .get_or_insert_with(CollectorEntry::default)
@@ -188,20 +194,6 @@ impl CollectorsConfig {
                 .get_or_insert_with(CollectorEntry::default)
                 .enabled = true;
         }
-        // The request is kept so the agent can say which flag found nothing to turn on.
-        if !self.requested_groups.contains(&group) {
-            self.requested_groups.push(group);
-        }
-    }
-
-    /// Groups that were asked for but have no collector in this build.
-    #[must_use]
-    pub fn unserved_groups(&self) -> Vec<Group> {
-        self.requested_groups
-            .iter()
-            .copied()
-            .filter(|group| !matches!(group, Group::Ebpf | Group::Journald | Group::Systemd))
-            .collect()
     }
 
     /// Appends every problem of every enabled collector's options to `problems`.
@@ -235,6 +227,10 @@ impl CollectorsConfig {
                 .config
                 .validate("collectors.syscall-errors.config", problems);
         }
+        if let Some(entry) = self.kubeapi.as_ref().filter(|e| e.enabled) {
+            enabled += 1;
+            entry.config.validate("collectors.kubeapi.config", problems);
+        }
         if let Some(entry) = self.systemd.as_ref().filter(|e| e.enabled) {
             enabled += 1;
             entry.config.validate("collectors.systemd.config", problems);
@@ -246,18 +242,11 @@ impl CollectorsConfig {
                 .validate("collectors.journald.config", problems);
         }
         if enabled == 0 {
-            let mut problem = String::from(
+            problems.push(
                 "collectors: no collector is enabled; configure one (e.g. `synthetic`) in the \
-                 YAML file",
+                 YAML file, or turn a group on with an --enable-* flag"
+                    .into(),
             );
-            for group in self.unserved_groups() {
-                let _ = write!(
-                    problem,
-                    "; {} found no collector to turn on in this build",
-                    group.flag()
-                );
-            }
-            problems.push(problem);
         }
     }
 
@@ -290,6 +279,13 @@ impl CollectorsConfig {
             ebpf::syscalls::NAME,
             |c| Box::new(ebpf::syscalls::SyscallErrors::new(c, node.clone())),
         );
+        add(&mut built, self.kubeapi.as_ref(), kubeapi::NAME, |c| {
+            Box::new(kubeapi::KubeApi::new(
+                c,
+                node.clone(),
+                Arc::clone(&context.directory),
+            ))
+        });
         add(&mut built, self.systemd.as_ref(), systemd::NAME, |c| {
             Box::new(systemd::Systemd::new(c, node.clone()))
         });
@@ -337,12 +333,12 @@ mod tests {
         let names: Vec<_> = config
             .build(&BuildContext {
                 node_name: "n".into(),
+                directory: crate::metadata::PodDirectory::new(),
             })
             .iter()
             .map(|b| b.name)
             .collect();
         assert_eq!(names, ["kernel", "network", "dns", "memory"]);
-        assert!(config.unserved_groups().is_empty());
         let dns = config.dns.expect("dns entry");
         assert_eq!(dns.config.max_pending, 7, "configured options are kept");
         assert_eq!(dns.when_full, WhenFull::DropNewest);

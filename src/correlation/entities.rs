@@ -148,6 +148,8 @@ pub struct EntityIndex {
     // are confirmed here without hashing and comparing the 64-character id. The slots hold
     // their `Arc`s, so an address cannot be reused while it is remembered.
     confirmed: Vec<Option<(Arc<str>, Arc<str>)>>,
+    // The kubeapi collector's pods, asked when a container is not in `containers`.
+    directory: Option<Arc<crate::metadata::PodDirectory>>,
 }
 
 /// Slots of `EntityIndex::confirmed`; a power of two.
@@ -161,7 +163,13 @@ impl EntityIndex {
             containers: Bounded::new(capacity),
             processes: Bounded::new(capacity),
             confirmed: vec![None; CONFIRMED],
+            directory: None,
         }
+    }
+
+    /// Also resolves containers through `directory`.
+    pub fn set_directory(&mut self, directory: Arc<crate::metadata::PodDirectory>) {
+        self.directory = Some(directory);
     }
 
     /// Learns from `entities` what they say about nesting, then fills in what they lack
@@ -225,6 +233,25 @@ impl EntityIndex {
                     );
                 }
             }
+        }
+        if entities.pod_name.is_empty()
+            && !entities.container_id.is_empty()
+            && self.containers.get(&entities.container_id).is_none()
+            && let Some(meta) = self
+                .directory
+                .as_ref()
+                .and_then(|d| d.pod_of_container(&entities.container_id))
+        {
+            self.containers.insert(
+                Arc::clone(&entities.container_id),
+                Pod {
+                    uid: Arc::clone(&meta.uid),
+                    namespace: Arc::clone(&meta.namespace),
+                    name: Arc::clone(&meta.name),
+                    workload_kind: Arc::clone(&meta.workload_kind),
+                    workload_name: Arc::clone(&meta.workload_name),
+                },
+            );
         }
         if entities.pod_name.is_empty()
             && !entities.container_id.is_empty()

@@ -32,6 +32,16 @@ pub trait Correlator: Send {
 /// Builds the engine `config` asks for: `semantic` with the built-in rules plus the YAML's.
 #[must_use]
 pub fn build(config: &CorrelationConfig, node_name: &str) -> Box<dyn Correlator> {
+    build_with(config, node_name, None)
+}
+
+/// [`build`], with the node's pod metadata for events that name only their container.
+#[must_use]
+pub fn build_with(
+    config: &CorrelationConfig,
+    node_name: &str,
+    directory: Option<std::sync::Arc<crate::metadata::PodDirectory>>,
+) -> Box<dyn Correlator> {
     match config.mode {
         CorrelationMode::Semantic => {
             let mut table = rules::builtin();
@@ -54,7 +64,11 @@ pub fn build(config: &CorrelationConfig, node_name: &str) -> Box<dyn Correlator>
                     .collect(),
                 units: config.critical_units.clone(),
             };
-            Box::new(Semantic::new(node_name, table, limits).with_criticality(critical))
+            let mut engine = Semantic::new(node_name, table, limits).with_criticality(critical);
+            if let Some(directory) = directory {
+                engine = engine.with_directory(directory);
+            }
+            Box::new(engine)
         }
         CorrelationMode::Basic => Box::new(Basic::new(node_name)),
     }
@@ -189,6 +203,45 @@ mod tests {
         assert!(
             (plain_unit - critical_unit * 0.75).abs() < 1e-9,
             "{plain_unit} vs {critical_unit}"
+        );
+    }
+
+    #[test]
+    fn a_container_only_event_gets_its_pod_and_labels_from_the_directory() {
+        use crate::metadata::{PodDirectory, PodMeta};
+        let directory = PodDirectory::new();
+        directory.upsert(
+            PodMeta {
+                uid: "u9".into(),
+                namespace: "shop".into(),
+                name: "cart-9".into(),
+                labels: vec![("tier".into(), "critical".into())],
+                workload_kind: "Deployment".into(),
+                workload_name: "cart".into(),
+                node: "n".into(),
+            },
+            vec!["c9".into()],
+        );
+        let yaml =
+            "collectors:\n  synthetic: {}\ncorrelation: { critical_labels: [tier=critical] }\n";
+        let config = Config::from_yaml(yaml, "test.yaml").expect("valid");
+        let impact = |directory: Option<std::sync::Arc<PodDirectory>>| {
+            let mut engine = build_with(&config.correlation, "n", directory);
+            let in_container = |e: &mut Event| e.entities.container_id = "c9".into();
+            let mut kill = event(1, 1, "memory.oom_kill", in_container);
+            let mut exit = event(2, 1, "container.exit", in_container);
+            engine.process(&mut kill);
+            engine.process(&mut exit);
+            (kill, exit.correlation.expect("grouped").impact)
+        };
+        let (kill, with) = impact(Some(directory));
+        assert_eq!(&*kill.entities.pod_name, "cart-9");
+        assert_eq!(&*kill.entities.workload_name, "cart");
+        let (bare, without) = impact(None);
+        assert!(bare.entities.pod_name.is_empty());
+        assert!(
+            (without - with * 0.75).abs() < 1e-9,
+            "the directory's labels make it critical"
         );
     }
 

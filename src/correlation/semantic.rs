@@ -267,6 +267,7 @@ pub struct Semantic {
     // Pods (by key) a label made critical, for their events that carry no labels.
     critical_pods: Bounded<u64, ()>,
     touched: FxMap<(Relation, u64), Touch>,
+    directory: Option<Arc<crate::metadata::PodDirectory>>,
     rules: Vec<Rule>,
     by_effect: FxMap<&'static str, Vec<usize>>,
     // Per cause type: the longest delay of its rules and the lowest severity any accepts.
@@ -301,6 +302,7 @@ impl Semantic {
             critical: Criticality::default(),
             critical_pods: Bounded::new(limits.entities),
             touched: FxMap::default(),
+            directory: None,
             rules,
             by_effect,
             cause_types,
@@ -319,6 +321,15 @@ impl Semantic {
     #[must_use]
     pub fn with_criticality(mut self, critical: Criticality) -> Self {
         self.critical = critical;
+        self
+    }
+
+    /// Resolves containers the entity index has not seen through `directory` (filled by
+    /// the `kubeapi` collector), and reads pod labels there for criticality.
+    #[must_use]
+    pub fn with_directory(mut self, directory: Arc<crate::metadata::PodDirectory>) -> Self {
+        self.index.set_directory(Arc::clone(&directory));
+        self.directory = Some(directory);
         self
     }
 
@@ -341,7 +352,21 @@ impl Semantic {
             }
             return true;
         }
-        pod.is_some_and(|pod| self.critical_pods.get(&pod).is_some())
+        if pod.is_some_and(|pod| self.critical_pods.get(&pod).is_some()) {
+            return true;
+        }
+        // The kubeapi collector's view of the pod's labels.
+        let labels = self
+            .directory
+            .as_ref()
+            .filter(|_| !c.labels.is_empty() && !e.pod_uid.is_empty())
+            .and_then(|d| d.pod(&e.pod_uid));
+        labels.is_some_and(|meta| {
+            c.labels.iter().any(|(key, value)| {
+                meta.label(key)
+                    .is_some_and(|v| value.as_ref().is_none_or(|want| want == v))
+            })
+        })
     }
 
     /// Remembers that `group` touched `event`'s entities, for shared-entity joins.
