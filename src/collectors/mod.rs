@@ -4,6 +4,7 @@
 //! [`CollectorsConfig::build`]; serde rejects an unknown name with its line number.
 
 pub mod ebpf;
+pub mod etcd;
 pub mod journald;
 pub mod kubeapi;
 pub mod synthetic;
@@ -145,6 +146,9 @@ pub struct CollectorsConfig {
     pub syscall_errors: Option<CollectorEntry<ebpf::syscalls::SyscallErrorsConfig>>,
     /// Pods, the node and Warning events from the Kubernetes API (`--enable-k8s`).
     pub kubeapi: Option<CollectorEntry<kubeapi::KubeApiConfig>>,
+    /// An etcd member's health and metrics (YAML only).
+    #[serde(rename = "etcd-metrics")]
+    pub etcd_metrics: Option<CollectorEntry<etcd::EtcdConfig>>,
     /// Unit lifecycle from the systemd manager over D-Bus (`--enable-systemd`).
     pub systemd: Option<CollectorEntry<systemd::SystemdConfig>>,
     /// Entries of the systemd journal (`--enable-journald`).
@@ -231,6 +235,12 @@ impl CollectorsConfig {
             enabled += 1;
             entry.config.validate("collectors.kubeapi.config", problems);
         }
+        if let Some(entry) = self.etcd_metrics.as_ref().filter(|e| e.enabled) {
+            enabled += 1;
+            entry
+                .config
+                .validate("collectors.etcd-metrics.config", problems);
+        }
         if let Some(entry) = self.systemd.as_ref().filter(|e| e.enabled) {
             enabled += 1;
             entry.config.validate("collectors.systemd.config", problems);
@@ -285,6 +295,9 @@ impl CollectorsConfig {
                 node.clone(),
                 Arc::clone(&context.directory),
             ))
+        });
+        add(&mut built, self.etcd_metrics.as_ref(), etcd::NAME, |c| {
+            Box::new(etcd::Etcd::new(c, node.clone()))
         });
         add(&mut built, self.systemd.as_ref(), systemd::NAME, |c| {
             Box::new(systemd::Systemd::new(c, node.clone()))

@@ -1,0 +1,198 @@
+//! A small HTTP(S) GET client for the collectors that scrape endpoints (kubelet, etcd):
+//! hyper with rustls, a CA file or the system roots, optional client certificate, optional
+//! bearer token, and an opt-in that skips server verification (kind clusters).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+
+/// How to reach an endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tls {
+    /// CA bundle (PEM) to verify the server with; unset: the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM), with `key_file`, for mutual TLS.
+    pub cert_file: Option<PathBuf>,
+    /// Client key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// Accept any server certificate (a kind cluster's kubelet): no verification at all.
+    pub insecure_skip_verify: bool,
+}
+
+/// A reusable client.
+#[derive(Clone, Debug)]
+pub struct HttpClient {
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    token: Option<String>,
+    timeout: Duration,
+}
+
+/// A response: status and the whole body.
+#[derive(Debug)]
+pub struct Response {
+    /// HTTP status code.
+    pub status: u16,
+    /// Body bytes.
+    pub body: Bytes,
+}
+
+fn read_pem(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+impl HttpClient {
+    /// A client with `tls` settings, sending `token` as a bearer token, giving up on a
+    /// request after `timeout`.
+    ///
+    /// # Errors
+    /// A file that cannot be read or parsed, named with the reason.
+    pub fn new(tls: &Tls, token: Option<String>, timeout: Duration) -> Result<Self, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?;
+        let builder = if tls.insecure_skip_verify {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAnything(provider)))
+        } else {
+            let mut roots = rustls::RootCertStore::empty();
+            match &tls.ca_file {
+                Some(path) => {
+                    let pem = read_pem(path)?;
+                    for cert in CertificateDer::pem_slice_iter(&pem) {
+                        let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
+                        roots
+                            .add(cert)
+                            .map_err(|e| format!("{}: {e}", path.display()))?;
+                    }
+                }
+                None => {
+                    for cert in rustls_native_certs::load_native_certs().certs {
+                        let _ = roots.add(cert);
+                    }
+                }
+            }
+            builder.with_root_certificates(roots)
+        };
+        let config = match (&tls.cert_file, &tls.key_file) {
+            (Some(cert), Some(key)) => {
+                let certs = CertificateDer::pem_slice_iter(&read_pem(cert)?)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("{}: {e}", cert.display()))?;
+                let key = PrivateKeyDer::from_pem_slice(&read_pem(key)?)
+                    .map_err(|e| format!("{}: {e}", key.display()))?;
+                builder
+                    .with_client_auth_cert(certs, key)
+                    .map_err(|e| e.to_string())?
+            }
+            _ => builder.with_no_client_auth(),
+        };
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        Ok(Self {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            token,
+            timeout,
+        })
+    }
+
+    /// GETs `url`.
+    ///
+    /// # Errors
+    /// A bad URL, a connection or TLS failure, or the timeout, as text.
+    pub async fn get(&self, url: &str) -> Result<Response, String> {
+        let mut request = hyper::Request::get(url);
+        if let Some(token) = &self.token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = request
+            .body(Empty::new())
+            .map_err(|e| format!("{url}: {e}"))?;
+        let work = async {
+            let response = self.client.request(request).await.map_err(|e| {
+                // The source chain says why (refused, TLS), the top error only "client error".
+                let mut text = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(inner) = source {
+                    text = format!("{text}: {inner}");
+                    source = inner.source();
+                }
+                text
+            })?;
+            let status = response.status().as_u16();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            Ok(Response { status, body })
+        };
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .map_err(|_| format!("{url}: no answer within {:?}", self.timeout))?
+            .map_err(|e: String| format!("{url}: {e}"))
+    }
+}
+
+/// The verifier behind `insecure_skip_verify`: accepts every certificate, and checks
+/// handshake signatures only so the connection still works.
+#[derive(Debug)]
+struct AcceptAnything(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnything {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
