@@ -7,6 +7,7 @@ pub mod ebpf;
 pub mod etcd;
 pub mod journald;
 pub mod kubeapi;
+pub mod kubelet;
 pub mod synthetic;
 pub mod systemd;
 
@@ -146,6 +147,8 @@ pub struct CollectorsConfig {
     pub syscall_errors: Option<CollectorEntry<ebpf::syscalls::SyscallErrorsConfig>>,
     /// Pods, the node and Warning events from the Kubernetes API (`--enable-k8s`).
     pub kubeapi: Option<CollectorEntry<kubeapi::KubeApiConfig>>,
+    /// The node's kubelet: pressure, pod memory near limits, restarts (`--enable-k8s`).
+    pub kubelet: Option<CollectorEntry<kubelet::KubeletConfig>>,
     /// An etcd member's health and metrics (YAML only).
     #[serde(rename = "etcd-metrics")]
     pub etcd_metrics: Option<CollectorEntry<etcd::EtcdConfig>>,
@@ -185,6 +188,9 @@ impl CollectorsConfig {
         }
         if group == Group::Kubernetes {
             self.kubeapi
+                .get_or_insert_with(CollectorEntry::default)
+                .enabled = true;
+            self.kubelet
                 .get_or_insert_with(CollectorEntry::default)
                 .enabled = true;
         }
@@ -234,6 +240,10 @@ impl CollectorsConfig {
         if let Some(entry) = self.kubeapi.as_ref().filter(|e| e.enabled) {
             enabled += 1;
             entry.config.validate("collectors.kubeapi.config", problems);
+        }
+        if let Some(entry) = self.kubelet.as_ref().filter(|e| e.enabled) {
+            enabled += 1;
+            entry.config.validate("collectors.kubelet.config", problems);
         }
         if let Some(entry) = self.etcd_metrics.as_ref().filter(|e| e.enabled) {
             enabled += 1;
@@ -295,6 +305,9 @@ impl CollectorsConfig {
                 node.clone(),
                 Arc::clone(&context.directory),
             ))
+        });
+        add(&mut built, self.kubelet.as_ref(), kubelet::NAME, |c| {
+            Box::new(kubelet::Kubelet::new(c, node.clone()))
         });
         add(&mut built, self.etcd_metrics.as_ref(), etcd::NAME, |c| {
             Box::new(etcd::Etcd::new(c, node.clone()))
