@@ -15,7 +15,11 @@ fn main() -> anyhow::Result<()> {
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     tonic_prost_build::configure().compile_with_config(
         config,
-        &["proto/tapio/v1/event.proto", "proto/tapio/v1/service.proto"],
+        &[
+            "proto/tapio/v1/event.proto",
+            "proto/tapio/v1/service.proto",
+            "proto/cri/api.proto",
+        ],
         &["proto"],
     )?;
     compile_probes(&PathBuf::from(std::env::var("OUT_DIR")?))

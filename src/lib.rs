@@ -24,3 +24,10 @@ pub mod pb {
     #![allow(missing_docs, clippy::pedantic)]
     tonic::include_proto!("tapio.v1");
 }
+
+/// The part of the Kubernetes CRI (`runtime.v1`) the `cri` collector speaks, from
+/// proto/cri: the client, and the server that the tests' stand-in runtime implements.
+pub mod cri_pb {
+    #![allow(missing_docs, clippy::pedantic)]
+    tonic::include_proto!("runtime.v1");
+}

@@ -3,6 +3,7 @@
 //! Adding a collector is one module, one field in [`CollectorsConfig`] and one line in
 //! [`CollectorsConfig::build`]; serde rejects an unknown name with its line number.
 
+pub mod cri;
 pub mod ebpf;
 pub mod etcd;
 pub mod journald;
@@ -149,6 +150,8 @@ pub struct CollectorsConfig {
     pub kubeapi: Option<CollectorEntry<kubeapi::KubeApiConfig>>,
     /// The node's kubelet: pressure, pod memory near limits, restarts (`--enable-k8s`).
     pub kubelet: Option<CollectorEntry<kubelet::KubeletConfig>>,
+    /// Container lifecycle from the runtime's CRI socket (YAML only).
+    pub cri: Option<CollectorEntry<cri::CriConfig>>,
     /// An etcd member's health and metrics (YAML only).
     #[serde(rename = "etcd-metrics")]
     pub etcd_metrics: Option<CollectorEntry<etcd::EtcdConfig>>,
@@ -245,6 +248,10 @@ impl CollectorsConfig {
             enabled += 1;
             entry.config.validate("collectors.kubelet.config", problems);
         }
+        if let Some(entry) = self.cri.as_ref().filter(|e| e.enabled) {
+            enabled += 1;
+            entry.config.validate("collectors.cri.config", problems);
+        }
         if let Some(entry) = self.etcd_metrics.as_ref().filter(|e| e.enabled) {
             enabled += 1;
             entry
@@ -308,6 +315,9 @@ impl CollectorsConfig {
         });
         add(&mut built, self.kubelet.as_ref(), kubelet::NAME, |c| {
             Box::new(kubelet::Kubelet::new(c, node.clone()))
+        });
+        add(&mut built, self.cri.as_ref(), cri::NAME, |c| {
+            Box::new(cri::Cri::new(c, node.clone()))
         });
         add(&mut built, self.etcd_metrics.as_ref(), etcd::NAME, |c| {
             Box::new(etcd::Etcd::new(c, node.clone()))
