@@ -156,6 +156,20 @@ fn pod_and_node_changes_become_events_once_across_watch_expiry() {
         ),
     );
     api.apply("events", warning("old", WEB_UID, "web-7d9f8c6b5-x2x9q"));
+    api.apply(
+        "endpointslices",
+        json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+            "metadata": {"name": "web-abcde", "namespace": "shop", "uid": "slice-1",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "endpoints": [
+                {"addresses": ["10.0.0.7"], "nodeName": "node-a",
+                 "targetRef": {"kind": "Pod", "namespace": "shop", "name": "web-7d9f8c6b5-x2x9q", "uid": WEB_UID}},
+                {"addresses": ["10.0.1.9"], "nodeName": "node-b",
+                 "targetRef": {"kind": "Pod", "namespace": "shop", "name": "other-1", "uid": "aaaaaaaa-0000-0000-0000-000000000001"}}
+            ]
+        }),
+    );
 
     let kubeconfig = config(&api.kubeconfig());
     let yaml = config(&format!(
@@ -194,6 +208,7 @@ fn pod_and_node_changes_become_events_once_across_watch_expiry() {
         a.requests("pods", "watch") >= 1
             && a.requests("nodes", "watch") >= 1
             && a.requests("events", "watch") >= 1
+            && a.requests("endpointslices", "watch") >= 1
     });
 
     // An OOM kill and a restart: the container's exit and the pod's restart.
@@ -218,6 +233,10 @@ fn pod_and_node_changes_become_events_once_across_watch_expiry() {
     );
     assert_eq!(restart["entities"]["pod_uid"], WEB_UID);
     assert_eq!(restart["attributes"]["k8s.pod.label.tier"], "critical");
+    assert_eq!(
+        restart["attributes"]["k8s.service.name"], "web",
+        "the service its endpoint slice names"
+    );
 
     // CrashLoopBackOff.
     api.apply(

@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Event as KubeEvent, Node, Pod};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client};
 use serde::Deserialize;
@@ -45,7 +46,7 @@ pub enum EventObjects {
 }
 
 /// Options of the `kubeapi` collector.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KubeApiConfig {
     /// This node's name in the cluster; default the `NODE_NAME` environment variable (the
@@ -59,6 +60,21 @@ pub struct KubeApiConfig {
     pub kubeconfig: Option<PathBuf>,
     /// Kubernetes `Event` objects to report: `warnings` (default), `all` or `none`.
     pub events: EventObjects,
+    /// Watch `EndpointSlice`s to know which services a pod backs (on pod events as
+    /// `k8s.service.name`, and in an incident's blast radius); default true.
+    pub services: bool,
+}
+
+impl Default for KubeApiConfig {
+    fn default() -> Self {
+        Self {
+            node_name: None,
+            cluster_wide: false,
+            kubeconfig: None,
+            events: EventObjects::default(),
+            services: true,
+        }
+    }
 }
 
 impl KubeApiConfig {
@@ -159,8 +175,17 @@ async fn run(collector: KubeApi, context: Context) -> Result<(), Error> {
     };
     let objects =
         event_config.map(|c| watcher(Api::<KubeEvent>::all(client.clone()), c).default_backoff());
+    // Cluster-wide: a slice names its endpoints' nodes but cannot be selected by them.
+    let slices = collector.config.services.then(|| {
+        watcher(
+            Api::<EndpointSlice>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+    });
     tokio::pin!(pods, nodes);
     let mut objects = objects.map(Box::pin);
+    let mut slices = slices.map(Box::pin);
     let mut state = State {
         ids: IdGenerator::new(),
         node: node.as_str().into(),
@@ -171,6 +196,9 @@ async fn run(collector: KubeApi, context: Context) -> Result<(), Error> {
         events: Track::default(),
         seen_events: HashMap::new(),
         seen_order: VecDeque::new(),
+        slices: HashMap::new(),
+        services: HashMap::new(),
+        relisted_slices: HashSet::new(),
         failing: false,
     };
     tracing::info!(node = %node, cluster_wide = collector.config.cluster_wide, "kubeapi: watching pods, the node and events.");
@@ -188,6 +216,10 @@ async fn run(collector: KubeApi, context: Context) -> Result<(), Error> {
             Some(item) = next_or_pending(objects.as_mut()) => match item {
                 Ok(change) => state.event_change(change),
                 Err(e) => { state.watch_failed(&context, "events", &e); Vec::new() }
+            },
+            Some(item) = next_or_pending(slices.as_mut()) => match item {
+                Ok(change) => { state.slice_change(change); Vec::new() }
+                Err(e) => { state.watch_failed(&context, "endpointslices", &e); Vec::new() }
             },
         };
         for event in out {
@@ -283,6 +315,11 @@ struct State {
     events: Track<()>,
     seen_events: HashMap<String, i32>,
     seen_order: VecDeque<String>,
+    /// Endpoint slice uid -> (pod uid, service) pairs it lists.
+    slices: HashMap<String, Vec<(String, String)>>,
+    /// Pod uid -> services it backs, with how many slices say so.
+    services: HashMap<String, Vec<(String, usize)>>,
+    relisted_slices: HashSet<String>,
     failing: bool,
 }
 
@@ -431,7 +468,87 @@ impl State {
                 value.as_str(),
             );
         }
+        if let Some((service, _)) = self.services.get(&*meta.uid).and_then(|s| s.first()) {
+            event
+                .attributes
+                .set(crate::correlation::semantic::SERVICE, service.as_str());
+        }
         event
+    }
+
+    /// Keeps which services each pod backs, from the endpoint slices.
+    fn slice_change(&mut self, change: watcher::Event<EndpointSlice>) {
+        self.failing = false;
+        let (slice, present) = match change {
+            watcher::Event::Apply(slice) => (slice, true),
+            watcher::Event::InitApply(slice) => {
+                self.relisted_slices.insert(uid_of(&slice.metadata));
+                (slice, true)
+            }
+            watcher::Event::Delete(slice) => (slice, false),
+            watcher::Event::Init => {
+                self.relisted_slices.clear();
+                return;
+            }
+            watcher::Event::InitDone => {
+                // Slices gone while the watch was down.
+                let gone: Vec<String> = self
+                    .slices
+                    .keys()
+                    .filter(|k| !self.relisted_slices.contains(*k))
+                    .cloned()
+                    .collect();
+                for uid in gone {
+                    self.forget_slice(&uid);
+                }
+                return;
+            }
+        };
+        let uid = uid_of(&slice.metadata);
+        let service = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("kubernetes.io/service-name"))
+            .cloned();
+        let pairs: Vec<(String, String)> = match (&service, present) {
+            (Some(service), true) => slice
+                .endpoints
+                .iter()
+                // On a node agent, only this node's endpoints: the rest is never asked for.
+                .filter(|e| self.cluster_wide || e.node_name.as_deref() == Some(&*self.node))
+                .filter_map(|e| e.target_ref.as_ref())
+                .filter(|r| r.kind.as_deref() == Some("Pod"))
+                .filter_map(|r| r.uid.clone())
+                .map(|pod| (pod, service.clone()))
+                .collect(),
+            _ => Vec::new(),
+        };
+        self.forget_slice(&uid);
+        for (pod, service) in &pairs {
+            let list = self.services.entry(pod.clone()).or_default();
+            match list.iter_mut().find(|(s, _)| s == service) {
+                Some(entry) => entry.1 += 1,
+                None => list.push((service.clone(), 1)),
+            }
+        }
+        if !pairs.is_empty() {
+            self.slices.insert(uid, pairs);
+        }
+    }
+
+    fn forget_slice(&mut self, uid: &str) {
+        for (pod, service) in self.slices.remove(uid).unwrap_or_default() {
+            if let Some(list) = self.services.get_mut(&pod) {
+                if let Some(entry) = list.iter_mut().find(|(s, _)| *s == service) {
+                    entry.1 -= 1;
+                }
+                list.retain(|(_, n)| *n > 0);
+                if list.is_empty() {
+                    self.services.remove(&pod);
+                }
+            }
+        }
     }
 
     #[allow(

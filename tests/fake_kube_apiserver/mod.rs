@@ -15,8 +15,17 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-/// The resources served, all cluster-wide (`/api/v1/<plural>`).
-const RESOURCES: [(&str, &str); 3] = [("pods", "Pod"), ("nodes", "Node"), ("events", "Event")];
+/// The resources served, all cluster-wide: (plural, kind, path).
+const RESOURCES: [(&str, &str, &str); 4] = [
+    ("pods", "Pod", "/api/v1/pods"),
+    ("nodes", "Node", "/api/v1/nodes"),
+    ("events", "Event", "/api/v1/events"),
+    (
+        "endpointslices",
+        "EndpointSlice",
+        "/apis/discovery.k8s.io/v1/endpointslices",
+    ),
+];
 
 #[derive(Default)]
 struct Inner {
@@ -218,8 +227,8 @@ impl FakeApiServer {
             let (path, params) = query(&target);
             let Some((plural, kind)) = RESOURCES
                 .iter()
-                .find(|(p, _)| path == format!("/api/v1/{p}"))
-                .map(|(p, k)| ((*p).to_owned(), *k))
+                .find(|(_, _, at)| path == *at)
+                .map(|(p, k, _)| ((*p).to_owned(), *k))
             else {
                 let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}).to_string();
                 let _ = write!(
@@ -260,8 +269,13 @@ impl FakeApiServer {
             .filter(|((p, _), o)| p == plural && selected(o, selector))
             .map(|(_, o)| o)
             .collect();
+        let api_version = if kind == "EndpointSlice" {
+            "discovery.k8s.io/v1"
+        } else {
+            "v1"
+        };
         let body = json!({
-            "apiVersion": "v1",
+            "apiVersion": api_version,
             "kind": format!("{kind}List"),
             "metadata": {"resourceVersion": inner.rv.to_string()},
             "items": items,
