@@ -44,6 +44,43 @@ pub enum Error {
     /// Writing to stdout failed (for instance, the reader went away).
     #[error("writing events to stdout failed: {0}")]
     Output(#[source] std::io::Error),
+    /// The `/healthz` and `/metrics` address could not be bound.
+    #[error("orchestrator.metrics_listen {addr}: {source}")]
+    MetricsListen {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// Why it could not be bound.
+        source: std::io::Error,
+    },
+}
+
+/// Builds and starts every enabled collector: the manager, the pod directory they share
+/// with the correlation engine, and how many started.
+fn start_collectors(
+    config: &Config,
+    node_name: &str,
+    telemetry: &Arc<Telemetry>,
+    shutdown: &CancellationToken,
+) -> Result<(Manager, Arc<crate::metadata::PodDirectory>, usize), Error> {
+    let mut manager = Manager::new(
+        Arc::clone(telemetry),
+        config.orchestrator.buffer_size,
+        shutdown.clone(),
+    );
+    let directory = crate::metadata::PodDirectory::new();
+    let mut started = 0;
+    for built in config.collectors.build(&BuildContext {
+        node_name: node_name.to_owned(),
+        directory: Arc::clone(&directory),
+    }) {
+        if manager.start(built) {
+            started += 1;
+        }
+    }
+    if started == 0 {
+        return Err(Error::NoCollectorStarted);
+    }
+    Ok((manager, directory, started))
 }
 
 /// Sets up logging on stderr with `filter` (a level or tracing directives).
@@ -107,24 +144,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Arc<Tele
     config.validate()?;
     let node_name = config.node_name();
     let telemetry = Arc::new(Telemetry::default());
-    let mut manager = Manager::new(
-        Arc::clone(&telemetry),
-        config.orchestrator.buffer_size,
-        shutdown.clone(),
-    );
-    let mut started = 0;
-    let directory = crate::metadata::PodDirectory::new();
-    for built in config.collectors.build(&BuildContext {
-        node_name: node_name.clone(),
-        directory: Arc::clone(&directory),
-    }) {
-        if manager.start(built) {
-            started += 1;
-        }
-    }
-    if started == 0 {
-        return Err(Error::NoCollectorStarted);
-    }
+    let (mut manager, directory, started) =
+        start_collectors(&config, &node_name, &telemetry, &shutdown)?;
     tracing::info!(
         collectors = started,
         node = %node_name,
@@ -133,6 +154,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Arc<Tele
     );
 
     let stop_status = CancellationToken::new();
+    let health = match config.orchestrator.metrics_listen {
+        Some(addr) => Some(
+            crate::health::serve(addr, Arc::clone(&telemetry), stop_status.clone())
+                .await
+                .map_err(|source| Error::MetricsListen { addr, source })?,
+        ),
+        None => None,
+    };
     let status = tokio::spawn(
         Arc::clone(&telemetry)
             .report_every(config.orchestrator.status_interval, stop_status.clone()),
@@ -199,6 +228,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Arc<Tele
     }
     stop_status.cancel();
     let _ = status.await;
+    if let Some(health) = health {
+        let _ = health.await;
+    }
     eprintln!("{}", telemetry.status_line());
     result?;
     match report {

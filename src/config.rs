@@ -75,6 +75,8 @@ pub struct OrchestratorConfig {
     pub status_interval: Duration,
     /// This node's name; default: `$NODE_NAME`, else the kernel's hostname.
     pub node_name: Option<String>,
+    /// Where `/healthz` and `/metrics` (Prometheus text) are served; unset: nowhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for OrchestratorConfig {
@@ -85,6 +87,7 @@ impl Default for OrchestratorConfig {
             log_level: "info".into(),
             status_interval: Duration::from_secs(10),
             node_name: None,
+            metrics_listen: None,
         }
     }
 }
@@ -709,6 +712,9 @@ pub struct RunArgs {
     /// How often the status line is printed on stderr [default: 10s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub status_interval: Option<Duration>,
+    /// Serve `/healthz` and `/metrics` (Prometheus text) on this address, e.g. 0.0.0.0:9464.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Store of the embedded server (`--server embedded`) [default: tapio-data].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -774,6 +780,9 @@ impl RunArgs {
         }
         if let Some(v) = self.status_interval {
             config.orchestrator.status_interval = v;
+        }
+        if let Some(v) = self.metrics_listen {
+            config.orchestrator.metrics_listen = Some(v);
         }
         if self.stdout {
             config.output.stdout = true;

@@ -10,6 +10,7 @@ pub mod config;
 pub mod correlation;
 pub mod delivery;
 pub mod event;
+pub mod health;
 pub mod http;
 pub mod internal_events;
 pub mod manager;

@@ -336,6 +336,89 @@ impl Telemetry {
         line
     }
 
+    /// The counters in Prometheus text format, for `/metrics`.
+    #[must_use]
+    pub fn prometheus(&self) -> String {
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        };
+        let collectors = self.collectors();
+        metric(
+            "tapio_events_processed_total",
+            "counter",
+            "Events through the correlation engine.",
+            &[(String::new(), self.processed())],
+        );
+        metric(
+            "tapio_correlation_open_groups",
+            "gauge",
+            "Incident groups open in the correlation engine.",
+            &[(String::new(), self.open_groups.load(Ordering::Relaxed))],
+        );
+        let per = |f: &dyn Fn(&CollectorStats) -> u64| -> Vec<(String, u64)> {
+            collectors
+                .iter()
+                .map(|c| (format!("{{collector=\"{}\"}}", c.name()), f(c)))
+                .collect()
+        };
+        metric(
+            "tapio_collector_events_accepted_total",
+            "counter",
+            "Events a collector handed to the pipeline.",
+            &per(&|c| c.accepted()),
+        );
+        metric(
+            "tapio_collector_up",
+            "gauge",
+            "1 while the collector runs (degraded included), else 0.",
+            &per(&|c| u64::from(c.health().is_active())),
+        );
+        let mut dropped = Vec::new();
+        for c in &collectors {
+            for cause in DropCause::ALL {
+                dropped.push((
+                    format!(
+                        "{{component=\"{}\",cause=\"{}\"}}",
+                        c.name(),
+                        cause.as_str()
+                    ),
+                    c.dropped(cause),
+                ));
+            }
+        }
+        if let Some(bridge) = self.bridge() {
+            for cause in DropCause::ALL {
+                dropped.push((
+                    format!("{{component=\"bridge\",cause=\"{}\"}}", cause.as_str()),
+                    bridge.dropped.get(cause),
+                ));
+            }
+            metric(
+                "tapio_events_delivered_total",
+                "counter",
+                "Events the server acknowledged.",
+                &[(String::new(), bridge.delivered.load(Ordering::Relaxed))],
+            );
+            metric(
+                "tapio_events_pending",
+                "gauge",
+                "Events accepted and not yet acknowledged.",
+                &[(String::new(), bridge.pending.load(Ordering::Relaxed))],
+            );
+        }
+        metric(
+            "tapio_events_dropped_total",
+            "counter",
+            "Events dropped, by component and cause.",
+            &dropped,
+        );
+        out
+    }
+
     /// Prints the status line on stderr every `interval` until `stop` is cancelled.
     pub async fn report_every(self: Arc<Self>, interval: Duration, stop: CancellationToken) {
         let mut ticker = tokio::time::interval(interval);

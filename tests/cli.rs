@@ -412,3 +412,87 @@ fn nothing_enabled_and_nowhere_to_send_are_clear_errors() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("events would go nowhere"));
 }
+
+/// `GET path` on `port`: (status line, body).
+fn http_get(port: u16, path: &str) -> (String, String) {
+    use std::io::Write as _;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connects");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("sends");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("reads");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a response");
+    (
+        head.lines().next().unwrap_or_default().to_owned(),
+        body.to_owned(),
+    )
+}
+
+#[test]
+fn healthz_and_metrics_are_served_while_collectors_run() {
+    let port = common::free_port();
+    let file = config("collectors:\n  synthetic: { config: { events: 0, rate: 2000 } }\n");
+    let child = Command::new(COLLECTOR)
+        .arg("--config")
+        .arg(file.path())
+        .args([
+            "--server",
+            "none",
+            "--stdout",
+            "--metrics-listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("collector starts");
+    let agent = Guard(child);
+    let started = Instant::now();
+    let (status, body) = loop {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            let (status, body) = http_get(port, "/metrics");
+            if body.contains("tapio_collector_events_accepted_total{collector=\"synthetic\"} ")
+                && !body.contains("{collector=\"synthetic\"} 0\n")
+            {
+                break (status, body);
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no metrics");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    for name in [
+        "# TYPE tapio_events_processed_total counter",
+        "tapio_collector_up{collector=\"synthetic\"} 1",
+        "tapio_events_dropped_total{component=\"synthetic\",cause=\"queue_full\"} 0",
+    ] {
+        assert!(body.contains(name), "{name} in {body}");
+    }
+    let (status, body) = http_get(port, "/healthz");
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    assert_eq!(http_get(port, "/nope").0, "HTTP/1.1 404 Not Found");
+    let kill = Command::new("kill")
+        .args(["-TERM", &agent.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    assert!(agent.wait_for(Duration::from_secs(30)).status.success());
+
+    // An address already taken is an error that names the setting.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let out = run(&[
+        "--config",
+        file.path().to_str().expect("utf-8"),
+        "--server",
+        "none",
+        "--stdout",
+        "--metrics-listen",
+        &addr,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("orchestrator.metrics_listen"),
+        "{}",
+        text(&out.stderr)
+    );
+}
