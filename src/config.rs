@@ -657,6 +657,13 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Ask a running agent's `/healthz` (see `--metrics-listen`): exit 0 on 200, else 1.
+    /// For Docker's HEALTHCHECK, in images without curl.
+    Health {
+        /// The URL, e.g. `http://127.0.0.1:9464/healthz`.
+        #[arg(value_name = "URL", default_value = "http://127.0.0.1:9464/healthz")]
+        url: String,
+    },
 }
 
 /// Flags of the agent run; each one given overrides the YAML file.

@@ -34,15 +34,24 @@ pub async fn serve(
             tokio::spawn(async move {
                 // A request line and headers fit in 4 KiB; anything longer is not ours.
                 let mut request = vec![0; 4096];
-                let Ok(Ok(n)) = tokio::time::timeout(
-                    std::time::Duration::from_secs(5),
-                    stream.read(&mut request),
-                )
-                .await
-                else {
-                    return;
+                let mut filled = 0;
+                let read_head = async {
+                    while filled < request.len()
+                        && !request[..filled].windows(4).any(|w| w == b"\r\n\r\n")
+                    {
+                        match stream.read(&mut request[filled..]).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => filled += n,
+                        }
+                    }
                 };
-                let line = String::from_utf8_lossy(&request[..n]);
+                if tokio::time::timeout(std::time::Duration::from_secs(5), read_head)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let line = String::from_utf8_lossy(&request[..filled]);
                 let path = line.split_whitespace().nth(1).unwrap_or("/");
                 let (status, kind, body) = respond(path, &telemetry);
                 let head = format!(

@@ -469,6 +469,8 @@ fn healthz_and_metrics_are_served_while_collectors_run() {
     }
     let (status, body) = http_get(port, "/healthz");
     assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    let probe = run(&["health", &format!("http://127.0.0.1:{port}/healthz")]);
+    assert!(probe.status.success(), "{}", text(&probe.stderr));
     assert_eq!(http_get(port, "/nope").0, "HTTP/1.1 404 Not Found");
     let kill = Command::new("kill")
         .args(["-TERM", &agent.0.id().to_string()])
@@ -476,6 +478,12 @@ fn healthz_and_metrics_are_served_while_collectors_run() {
         .expect("kill");
     assert!(kill.success());
     assert!(agent.wait_for(Duration::from_secs(30)).status.success());
+    let probe = run(&["health", &format!("http://127.0.0.1:{port}/healthz")]);
+    assert_eq!(
+        probe.status.code(),
+        Some(1),
+        "nothing answers once it stopped"
+    );
 
     // An address already taken is an error that names the setting.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

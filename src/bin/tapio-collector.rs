@@ -16,7 +16,44 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Validate { config }) => validate(&config),
+        Some(Command::Health { url }) => health(&url),
         None => run(&cli.run),
+    }
+}
+
+/// One plain-HTTP GET of `url`: success on `200`.
+fn health(url: &str) -> ExitCode {
+    use std::io::{Read as _, Write as _};
+    let Some(rest) = url.strip_prefix("http://") else {
+        eprintln!("error: {url}: only http:// URLs");
+        return ExitCode::FAILURE;
+    };
+    let (host, path) = rest.split_once('/').map_or((rest, "/"), |(h, p)| (h, p));
+    let answer = std::net::TcpStream::connect(host).and_then(|mut stream| {
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+        // One write: a server that answers after the first read must see it whole.
+        let request = format!(
+            "GET /{} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n",
+            path.trim_start_matches('/')
+        );
+        stream.write_all(request.as_bytes())?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        Ok(response)
+    });
+    match answer {
+        Ok(response) if response.starts_with("HTTP/1.1 200") => {
+            print!("{}", response.split_once("\r\n\r\n").map_or("", |(_, b)| b));
+            ExitCode::SUCCESS
+        }
+        Ok(response) => {
+            eprintln!("unhealthy: {}", response.lines().next().unwrap_or_default());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {url}: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
