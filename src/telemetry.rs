@@ -23,7 +23,8 @@ pub enum DropCause {
     SpoolError,
     /// A kernel probe's ring buffer was full: the record was lost in the kernel.
     RingBufferFull,
-    /// Input that could not be read (a corrupt or truncated journal file).
+    /// Input that could not be read (a corrupt or truncated journal file, a replayed line
+    /// that is not an event).
     Unreadable,
 }
 

@@ -9,6 +9,7 @@ pub mod etcd;
 pub mod journald;
 pub mod kubeapi;
 pub mod kubelet;
+pub mod replay;
 pub mod synthetic;
 pub mod systemd;
 
@@ -135,6 +136,8 @@ impl Group {
 pub struct CollectorsConfig {
     /// Generated load and scripted incidents, for tests, benchmarks and demos.
     pub synthetic: Option<CollectorEntry<synthetic::SyntheticConfig>>,
+    /// Recorded events read back from a JSON-lines file or stdin.
+    pub replay: Option<CollectorEntry<replay::ReplayConfig>>,
     /// Process exec and exit from the kernel (`--enable-ebpf`).
     pub kernel: Option<CollectorEntry<ebpf::kernel::KernelConfig>>,
     /// TCP connects, accepts, closes and failures from the kernel (`--enable-ebpf`).
@@ -218,6 +221,10 @@ impl CollectorsConfig {
                 .config
                 .validate("collectors.synthetic.config", problems);
         }
+        if let Some(entry) = self.replay.as_ref().filter(|e| e.enabled) {
+            enabled += 1;
+            entry.config.validate("collectors.replay.config", problems);
+        }
         if let Some(entry) = self.kernel.as_ref().filter(|e| e.enabled) {
             enabled += 1;
             entry.config.validate("collectors.kernel.config", problems);
@@ -284,6 +291,9 @@ impl CollectorsConfig {
         let mut built = Vec::new();
         add(&mut built, self.synthetic.as_ref(), synthetic::NAME, |c| {
             Box::new(synthetic::Synthetic::new(c, node.clone()))
+        });
+        add(&mut built, self.replay.as_ref(), replay::NAME, |c| {
+            Box::new(replay::Replay::new(c))
         });
         add(&mut built, self.kernel.as_ref(), ebpf::kernel::NAME, |c| {
             Box::new(ebpf::kernel::Kernel::new(c, node.clone()))
