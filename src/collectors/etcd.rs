@@ -325,7 +325,8 @@ async fn run(
     let mut ids = IdGenerator::new();
     let mut previous: Option<HashMap<String, f64>> = None;
     // None until the first scrape: a member down at start is reported, a healthy one not.
-    let mut healthy: Option<bool> = None;
+    // 0 healthy, 1 unhealthy, 2 unreachable: each change between them is an event.
+    let mut state: Option<u8> = None;
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -343,10 +344,14 @@ async fn run(
             }
             Err(e) => Err(e),
         };
-        let now_healthy = matches!(health, Ok((true, _)));
-        if healthy != Some(now_healthy) {
+        let now = match &health {
+            Ok((true, _)) => 0,
+            Ok((false, _)) => 1,
+            Err(_) => 2,
+        };
+        if state != Some(now) {
             let (kind, severity, message) = match &health {
-                Ok((true, _)) if healthy.is_some() => (
+                Ok((true, _)) if state.is_some() => (
                     "etcd.healthy",
                     Severity::Info,
                     format!("{base} is healthy again"),
@@ -366,7 +371,7 @@ async fn run(
             if !kind.is_empty() {
                 out.push((kind, severity, message, Vec::new()));
             }
-            healthy = Some(now_healthy);
+            state = Some(now);
         }
         if let Ok(response) = client.get(&format!("{base}/metrics")).await
             && response.status == 200
