@@ -894,7 +894,7 @@ mod tests {
     #[case::unknown_collector(
         "collectors:\n  synthetic: {}\n  bogus: {}\n",
         "collectors.bogus",
-        "unknown collector `bogus`, expected one of `synthetic`, `kernel`"
+        "unknown collector `bogus`, expected one of `synthetic`, `replay`, `kernel`"
     )]
     #[case::unknown_field(
         "orchestrator:\n  workers: 2\n  wrokers: 3\n",
