@@ -472,12 +472,7 @@ fn healthz_and_metrics_are_served_while_collectors_run() {
     let probe = run(&["health", &format!("http://127.0.0.1:{port}/healthz")]);
     assert!(probe.status.success(), "{}", text(&probe.stderr));
     assert_eq!(http_get(port, "/nope").0, "HTTP/1.1 404 Not Found");
-    let kill = Command::new("kill")
-        .args(["-TERM", &agent.0.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(kill.success());
-    assert!(agent.wait_for(Duration::from_secs(30)).status.success());
+    assert!(common::terminate(agent).status.success());
     let probe = run(&["health", &format!("http://127.0.0.1:{port}/healthz")]);
     assert_eq!(
         probe.status.code(),

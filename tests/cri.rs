@@ -5,14 +5,11 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::pin::Pin;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{COLLECTOR, Guard, config};
-use serde_json::Value;
+use common::{config, spawn_collector};
 use tapio::cri_pb::runtime_service_server::{RuntimeService, RuntimeServiceServer};
 use tapio::cri_pb::{
     Container, ContainerEventResponse, ContainerEventType, ContainerMetadata, ContainerState,
@@ -190,42 +187,14 @@ async fn run(with_events: bool) {
         socket.display(),
         if with_events { "auto" } else { "poll" }
     ));
-    let mut child = Command::new(COLLECTOR)
-        .arg("--config")
-        .arg(yaml.path())
-        .args(["--server", "none", "--stdout", "--otel-endpoint", "none"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("collector starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let stderr = child.stderr.take().expect("stderr");
-    let agent = Guard(child);
-    let events = Arc::new(Mutex::new(Vec::new()));
-    let log = Arc::new(Mutex::new(String::new()));
-    let (sink, log_sink) = (Arc::clone(&events), Arc::clone(&log));
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            sink.lock()
-                .expect("lock")
-                .push(serde_json::from_str::<Value>(&line).expect("JSON"));
-        }
-    });
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            log_sink.lock().expect("lock").push_str(&(line + "\n"));
-        }
-    });
+    let agent = spawn_collector(yaml.path(), &["--server", "none"]);
+    // Async waits: the fake runtime serves on this test's own runtime.
     let started = Instant::now();
-    while !log
-        .lock()
-        .expect("lock")
-        .contains("following the container runtime")
-    {
+    while !agent.log().contains("following the container runtime") {
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "{}",
-            log.lock().expect("lock")
+            agent.log()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -234,11 +203,7 @@ async fn run(with_events: bool) {
     } else {
         "mode=\"polling\""
     };
-    assert!(
-        log.lock().expect("lock").contains(mode),
-        "{}",
-        log.lock().expect("lock")
-    );
+    assert!(agent.log().contains(mode), "{}", agent.log());
 
     runtime.set(status("c1", "app", ContainerState::ContainerRunning, 0, ""));
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -250,26 +215,16 @@ async fn run(with_events: bool) {
         "OOMKilled",
     ));
     let started = Instant::now();
-    while !events
-        .lock()
-        .expect("lock")
-        .iter()
-        .any(|e| e["type"] == "container.exit")
-    {
+    while agent.of("container.exit").is_empty() {
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "{:#?}",
-            events.lock()
+            agent.events()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let kill = Command::new("kill")
-        .args(["-TERM", &agent.0.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(kill.success());
-    assert!(agent.wait_for(Duration::from_secs(30)).status.success());
-
+    let events = Arc::clone(&agent.events);
+    agent.stop();
     let events = events.lock().expect("lock").clone();
     let kinds: Vec<&str> = events
         .iter()

@@ -3,14 +3,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{COLLECTOR, Guard, config, free_port};
-use serde_json::Value;
+use common::{Guard, config, free_port, spawn_collector};
 
 /// A single-member etcd with a 4 MiB quota.
 fn etcd(dir: &Path, client: u16, peer: u16) -> Child {
@@ -85,22 +82,6 @@ for i in range(400):
 sys.exit(1)
 "#;
 
-fn wait_for(events: &Mutex<Vec<Value>>, kind: &str) -> Value {
-    let started = Instant::now();
-    loop {
-        if let Some(found) = events
-            .lock()
-            .expect("lock")
-            .iter()
-            .find(|e| e["type"] == kind)
-        {
-            return found.clone();
-        }
-        assert!(started.elapsed() < Duration::from_mins(1), "no {kind}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn a_filling_database_and_a_dead_member_are_reported_once_each() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -111,40 +92,22 @@ fn a_filling_database_and_a_dead_member_are_reported_once_each() {
     let yaml = config(&format!(
         "collectors:\n  etcd-metrics:\n    config: {{ endpoint: \"http://127.0.0.1:{client}\", interval: 1s }}\n"
     ));
-    let mut child = Command::new(COLLECTOR)
-        .arg("--config")
-        .arg(yaml.path())
-        .args(["--server", "none", "--stdout", "--otel-endpoint", "none"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("collector starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let agent = Guard(child);
-    let events = Arc::new(Mutex::new(Vec::new()));
-    let sink = Arc::clone(&events);
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            sink.lock()
-                .expect("lock")
-                .push(serde_json::from_str::<Value>(&line).expect("JSON"));
-        }
-    });
+    let agent = spawn_collector(yaml.path(), &["--server", "none"]);
     // Two scrapes of a healthy, small member: nothing to say.
     std::thread::sleep(Duration::from_millis(2500));
-    assert!(events.lock().expect("lock").is_empty(), "{events:?}");
+    assert!(agent.events().is_empty(), "{:?}", agent.events());
 
     // The member dies and comes back.
     drop(member); // SIGKILL
-    let down = wait_for(&events, "etcd.unreachable");
+    let down = agent.wait_for("etcd.unreachable", 1)[0].clone();
     assert_eq!(down["severity"], "critical");
     let _member = Guard(etcd(dir.path(), client, peer));
     python(WAIT_HEALTHY, client);
-    wait_for(&events, "etcd.healthy");
+    agent.wait_for("etcd.healthy", 1);
 
     // Its database fills up to the quota.
     python(FILL, client);
-    let near = wait_for(&events, "etcd.db_size_near_quota");
+    let near = agent.wait_for("etcd.db_size_near_quota", 1)[0].clone();
     assert!(
         near["attributes"]["ratio"]
             .as_f64()
@@ -154,15 +117,9 @@ fn a_filling_database_and_a_dead_member_are_reported_once_each() {
     assert_eq!(near["attributes"]["quota_bytes"], 4_194_304.0);
     std::thread::sleep(Duration::from_millis(2500));
 
-    let kill = Command::new("kill")
-        .args(["-TERM", &agent.0.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(kill.success());
-    assert!(agent.wait_for(Duration::from_secs(30)).status.success());
+    let events = agent.events();
+    agent.stop();
     let kinds: Vec<String> = events
-        .lock()
-        .expect("lock")
         .iter()
         .map(|e| e["type"].as_str().expect("type").to_owned())
         .collect();

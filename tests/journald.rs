@@ -432,12 +432,7 @@ fn sigterm_mid_stream_then_a_restart_delivers_every_entry_exactly_once() {
 
     let (first, _yaml) = collector_to(&server, journal.path(), state.path());
     wait_for_stored(store.path(), 5_000);
-    let status = Command::new("kill")
-        .args(["-TERM", &first.0.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-    let out = first.wait_for(Duration::from_mins(1));
+    let out = common::terminate(first);
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let first_delivered = last_status(&stderr, "delivered");

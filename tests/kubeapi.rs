@@ -5,12 +5,10 @@
 mod common;
 mod fake_kube_apiserver;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{COLLECTOR, Guard, config};
+use common::{config, spawn_collector};
 use fake_kube_apiserver::FakeApiServer;
 use serde_json::{Value, json};
 
@@ -105,35 +103,6 @@ fn warning(name: &str, pod_uid: &str, pod_name: &str) -> Value {
     })
 }
 
-/// The collector's stdout, collected line by line as it comes.
-struct Output(Arc<Mutex<Vec<Value>>>);
-
-impl Output {
-    fn of(kind: &str, events: &[Value]) -> Vec<Value> {
-        events
-            .iter()
-            .filter(|e| e["type"] == kind)
-            .cloned()
-            .collect()
-    }
-
-    fn wait_for(&self, kind: &str, count: usize) -> Vec<Value> {
-        let started = Instant::now();
-        loop {
-            let events = self.0.lock().expect("lock").clone();
-            let found = Self::of(kind, &events);
-            if found.len() >= count {
-                return found;
-            }
-            assert!(
-                started.elapsed() < Duration::from_mins(1),
-                "no {count} {kind} in {events:#?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
 #[test]
 #[allow(clippy::too_many_lines, reason = "one scenario, step by step")]
 fn pod_and_node_changes_become_events_once_across_watch_expiry() {
@@ -176,34 +145,7 @@ fn pod_and_node_changes_become_events_once_across_watch_expiry() {
         "collectors:\n  kubeapi:\n    config: {{ kubeconfig: {}, node_name: node-a }}\n",
         kubeconfig.path().display()
     ));
-    let mut child = Command::new(COLLECTOR)
-        .arg("--config")
-        .arg(yaml.path())
-        .args(["--server", "none", "--stdout", "--otel-endpoint", "none"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("collector starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let stderr = child.stderr.take().expect("stderr");
-    let agent = Guard(child);
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let sink = Arc::clone(&lines);
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            sink.lock()
-                .expect("lock")
-                .push(serde_json::from_str::<Value>(&line).expect("JSON"));
-        }
-    });
-    let log = Arc::new(Mutex::new(String::new()));
-    let log_sink = Arc::clone(&log);
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            log_sink.lock().expect("lock").push_str(&(line + "\n"));
-        }
-    });
-    let out = Output(lines);
+    let agent = spawn_collector(yaml.path(), &["--server", "none"]);
     api.wait_until("three watches", |a| {
         a.requests("pods", "watch") >= 1
             && a.requests("nodes", "watch") >= 1
@@ -216,7 +158,7 @@ fn pod_and_node_changes_become_events_once_across_watch_expiry() {
         "pods",
         pod("web-7d9f8c6b5-x2x9q", WEB_UID, "node-a", 1, None, true),
     );
-    let exit = &out.wait_for("container.exit", 1)[0];
+    let exit = &agent.wait_for("container.exit", 1)[0];
     assert_eq!(exit["attributes"]["exit_code"], 137);
     assert_eq!(exit["attributes"]["reason"], "OOMKilled");
     assert_eq!(
@@ -225,7 +167,7 @@ fn pod_and_node_changes_become_events_once_across_watch_expiry() {
     );
     assert_eq!(exit["entities"]["workload_kind"], "Deployment");
     assert_eq!(exit["entities"]["workload_name"], "web");
-    let restart = &out.wait_for("k8s.pod.restart", 1)[0];
+    let restart = &agent.wait_for("k8s.pod.restart", 1)[0];
     assert_eq!(restart["attributes"]["restart_count"], 1);
     assert_eq!(
         restart["entities"]["container_id"], SECOND,
@@ -251,10 +193,10 @@ fn pod_and_node_changes_become_events_once_across_watch_expiry() {
         ),
     );
     assert_eq!(
-        out.wait_for("k8s.pod.backoff", 1)[0]["attributes"]["reason"],
+        agent.wait_for("k8s.pod.backoff", 1)[0]["attributes"]["reason"],
         "CrashLoopBackOff"
     );
-    out.wait_for("k8s.pod.not_ready", 1);
+    agent.wait_for("k8s.pod.not_ready", 1);
 
     // Another node's pod restarting is not this node's business.
     api.apply(
@@ -272,7 +214,7 @@ fn pod_and_node_changes_become_events_once_across_watch_expiry() {
 
     // Memory pressure on this node.
     api.apply("nodes", node("node-a", true));
-    let pressure = &out.wait_for("k8s.node.pressure", 1)[0];
+    let pressure = &agent.wait_for("k8s.node.pressure", 1)[0];
     assert_eq!(pressure["attributes"]["condition"], "MemoryPressure");
     assert_eq!(pressure["entities"]["node"], "node-a");
 
@@ -286,7 +228,7 @@ fn pod_and_node_changes_become_events_once_across_watch_expiry() {
         pod("web-7d9f8c6b5-x2x9q", WEB_UID, "node-a", 1, None, true),
     );
     api.wait_until("a relist", |a| a.requests("pods", "list") > lists_before);
-    out.wait_for("k8s.pod.ready", 1);
+    agent.wait_for("k8s.pod.ready", 1);
 
     // A Warning event about this node's pod; the one listed at start stays history.
     api.apply("events", warning("fresh", WEB_UID, "web-7d9f8c6b5-x2x9q"));
@@ -298,7 +240,7 @@ fn pod_and_node_changes_become_events_once_across_watch_expiry() {
             "other-1",
         ),
     );
-    let warned = &out.wait_for("k8s.event", 1)[0];
+    let warned = &agent.wait_for("k8s.event", 1)[0];
     assert_eq!(warned["severity"], "warning");
     assert_eq!(warned["attributes"]["reason"], "BackOff");
     assert_eq!(warned["entities"]["pod_name"], "web-7d9f8c6b5-x2x9q");
@@ -309,17 +251,11 @@ fn pod_and_node_changes_become_events_once_across_watch_expiry() {
     evicted["status"]["reason"] = json!("Evicted");
     evicted["status"]["message"] = json!("The node was low on resource: memory.");
     api.apply("pods", evicted);
-    out.wait_for("k8s.pod.evicted", 1);
+    agent.wait_for("k8s.pod.evicted", 1);
 
-    let kill = Command::new("kill")
-        .args(["-TERM", &agent.0.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(kill.success());
-    let status = agent.wait_for(Duration::from_secs(30));
-    assert!(status.status.success(), "{}", log.lock().expect("lock"));
-
-    let events = out.0.lock().expect("lock").clone();
+    let events = Arc::clone(&agent.events);
+    agent.stop();
+    let events = events.lock().expect("lock").clone();
     for (kind, count) in [
         ("container.exit", 1),
         ("k8s.pod.restart", 1),
@@ -331,7 +267,7 @@ fn pod_and_node_changes_become_events_once_across_watch_expiry() {
         ("k8s.pod.evicted", 1),
     ] {
         assert_eq!(
-            Output::of(kind, &events).len(),
+            events.iter().filter(|e| e["type"] == kind).count(),
             count,
             "{kind} reported once per change, across the relist: {events:#?}"
         );
@@ -367,49 +303,23 @@ fn a_real_cluster_when_kubeconfig_points_at_one() {
     let Some(path) = std::env::var_os("KUBECONFIG").filter(|p| std::path::Path::new(p).is_file())
     else {
         // Not CI-gated: no cluster exists on these machines (DESIGN.md section 7).
-        eprintln!("SKIPPED a_real_cluster_when_kubeconfig_points_at_one: KUBECONFIG names no file");
-        if let Ok(log) = std::env::var("TAPIO_SKIP_LOG") {
-            use std::io::Write as _;
-            if let Ok(mut file) = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(log)
-            {
-                let _ = file.write_all(
-                    b"a_real_cluster_when_kubeconfig_points_at_one: KUBECONFIG names no file\n",
-                );
-            }
-        }
+        common::record_skip(
+            "a_real_cluster_when_kubeconfig_points_at_one",
+            "KUBECONFIG names no file",
+        );
         return;
     };
     let yaml = config(&format!(
         "collectors:\n  kubeapi:\n    config: {{ kubeconfig: {}, cluster_wide: true }}\n",
         std::path::Path::new(&path).display()
     ));
-    let mut child = Command::new(COLLECTOR)
-        .arg("--config")
-        .arg(yaml.path())
-        .args([
-            "--server",
-            "none",
-            "--otel-endpoint",
-            "none",
-            "--status-interval",
-            "1s",
-        ])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("collector starts");
-    std::thread::sleep(Duration::from_secs(5));
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let status = child.wait().expect("exits");
-    assert!(
-        status.success(),
-        "the collector ran against the cluster and stopped cleanly"
+    let agent = spawn_collector(
+        yaml.path(),
+        &["--server", "none", "--status-interval", "1s"],
     );
+    std::thread::sleep(Duration::from_secs(5));
+    // The collector ran against the cluster and stops cleanly.
+    agent.stop();
 }
 
 /// The metadata store: container id -> pod, labels and workload, for the correlation

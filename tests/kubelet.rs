@@ -6,11 +6,10 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{COLLECTOR, Guard, config};
+use common::{Running, config, spawn_collector};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "a-service-account-token";
@@ -155,44 +154,10 @@ impl FakeKubelet {
     }
 }
 
-/// A running collector: the process, its events and log as they come, its config file.
-type Running = (
-    Guard,
-    Arc<Mutex<Vec<Value>>>,
-    Arc<Mutex<String>>,
-    tempfile::NamedTempFile,
-);
-
-fn spawn(yaml: &str) -> Running {
+/// The collector with `yaml` as its configuration (kept alive with it).
+fn spawn(yaml: &str) -> (Running, tempfile::NamedTempFile) {
     let file = config(yaml);
-    let mut child = Command::new(COLLECTOR)
-        .arg("--config")
-        .arg(file.path())
-        .args(["--server", "none", "--stdout", "--otel-endpoint", "none"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("collector starts");
-    let (stdout, stderr) = (
-        child.stdout.take().expect("stdout"),
-        child.stderr.take().expect("stderr"),
-    );
-    let events = Arc::new(Mutex::new(Vec::new()));
-    let log = Arc::new(Mutex::new(String::new()));
-    let (sink, log_sink) = (Arc::clone(&events), Arc::clone(&log));
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            sink.lock()
-                .expect("lock")
-                .push(serde_json::from_str::<Value>(&line).expect("JSON"));
-        }
-    });
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            log_sink.lock().expect("lock").push_str(&(line + "\n"));
-        }
-    });
-    (Guard(child), events, log, file)
+    (spawn_collector(file.path(), &["--server", "none"]), file)
 }
 
 fn wait(what: &str, check: impl Fn() -> bool) {
@@ -214,7 +179,7 @@ fn pressure_pod_memory_and_restarts_from_a_fake_kubelet() {
     let (ca, token) = (dir.path().join("ca.pem"), dir.path().join("token"));
     std::fs::write(&ca, &kubelet.cert_pem).expect("ca");
     std::fs::write(&token, format!("{TOKEN}\n")).expect("token");
-    let (agent, events, log, _file) = spawn(&format!(
+    let (agent, _file) = spawn(&format!(
         "collectors:\n  kubelet:\n    config: {{ endpoint: \"https://127.0.0.1:{}\", ca_file: {}, token_file: {}, interval: 1s, cpu_cores: 2 }}\n",
         kubelet.port,
         ca.display(),
@@ -222,22 +187,10 @@ fn pressure_pod_memory_and_restarts_from_a_fake_kubelet() {
     ));
     // Two readings of a calm node: nothing to report.
     wait("two readings", || kubelet.authorized() >= 4);
-    assert!(
-        events.lock().expect("lock").is_empty(),
-        "{:?}",
-        events.lock()
-    );
+    assert!(agent.events().is_empty(), "{:?}", agent.events());
 
     kubelet.set(7.5, 500, 1);
-    let of = |kind: &str| -> Vec<Value> {
-        events
-            .lock()
-            .expect("lock")
-            .iter()
-            .filter(|e| e["type"] == kind)
-            .cloned()
-            .collect()
-    };
+    let of = |kind: &str| agent.of(kind);
     wait("pressure, pod memory and a restart", || {
         !of("kubelet.node.pressure").is_empty()
             && !of("kubelet.pod.memory_near_limit").is_empty()
@@ -259,36 +212,30 @@ fn pressure_pod_memory_and_restarts_from_a_fake_kubelet() {
     wait("relief", || {
         !of("kubelet.node.pressure_relieved").is_empty()
     });
-    let kill = Command::new("kill")
-        .args(["-TERM", &agent.0.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(kill.success());
-    assert!(
-        agent.wait_for(Duration::from_secs(30)).status.success(),
-        "{}",
-        log.lock().expect("lock")
-    );
+    let events = Arc::clone(&agent.events);
+    agent.stop();
+    let of = |kind: &str| {
+        let events = events.lock().expect("lock");
+        events.iter().filter(|e| e["type"] == kind).count()
+    };
     for kind in [
         "kubelet.node.pressure",
         "kubelet.pod.memory_near_limit",
         "kubelet.container.restart",
         "kubelet.node.pressure_relieved",
     ] {
-        assert_eq!(of(kind).len(), 1, "{kind} once per crossing");
+        assert_eq!(of(kind), 1, "{kind} once per crossing");
     }
 
     // A wrong token is refused by the kubelet, and the collector says so.
     std::fs::write(&token, "not-the-token").expect("token");
-    let (agent, _events, log, _file) = spawn(&format!(
+    let (agent, _file) = spawn(&format!(
         "collectors:\n  kubelet:\n    config: {{ endpoint: \"https://127.0.0.1:{}\", ca_file: {}, token_file: {}, interval: 1s }}\n",
         kubelet.port,
         ca.display(),
         token.display()
     ));
-    wait("a refusal logged", || {
-        log.lock().expect("lock").contains("HTTP 401")
-    });
+    wait("a refusal logged", || agent.log().contains("HTTP 401"));
     assert!(
         kubelet.refused() > 0,
         "the fake kubelet refused the wrong token"

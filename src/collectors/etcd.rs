@@ -88,20 +88,15 @@ impl EtcdConfig {
                 "{prefix}.cert_file: and key_file go together; set both or neither"
             ));
         }
-        for (field, path) in [
-            ("ca_file", &self.ca_file),
-            ("cert_file", &self.cert_file),
-            ("key_file", &self.key_file),
-        ] {
-            if let Some(path) = path
-                && !path.is_file()
-            {
-                problems.push(format!(
-                    "{prefix}.{field}: `{}` is not a file",
-                    path.display()
-                ));
-            }
-        }
+        super::check_files(
+            prefix,
+            &[
+                ("ca_file", self.ca_file.as_deref()),
+                ("cert_file", self.cert_file.as_deref()),
+                ("key_file", self.key_file.as_deref()),
+            ],
+            problems,
+        );
     }
 }
 

@@ -80,14 +80,11 @@ impl Default for KubeApiConfig {
 impl KubeApiConfig {
     /// Appends every problem to `problems`, each naming its field under `prefix`.
     pub fn validate(&self, prefix: &str, problems: &mut Vec<String>) {
-        if let Some(path) = &self.kubeconfig
-            && !path.is_file()
-        {
-            problems.push(format!(
-                "{prefix}.kubeconfig: `{}` is not a file",
-                path.display()
-            ));
-        }
+        super::check_files(
+            prefix,
+            &[("kubeconfig", self.kubeconfig.as_deref())],
+            problems,
+        );
         if self.node_name.as_deref() == Some("") {
             problems.push(format!("{prefix}.node_name: must not be empty"));
         }

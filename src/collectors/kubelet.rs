@@ -95,16 +95,14 @@ impl KubeletConfig {
                 ));
             }
         }
-        for (field, path) in [("token_file", &self.token_file), ("ca_file", &self.ca_file)] {
-            if let Some(path) = path
-                && !path.is_file()
-            {
-                problems.push(format!(
-                    "{prefix}.{field}: `{}` is not a file",
-                    path.display()
-                ));
-            }
-        }
+        super::check_files(
+            prefix,
+            &[
+                ("token_file", self.token_file.as_deref()),
+                ("ca_file", self.ca_file.as_deref()),
+            ],
+            problems,
+        );
         if self.cpu_cores == Some(0) {
             problems.push(format!("{prefix}.cpu_cores: must be at least 1"));
         }

@@ -64,6 +64,17 @@ impl Context {
     pub fn degraded(&self, reason: impl Into<String>) {
         self.stats.set_health(Health::Degraded(reason.into()));
     }
+
+    /// Counts and logs `count` events this collector lost to `cause`.
+    pub fn dropped(&self, cause: crate::telemetry::DropCause, count: u64) {
+        crate::internal_events::EventsDropped {
+            component: self.stats.name(),
+            counters: self.stats.drop_counters(),
+            cause,
+            count,
+        }
+        .emit();
+    }
 }
 
 /// What every agent-wide input to building collectors is.
@@ -339,6 +350,24 @@ impl CollectorsConfig {
             Box::new(journald::Journald::new(c, node.clone()))
         });
         built
+    }
+}
+
+/// Appends a problem for each of `files` (field name, path) that is set and not a file.
+pub(crate) fn check_files(
+    prefix: &str,
+    files: &[(&str, Option<&std::path::Path>)],
+    problems: &mut Vec<String>,
+) {
+    for (field, path) in files {
+        if let Some(path) = path
+            && !path.is_file()
+        {
+            problems.push(format!(
+                "{prefix}.{field}: `{}` is not a file",
+                path.display()
+            ));
+        }
     }
 }
 

@@ -14,7 +14,6 @@ use tokio::io::{AsyncBufReadExt as _, AsyncRead, BufReader};
 
 use crate::collectors::{Collector, Context, Error, Running};
 use crate::event::{Event, IdGenerator};
-use crate::internal_events::EventsDropped;
 use crate::telemetry::DropCause;
 
 /// Registry name.
@@ -178,13 +177,7 @@ async fn run(
                     tracing::warn!(line = number, %problem, "replay: skipping a line that is not an event.");
                 }
                 bad.push(number);
-                EventsDropped {
-                    component: NAME,
-                    counters: context.stats.drop_counters(),
-                    cause: DropCause::Unreadable,
-                    count: 1,
-                }
-                .emit();
+                context.dropped(DropCause::Unreadable, 1);
                 continue;
             }
         };

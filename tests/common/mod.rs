@@ -157,6 +157,12 @@ pub fn skip(test: &str, reason: &str) -> bool {
         std::env::var("TAPIO_REQUIRE_EBPF").as_deref() != Ok("1"),
         "{test}: TAPIO_REQUIRE_EBPF=1 but {reason}"
     );
+    record_skip(test, reason)
+}
+
+/// Records a skip that CI has no means to avoid either (no cluster exists here), and
+/// returns false.
+pub fn record_skip(test: &str, reason: &str) -> bool {
     eprintln!("SKIPPED {test}: {reason}");
     if let Ok(log) = std::env::var("TAPIO_SKIP_LOG") {
         use std::io::Write as _;
@@ -176,4 +182,103 @@ pub fn skip(test: &str, reason: &str) -> bool {
 /// records the skip otherwise.
 pub fn as_root(test: &str) -> bool {
     rustix::process::geteuid().is_root() || skip(test, "needs root (a private mount namespace)")
+}
+
+/// A collector process whose stdout events and stderr log are collected as they come.
+pub struct Running {
+    pub guard: Guard,
+    pub events: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+/// Starts the collector with `--config config`, `--stdout` and `args`.
+pub fn spawn_collector(config: &Path, args: &[&str]) -> Running {
+    let mut child = Command::new(COLLECTOR)
+        .arg("--config")
+        .arg(config)
+        .args(["--stdout", "--otel-endpoint", "none"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("collector starts");
+    let (stdout, stderr) = (
+        child.stdout.take().expect("stdout"),
+        child.stderr.take().expect("stderr"),
+    );
+    let running = Running {
+        guard: Guard(child),
+        events: std::sync::Arc::default(),
+        log: std::sync::Arc::default(),
+    };
+    let (events, log) = (
+        std::sync::Arc::clone(&running.events),
+        std::sync::Arc::clone(&running.log),
+    );
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let event = serde_json::from_str(&line).expect("a JSON event");
+            events.lock().expect("lock").push(event);
+        }
+    });
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            log.lock().expect("lock").push_str(&(line + "\n"));
+        }
+    });
+    running
+}
+
+impl Running {
+    /// The events so far.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        self.events.lock().expect("lock").clone()
+    }
+
+    /// The events of type `kind` so far.
+    pub fn of(&self, kind: &str) -> Vec<serde_json::Value> {
+        self.events()
+            .into_iter()
+            .filter(|e| e["type"] == kind)
+            .collect()
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        self.log.lock().expect("lock").clone()
+    }
+
+    /// Waits until `count` events of type `kind` arrived, failing after a minute.
+    pub fn wait_for(&self, kind: &str, count: usize) -> Vec<serde_json::Value> {
+        let started = Instant::now();
+        loop {
+            let found = self.of(kind);
+            if found.len() >= count {
+                return found;
+            }
+            assert!(
+                started.elapsed() < Duration::from_mins(1),
+                "no {count} {kind} in {:#?}",
+                self.events()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then the exit, which must be a success.
+    pub fn stop(self) {
+        let log = std::sync::Arc::clone(&self.log);
+        let status = terminate(self.guard);
+        assert!(status.status.success(), "{}", log.lock().expect("lock"));
+    }
+}
+
+/// SIGTERM to the child, then its output within 30 s.
+pub fn terminate(guard: Guard) -> Output {
+    let kill = Command::new("kill")
+        .args(["-TERM", &guard.0.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(kill.success());
+    guard.wait_for(Duration::from_secs(30))
 }

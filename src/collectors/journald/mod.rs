@@ -26,7 +26,6 @@ use serde::Deserialize;
 use crate::collectors::{Collector, Context, Error, Running};
 use crate::delivery::{Ledger, Watcher};
 use crate::event::{AttrValue, Event, EventId, Severity};
-use crate::internal_events::EventsDropped;
 use crate::telemetry::DropCause;
 pub use sys::{Change, Journal};
 
@@ -245,13 +244,7 @@ impl Collector for Journald {
                 "unreadable journal file {}: {error}",
                 path.display()
             ));
-            EventsDropped {
-                component: NAME,
-                counters: context.stats.drop_counters(),
-                cause: DropCause::Unreadable,
-                count: 1,
-            }
-            .emit();
+            context.dropped(DropCause::Unreadable, 1);
         }
         let pending = Arc::new(Mutex::new(VecDeque::new()));
         let ledger = match &self.config.state_dir {
@@ -334,13 +327,7 @@ impl Reader {
                 }
                 Err(e) => {
                     failures_in_a_row += 1;
-                    EventsDropped {
-                        component: NAME,
-                        counters: context.stats.drop_counters(),
-                        cause: DropCause::Unreadable,
-                        count: 1,
-                    }
-                    .emit();
+                    context.dropped(DropCause::Unreadable, 1);
                     if failures_in_a_row == 1 {
                         tracing::warn!(error = %e, "journald: skipping an entry that cannot be read.");
                         context.degraded(format!("unreadable journal data: {e}"));
@@ -559,22 +546,11 @@ pub fn entry_id(millis: u64, cursor: &str) -> EventId {
     } else {
         [seqnum_id.as_bytes(), seqnum.as_bytes()]
     };
-    let low = fnv(&parts, 0);
-    let high = fnv(&parts, 1);
+    // Two independent 64-bit hashes of the identity, told apart by a last part.
+    let hash = |salt: &[u8]| crate::correlation::rules::hash(&[parts[0], parts[1], salt]);
+    let (low, high) = (hash(b"0"), hash(b"1"));
     let bits = (u128::from(high & 0xffff) << 64) | u128::from(low);
     EventId::from_u128((u128::from(millis & 0xffff_ffff_ffff) << 80) | bits)
-}
-
-/// FNV-1a over `parts` with a separator after each; `seed` picks an independent hash.
-fn fnv(parts: &[&[u8]], seed: u8) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ u64::from(seed).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    for part in parts {
-        for &byte in part.iter().chain(&[0xff]) {
-            h ^= u64::from(byte);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    h
 }
 
 /// Journal files under `directory` (or this machine's journal directories) that sd-journal
