@@ -132,7 +132,7 @@ async fn stream_batches(addr: &str, events: usize) -> f64 {
     let mut ids = IdGenerator::new();
     let mut sealer = Batcher::new("bench".into(), BATCH, Duration::from_hours(1), 1);
     let batches: Vec<Bytes> = (0..events)
-        .filter_map(|_| sealer.push(&event(&mut ids)))
+        .filter_map(|_| sealer.push(&event(&mut ids)).expect("a small event fits"))
         .map(|s| s.bytes)
         .collect();
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))

@@ -202,7 +202,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Arc<Tele
         if let Some(bridge) = &bridge {
             let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
             if bridge.send(full).await.is_err() || bridge.send_groups(closed).await.is_err() {
+                // The bridge task is gone (a bug): stop producing, and count what is still
+                // on its way rather than leave it uncounted.
                 shutdown.cancel();
+                while fan_in.recv_many(&mut batch, BATCH).await > 0 {
+                    bridge.count_lost(batch.len() as u64);
+                    batch.clear();
+                }
                 break Err(Error::BridgeClosed);
             }
         } else {

@@ -561,7 +561,11 @@ fn check_host_port(address: &str) -> std::result::Result<(), String> {
     }
 }
 
-/// Parses durations such as `250ms`, `1s`, `1.5s`, `2m`, `1h`.
+/// The longest duration any setting takes: long enough for any interval or timeout,
+/// short enough that adding it to the clock can never overflow.
+pub const MAX_DURATION: Duration = Duration::from_hours(24 * 365);
+
+/// Parses durations such as `250ms`, `1s`, `1.5s`, `2m`, `1h`, up to [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -582,7 +586,13 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
             ));
         }
     };
-    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+    let duration = Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))?;
+    if duration > MAX_DURATION {
+        return Err(format!(
+            "{text:?} is longer than the longest allowed duration, 8760h (365 days)"
+        ));
+    }
+    Ok(duration)
 }
 
 /// Parses sizes such as `1048576`, `512KiB`, `64MiB`, `1GiB` (also `KB`, `MB`, `GB` as
@@ -868,6 +878,9 @@ mod tests {
     #[case::no_unit("10", "no unit")]
     #[case::bad_unit("10d", "unknown unit")]
     #[case::no_number("s", "does not start with a number")]
+    #[case::overflowing("18000000000000000000s", "longest allowed")]
+    #[case::over_a_year("8761h", "longest allowed")]
+    #[case::negative("-1s", "does not start with a number")]
     fn bad_durations_say_why(#[case] text: &str, #[case] expected: &str) {
         let error = parse_duration(text).unwrap_err();
         assert!(error.contains(expected), "{error}");

@@ -3,12 +3,20 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::telemetry::Telemetry;
+
+/// How long open connections get to finish once serving stops.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Binds `addr`, then serves until `stop` is cancelled.
 ///
@@ -21,77 +29,49 @@ pub async fn serve(
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "Serving /healthz and /metrics.");
+    // `get` answers GET and HEAD; any other method is 405 with an Allow header.
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+        .with_state(telemetry);
+    let stopped = stop.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(stopped.cancelled_owned());
     Ok(tokio::spawn(async move {
-        loop {
-            let (mut stream, _) = tokio::select! {
-                () = stop.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(_) => continue,
-                },
-            };
-            let telemetry = Arc::clone(&telemetry);
-            tokio::spawn(async move {
-                // A request line and headers fit in 4 KiB; anything longer is not ours.
-                let mut request = vec![0; 4096];
-                let mut filled = 0;
-                let read_head = async {
-                    while filled < request.len()
-                        && !request[..filled].windows(4).any(|w| w == b"\r\n\r\n")
-                    {
-                        match stream.read(&mut request[filled..]).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => filled += n,
-                        }
-                    }
-                };
-                if tokio::time::timeout(std::time::Duration::from_secs(5), read_head)
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                let line = String::from_utf8_lossy(&request[..filled]);
-                let path = line.split_whitespace().nth(1).unwrap_or("/");
-                let (status, kind, body) = respond(path, &telemetry);
-                let head = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = stream.write_all(head.as_bytes()).await;
-                let _ = stream.write_all(body.as_bytes()).await;
-            });
+        let mut serving = tokio::spawn(server.into_future());
+        stop.cancelled().await;
+        // A scraper's keep-alive connection must not hold the agent's exit.
+        if tokio::time::timeout(CLOSE_GRACE, &mut serving)
+            .await
+            .is_err()
+        {
+            serving.abort();
         }
     }))
 }
 
-fn respond(path: &str, telemetry: &Telemetry) -> (&'static str, &'static str, String) {
-    match path.split('?').next().unwrap_or(path) {
-        "/healthz" => {
-            let running = telemetry
-                .collectors()
-                .iter()
-                .filter(|c| c.health().is_active())
-                .count();
-            if running > 0 {
-                (
-                    "200 OK",
-                    "text/plain",
-                    format!("ok: {running} collectors running\n"),
-                )
-            } else {
-                (
-                    "503 Service Unavailable",
-                    "text/plain",
-                    "no collector is running\n".into(),
-                )
-            }
-        }
-        "/metrics" => (
-            "200 OK",
-            "text/plain; version=0.0.4",
-            telemetry.prometheus(),
-        ),
-        _ => ("404 Not Found", "text/plain", "not found\n".into()),
+async fn healthz(State(telemetry): State<Arc<Telemetry>>) -> impl IntoResponse {
+    let running = telemetry
+        .collectors()
+        .iter()
+        .filter(|c| c.health().is_active())
+        .count();
+    if running > 0 {
+        (
+            StatusCode::OK,
+            format!("ok: {running} collectors running\n"),
+        )
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no collector is running\n".to_owned(),
+        )
     }
+}
+
+async fn metrics(State(telemetry): State<Arc<Telemetry>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        telemetry.prometheus(),
+    )
 }

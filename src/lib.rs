@@ -17,6 +17,7 @@ pub mod manager;
 pub mod metadata;
 pub mod otel;
 pub mod output;
+pub mod panics;
 pub mod server;
 pub mod telemetry;
 

@@ -26,11 +26,18 @@ pub enum DropCause {
     /// Input that could not be read (a corrupt or truncated journal file, a replayed line
     /// that is not an event).
     Unreadable,
+    /// Spooled batches found damaged on disk (flipped bytes, a truncated or missing
+    /// segment): counted in events, from the spool's own numbering.
+    SpoolCorrupt,
+    /// An event larger than any batch the server or the spool takes.
+    TooLarge,
+    /// A task of the agent failed (a bug): what it held when it did.
+    Internal,
 }
 
 impl DropCause {
     /// Every cause, in reporting order.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 10] = [
         Self::QueueFull,
         Self::Rejected,
         Self::Undelivered,
@@ -38,6 +45,9 @@ impl DropCause {
         Self::SpoolError,
         Self::RingBufferFull,
         Self::Unreadable,
+        Self::SpoolCorrupt,
+        Self::TooLarge,
+        Self::Internal,
     ];
 
     /// The label used in logs, the status line and metrics.
@@ -51,6 +61,9 @@ impl DropCause {
             Self::SpoolError => "spool_error",
             Self::RingBufferFull => "ring_buffer_full",
             Self::Unreadable => "unreadable",
+            Self::SpoolCorrupt => "spool_corrupt",
+            Self::TooLarge => "too_large",
+            Self::Internal => "internal_error",
         }
     }
 
@@ -63,6 +76,9 @@ impl DropCause {
             Self::SpoolError => 4,
             Self::RingBufferFull => 5,
             Self::Unreadable => 6,
+            Self::SpoolCorrupt => 7,
+            Self::TooLarge => 8,
+            Self::Internal => 9,
         }
     }
 }

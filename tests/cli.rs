@@ -396,6 +396,40 @@ fn the_status_line_repeats_while_running() {
 }
 
 #[test]
+fn durations_too_long_to_add_to_the_clock_are_refused_by_name() {
+    let file = config("collectors:\n  synthetic: { config: { events: 10 } }\n");
+    let path = file.path().to_str().expect("utf-8");
+    for flag in ["--flush-interval", "--drain-timeout", "--status-interval"] {
+        let out = run(&[
+            "--config",
+            path,
+            "--server",
+            "none",
+            "--stdout",
+            flag,
+            "18000000000000000000s",
+        ]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {stderr}");
+        assert!(
+            stderr.contains(flag) && stderr.contains("longest allowed"),
+            "{stderr}"
+        );
+    }
+    let file = config(
+        "server: { flush_interval: 18000000000000000000s }\n\
+         collectors:\n  synthetic: { config: { events: 10 } }\n",
+    );
+    let out = run(&["validate", "--config", file.path().to_str().expect("utf-8")]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("server.flush_interval") && stderr.contains("longest allowed"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn nothing_enabled_and_nowhere_to_send_are_clear_errors() {
     let out = run(&["--server", "none", "--stdout"]);
     let stderr = text(&out.stderr);
@@ -415,9 +449,18 @@ fn nothing_enabled_and_nowhere_to_send_are_clear_errors() {
 
 /// `GET path` on `port`: (status line, body).
 fn http_get(port: u16, path: &str) -> (String, String) {
+    http(port, "GET", path)
+}
+
+/// `method path` on `port`: (status line, body).
+fn http(port: u16, method: &str, path: &str) -> (String, String) {
     use std::io::Write as _;
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connects");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("sends");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .expect("sends");
     let mut response = String::new();
     stream.read_to_string(&mut response).expect("reads");
     let (head, body) = response.split_once("\r\n\r\n").expect("a response");
@@ -472,6 +515,16 @@ fn healthz_and_metrics_are_served_while_collectors_run() {
     let probe = run(&["health", &format!("http://127.0.0.1:{port}/healthz")]);
     assert!(probe.status.success(), "{}", text(&probe.stderr));
     assert_eq!(http_get(port, "/nope").0, "HTTP/1.1 404 Not Found");
+    for method in ["POST", "PUT", "DELETE"] {
+        for path in ["/healthz", "/metrics"] {
+            assert_eq!(
+                http(port, method, path).0,
+                "HTTP/1.1 405 Method Not Allowed",
+                "{method} {path}"
+            );
+        }
+    }
+    assert_eq!(http(port, "HEAD", "/healthz").0, "HTTP/1.1 200 OK");
     assert!(common::terminate(agent).status.success());
     let probe = run(&["health", &format!("http://127.0.0.1:{port}/healthz")]);
     assert_eq!(

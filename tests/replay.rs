@@ -189,3 +189,102 @@ fn bad_lines_are_skipped_counted_and_named() {
     assert!(stderr.contains("unknown event type `nodots`"), "{stderr}");
     assert!(stderr.contains("replay/unreadable=4"), "counted: {stderr}");
 }
+
+#[test]
+fn lines_that_are_not_utf8_or_carry_bad_ids_or_times_are_skipped_and_the_rest_replays() {
+    let (capture, _) = capture();
+    let recorded = std::fs::read_to_string(capture.path()).expect("reads");
+    let good: Vec<&str> = recorded.lines().collect();
+    // Right lengths, wrong characters: 16 two-byte characters are 32 bytes.
+    let with = |field: &str, value: &str| {
+        let line: Value = serde_json::from_str(good[0]).expect("JSON");
+        let mut line = line.as_object().expect("an object").clone();
+        line.insert(field.into(), Value::String(value.into()));
+        serde_json::to_string(&line).expect("serializes")
+    };
+    let bad_trace = with("trace_id", &"é".repeat(16));
+    let bad_span = with("span_id", &"é".repeat(8));
+    let bad_group = {
+        let line: Value = serde_json::from_str(good[0]).expect("JSON");
+        let mut line = line.as_object().expect("an object").clone();
+        line.insert(
+            "correlation".into(),
+            serde_json::json!({ "group_id": "é".repeat(16) }),
+        );
+        serde_json::to_string(&line).expect("serializes")
+    };
+    let far_future = {
+        let line: Value = serde_json::from_str(good[0]).expect("JSON");
+        let mut line = line.as_object().expect("an object").clone();
+        line.insert("timestamp_unix_nano".into(), Value::from(1u64 << 63));
+        serde_json::to_string(&line).expect("serializes")
+    };
+    let mut input: Vec<u8> = Vec::new();
+    let mut bad = Vec::new();
+    let mut line_number = 0;
+    for (n, line) in good.iter().enumerate().take(2000) {
+        line_number += 1;
+        match n % 400 {
+            100 => {
+                input.extend_from_slice(b"{\"id\": \"\xff\xfe not utf-8\"}\n");
+                bad.push(line_number);
+            }
+            200 => {
+                input.extend_from_slice(bad_trace.as_bytes());
+                input.push(b'\n');
+                bad.push(line_number);
+            }
+            250 => {
+                input.extend_from_slice(bad_span.as_bytes());
+                input.push(b'\n');
+                bad.push(line_number);
+            }
+            300 => {
+                input.extend_from_slice(bad_group.as_bytes());
+                input.push(b'\n');
+                bad.push(line_number);
+            }
+            350 => {
+                input.extend_from_slice(far_future.as_bytes());
+                input.push(b'\n');
+                bad.push(line_number);
+            }
+            _ => {
+                input.extend_from_slice(line.as_bytes());
+                input.push(b'\n');
+                continue;
+            }
+        }
+        // The good line displaced by a bad one follows it.
+        line_number += 1;
+        input.extend_from_slice(line.as_bytes());
+        input.push(b'\n');
+    }
+    let replayed = good.len().min(2000);
+    let file = tempfile::Builder::new()
+        .suffix(".jsonl")
+        .tempfile()
+        .expect("temp file");
+    std::fs::write(file.path(), &input).expect("writes");
+    let out = collector(
+        &format!(
+            "collectors:\n  replay: {{ config: {{ path: {} }} }}\n",
+            file.path().display()
+        ),
+        None,
+    );
+    assert_eq!(events(&out).len(), replayed, "every good line replays");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!("replay/unreadable={}", bad.len())),
+        "{stderr}"
+    );
+    let named: Vec<String> = bad.iter().map(u64::to_string).collect();
+    assert!(
+        stderr.contains(&format!("lines={}", named.join(","))),
+        "{stderr}"
+    );
+    assert!(stderr.contains("not UTF-8"), "{stderr}");
+    assert!(stderr.contains("past the year 2262"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    tapio::panics::install();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Validate { config }) => validate(&config),
@@ -132,6 +133,13 @@ fn run(args: &RunArgs) -> ExitCode {
             .await
             .map_err(|e| e.to_string())
     });
+    if tapio::panics::panicked() {
+        if let Err(e) = outcome {
+            eprintln!("error: {e}");
+        }
+        eprintln!("error: a task panicked (a bug); see the log above");
+        return ExitCode::from(tapio::panics::EXIT_CODE);
+    }
     match outcome {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    tapio::panics::install();
     let cli = Cli::parse();
     let outcome = match cli.command {
         Some(Command::Stats { data_dir }) => stats(&data_dir),
@@ -24,6 +25,13 @@ fn main() -> ExitCode {
         }) => events(&data_dir, types, limit),
         None => serve(&cli.serve),
     };
+    if tapio::panics::panicked() {
+        if let Err(e) = outcome {
+            eprintln!("error: {e}");
+        }
+        eprintln!("error: a task panicked (a bug); see the log above");
+        return ExitCode::from(tapio::panics::EXIT_CODE);
+    }
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -2,15 +2,24 @@
 //! the batch is sealed into its wire bytes with an id and a sequence number.
 //!
 //! Each event is encoded as it arrives, straight into the bytes of the `events` field, so
-//! an event is encoded once and the batch holds bytes, not message structs.
+//! an event is encoded once and the batch holds bytes, not message structs. A batch never
+//! grows past the byte limit (the server's message limit, the spool's room); an event too
+//! large for any batch is refused, and a sealed batch that turns out too large for the
+//! server is split by [`Batcher::split`].
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf as _, Bytes, BytesMut};
 use prost::Message;
-use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+use prost::encoding::{
+    WireType, decode_key, decode_varint, encode_key, encode_varint, encoded_len_varint,
+};
 use tokio::time::Instant;
 
+use super::spool::SpoolRef;
+use crate::delivery::Receipt;
 use crate::event::Event;
 use crate::pb;
 
@@ -23,10 +32,101 @@ pub struct Sealed {
     pub events: u32,
     /// The encoded `TapioStreamEventsRequest`.
     pub bytes: Bytes,
-    /// The spool segment holding it, when it is spooled.
-    pub segment: Option<u64>,
+    /// Where the spool holds it, when it is spooled.
+    pub spooled: Option<SpoolRef>,
+    /// For a piece of a split batch: what the pieces share.
+    pub origin: Option<Arc<Origin>>,
     /// Receipts of the events inside, confirmed once the batch is durable.
-    pub receipts: Vec<crate::delivery::Receipt>,
+    pub receipts: Vec<Receipt>,
+}
+
+/// What the pieces of a split batch share: the original's place in the spool and its
+/// receipts, both settled when the last piece is.
+#[derive(Debug)]
+pub struct Origin {
+    left: AtomicUsize,
+    failed: AtomicBool,
+    /// Where the spool holds the original.
+    pub spooled: Option<SpoolRef>,
+    receipts: Mutex<Vec<Receipt>>,
+}
+
+/// The last piece of a split batch was settled.
+#[derive(Debug)]
+pub struct Settled {
+    /// Where the spool holds the original.
+    pub spooled: Option<SpoolRef>,
+    /// Its receipts: to confirm if every piece was stored, to drop otherwise.
+    pub receipts: Vec<Receipt>,
+    /// Every piece was stored.
+    pub stored: bool,
+}
+
+impl Origin {
+    /// Shared by `pieces` pieces of a batch spooled at `spooled` with `receipts`; `failed`
+    /// when part of it was already refused.
+    #[must_use]
+    pub fn new(
+        pieces: usize,
+        failed: bool,
+        spooled: Option<SpoolRef>,
+        receipts: Vec<Receipt>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            left: AtomicUsize::new(pieces),
+            failed: AtomicBool::new(failed),
+            spooled,
+            receipts: Mutex::new(receipts),
+        })
+    }
+
+    /// One piece was split again into `pieces` (which stand in for it); `failed` when part
+    /// of it was refused.
+    pub fn replace_piece(&self, pieces: usize, failed: bool) {
+        if failed {
+            self.failed.store(true, Ordering::Relaxed);
+        }
+        self.left
+            .fetch_add(pieces.saturating_sub(1), Ordering::AcqRel);
+    }
+
+    /// One piece is done (`stored`, or refused for good); the whole when it was the last.
+    pub fn settle(&self, stored: bool) -> Option<Settled> {
+        if !stored {
+            self.failed.store(true, Ordering::Relaxed);
+        }
+        if self.left.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return None;
+        }
+        Some(Settled {
+            spooled: self.spooled,
+            receipts: std::mem::take(
+                &mut *self.receipts.lock().unwrap_or_else(PoisonError::into_inner),
+            ),
+            stored: !self.failed.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// An event larger than the largest batch allowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("an event of {bytes} bytes does not fit in a batch of at most {limit} bytes")]
+pub struct TooLarge {
+    /// The event's size in a batch.
+    pub bytes: usize,
+    /// The batch limit.
+    pub limit: usize,
+}
+
+/// A batch whose bytes do not parse as a batch request.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("malformed batch: {0}")]
+pub struct Malformed(String);
+
+impl From<prost::DecodeError> for Malformed {
+    fn from(e: prost::DecodeError) -> Self {
+        Self(e.to_string())
+    }
 }
 
 /// `TapioStreamEventsRequest.batch`.
@@ -45,6 +145,8 @@ pub struct Batcher {
     collector_id: String,
     max_events: usize,
     max_age: Duration,
+    /// Largest encoded request.
+    max_bytes: usize,
     next_id: u64,
     sequence: u64,
     /// Room for the request and batch headers, then the encoded `events` fields of the
@@ -54,12 +156,13 @@ pub struct Batcher {
     head_room: usize,
     current_events: u32,
     current_groups: u32,
-    current_receipts: Vec<crate::delivery::Receipt>,
+    current_receipts: Vec<Receipt>,
     opened_at: Option<Instant>,
 }
 
 impl Batcher {
-    /// Batches of at most `max_events` events or `max_age` age; ids start at `first_id`.
+    /// Batches of at most `max_events` events, [`MAX_BATCH_BYTES`] bytes or `max_age` age;
+    /// ids start at `first_id`.
     #[must_use]
     pub fn new(collector_id: String, max_events: usize, max_age: Duration, first_id: u64) -> Self {
         // Request key and length, then the batch id, collector id and sequence fields.
@@ -68,6 +171,7 @@ impl Batcher {
             collector_id,
             max_events,
             max_age,
+            max_bytes: MAX_BATCH_BYTES,
             next_id: first_id,
             sequence: 0,
             current: BytesMut::new(),
@@ -82,18 +186,43 @@ impl Batcher {
         batcher
     }
 
+    /// Lowers the byte limit of later batches (never below what one small event needs);
+    /// returns the limit now in force.
+    pub fn limit_bytes(&mut self, max_bytes: usize) -> usize {
+        self.max_bytes = self.max_bytes.min(max_bytes.max(self.head_room + 1024));
+        self.max_bytes
+    }
+
+    /// The byte limit of a batch.
+    #[must_use]
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
     /// Starts an empty buffer with the head room, sized for a batch like the last one.
     fn fresh_buffer(&mut self, expected: usize) {
         self.current = BytesMut::with_capacity(self.head_room + expected);
         self.current.resize(self.head_room, 0);
     }
 
-    /// Adds an event; returns a sealed batch when this one filled it.
-    pub fn push(&mut self, event: &Event) -> Option<Sealed> {
+    /// Room left for fields before the open batch reaches the byte limit.
+    fn room(&self) -> usize {
+        self.max_bytes.saturating_sub(self.current.len())
+    }
+
+    /// Adds an event; returns a sealed batch when this one filled it, or refuses an event
+    /// that no batch can hold.
+    pub fn push(&mut self, event: &Event) -> Result<Option<Sealed>, TooLarge> {
         let len = event.wire_len();
         let size = 1 + encoded_len_varint(len as u64) + len;
+        if self.head_room + size > self.max_bytes {
+            return Err(TooLarge {
+                bytes: size,
+                limit: self.max_bytes,
+            });
+        }
         let mut sealed = None;
-        if self.current_events > 0 && self.current.len() - self.head_room + size > MAX_BATCH_BYTES {
+        if size > self.room() {
             sealed = self.seal();
         }
         if self.is_empty() {
@@ -110,23 +239,89 @@ impl Batcher {
         }
         if self.current_events as usize >= self.max_events {
             // Only one of the two seals can happen per push: the size seal leaves one event.
-            return self.seal().or(sealed);
+            return Ok(self.seal().or(sealed));
         }
-        sealed
+        Ok(sealed)
     }
 
     /// Adds a closed incident group: it rides the open batch, acked and spooled with it.
-    pub fn push_group(&mut self, group: &pb::SemanticGroup) {
+    /// Returns a sealed batch when the group did not fit in the open one; refuses a group
+    /// that no batch can hold.
+    pub fn push_group(&mut self, group: &pb::SemanticGroup) -> Result<Option<Sealed>, TooLarge> {
+        let len = group.encoded_len();
+        let size = 1 + encoded_len_varint(len as u64) + len;
+        if self.head_room + size > self.max_bytes {
+            return Err(TooLarge {
+                bytes: size,
+                limit: self.max_bytes,
+            });
+        }
+        let sealed = if size > self.room() {
+            self.seal()
+        } else {
+            None
+        };
         if self.is_empty() {
             self.opened_at = Some(Instant::now());
         }
-        let len = group.encoded_len();
-        self.current
-            .reserve(1 + encoded_len_varint(len as u64) + len);
+        self.current.reserve(size);
         encode_key(GROUPS_FIELD, WireType::LengthDelimited, &mut self.current);
         encode_varint(len as u64, &mut self.current);
         group.encode_raw(&mut self.current);
         self.current_groups += 1;
+        Ok(sealed)
+    }
+
+    /// Adds an already encoded event or group field (`field` 4 or 5) of a batch being
+    /// split.
+    fn push_raw(&mut self, field: u32, value: &[u8]) -> Option<Sealed> {
+        let size = 1 + encoded_len_varint(value.len() as u64) + value.len();
+        let sealed = if size > self.room() {
+            self.seal()
+        } else {
+            None
+        };
+        self.current.reserve(size);
+        encode_key(field, WireType::LengthDelimited, &mut self.current);
+        encode_varint(value.len() as u64, &mut self.current);
+        self.current.extend_from_slice(value);
+        if field == EVENTS_FIELD {
+            self.current_events += 1;
+        } else {
+            self.current_groups += 1;
+        }
+        sealed
+    }
+
+    /// Splits a sealed batch into batches within the current byte limit, with fresh ids;
+    /// the events and groups inside keep their bytes (and so their ids: the server dedups
+    /// a resend). Returns the pieces and how many events were too large for any batch.
+    pub fn split(&mut self, sealed: &Sealed) -> Result<(Vec<Sealed>, u64), Malformed> {
+        let fields = batch_fields(&sealed.bytes)?;
+        let mut pieces_of = Self::new(
+            self.collector_id.clone(),
+            usize::MAX,
+            self.max_age,
+            self.next_id,
+        );
+        pieces_of.max_bytes = self.max_bytes;
+        pieces_of.sequence = self.sequence;
+        let mut pieces = Vec::new();
+        let mut too_large = 0;
+        for (field, value) in fields {
+            let size = 1 + encoded_len_varint(value.len() as u64) + value.len();
+            if pieces_of.head_room + size > pieces_of.max_bytes {
+                if field == EVENTS_FIELD {
+                    too_large += 1;
+                }
+                continue;
+            }
+            pieces.extend(pieces_of.push_raw(field, &value));
+        }
+        pieces.extend(pieces_of.seal());
+        self.next_id = pieces_of.next_id;
+        self.sequence = pieces_of.sequence;
+        Ok((pieces, too_large))
     }
 
     /// Whether the open batch holds nothing.
@@ -183,10 +378,53 @@ impl Batcher {
             batch_id,
             events: count,
             bytes: full.slice(start..),
-            segment: None,
+            spooled: None,
+            origin: None,
             receipts: std::mem::take(&mut self.current_receipts),
         })
     }
+}
+
+/// The event and group fields of an encoded `TapioStreamEventsRequest` batch, in order.
+fn batch_fields(request: &Bytes) -> Result<Vec<(u32, Bytes)>, Malformed> {
+    let mut outer = request.clone();
+    let mut fields = Vec::new();
+    while outer.has_remaining() {
+        let (tag, wire_type) = decode_key(&mut outer)?;
+        let value = length_delimited(&mut outer, wire_type)?;
+        if tag != BATCH_FIELD {
+            continue;
+        }
+        let mut inner = value;
+        while inner.has_remaining() {
+            let (tag, wire_type) = decode_key(&mut inner)?;
+            if wire_type != WireType::LengthDelimited {
+                prost::encoding::skip_field(
+                    wire_type,
+                    tag,
+                    &mut inner,
+                    prost::encoding::DecodeContext::default(),
+                )?;
+                continue;
+            }
+            let value = length_delimited(&mut inner, wire_type)?;
+            if tag == EVENTS_FIELD || tag == GROUPS_FIELD {
+                fields.push((tag, value));
+            }
+        }
+    }
+    Ok(fields)
+}
+
+fn length_delimited(buf: &mut Bytes, wire_type: WireType) -> Result<Bytes, Malformed> {
+    if wire_type != WireType::LengthDelimited {
+        return Err(Malformed("a batch request holds only messages".into()));
+    }
+    let len = usize::try_from(decode_varint(buf)?).unwrap_or(usize::MAX);
+    if len > buf.remaining() {
+        return Err(Malformed("a field runs past the end of the batch".into()));
+    }
+    Ok(buf.split_to(len))
 }
 
 #[cfg(test)]
@@ -207,16 +445,16 @@ mod tests {
             ..pb::SemanticGroup::default()
         };
         let mut batcher = Batcher::new("node".into(), 10, Duration::from_secs(1), 1);
-        batcher.push_group(&group(1));
+        assert!(batcher.push_group(&group(1)).expect("fits").is_none());
         assert!(
             !batcher.is_empty() && batcher.deadline().is_some(),
             "a group opens a batch"
         );
         let alone = batcher.seal().expect("a batch of one group");
         assert_eq!(alone.events, 0, "groups are not counted as events");
-        batcher.push(&event(1));
-        batcher.push_group(&group(2));
-        batcher.push(&event(2));
+        batcher.push(&event(1)).expect("fits");
+        batcher.push_group(&group(2)).expect("fits");
+        batcher.push(&event(2)).expect("fits");
         let mixed = batcher.seal().expect("a mixed batch");
         let decode =
             |sealed: &Sealed| match pb::TapioStreamEventsRequest::decode(sealed.bytes.clone())
@@ -235,7 +473,9 @@ mod tests {
     #[tokio::test]
     async fn seals_by_count_with_increasing_ids_and_sequences() {
         let mut batcher = Batcher::new("node".into(), 3, Duration::from_secs(1), 100);
-        let sealed: Vec<Sealed> = (0..7).filter_map(|n| batcher.push(&event(n))).collect();
+        let sealed: Vec<Sealed> = (0..7)
+            .filter_map(|n| batcher.push(&event(n)).expect("fits"))
+            .collect();
         assert_eq!(sealed.len(), 2);
         assert_eq!(batcher.open_events(), 1);
         let last = batcher.seal().expect("partial batch");
@@ -274,7 +514,7 @@ mod tests {
             .collect();
         let mut batcher = Batcher::new("node-7".into(), 100, Duration::from_secs(1), 42);
         for e in events.clone() {
-            assert!(batcher.push(&e).is_none());
+            assert!(batcher.push(&e).expect("fits").is_none());
         }
         let sealed = batcher.seal().expect("a batch");
         let expected = pb::TapioStreamEventsRequest {
@@ -296,7 +536,7 @@ mod tests {
         let mut batcher = Batcher::new("node".into(), 10, Duration::from_millis(250), 1);
         assert!(batcher.deadline().is_none());
         let before = Instant::now();
-        batcher.push(&event(1));
+        batcher.push(&event(1)).expect("fits");
         let deadline = batcher.deadline().expect("open batch");
         assert!(deadline >= before + Duration::from_millis(250));
     }

@@ -28,9 +28,9 @@ use tonic::Status;
 use tonic::codec::Streaming;
 use tonic::transport::{Channel, Endpoint};
 
-pub use batch::{Batcher, MAX_BATCH_BYTES, Sealed};
+pub use batch::{Batcher, MAX_BATCH_BYTES, Origin, Sealed, TooLarge};
 pub use codec::PreEncoded;
-pub use spool::{Recovered, Spool};
+pub use spool::{Recovered, Spool, SpoolRef};
 
 use crate::event::Event;
 use crate::internal_events::EventsDropped;
@@ -136,6 +136,7 @@ pub enum Input {
 pub struct Bridge {
     input: mpsc::Sender<Input>,
     task: JoinHandle<Report>,
+    stats: Arc<BridgeStats>,
 }
 
 impl Bridge {
@@ -200,6 +201,13 @@ impl Bridge {
                     );
                 }
                 stats.pending.fetch_add(recovered.events, Ordering::Relaxed);
+                EventsDropped {
+                    component: "bridge",
+                    counters: &stats.dropped,
+                    cause: DropCause::SpoolCorrupt,
+                    count: recovered.corrupt_events,
+                }
+                .emit();
                 stats.spooled.store(recovered.events, Ordering::Relaxed);
                 Queue::Spool(opened, spool.when_full)
             }
@@ -210,20 +218,36 @@ impl Bridge {
             endpoint,
             token,
             events,
-            stats,
+            Arc::clone(&stats),
             queue,
             input_ending,
         ));
-        Ok(Self { input, task })
+        Ok(Self { input, task, stats })
     }
 
     /// Hands a batch of enriched events to the bridge; waits while it holds as much as it
-    /// may (back-pressure).
+    /// may (back-pressure). When the bridge task is gone, the events are counted as lost.
     pub async fn send(&self, events: Vec<Event>) -> Result<(), Closed> {
         self.input
             .send(Input::Events(events))
             .await
-            .map_err(|_| Closed)
+            .map_err(|refused| {
+                if let Input::Events(events) = refused.0 {
+                    self.count_lost(events.len() as u64);
+                }
+                Closed
+            })
+    }
+
+    /// Counts events the pipeline could not hand to a bridge task that is gone.
+    pub fn count_lost(&self, events: u64) {
+        EventsDropped {
+            component: "bridge",
+            counters: &self.stats.dropped,
+            cause: DropCause::Internal,
+            count: events,
+        }
+        .emit();
     }
 
     /// Hands closed incident groups to the bridge; they ride the next batch.
@@ -238,11 +262,27 @@ impl Bridge {
     }
 
     /// Closes the input and waits until everything is acked or the drain timeout runs out.
+    /// A bridge task that panicked loses what it held in memory (not what it spooled):
+    /// that is counted as `internal_error`.
     pub async fn finish(self) -> Report {
-        drop(self.input);
-        self.task.await.unwrap_or_else(|e| {
-            tracing::error!(error = %e, "Bridge task failed.");
-            Report { undelivered: 0 }
+        let Self { input, task, stats } = self;
+        drop(input);
+        task.await.unwrap_or_else(|e| {
+            let pending = stats.pending.swap(0, Ordering::Relaxed);
+            let spooled = match stats.spooled.load(Ordering::Relaxed) {
+                u64::MAX => 0,
+                n => n,
+            };
+            let lost = pending.saturating_sub(spooled);
+            tracing::error!(error = %e, events = lost, "The bridge task failed; counting the events it held.");
+            EventsDropped {
+                component: "bridge",
+                counters: &stats.dropped,
+                cause: DropCause::Internal,
+                count: lost,
+            }
+            .emit();
+            Report { undelivered: lost }
         })
     }
 }
@@ -270,6 +310,8 @@ struct Connection {
     inbound: Streaming<pb::TapioStreamEventsResponse>,
     /// The server's rate limit from the response headers, if it set one.
     rate_limit: Option<u64>,
+    /// The server's largest message, from the response headers, if it said.
+    message_limit: Option<usize>,
 }
 
 async fn connect(
@@ -300,14 +342,20 @@ async fn connect(
     let path =
         tonic::codegen::http::uri::PathAndQuery::from_static("/tapio.v1.TapioService/StreamEvents");
     let response = grpc.streaming(request, path, PreEncoded).await?;
-    let rate_limit = response
-        .metadata()
-        .get(crate::server::RATE_LIMIT_HEADER)
-        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let header = |name: &str| {
+        response
+            .metadata()
+            .get(name)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+    };
+    let rate_limit = header(crate::server::RATE_LIMIT_HEADER);
+    let message_limit = header(crate::server::MESSAGE_LIMIT_HEADER)
+        .and_then(|limit: u64| usize::try_from(limit).ok());
     Ok(Connection {
         outbound,
         inbound: response.into_inner(),
         rate_limit,
+        message_limit,
     })
 }
 
@@ -380,9 +428,14 @@ struct Delivery {
     stats: Arc<BridgeStats>,
     batcher: Batcher,
     pending: Queue,
-    /// Stopping: take every remaining input, even past the memory or spool cap (past the
-    /// spool's, it is dropped and counted), so the pipeline can drain and the drain
-    /// timeout can start.
+    /// Sealed batches the spool has no room for yet, in order; while any wait here, a
+    /// `block` spool takes no more input.
+    held: VecDeque<Sealed>,
+    /// When to try the spool again after a failed write.
+    spool_retry_at: Option<Instant>,
+    /// Stopping: take every remaining input, even past the memory or spool cap (what is
+    /// still held past the spool's at the end is dropped and counted), so the pipeline can
+    /// drain and the drain timeout can start.
     stopping: bool,
     /// On the stream, not acked yet, in send order.
     inflight: VecDeque<Sealed>,
@@ -391,25 +444,39 @@ struct Delivery {
     limit_per_second: u64,
     /// No batch goes before this (rate limit, or a server's request to retry later).
     next_send_at: Instant,
+    /// Spool write failures in a row, for a log that is visible but not a flood.
+    spool_failures: u64,
 }
+
+/// How long a batch the spool could not take waits before the next try.
+const SPOOL_RETRY: Duration = Duration::from_secs(1);
 
 impl Delivery {
     fn new(config: BridgeConfig, stats: Arc<BridgeStats>, pending: Queue, first_id: u64) -> Self {
+        let mut batcher = Batcher::new(
+            config.collector_id.clone(),
+            config.batch_events,
+            config.flush_interval,
+            first_id,
+        );
+        if let Some(spool) = &config.spool {
+            // A sealed batch always fits in an empty spool, so `block` never waits for
+            // room that cannot come.
+            batcher.limit_bytes(Spool::largest_batch(spool.max_bytes));
+        }
         Self {
-            batcher: Batcher::new(
-                config.collector_id.clone(),
-                config.batch_events,
-                config.flush_interval,
-                first_id,
-            ),
+            batcher,
             config,
             stats,
             pending,
+            held: VecDeque::new(),
+            spool_retry_at: None,
             stopping: false,
             inflight: VecDeque::new(),
             paused: false,
             limit_per_second: 0,
             next_send_at: Instant::now(),
+            spool_failures: 0,
         }
     }
 
@@ -418,7 +485,7 @@ impl Delivery {
             Queue::Memory(batches) => {
                 self.stopping || batches.len() < self.config.max_pending_batches
             }
-            Queue::Spool(spool, WhenFull::Block) => self.stopping || spool.has_room(0),
+            Queue::Spool(_, WhenFull::Block) => self.stopping || self.held.is_empty(),
             Queue::Spool(_, WhenFull::DropNewest) => true,
         }
     }
@@ -431,7 +498,10 @@ impl Delivery {
     }
 
     fn is_empty(&self) -> bool {
-        self.nothing_pending() && self.inflight.is_empty() && self.batcher.is_empty()
+        self.nothing_pending()
+            && self.held.is_empty()
+            && self.inflight.is_empty()
+            && self.batcher.is_empty()
     }
 
     fn push(&mut self, events: Vec<Event>) {
@@ -439,15 +509,26 @@ impl Delivery {
             .pending
             .fetch_add(events.len() as u64, Ordering::Relaxed);
         for event in events {
-            if let Some(sealed) = self.batcher.push(&event) {
-                self.enqueue(sealed);
+            match self.batcher.push(&event) {
+                Ok(Some(sealed)) => self.enqueue(sealed),
+                Ok(None) => {}
+                Err(too_large) => {
+                    tracing::warn!(event_type = %event.kind, id = %event.id, error = %too_large, "Event refused: too large to deliver.");
+                    self.drop_events(DropCause::TooLarge, 1);
+                }
             }
         }
     }
 
     fn push_groups(&mut self, groups: &[pb::SemanticGroup]) {
         for group in groups {
-            self.batcher.push_group(group);
+            match self.batcher.push_group(group) {
+                Ok(Some(sealed)) => self.enqueue(sealed),
+                Ok(None) => {}
+                Err(too_large) => {
+                    tracing::warn!(summary = %group.summary, error = %too_large, "Incident group not sent: too large for a batch.");
+                }
+            }
         }
     }
 
@@ -457,27 +538,91 @@ impl Delivery {
         }
     }
 
-    fn enqueue(&mut self, mut sealed: Sealed) {
-        let outcome = match &mut self.pending {
-            Queue::Memory(batches) => {
-                batches.push_back(sealed);
-                return;
+    fn enqueue(&mut self, sealed: Sealed) {
+        match &mut self.pending {
+            Queue::Memory(batches) => batches.push_back(sealed),
+            Queue::Spool(..) if !self.held.is_empty() => self.held.push_back(sealed),
+            Queue::Spool(..) => {
+                if let Err(sealed) = self.spool(sealed) {
+                    self.held.push_back(sealed);
+                }
             }
-            Queue::Spool(spool, _) if !spool.has_room(sealed.bytes.len()) => {
-                Err(DropCause::SpoolFull)
-            }
-            Queue::Spool(spool, _) => spool.append(&mut sealed).map_err(|e| {
-                tracing::error!(error = %e, "Cannot write to the spool.");
-                DropCause::SpoolError
-            }),
+        }
+    }
+
+    /// Writes a batch to the spool. Gives it back when it must wait (`block`: no room yet,
+    /// or the write failed); under `drop_newest` such a batch is dropped and counted.
+    fn spool(&mut self, mut sealed: Sealed) -> Result<(), Sealed> {
+        let Queue::Spool(spool, when_full) = &mut self.pending else {
+            unreachable!("only called with a spool")
+        };
+        let when_full = *when_full;
+        let outcome = if spool.has_room(sealed.bytes.len()) {
+            spool.append(&mut sealed).map_err(|e| {
+                self.spool_failures += 1;
+                if self.spool_failures.is_power_of_two() {
+                    tracing::error!(error = %e, failures = self.spool_failures, "Cannot write to the spool; holding the batch and retrying.");
+                }
+                if e.raw_os_error().is_some_and(is_disk_full) {
+                    DropCause::SpoolFull
+                } else {
+                    DropCause::SpoolError
+                }
+            })
+        } else {
+            Err(DropCause::SpoolFull)
         };
         match outcome {
             Ok(()) => {
+                self.spool_failures = 0;
                 // On disk, it survives a restart: as good as delivered for the receipts.
                 crate::delivery::confirm_all(std::mem::take(&mut sealed.receipts));
                 self.update_spooled();
+                Ok(())
             }
-            Err(cause) => self.drop_events(cause, u64::from(sealed.events)),
+            Err(cause) if when_full == WhenFull::DropNewest => {
+                self.drop_events(cause, u64::from(sealed.events));
+                Ok(())
+            }
+            Err(cause) => {
+                if cause != DropCause::SpoolFull || self.spool_failures > 0 {
+                    self.spool_retry_at = Some(Instant::now() + SPOOL_RETRY);
+                }
+                Err(sealed)
+            }
+        }
+    }
+
+    /// Moves held batches into the spool while it takes them.
+    fn flush_held(&mut self) {
+        self.spool_retry_at = None;
+        while let Some(sealed) = self.held.pop_front() {
+            if let Err(sealed) = self.spool(sealed) {
+                self.held.push_front(sealed);
+                break;
+            }
+        }
+    }
+
+    /// Periodic spool upkeep: files removed under the agent come back, held batches are
+    /// retried.
+    fn tend_spool(&mut self) {
+        if let Queue::Spool(spool, _) = &mut self.pending {
+            match spool.check() {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::warn!(
+                        segments = n,
+                        "The spool's files were removed while in use; recreated them from the open files."
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "The spool's files were removed while in use and cannot be recreated; unacked batches survive only in this process.");
+                }
+            }
+        }
+        if self.spool_retry_at.is_some_and(|at| at <= Instant::now()) {
+            self.flush_held();
         }
     }
 
@@ -493,10 +638,18 @@ impl Delivery {
     fn next_pending(&mut self) -> Option<Sealed> {
         match &mut self.pending {
             Queue::Memory(batches) => batches.pop_front(),
-            Queue::Spool(spool, _) => spool.next_unsent().unwrap_or_else(|e| {
-                tracing::error!(error = %e, "Cannot read the spool; what is left in it waits for the next start.");
-                None
-            }),
+            Queue::Spool(spool, _) => {
+                let next = spool.next_unsent().unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "Cannot read the spool; what is left in it waits for the next start.");
+                    None
+                });
+                let lost = spool.take_lost();
+                if lost > 0 {
+                    self.drop_events(DropCause::SpoolCorrupt, lost);
+                    self.update_spooled();
+                }
+                next
+            }
         }
     }
 
@@ -535,6 +688,11 @@ impl Delivery {
             let Some(batch) = self.next_pending() else {
                 break;
             };
+            if batch.bytes.len() > self.batcher.max_bytes() {
+                // Sealed before the server's limit was known: sent in pieces that fit.
+                self.split(batch);
+                continue;
+            }
             match outbound.try_send(batch.bytes.clone()) {
                 Ok(()) => {
                     if self.limit_per_second > 0 {
@@ -556,6 +714,67 @@ impl Delivery {
             }
         }
         true
+    }
+
+    /// Replaces a batch too large for the server by pieces within the limit, in its place
+    /// at the front; events too large for any batch are dropped and counted.
+    fn split(&mut self, batch: Sealed) {
+        let (mut pieces, too_large) = match self.batcher.split(&batch) {
+            Ok(split) => split,
+            Err(e) => {
+                // Only bytes this collector encoded are split; this is a bug, not input.
+                tracing::error!(batch_id = batch.batch_id, error = %e, "Cannot split a batch; dropping it.");
+                self.drop_events(DropCause::Internal, u64::from(batch.events));
+                self.settle(batch, false);
+                return;
+            }
+        };
+        tracing::info!(
+            batch_id = batch.batch_id,
+            bytes = batch.bytes.len(),
+            limit = self.batcher.max_bytes(),
+            pieces = pieces.len(),
+            "Splitting a batch larger than the server takes."
+        );
+        if too_large > 0 {
+            tracing::warn!(
+                batch_id = batch.batch_id,
+                events = too_large,
+                limit = self.batcher.max_bytes(),
+                "Events refused: each alone is larger than the server takes."
+            );
+            self.drop_events(DropCause::TooLarge, too_large);
+        }
+        if pieces.is_empty() {
+            self.settle(batch, false);
+            return;
+        }
+        let origin = match &batch.origin {
+            Some(parent) => {
+                parent.replace_piece(pieces.len(), too_large > 0);
+                Arc::clone(parent)
+            }
+            None => Origin::new(pieces.len(), too_large > 0, batch.spooled, batch.receipts),
+        };
+        for piece in &mut pieces {
+            piece.origin = Some(Arc::clone(&origin));
+        }
+        while let Some(piece) = pieces.pop() {
+            self.push_front(piece);
+        }
+    }
+
+    /// A lower message limit learnt from the server: later batches are sealed within it
+    /// and larger ones already sealed are split before they go.
+    fn limit_message_bytes(&mut self, limit: usize) {
+        let before = self.batcher.max_bytes();
+        let now = self.batcher.limit_bytes(limit);
+        if now < before {
+            tracing::info!(
+                limit = now,
+                "Batches now stay within the server's message limit."
+            );
+        }
     }
 
     fn on_response(&mut self, response: pb::TapioStreamEventsResponse) {
@@ -581,19 +800,18 @@ impl Delivery {
         };
         match ack.status() {
             pb::ack::Status::Ok => {
-                let mut batch = self.inflight.remove(position).expect("position is valid");
-                crate::delivery::confirm_all(std::mem::take(&mut batch.receipts));
+                let batch = self.inflight.remove(position).expect("position is valid");
                 let events = u64::from(batch.events);
                 self.stats.delivered.fetch_add(events, Ordering::Relaxed);
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
                 self.stats.pending.fetch_sub(events, Ordering::Relaxed);
-                self.forget(&batch);
+                self.settle(batch, true);
             }
             pb::ack::Status::Rejected => {
                 let batch = self.inflight.remove(position).expect("position is valid");
                 tracing::error!(batch_id = batch.batch_id, reason = %ack.message, "Server rejected a batch.");
                 self.drop_events(DropCause::Rejected, u64::from(batch.events));
-                self.forget(&batch);
+                self.settle(batch, false);
             }
             pb::ack::Status::Retry | pb::ack::Status::Unspecified => {
                 let batch = self.inflight.remove(position).expect("position is valid");
@@ -604,14 +822,28 @@ impl Delivery {
         }
     }
 
-    /// The server is done with `batch`: its spool record can go.
-    fn forget(&mut self, batch: &Sealed) {
-        if let Queue::Spool(spool, _) = &mut self.pending
-            && let Err(e) = spool.ack(batch)
+    /// The server is done with `batch` (`stored`, or refused for good): its receipts are
+    /// confirmed or dropped, and its spool record can go, once every piece of it is done.
+    fn settle(&mut self, mut batch: Sealed, stored: bool) {
+        let (spooled, receipts, stored) = match batch.origin.take() {
+            None => (batch.spooled, std::mem::take(&mut batch.receipts), stored),
+            Some(origin) => match origin.settle(stored) {
+                Some(whole) => (whole.spooled, whole.receipts, whole.stored),
+                None => return,
+            },
+        };
+        if stored {
+            crate::delivery::confirm_all(receipts);
+        }
+        if let (Queue::Spool(spool, _), Some(at)) = (&mut self.pending, spooled)
+            && let Err(e) = spool.ack(at)
         {
             tracing::error!(error = %e, "Cannot remove acked batches from the spool.");
         }
         self.update_spooled();
+        if !self.held.is_empty() {
+            self.flush_held();
+        }
     }
 
     fn on_flow_control(&mut self, directive: &pb::FlowControl) {
@@ -645,6 +877,35 @@ impl Delivery {
         }
         .emit();
     }
+
+    /// The run is over: batches the spool never had room for are dropped and counted.
+    fn drop_held(&mut self) {
+        let events: u64 = self.held.drain(..).map(|b| u64::from(b.events)).sum();
+        if events > 0 {
+            tracing::error!(
+                events,
+                "The spool was full when the agent stopped; these events could not be kept."
+            );
+            self.drop_events(DropCause::SpoolFull, events);
+        }
+    }
+}
+
+/// The limit a server names in its `OUT_OF_RANGE` answer to an oversized message
+/// ("... the limit is: N bytes").
+fn limit_from(message: &str) -> Option<usize> {
+    let (_, rest) = message.rsplit_once("limit is")?;
+    rest.trim_start_matches([':', ' '])
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// ENOSPC and EDQUOT: the disk under the spool is full, which `block` waits out.
+fn is_disk_full(errno: i32) -> bool {
+    errno == rustix::io::Errno::NOSPC.raw_os_error()
+        || errno == rustix::io::Errno::DQUOT.raw_os_error()
 }
 
 /// Ends the stream politely: a close message, the end of the outbound half, then the
@@ -701,6 +962,9 @@ async fn run(
     let mut failures = 0u32;
     let mut input_open = true;
     let mut drain_deadline: Option<Instant> = None;
+    let spooling = matches!(delivery.pending, Queue::Spool(..));
+    let mut upkeep = tokio::time::interval(Duration::from_secs(1));
+    upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
         if connection.is_none()
@@ -736,6 +1000,13 @@ async fn run(
                 end => {
                     if let Err(broken) = end {
                         tracing::warn!(code = ?broken.code(), message = %broken.message(), "Stream to the server broke; resending what was unacked after reconnecting.");
+                        if broken.code() == tonic::Code::OutOfRange {
+                            // A message over the server's limit: never resend it unchanged.
+                            let limit = limit_from(broken.message()).unwrap_or_else(|| {
+                                delivery.inflight.iter().map(|b| b.bytes.len()).max().unwrap_or(0) / 2
+                            });
+                            delivery.limit_message_bytes(limit);
+                        }
                     } else {
                         tracing::warn!("Server closed the stream; resending what was unacked after reconnecting.");
                     }
@@ -753,6 +1024,9 @@ async fn run(
                         backoff.reset();
                         delivery.paused = false;
                         delivery.limit_per_second = c.rate_limit.unwrap_or(0);
+                        if let Some(limit) = c.message_limit {
+                            delivery.limit_message_bytes(limit);
+                        }
                         connection = Some(c);
                     }
                     Ok(Err(refused)) => {
@@ -788,9 +1062,11 @@ async fn run(
             () = sleep_until_some(retry_at), if connection.is_none() && connecting.is_none() => {},
             () = sleep_until_some(delivery.rate_wait()) => {},
             () = sleep_until_some(drain_deadline) => {},
+            _ = upkeep.tick(), if spooling => delivery.tend_spool(),
             () = input_ending.cancelled(), if !delivery.stopping => delivery.stopping = true,
         }
     }
+    delivery.drop_held();
 
     if let Some(task) = connecting {
         task.abort();
@@ -920,6 +1196,177 @@ mod tests {
         d.on_response(ack(1, pb::ack::Status::Rejected));
         assert_eq!(d.stats.dropped.get(DropCause::Rejected), 10);
         assert!(d.inflight.is_empty());
+    }
+
+    fn spooled(dir: &std::path::Path, max_bytes: u64, when_full: WhenFull) -> Delivery {
+        let mut d = delivery(4);
+        d.config.spool = Some(SpoolConfig {
+            dir: dir.to_owned(),
+            max_bytes,
+            when_full,
+        });
+        let (spool, _) = Spool::open(dir, max_bytes, 16).expect("opens");
+        d.pending = Queue::Spool(spool, when_full);
+        d.batcher.limit_bytes(Spool::largest_batch(max_bytes));
+        d
+    }
+
+    /// Events with a 1 KiB message each, so batches have a size worth measuring.
+    fn big_events(from: u128, n: u128) -> Vec<Event> {
+        (from..from + n)
+            .map(|i| {
+                let mut e = Event::new(EventId::from_u128((i + 1) << 80), 1, "a.b", "t");
+                e.message = "x".repeat(1024);
+                e
+            })
+            .collect()
+    }
+
+    fn spool_of(d: &Delivery) -> &Spool {
+        let Queue::Spool(spool, _) = &d.pending else {
+            panic!("a spool")
+        };
+        spool
+    }
+
+    #[tokio::test]
+    async fn a_full_spool_under_block_holds_the_input_back_and_drops_nothing() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut d = spooled(dir.path(), 1 << 20, WhenFull::Block);
+        let mut pushed = 0;
+        while d.has_room() {
+            d.push(big_events(pushed, 10));
+            pushed += 10;
+            assert!(pushed < 10_000, "the gate never closed");
+        }
+        assert_eq!(
+            d.stats.dropped.get(DropCause::SpoolFull),
+            0,
+            "block drops nothing"
+        );
+        assert!(!d.held.is_empty(), "the batch that did not fit waits");
+        assert!(spool_of(&d).bytes() <= 1 << 20, "the cap holds");
+        // The server comes back and acks what it gets: the held batch moves into the spool
+        // and the gate opens again.
+        let (tx, mut rx) = mpsc::channel(64);
+        let mut delivered = 0;
+        while !d.is_empty() {
+            assert!(d.pump(&tx));
+            while rx.try_recv().is_ok() {}
+            let acks: Vec<u64> = d.inflight.iter().map(|b| b.batch_id).collect();
+            for id in acks {
+                d.on_response(ack(id, pb::ack::Status::Ok));
+            }
+            d.seal();
+            delivered += 1;
+            assert!(delivered < 10_000, "delivery stalled");
+        }
+        assert!(d.has_room());
+        assert_eq!(d.stats.delivered.load(Ordering::Relaxed), pushed as u64);
+        assert_eq!(spool_of(&d).unacked_events(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_full_spool_under_drop_newest_counts_what_it_drops() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut d = spooled(dir.path(), 1 << 20, WhenFull::DropNewest);
+        d.push(big_events(0, 2000));
+        d.seal();
+        let dropped = d.stats.dropped.get(DropCause::SpoolFull);
+        assert!(dropped > 0);
+        assert_eq!(spool_of(&d).unacked_events() + dropped, 2000);
+    }
+
+    #[tokio::test]
+    async fn a_batch_larger_than_the_server_takes_goes_in_pieces_and_settles_once() {
+        let mut d = delivery(64);
+        d.config.batch_events = 100;
+        d.batcher = Batcher::new("node".into(), 100, Duration::from_secs(1), 1);
+        let ledger = crate::delivery::Ledger::new();
+        let mut events = big_events(0, 100);
+        for e in &mut events {
+            e.receipt = Some(ledger.issue());
+        }
+        d.push(events);
+        // One batch of ~100 KiB was sealed before the server said it takes 20 KB.
+        d.limit_message_bytes(20_000);
+        let (tx, mut rx) = mpsc::channel(64);
+        assert!(d.pump(&tx));
+        let mut sizes = Vec::new();
+        while let Ok(bytes) = rx.try_recv() {
+            sizes.push(bytes.len());
+        }
+        assert!(sizes.len() >= 5, "{sizes:?}");
+        assert!(sizes.iter().all(|&n| n <= 20_000), "{sizes:?}");
+        let pieces: Vec<u64> = d.inflight.iter().map(|b| b.batch_id).collect();
+        for (n, id) in pieces.iter().enumerate() {
+            assert_eq!(ledger.watermark(), 0, "receipts wait for the last piece");
+            d.on_response(ack(*id, pb::ack::Status::Ok));
+            assert_eq!(d.inflight.len(), pieces.len() - n - 1);
+        }
+        assert_eq!(
+            ledger.watermark(),
+            100,
+            "every receipt confirmed once all pieces are"
+        );
+        assert_eq!(d.stats.delivered.load(Ordering::Relaxed), 100);
+    }
+
+    #[tokio::test]
+    async fn an_event_larger_than_any_batch_is_refused_and_counted() {
+        let mut d = delivery(4);
+        d.limit_message_bytes(50_000);
+        let mut events = big_events(0, 3);
+        events[1].message = "y".repeat(200_000);
+        d.push(events);
+        d.seal();
+        assert_eq!(d.stats.dropped.get(DropCause::TooLarge), 1);
+        assert_eq!(d.stats.pending.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_bridge_task_that_panics_counts_what_it_held_in_memory() {
+        let stats = Arc::new(BridgeStats::default());
+        stats.pending.store(1500, Ordering::Relaxed);
+        stats.spooled.store(500, Ordering::Relaxed);
+        let (input, _rx) = mpsc::channel(1);
+        let task = tokio::spawn(async { panic!("a bug in the bridge") });
+        let bridge = Bridge {
+            input,
+            task,
+            stats: Arc::clone(&stats),
+        };
+        let report = bridge.finish().await;
+        assert_eq!(
+            report.undelivered, 1000,
+            "the spooled 500 wait for the next start"
+        );
+        assert_eq!(stats.dropped.get(DropCause::Internal), 1000);
+    }
+
+    #[tokio::test]
+    async fn events_handed_to_a_bridge_that_is_gone_are_counted() {
+        let stats = Arc::new(BridgeStats::default());
+        let (input, rx) = mpsc::channel(1);
+        drop(rx);
+        let bridge = Bridge {
+            input,
+            task: tokio::spawn(async { Report { undelivered: 0 } }),
+            stats: Arc::clone(&stats),
+        };
+        assert!(bridge.send(events(7)).await.is_err());
+        assert_eq!(stats.dropped.get(DropCause::Internal), 7);
+    }
+
+    #[test]
+    fn the_limit_is_read_from_the_servers_out_of_range_answer() {
+        assert_eq!(
+            limit_from(
+                "Error, decoded message length too large: found 5242880 bytes, the limit is: 200000 bytes"
+            ),
+            Some(200_000)
+        );
+        assert_eq!(limit_from("something else"), None);
     }
 
     #[test]

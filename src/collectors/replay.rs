@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
-use tokio::io::{AsyncBufReadExt as _, AsyncRead, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt as _, AsyncRead, BufReader};
 
 use crate::collectors::{Collector, Context, Error, Running};
 use crate::event::{Event, IdGenerator};
@@ -21,6 +21,9 @@ pub const NAME: &str = "replay";
 
 /// Bad lines named one by one in the log; past this, only counted.
 const NAMED: u64 = 20;
+
+/// A line longer than this is not an event (the server takes at most 16 MiB per batch).
+const MAX_LINE: usize = 16 * 1024 * 1024;
 
 /// How fast events are replayed.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -133,7 +136,63 @@ fn check(event: &Event) -> Option<String> {
         && kind
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
-    (!well_formed).then(|| format!("unknown event type `{kind}`"))
+    if !well_formed {
+        return Some(format!("unknown event type `{kind}`"));
+    }
+    // The store keeps times as signed 64-bit nanoseconds: up to the year 2262.
+    (i64::try_from(event.timestamp).is_err()).then(|| {
+        format!(
+            "timestamp_unix_nano {} is past the year 2262 (at most {})",
+            event.timestamp,
+            i64::MAX
+        )
+    })
+}
+
+/// What reading one line found.
+enum Line {
+    /// A whole line (without its newline) is in the buffer.
+    Read,
+    /// The line was longer than [`MAX_LINE`]; it was skipped to its end.
+    TooLong,
+    /// The input ended.
+    End,
+}
+
+/// Reads one line as bytes, whatever they are: a line that is not UTF-8 is the caller's
+/// to refuse, not a reason to stop reading.
+async fn next_line(
+    reader: &mut (impl AsyncBufRead + Unpin),
+    line: &mut Vec<u8>,
+) -> std::io::Result<Line> {
+    line.clear();
+    let mut any = false;
+    let mut too_long = false;
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(match (any, too_long) {
+                (false, _) => Line::End,
+                (true, true) => Line::TooLong,
+                (true, false) => Line::Read,
+            });
+        }
+        any = true;
+        let (chunk, used, ended) = match available.iter().position(|&b| b == b'\n') {
+            Some(at) => (&available[..at], at + 1, true),
+            None => (available, available.len(), false),
+        };
+        if line.len() + chunk.len() > MAX_LINE {
+            too_long = true;
+            line.clear();
+        } else if !too_long {
+            line.extend_from_slice(chunk);
+        }
+        reader.consume(used);
+        if ended {
+            return Ok(if too_long { Line::TooLong } else { Line::Read });
+        }
+    }
 }
 
 async fn run(
@@ -141,31 +200,41 @@ async fn run(
     input: Box<dyn AsyncRead + Send + Unpin>,
     context: Context,
 ) -> Result<(), Error> {
-    let mut lines = BufReader::with_capacity(256 * 1024, input).lines();
+    let mut reader = BufReader::with_capacity(256 * 1024, input);
+    let mut line = Vec::new();
     let mut ids = IdGenerator::new();
     let mut number = 0u64;
     let mut bad: Vec<u64> = Vec::new();
     // (recorded time of the first event, when it was sent) for paced replays.
     let mut origin: Option<(u64, tokio::time::Instant)> = None;
     loop {
-        let line = tokio::select! {
+        let read = tokio::select! {
             () = context.shutdown.cancelled() => break,
-            line = lines.next_line() => line,
+            read = next_line(&mut reader, &mut line) => read,
         };
-        let line = match line {
-            Ok(Some(line)) => line,
-            Ok(None) => break,
+        let parsed = match read {
+            Ok(Line::End) => break,
+            Ok(Line::TooLong) => Err(format!("longer than {MAX_LINE} bytes")),
+            Ok(Line::Read) => Ok(&line),
             Err(e) => {
-                tracing::warn!(line = number + 1, error = %e, "replay: cannot read on; stopping here.");
-                break;
+                // The input itself failed (not a bad line): say where, and stop as failed.
+                tracing::error!(line = number + 1, error = %e, "replay: cannot read the input; stopping here.");
+                return Err(Error::Unavailable(format!(
+                    "{}: read failed after line {number}: {e}",
+                    config.path.display()
+                )));
             }
         };
         number += 1;
-        if line.trim().is_empty() {
+        if parsed
+            .as_ref()
+            .is_ok_and(|l| l.iter().all(u8::is_ascii_whitespace))
+        {
             continue;
         }
-        let parsed = serde_json::from_str::<Event>(&line)
-            .map_err(|e| e.to_string())
+        let parsed = parsed
+            .and_then(|l| std::str::from_utf8(l).map_err(|e| format!("not UTF-8: {e}")))
+            .and_then(|l| serde_json::from_str::<Event>(l).map_err(|e| e.to_string()))
             .and_then(|event| match check(&event) {
                 Some(problem) => Err(problem),
                 None => Ok(event),

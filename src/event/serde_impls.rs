@@ -65,10 +65,15 @@ fn from_hex<const N: usize>(text: &str) -> Result<[u8; N], String> {
             text.len()
         ));
     }
+    // Byte by byte: a multi-byte character has the right length in bytes but no char
+    // boundary where a pair would end.
+    let digit = |b: u8| char::from(b).to_digit(16);
     let mut out = [0u8; N];
-    for (i, byte) in out.iter_mut().enumerate() {
-        let pair = &text[i * 2..i * 2 + 2];
-        *byte = u8::from_str_radix(pair, 16).map_err(|_| format!("invalid hex {pair:?}"))?;
+    for (byte, pair) in out.iter_mut().zip(text.as_bytes().chunks_exact(2)) {
+        let (Some(high), Some(low)) = (digit(pair[0]), digit(pair[1])) else {
+            return Err(format!("invalid hex in {text:?}"));
+        };
+        *byte = (high * 16 + low) as u8;
     }
     Ok(out)
 }
@@ -174,5 +179,35 @@ impl<'de> Deserialize<'de> for Attributes {
             }
         }
         deserializer.deserialize_map(AttributesVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[rstest::rstest]
+    #[case::trace_id_multibyte("é".repeat(16))]
+    #[case::mixed(format!("{}é{}", "a".repeat(14), "b".repeat(16)))]
+    #[case::not_hex("zz".repeat(16))]
+    fn ids_with_the_right_length_but_not_hex_are_refused_not_panicked_on(#[case] text: String) {
+        let json = serde_json::to_string(&text).expect("a JSON string");
+        let error = serde_json::from_str::<TraceId>(&json).expect_err("not a trace id");
+        assert!(error.to_string().contains("trace_id"), "{error}");
+        let error = serde_json::from_str::<GroupId>(&json).expect_err("not a group id");
+        assert!(error.to_string().contains("group_id"), "{error}");
+        let span = serde_json::to_string(&"é".repeat(8)).expect("a JSON string");
+        let error = serde_json::from_str::<SpanId>(&span).expect_err("not a span id");
+        assert!(error.to_string().contains("span_id"), "{error}");
+    }
+
+    #[test]
+    fn hex_ids_round_trip() {
+        let json = "\"0123456789abcdefABCDEF0123456789\"";
+        let id: TraceId = serde_json::from_str(json).expect("a trace id");
+        assert_eq!(
+            serde_json::to_string(&id).expect("serializes"),
+            json.to_lowercase()
+        );
     }
 }

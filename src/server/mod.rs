@@ -153,6 +153,7 @@ pub struct Service {
     store: Store,
     max_batch_events: usize,
     max_events_per_second: u64,
+    max_message_bytes: usize,
 }
 
 impl Service {
@@ -163,12 +164,17 @@ impl Service {
             store,
             max_batch_events: args.max_batch_events,
             max_events_per_second: args.max_events_per_second,
+            max_message_bytes: args.max_message_bytes,
         }
     }
 }
 
 /// Response header of `StreamEvents` carrying the server's events-per-second limit.
 pub const RATE_LIMIT_HEADER: &str = "tapio-max-events-per-second";
+
+/// Response header of `StreamEvents` carrying the largest message the server takes, so a
+/// collector seals its batches within it.
+pub const MESSAGE_LIMIT_HEADER: &str = "tapio-max-message-bytes";
 
 type ResponseSender = mpsc::UnboundedSender<Result<pb::TapioStreamEventsResponse, Status>>;
 
@@ -321,6 +327,9 @@ impl Service {
             }
         });
         let mut response = Response::new(UnboundedReceiverStream::new(rx));
+        response
+            .metadata_mut()
+            .insert(MESSAGE_LIMIT_HEADER, (self.max_message_bytes as u64).into());
         if self.max_events_per_second > 0 {
             // Also in the response headers, so the limit holds from the very first batch
             // rather than from whenever the client reads the directive.

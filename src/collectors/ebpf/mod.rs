@@ -160,6 +160,12 @@ const TRACEFS: &str = "/sys/kernel/tracing";
 
 /// Tracepoint ids are read from tracefs, which is not mounted at boot on some hosts.
 fn ensure_tracefs() -> Result<(), Error> {
+    // Collectors start on several threads (and tests run in parallel): one mounts, the
+    // others find it mounted.
+    static MOUNTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = MOUNTING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if Path::new(TRACEFS).join("events").is_dir()
         || Path::new("/sys/kernel/debug/tracing/events").is_dir()
     {
