@@ -32,6 +32,9 @@ pub enum Error {
     /// The embedded server could not start.
     #[error("embedded server: {0}")]
     Server(#[from] server::Error),
+    /// The token file for the server cannot be used.
+    #[error("server.token_file: {0}")]
+    Token(#[source] server::Error),
     /// The bridge task ended while the pipeline still had events for it.
     #[error("the bridge stopped unexpectedly")]
     BridgeClosed,
@@ -202,13 +205,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Arc<Tele
         if let Some(bridge) = &bridge {
             let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
             if bridge.send(full).await.is_err() || bridge.send_groups(closed).await.is_err() {
-                // The bridge task is gone (a bug): stop producing, and count what is still
-                // on its way rather than leave it uncounted.
                 shutdown.cancel();
-                while fan_in.recv_many(&mut batch, BATCH).await > 0 {
-                    bridge.count_lost(batch.len() as u64);
-                    batch.clear();
-                }
+                count_stranded(&mut fan_in, bridge).await;
                 break Err(Error::BridgeClosed);
             }
         } else {
@@ -216,8 +214,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Arc<Tele
             crate::delivery::confirm_all(batch.drain(..).filter_map(|mut e| e.receipt.take()));
         }
     };
-    let export_done =
-        close_groups(correlator.as_mut(), exporter, bridge.as_ref(), &telemetry).await;
+    let export_timeout = config.otel.shutdown_timeout;
+    let export_done = close_groups(
+        correlator.as_mut(),
+        exporter,
+        bridge.as_ref(),
+        &telemetry,
+        export_timeout,
+    )
+    .await;
     let report = match bridge {
         Some(bridge) => Some(bridge.finish().await),
         None => None,
@@ -225,7 +230,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Arc<Tele
     if let Some(done) = export_done {
         let _ = done.await;
     }
-    crate::otel::finish_self_tracing(EXPORT_FINISH).await;
+    crate::otel::finish_self_tracing(export_timeout).await;
     if let Some((stop, task)) = embedded {
         stop.cancel();
         if let Ok(Err(e)) = task.await {
@@ -245,8 +250,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Arc<Tele
     }
 }
 
-/// Longest the exporter gets at shutdown to send the last groups (one attempt, no retries).
-const EXPORT_FINISH: Duration = Duration::from_secs(10);
+/// The bridge task is gone (a bug): with the collectors stopping, counts what is still on
+/// its way through the pipeline rather than leave it uncounted.
+async fn count_stranded(fan_in: &mut crate::manager::FanIn, bridge: &Bridge) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while fan_in.recv_many(&mut batch, BATCH).await > 0 {
+        bridge.count_lost(batch.len() as u64);
+        batch.clear();
+    }
+}
 
 /// The OTLP exporter, unless `otel.endpoint` is `none`; one that cannot be built is logged
 /// and the agent runs without it.
@@ -275,6 +287,7 @@ async fn close_groups(
     exporter: Option<Exporter>,
     bridge: Option<&Bridge>,
     telemetry: &Telemetry,
+    export_timeout: Duration,
 ) -> Option<tokio::task::JoinHandle<()>> {
     correlator.close_all();
     let closed = take_closed(correlator, exporter.as_ref());
@@ -284,7 +297,7 @@ async fn close_groups(
         tracing::warn!("The bridge closed before the last incident groups could be sent.");
     }
     telemetry.set_open_groups(0);
-    exporter.map(|e| tokio::spawn(e.finish(EXPORT_FINISH)))
+    exporter.map(|e| tokio::spawn(e.finish(export_timeout)))
 }
 
 /// Hands closed groups to the exporter and returns them as the server receives them;
@@ -360,7 +373,8 @@ async fn start_delivery(
         .token_file
         .as_deref()
         .map(server::read_token)
-        .transpose()?;
+        .transpose()
+        .map_err(Error::Token)?;
     let bridge = Bridge::spawn(
         BridgeConfig {
             address,

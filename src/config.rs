@@ -415,6 +415,10 @@ pub struct OtelConfig {
     pub endpoint: String,
     /// Also export the agent's own spans (service `tapio-collector-agent`); off by default.
     pub self_tracing: bool,
+    /// At shutdown, how long the last spans may take to reach the endpoint; what is still
+    /// unsent then is dropped and counted (`spans_dropped`).
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for OtelConfig {
@@ -422,6 +426,7 @@ impl Default for OtelConfig {
         Self {
             endpoint: "localhost:4317".into(),
             self_tracing: false,
+            shutdown_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -696,6 +701,10 @@ pub struct RunArgs {
     /// Also export the agent's own spans to the OTLP endpoint (off by default).
     #[arg(long)]
     pub otel_self_tracing: bool,
+    /// At shutdown, how long the last spans may take to reach the OTLP endpoint; the rest
+    /// are counted as dropped [default: 2s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub otel_shutdown_timeout: Option<Duration>,
     /// Turn on the eBPF kernel collectors.
     #[arg(long)]
     pub enable_ebpf: bool,
@@ -779,6 +788,9 @@ impl RunArgs {
         }
         if self.otel_self_tracing {
             config.otel.self_tracing = true;
+        }
+        if let Some(v) = self.otel_shutdown_timeout {
+            config.otel.shutdown_timeout = v;
         }
         if let Some(v) = self.buffer_size {
             config.server.buffer_size = v;

@@ -2,7 +2,7 @@
 //! hyper with rustls, a CA file or the system roots, optional client certificate, optional
 //! bearer token, and an opt-in that skips server verification (kind clusters).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,8 +11,7 @@ use http_body_util::{BodyExt as _, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 
 /// How to reach an endpoint.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -44,10 +43,6 @@ pub struct Response {
     pub body: Bytes,
 }
 
-fn read_pem(path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
-}
-
 impl HttpClient {
     /// A client with `tls` settings, sending `token` as a bearer token, giving up on a
     /// request after `timeout`.
@@ -55,7 +50,7 @@ impl HttpClient {
     /// # Errors
     /// A file that cannot be read or parsed, named with the reason.
     pub fn new(tls: &Tls, token: Option<String>, timeout: Duration) -> Result<Self, String> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = crate::tls::provider();
         let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?;
@@ -64,32 +59,16 @@ impl HttpClient {
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(AcceptAnything(provider)))
         } else {
-            let mut roots = rustls::RootCertStore::empty();
-            match &tls.ca_file {
-                Some(path) => {
-                    let pem = read_pem(path)?;
-                    for cert in CertificateDer::pem_slice_iter(&pem) {
-                        let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
-                        roots
-                            .add(cert)
-                            .map_err(|e| format!("{}: {e}", path.display()))?;
-                    }
-                }
-                None => {
-                    for cert in rustls_native_certs::load_native_certs().certs {
-                        let _ = roots.add(cert);
-                    }
-                }
-            }
+            let roots = match &tls.ca_file {
+                Some(path) => crate::tls::roots(path, "CA").map_err(|e| e.to_string())?,
+                None => crate::tls::native_roots(),
+            };
             builder.with_root_certificates(roots)
         };
         let config = match (&tls.cert_file, &tls.key_file) {
             (Some(cert), Some(key)) => {
-                let certs = CertificateDer::pem_slice_iter(&read_pem(cert)?)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| format!("{}: {e}", cert.display()))?;
-                let key = PrivateKeyDer::from_pem_slice(&read_pem(key)?)
-                    .map_err(|e| format!("{}: {e}", key.display()))?;
+                let (certs, key) =
+                    crate::tls::client_identity(cert, key).map_err(|e| e.to_string())?;
                 builder
                     .with_client_auth_cert(certs, key)
                     .map_err(|e| e.to_string())?

@@ -20,6 +20,7 @@ pub mod output;
 pub mod panics;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 
 /// The wire contract compiled from proto/tapio/v1.
 pub mod pb {

@@ -40,8 +40,11 @@ const ATTEMPTS: u32 = 3;
 pub struct ExportStats {
     /// Spans the endpoint accepted.
     pub exported: AtomicU64,
-    /// Spans dropped: the queue was full or the endpoint kept failing.
+    /// Spans dropped: the queue was full, the endpoint kept failing, or it was still
+    /// being waited for when the shutdown timeout ran out.
     pub dropped: AtomicU64,
+    /// Spans queued and not yet exported or dropped.
+    pub pending: AtomicU64,
 }
 
 /// A running exporter.
@@ -114,7 +117,11 @@ impl Exporter {
 
     /// Queues finished spans for export; when the queue is full they are dropped and counted.
     pub fn offer_spans(&self, spans: Vec<SpanData>) {
+        let count = spans.len() as u64;
+        // Counted before the send: the task may export them before this returns.
+        self.stats.pending.fetch_add(count, Ordering::Relaxed);
         if let Err(refused) = self.groups.try_send(spans) {
+            self.stats.pending.fetch_sub(count, Ordering::Relaxed);
             let spans = match refused {
                 mpsc::error::TrySendError::Full(s) | mpsc::error::TrySendError::Closed(s) => {
                     s.len()
@@ -124,14 +131,21 @@ impl Exporter {
         }
     }
 
-    /// Exports what is queued (one attempt each, no more retries) and stops, within `limit`.
+    /// Exports what is queued (one attempt each, no more retries) and stops, within `limit`;
+    /// what is still unexported then is dropped and counted.
     pub async fn finish(self, limit: Duration) {
         drop(self.groups);
         self.closing.cancel();
         let mut task = self.task;
         if tokio::time::timeout(limit, &mut task).await.is_err() {
             task.abort();
-            tracing::warn!("OTLP export did not finish in time; the spans left are lost.");
+            let _ = task.await;
+            let lost = self.stats.pending.swap(0, Ordering::Relaxed);
+            count_dropped(
+                &self.stats,
+                lost,
+                "the OTLP endpoint did not answer within otel.shutdown_timeout",
+            );
         }
     }
 }
@@ -194,6 +208,7 @@ async fn export(
         match exporter.export(batch.clone()).await {
             Ok(()) => {
                 stats.exported.fetch_add(spans, Ordering::Relaxed);
+                stats.pending.fetch_sub(spans, Ordering::Relaxed);
                 return;
             }
             Err(error) => {
@@ -210,6 +225,7 @@ async fn export(
             }
         }
     }
+    stats.pending.fetch_sub(spans, Ordering::Relaxed);
     count_dropped(
         stats,
         spans,

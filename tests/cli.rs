@@ -552,3 +552,24 @@ fn healthz_and_metrics_are_served_while_collectors_run() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn an_empty_token_file_is_named_as_the_token_file_not_the_embedded_server() {
+    let token = tempfile::NamedTempFile::new().expect("temp file");
+    let file = config("collectors:\n  synthetic: { config: { events: 10 } }\n");
+    let out = run(&[
+        "--config",
+        file.path().to_str().expect("utf-8"),
+        "--server",
+        "127.0.0.1:1",
+        "--token-file",
+        token.path().to_str().expect("utf-8"),
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("server.token_file") && stderr.contains("is empty"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("embedded server"), "{stderr}");
+}

@@ -213,3 +213,45 @@ fn the_agents_own_spans_are_exported_only_when_asked_for() {
         "{own:#?}"
     );
 }
+
+/// A run of the oom-cascade scenario with `endpoint` as the OTLP endpoint: its last status
+/// line and how long it took.
+fn run_against(endpoint: &str, extra: &[&str]) -> (String, Duration) {
+    let yaml = config(
+        "collectors:\n  synthetic: { config: { events: 3000, scenario: oom-cascade, seed: 11 } }\n",
+    );
+    let started = Instant::now();
+    let out = Command::new(COLLECTOR)
+        .arg("--config")
+        .arg(yaml.path())
+        .args(["--server", "none", "--stdout", "--otel-endpoint", endpoint])
+        .args(extra)
+        .stdout(Stdio::null())
+        .output()
+        .expect("collector runs");
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    (stderr, started.elapsed())
+}
+
+#[test]
+fn an_endpoint_that_never_answers_holds_the_exit_only_for_the_shutdown_timeout() {
+    // Accepts connections (the kernel does) but never speaks: the worst kind of down.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+    let endpoint = silent.local_addr().expect("addr").to_string();
+    let (stderr, took) = run_against(&endpoint, &["--otel-shutdown-timeout", "1s"]);
+    assert!(
+        took < Duration::from_secs(5),
+        "the exit took {took:?}: {stderr}"
+    );
+    // Every span is accounted for: as many dropped as when the endpoint refuses at once.
+    let (refused, _) = run_against(&format!("127.0.0.1:{}", free_port()), &[]);
+    let dropped = last_status(&stderr, "spans_dropped");
+    assert!(dropped > 0, "{stderr}");
+    assert_eq!(
+        dropped,
+        last_status(&refused, "spans_dropped"),
+        "{stderr}\n{refused}"
+    );
+    assert_eq!(last_status(&stderr, "spans_exported"), 0);
+}

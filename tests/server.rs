@@ -435,3 +435,107 @@ async fn a_group_with_a_bad_id_is_refused_by_name_and_the_stream_goes_on() {
     assert_eq!(good.status, i32::from(pb::ack::Status::Ok));
     assert_eq!(good.accepted, 3);
 }
+
+#[tokio::test]
+async fn answers_larger_than_a_message_come_in_pages() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = ServerProcess::start(0, dir.path(), &["--max-message-bytes", "1000000"]);
+    let mut client = client(&server).await;
+    let mut stream = Stream::open(&mut client).await.expect("opens");
+    let mut ids = IdGenerator::new();
+    let mut sent = Vec::new();
+    for batch_id in 1..=20 {
+        let mut events = events(&mut ids, 1000, "app.log");
+        for event in &mut events {
+            event.message = "m".repeat(200);
+        }
+        sent.extend(events.iter().map(|e| e.id.clone()));
+        stream.send(batch(batch_id, events)).await;
+        assert_eq!(stream.ack().await.expect("acked").accepted, 1000);
+    }
+    // 20 000 events of ~260 bytes: five times what one answer may hold.
+    let mut got = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let page = client
+            .get_events(pb::GetEventsRequest {
+                limit: 100_000,
+                page_token: token.clone(),
+                ..pb::GetEventsRequest::default()
+            })
+            .await
+            .expect("a page, not OUT_OF_RANGE")
+            .into_inner();
+        pages += 1;
+        assert!(!page.events.is_empty());
+        got.extend(page.events.into_iter().map(|e| e.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+        assert!(pages < 100, "paging ends");
+    }
+    assert!(pages >= 5, "{pages} pages");
+    sent.sort();
+    let mut sorted = got.clone();
+    sorted.dedup();
+    assert_eq!(sorted.len(), got.len(), "no event twice");
+    sorted.sort();
+    assert_eq!(sorted, sent, "every event once, over all pages");
+
+    // A page of a given size; the limit is honoured and the token leads on.
+    let page = client
+        .get_events(pb::GetEventsRequest {
+            limit: 10,
+            ..pb::GetEventsRequest::default()
+        })
+        .await
+        .expect("a page")
+        .into_inner();
+    assert_eq!(page.events.len(), 10);
+    assert!(!page.next_page_token.is_empty());
+    let bad = client
+        .get_events(pb::GetEventsRequest {
+            page_token: "not-a-token".into(),
+            ..pb::GetEventsRequest::default()
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(bad.message().contains("page_token"), "{}", bad.message());
+}
+
+#[tokio::test]
+async fn an_event_past_the_year_2262_is_refused_by_name() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = ServerProcess::start(0, dir.path(), &[]);
+    let mut client = client(&server).await;
+    let mut stream = Stream::open(&mut client).await.expect("opens");
+    let mut ids = IdGenerator::new();
+    let mut far = events(&mut ids, 3, "app.log");
+    far[1].timestamp_unix_nano = 1 << 63;
+    stream.send(batch(1, far)).await;
+    let ack = stream.ack().await.expect("answered");
+    assert_eq!(ack.status(), pb::ack::Status::Rejected);
+    assert!(
+        ack.message.contains("event 1") && ack.message.contains("2262"),
+        "{}",
+        ack.message
+    );
+    // The largest timestamp there is is stored, and found.
+    let mut last = events(&mut ids, 1, "app.log");
+    last[0].timestamp_unix_nano = i64::MAX.unsigned_abs();
+    stream.send(batch(2, last.clone())).await;
+    assert_eq!(stream.ack().await.expect("acked").accepted, 1);
+    let found = client
+        .get_events(pb::GetEventsRequest::default())
+        .await
+        .expect("queries")
+        .into_inner()
+        .events;
+    assert_eq!(
+        found.iter().map(|e| &e.id).collect::<Vec<_>>(),
+        [&last[0].id]
+    );
+}

@@ -175,3 +175,75 @@ fn tls_files_that_are_not_pem_are_named_at_start() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("junk.pem is not PEM"), "{stderr}");
 }
+
+#[test]
+fn a_certificate_and_a_key_that_do_not_match_are_named_on_both_sides_before_serving() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let good = pki(dir.path(), "good");
+    let rogue = pki(dir.path(), "rogue");
+    let out = Command::new(common::SERVER)
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("store"))
+        .args([
+            "--tls-cert",
+            path(&good.server_cert),
+            "--tls-key",
+            path(&rogue.server_key),
+        ])
+        .output()
+        .expect("server runs");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        !stderr.contains("Listening."),
+        "refused before listening: {stderr}"
+    );
+    assert!(
+        stderr.contains("good-server.pem") && stderr.contains("rogue-server-key.pem"),
+        "{stderr}"
+    );
+
+    let server = tls_server(&good, &dir.path().join("store"), true);
+    let out = collect(
+        &server,
+        &[
+            "--grpc-insecure=false",
+            "--tls-ca",
+            path(&good.ca),
+            "--tls-cert",
+            path(&good.client_cert),
+            "--tls-key",
+            path(&rogue.client_key),
+        ],
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("invalid server address"), "{stderr}");
+    assert!(
+        stderr.contains("TLS to the server")
+            && stderr.contains("good-client.pem")
+            && stderr.contains("rogue-client-key.pem"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_failed_handshake_is_logged_by_the_server_and_explained_by_the_collector() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let good = pki(dir.path(), "good");
+    let rogue = pki(dir.path(), "rogue");
+    let server = tls_server(&good, &dir.path().join("store"), false);
+    let out = collect(&server, &tls_client(&rogue.ca, None));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let reason = stderr
+        .lines()
+        .find(|l| l.contains("Cannot reach the server"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(
+        reason.contains("certificate") && !reason.ends_with("transport error"),
+        "the collector says why: {reason}"
+    );
+    let log = server.log();
+    assert!(log.contains("TLS handshake failed"), "{log}");
+}

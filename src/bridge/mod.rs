@@ -54,8 +54,11 @@ pub enum Error {
     #[error("the bearer token contains characters not allowed in an HTTP header")]
     Token,
     /// A TLS file could not be read or used.
-    #[error(transparent)]
-    Tls(#[from] crate::server::Error),
+    #[error("TLS to the server: {0}")]
+    Tls(#[from] crate::tls::Error),
+    /// The TLS settings were refused by the gRPC transport.
+    #[error("TLS to the server: {}", crate::tls::error_chain(.0))]
+    TlsSetup(#[source] tonic::transport::Error),
     /// The spool directory could not be opened.
     #[error("cannot open the spool in {path}: {source}")]
     Spool {
@@ -159,13 +162,9 @@ impl Bridge {
                 source,
             })?;
         if let Some(files) = &config.tls {
-            endpoint =
-                endpoint
-                    .tls_config(client_tls(files)?)
-                    .map_err(|source| Error::Address {
-                        address: config.address.clone(),
-                        source,
-                    })?;
+            endpoint = endpoint
+                .tls_config(client_tls(files)?)
+                .map_err(Error::TlsSetup)?;
         }
         let endpoint = endpoint
             .connect_timeout(Duration::from_secs(5))
@@ -288,17 +287,21 @@ impl Bridge {
 }
 
 fn client_tls(files: &TlsFiles) -> Result<tonic::transport::ClientTlsConfig, Error> {
-    use crate::server::read_pem;
     use tonic::transport::{Certificate, ClientTlsConfig, Identity};
     let mut tls = ClientTlsConfig::new();
     tls = match &files.ca {
-        Some(ca) => tls.ca_certificate(Certificate::from_pem(read_pem(ca, "CA")?)),
+        Some(ca) => {
+            // Parsed here too, so a bad file is named rather than a transport error.
+            crate::tls::roots(ca, "CA")?;
+            tls.ca_certificate(Certificate::from_pem(crate::tls::read_pem(ca, "CA")?))
+        }
         None => tls.with_native_roots(),
     };
     if let Some((cert, key)) = &files.identity {
+        crate::tls::client_identity(cert, key)?;
         tls = tls.identity(Identity::from_pem(
-            read_pem(cert, "client certificate")?,
-            read_pem(key, "client key")?,
+            crate::tls::read_pem(cert, "client certificate")?,
+            crate::tls::read_pem(key, "client key")?,
         ));
     }
     Ok(tls)
@@ -323,11 +326,11 @@ async fn connect(
     let channel: Channel = endpoint
         .connect()
         .await
-        .map_err(|e| Status::unavailable(format!("connect: {e}")))?;
+        .map_err(|e| Status::unavailable(format!("connect: {}", crate::tls::error_chain(&e))))?;
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready()
         .await
-        .map_err(|e| Status::unavailable(format!("not ready: {e}")))?;
+        .map_err(|e| Status::unavailable(format!("not ready: {}", crate::tls::error_chain(&e))))?;
     // The outbound half is fed from the bridge task through this channel: the stream must
     // stay open across many sends, and room for the window plus the hello means a send
     // never waits while fewer than `window` batches are unacked.

@@ -29,6 +29,9 @@ pub enum ProtoError {
     /// An attribute carries no value.
     #[error("attribute `{0}` has no value")]
     AttributeValue(String),
+    /// The timestamp is past what the store keeps (signed 64-bit nanoseconds).
+    #[error("timestamp_unix_nano {0} is past the year 2262 (at most 9223372036854775807)")]
+    Timestamp(u64),
 }
 
 impl From<Severity> for pb::Severity {
@@ -88,7 +91,7 @@ impl TryFrom<pb::Event> for Event {
         }
         let severity = pb::Severity::try_from(event.severity)
             .map_err(|_| ProtoError::Severity(event.severity))?;
-        Ok(Self {
+        let converted = Self {
             id,
             timestamp: event.timestamp_unix_nano,
             kind: event.r#type.into(),
@@ -109,7 +112,11 @@ impl TryFrom<pb::Event> for Event {
                 .and_then(SpanId::new),
             correlation: event.correlation.map(Correlation::try_from).transpose()?,
             receipt: None,
-        })
+        };
+        if i64::try_from(converted.timestamp).is_err() {
+            return Err(ProtoError::Timestamp(converted.timestamp));
+        }
+        Ok(converted)
     }
 }
 
@@ -139,6 +146,9 @@ pub fn check(event: &pb::Event) -> Result<(), ProtoError> {
         for link in &correlation.causal_links {
             exact_bytes::<16>("causal_links.cause_event_id", &link.cause_event_id)?;
         }
+    }
+    if i64::try_from(event.timestamp_unix_nano).is_err() {
+        return Err(ProtoError::Timestamp(event.timestamp_unix_nano));
     }
     Ok(())
 }
@@ -370,7 +380,7 @@ pub(crate) mod strategies {
     prop_compose! {
         pub(crate) fn event()(
             id in any::<u128>(),
-            timestamp in any::<u64>(),
+            timestamp in 0..=i64::MAX.unsigned_abs(),
             kind in "[a-z]{1,8}(\\.[a-z_]{1,8}){0,2}",
             source in text(),
             severity in severity(),
@@ -434,7 +444,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn check_agrees_with_conversion(event in event(), corrupt in 0usize..6) {
+        fn check_agrees_with_conversion(event in event(), corrupt in 0usize..7) {
             let mut wire = pb::Event::from(event);
             match corrupt {
                 0 => wire.id.truncate(3),
@@ -442,6 +452,7 @@ mod tests {
                 2 => wire.severity = 99,
                 3 => wire.span_id = vec![1; 5],
                 4 => wire.attributes.push(pb::Attribute { key: "k".into(), value: None }),
+                5 => wire.timestamp_unix_nano = 1 << 63,
                 _ => {}
             }
             prop_assert_eq!(check(&wire).err(), Event::try_from(wire).err());

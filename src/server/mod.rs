@@ -1,6 +1,7 @@
 //! tapio-server: the counterpart of the bridge. Serves `TapioService`, stores events
 //! durably (see [`store`]), acks a batch only after its commit, and answers queries.
 
+mod listen;
 pub mod store;
 pub mod wire;
 
@@ -8,10 +9,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use tokio::sync::{broadcast, mpsc};
-use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
+use prost::Message as _;
+use tokio::sync::{Semaphore, broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -46,7 +49,15 @@ pub enum Error {
     },
     /// A TLS file could not be read or used.
     #[error("TLS: {0}")]
-    Tls(String),
+    Tls(#[from] crate::tls::Error),
+    /// A flag's value is out of its range.
+    #[error("{flag}: {reason}")]
+    Flag {
+        /// The flag.
+        flag: &'static str,
+        /// Why.
+        reason: String,
+    },
     /// The gRPC transport failed.
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -121,6 +132,25 @@ pub struct ServeArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Connections open at once; more are closed as they come (lowered to fit the open
+    /// file limit).
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// A new connection must finish its TLS handshake and send its first request within
+    /// this, or it is closed.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::config::parse_duration)]
+    pub handshake_timeout: Duration,
+    /// A connection with no request in progress for this long is closed.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = crate::config::parse_duration)]
+    pub idle_timeout: Duration,
+    /// On SIGTERM, how long open streams get to commit and ack what they sent before
+    /// their connections are closed.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::config::parse_duration)]
+    pub shutdown_timeout: Duration,
+    /// Bytes of batches one stream may have sent and not yet been acked for; past it the
+    /// server reads no more from that stream and HTTP/2 flow control holds the client.
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = crate::config::parse_bytes)]
+    pub stream_buffer_bytes: u64,
     /// Require client certificates signed by this PEM CA (mutual TLS); needs --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
@@ -142,8 +172,42 @@ impl Default for ServeArgs {
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
+            max_connections: 4096,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_mins(5),
+            shutdown_timeout: Duration::from_secs(10),
+            stream_buffer_bytes: 64 << 20,
             log_level: "info".into(),
         }
+    }
+}
+
+impl ServeArgs {
+    /// Checks the values together; every problem names its flag.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |flag: &'static str, reason: String| Err(Error::Flag { flag, reason });
+        if self.max_connections == 0 {
+            return bad("--max-connections", "must be at least 1".into());
+        }
+        if self.handshake_timeout < Duration::from_millis(100) {
+            return bad("--handshake-timeout", "must be at least 100ms".into());
+        }
+        if self.idle_timeout < Duration::from_secs(1) {
+            return bad("--idle-timeout", "must be at least 1s".into());
+        }
+        if !(1 << 20..=1 << 30).contains(&self.stream_buffer_bytes) {
+            return bad(
+                "--stream-buffer-bytes",
+                format!("must be 1MiB..=1GiB, got {}", self.stream_buffer_bytes),
+            );
+        }
+        if !(4096..=1 << 30).contains(&self.max_message_bytes) {
+            return bad(
+                "--max-message-bytes",
+                format!("must be 4096..=1073741824, got {}", self.max_message_bytes),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -154,6 +218,9 @@ pub struct Service {
     max_batch_events: usize,
     max_events_per_second: u64,
     max_message_bytes: usize,
+    stream_buffer_bytes: u32,
+    /// Cancelled when the server stops: streams end once their batches are acked.
+    closing: CancellationToken,
 }
 
 impl Service {
@@ -165,6 +232,8 @@ impl Service {
             max_batch_events: args.max_batch_events,
             max_events_per_second: args.max_events_per_second,
             max_message_bytes: args.max_message_bytes,
+            stream_buffer_bytes: u32::try_from(args.stream_buffer_bytes).unwrap_or(u32::MAX),
+            closing: CancellationToken::new(),
         }
     }
 }
@@ -176,12 +245,20 @@ pub const RATE_LIMIT_HEADER: &str = "tapio-max-events-per-second";
 /// collector seals its batches within it.
 pub const MESSAGE_LIMIT_HEADER: &str = "tapio-max-message-bytes";
 
-type ResponseSender = mpsc::UnboundedSender<Result<pb::TapioStreamEventsResponse, Status>>;
+type ResponseSender = mpsc::Sender<Result<pb::TapioStreamEventsResponse, Status>>;
+type ResponseStream = ReceiverStream<Result<pb::TapioStreamEventsResponse, Status>>;
 
-fn respond(tx: &ResponseSender, payload: pb::tapio_stream_events_response::Payload) {
-    let _ = tx.send(Ok(pb::TapioStreamEventsResponse {
-        payload: Some(payload),
-    }));
+/// Answers queued per stream; a client that does not read them holds its own stream
+/// back, not the server.
+const RESPONSE_QUEUE: usize = 256;
+
+/// Queues an answer; waits while the client is not reading them.
+async fn respond(tx: &ResponseSender, payload: pb::tapio_stream_events_response::Payload) {
+    let _ = tx
+        .send(Ok(pb::TapioStreamEventsResponse {
+            payload: Some(payload),
+        }))
+        .await;
 }
 
 fn ack(
@@ -202,7 +279,15 @@ fn ack(
 
 impl Service {
     /// Checks a batch and queues it for commit; the ack is sent when the commit is done.
-    fn accept_batch(&self, batch: RawBatch, peer: &str, tx: &ResponseSender) {
+    /// `held` is the batch's share of the stream's buffer, given back once its ack is
+    /// queued.
+    async fn accept_batch(
+        &self,
+        batch: RawBatch,
+        peer: &str,
+        tx: &ResponseSender,
+        held: tokio::sync::OwnedSemaphorePermit,
+    ) {
         let batch_id = batch.batch_id;
         if batch.events.len() > self.max_batch_events {
             let message = format!(
@@ -211,7 +296,7 @@ impl Service {
                 self.max_batch_events
             );
             tracing::warn!(peer, batch_id, "Batch rejected: too many events.");
-            respond(tx, ack(batch_id, pb::ack::Status::Rejected, message, 0, 0));
+            respond(tx, ack(batch_id, pb::ack::Status::Rejected, message, 0, 0)).await;
             return;
         }
         let mut events = Vec::with_capacity(batch.events.len());
@@ -221,7 +306,7 @@ impl Service {
                 Err(error) => {
                     let message = format!("batch {batch_id}, event {index}: {error}");
                     tracing::warn!(peer, batch_id, error = %message, "Batch rejected: invalid event.");
-                    respond(tx, ack(batch_id, pb::ack::Status::Rejected, message, 0, 0));
+                    respond(tx, ack(batch_id, pb::ack::Status::Rejected, message, 0, 0)).await;
                     return;
                 }
             }
@@ -234,7 +319,7 @@ impl Service {
                     group.trace_id.len()
                 );
                 tracing::warn!(peer, batch_id, error = %message, "Batch rejected: invalid group.");
-                respond(tx, ack(batch_id, pb::ack::Status::Rejected, message, 0, 0));
+                respond(tx, ack(batch_id, pb::ack::Status::Rejected, message, 0, 0)).await;
                 return;
             }
         }
@@ -265,7 +350,8 @@ impl Service {
                     0,
                 ),
             };
-            respond(&tx, payload);
+            respond(&tx, payload).await;
+            drop(held);
         });
     }
 }
@@ -274,29 +360,51 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 impl Service {
     /// Runs one `StreamEvents` call: batches in, acks (after commit) and directives out.
-    fn stream(
-        &self,
-        request: Request<BoxStream<RawRequest>>,
-    ) -> Response<UnboundedReceiverStream<Result<pb::TapioStreamEventsResponse, Status>>> {
+    /// Batches not yet acked hold at most `--stream-buffer-bytes`; past that the stream
+    /// is not read until acks free room. When the server stops, the stream takes no more
+    /// batches, acks the ones it holds and ends.
+    fn stream(&self, request: Request<BoxStream<RawRequest>>) -> Response<ResponseStream> {
         let peer = request
             .remote_addr()
             .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
         let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
         if self.max_events_per_second > 0 {
-            respond(
-                &tx,
-                pb::tapio_stream_events_response::Payload::FlowControl(pb::FlowControl {
-                    action: pb::flow_control::Action::Limit.into(),
-                    max_events_per_second: self.max_events_per_second,
-                }),
-            );
+            let _ = tx.try_send(Ok(pb::TapioStreamEventsResponse {
+                payload: Some(pb::tapio_stream_events_response::Payload::FlowControl(
+                    pb::FlowControl {
+                        action: pb::flow_control::Action::Limit.into(),
+                        max_events_per_second: self.max_events_per_second,
+                    },
+                )),
+            }));
         }
         let service = self.clone();
+        let buffer = Arc::new(Semaphore::new(self.stream_buffer_bytes as usize));
         tokio::spawn(async move {
-            while let Some(message) = inbound.next().await {
+            loop {
+                let message = tokio::select! {
+                    message = inbound.next() => message,
+                    () = service.closing.cancelled() => {
+                        tracing::info!(peer, "Server stopping; ending the stream once what it sent is acked.");
+                        break;
+                    }
+                };
+                let Some(message) = message else { break };
                 match message {
-                    Ok(RawRequest::Batch(batch)) => service.accept_batch(batch, &peer, &tx),
+                    Ok(RawRequest::Batch(batch)) => {
+                        let size = batch.events.iter().map(bytes::Bytes::len).sum::<usize>()
+                            + batch.groups.len() * 512;
+                        let share = u32::try_from(size.max(1))
+                            .unwrap_or(u32::MAX)
+                            .min(service.stream_buffer_bytes);
+                        let held = tokio::select! {
+                            held = Arc::clone(&buffer).acquire_many_owned(share) => held,
+                            () = service.closing.cancelled() => break,
+                        };
+                        let Ok(held) = held else { break };
+                        service.accept_batch(batch, &peer, &tx, held).await;
+                    }
                     Ok(RawRequest::Control(control)) => match control.kind() {
                         pb::stream_control::Kind::Hello => {
                             tracing::info!(
@@ -312,21 +420,23 @@ impl Service {
                         _ => {}
                     },
                     Ok(RawRequest::Empty) => {
-                        let _ = tx.send(Err(Status::invalid_argument(
-                            "a stream message must carry a batch or a control message",
-                        )));
+                        let _ = tx
+                            .send(Err(Status::invalid_argument(
+                                "a stream message must carry a batch or a control message",
+                            )))
+                            .await;
                         break;
                     }
                     Err(status) => {
                         tracing::warn!(peer, error = %status.message(), "Stream ended with an error.");
                         // Tell the client why, if it is still there (e.g. a message over the limit).
-                        let _ = tx.send(Err(status));
+                        let _ = tx.send(Err(status)).await;
                         break;
                     }
                 }
             }
         });
-        let mut response = Response::new(UnboundedReceiverStream::new(rx));
+        let mut response = Response::new(ReceiverStream::new(rx));
         response
             .metadata_mut()
             .insert(MESSAGE_LIMIT_HEADER, (self.max_message_bytes as u64).into());
@@ -390,7 +500,7 @@ struct RawStreamEvents(Arc<Service>);
 
 impl tonic::server::StreamingService<RawRequest> for RawStreamEvents {
     type Response = pb::TapioStreamEventsResponse;
-    type ResponseStream = UnboundedReceiverStream<Result<pb::TapioStreamEventsResponse, Status>>;
+    type ResponseStream = ResponseStream;
     type Future = tonic::codegen::BoxFuture<Response<Self::ResponseStream>, Status>;
 
     fn call(&mut self, request: Request<Streaming<RawRequest>>) -> Self::Future {
@@ -403,8 +513,7 @@ impl tonic::server::StreamingService<RawRequest> for RawStreamEvents {
 
 #[tonic::async_trait]
 impl TapioService for Service {
-    type StreamEventsStream =
-        UnboundedReceiverStream<Result<pb::TapioStreamEventsResponse, Status>>;
+    type StreamEventsStream = ResponseStream;
     type SubscribeToEventsStream = BoxStream<pb::Event>;
 
     /// Served by [`Routes`] with the zero-copy codec; this prost-typed entry point (used
@@ -423,6 +532,20 @@ impl TapioService for Service {
         request: Request<pb::GetEventsRequest>,
     ) -> Result<Response<pb::GetEventsResponse>, Status> {
         let r = request.into_inner();
+        let after = if r.page_token.is_empty() {
+            None
+        } else {
+            Some(parse_page_token(&r.page_token).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "page_token {:?} is not one this server gave out",
+                    r.page_token
+                ))
+            })?)
+        };
+        let limit = match r.limit {
+            0 => 1000,
+            n => n.min(100_000),
+        };
         let query = EventQuery {
             start: r.start_unix_nano,
             end: r.end_unix_nano,
@@ -430,11 +553,36 @@ impl TapioService for Service {
             pod_namespace: r.pod_namespace,
             pod_name: r.pod_name,
             group_id: r.group_id,
-            limit: r.limit,
+            // One more than asked: whether a next page exists.
+            limit: limit + 1,
+            after,
         };
         let store = self.store.clone();
-        let events = blocking(move || store.events(&query)).await??;
-        Ok(Response::new(pb::GetEventsResponse { events }))
+        let mut events = blocking(move || store.events(&query)).await??;
+        // The answer must fit in one message: cut it where it would not, and say where to
+        // go on.
+        let budget = self.max_message_bytes.saturating_sub(64 * 1024);
+        let mut size = 0;
+        let mut fits = 0;
+        for event in events.iter().take(limit as usize) {
+            let len = event.encoded_len();
+            let field = 1 + prost::length_delimiter_len(len) + len;
+            if fits > 0 && size + field > budget {
+                break;
+            }
+            size += field;
+            fits += 1;
+        }
+        let more = events.len() > fits;
+        events.truncate(fits);
+        let next_page_token = match events.last() {
+            Some(last) if more => page_token(last.timestamp_unix_nano, &last.id),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::GetEventsResponse {
+            events,
+            next_page_token,
+        }))
     }
 
     async fn get_semantic_groups(
@@ -457,9 +605,15 @@ impl TapioService for Service {
         let filter = request.into_inner();
         let mut committed = self.store.subscribe();
         let (tx, rx) = mpsc::channel(1024);
+        let closing = self.closing.clone();
         tokio::spawn(async move {
             loop {
-                let events = match committed.recv().await {
+                let received = tokio::select! {
+                    received = committed.recv() => received,
+                    // The server is stopping: the tail ends cleanly.
+                    () = closing.cancelled() => return,
+                };
+                let events = match received {
                     Ok(events) => events,
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
                         let _ = tx
@@ -506,6 +660,23 @@ impl TapioService for Service {
             events_total,
         }))
     }
+}
+
+/// A page token: where a page ended, as the timestamp and id of its last event in hex.
+fn page_token(timestamp: u64, id: &[u8]) -> String {
+    format!("{timestamp:016x}{}", crate::event::to_hex(id))
+}
+
+fn parse_page_token(token: &str) -> Option<(u64, [u8; 16])> {
+    if token.len() != 48 || !token.is_ascii() {
+        return None;
+    }
+    let timestamp = u64::from_str_radix(&token[..16], 16).ok()?;
+    let mut id = [0u8; 16];
+    for (byte, at) in id.iter_mut().zip((16..48).step_by(2)) {
+        *byte = u8::from_str_radix(&token[at..at + 2], 16).ok()?;
+    }
+    Some((timestamp, id))
 }
 
 /// Runs a store read off the async threads; a store error becomes an `INTERNAL` status.
@@ -564,45 +735,97 @@ pub fn read_token(path: &std::path::Path) -> Result<String> {
     Ok(token)
 }
 
-/// Reads a PEM file for TLS, naming it in the error.
-pub fn read_pem(path: &std::path::Path, what: &str) -> Result<Vec<u8>> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| Error::Tls(format!("cannot read {what} {}: {e}", path.display())))?;
-    if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
-        return Err(Error::Tls(format!(
-            "{what} {} is not PEM (no -----BEGIN line)",
-            path.display()
-        )));
-    }
-    Ok(bytes)
-}
-
-fn server_tls(args: &ServeArgs) -> Result<Option<tonic::transport::ServerTlsConfig>> {
-    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+/// The TLS acceptor for `--tls-cert`/`--tls-key` (and `--tls-client-ca`), built up front
+/// so that an unusable certificate, key or CA is an error at start that names the file.
+fn server_tls(args: &ServeArgs) -> Result<Option<tokio_rustls::TlsAcceptor>> {
     let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
         return Ok(None);
     };
-    let identity = Identity::from_pem(read_pem(cert, "certificate")?, read_pem(key, "key")?);
-    let mut tls = ServerTlsConfig::new().identity(identity);
-    if let Some(ca) = &args.tls_client_ca {
-        tls = tls.client_ca_root(Certificate::from_pem(read_pem(ca, "client CA")?));
+    let chain = crate::tls::certificates(cert, "certificate")?;
+    let private = crate::tls::private_key(key, "key")?;
+    let provider = crate::tls::provider();
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(crate::tls::Error::Config)?;
+    let builder = match &args.tls_client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let roots = crate::tls::roots(ca, "client CA")?;
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .build()
+                    .map_err(|e| crate::tls::Error::Parse {
+                        what: "client CA",
+                        path: ca.clone(),
+                        reason: e.to_string(),
+                    })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config =
+        builder
+            .with_single_cert(chain, private)
+            .map_err(|source| crate::tls::Error::Identity {
+                cert: cert.clone(),
+                key: key.clone(),
+                source,
+            })?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
+}
+
+/// Raises the open-file limit to its hard maximum (as Go and systemd services do) and
+/// lowers `wanted` connections to what fits under it, leaving room for the store.
+fn connections_that_fit(wanted: usize) -> usize {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        let _ = setrlimit(Resource::Nofile, limit);
+        limit = getrlimit(Resource::Nofile);
     }
-    Ok(Some(tls))
+    let Some(files) = limit.current else {
+        return wanted;
+    };
+    let fit = usize::try_from(files.saturating_sub(64))
+        .unwrap_or(usize::MAX)
+        .max(1);
+    if fit < wanted {
+        tracing::warn!(
+            max_connections = fit,
+            asked = wanted,
+            open_files = files,
+            "Lowering --max-connections to fit the open file limit."
+        );
+    }
+    wanted.min(fit)
 }
 
 /// A bound, not yet serving server.
-#[derive(Debug)]
 pub struct Server {
     listener: tokio::net::TcpListener,
     service: Service,
     token: Option<String>,
     max_message_bytes: usize,
-    tls: Option<tonic::transport::ServerTlsConfig>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    limits: listen::Limits,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("listener", &self.listener)
+            .field("tls", &self.tls.is_some())
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Server {
-    /// Opens the store and binds the listen address, so both errors surface before serving.
+    /// Checks the flags, reads the TLS files, opens the store and binds the listen
+    /// address, so every one of those errors surfaces before serving.
     pub async fn bind(args: &ServeArgs) -> Result<Self> {
+        args.validate()?;
         let token = args.token_file.as_deref().map(read_token).transpose()?;
         let tls = server_tls(args)?;
         let store = Store::open(&args.data_dir, args.sync)?;
@@ -618,6 +841,12 @@ impl Server {
             token,
             max_message_bytes: args.max_message_bytes,
             tls,
+            limits: listen::Limits {
+                max_connections: connections_that_fit(args.max_connections),
+                handshake_timeout: args.handshake_timeout,
+                idle_timeout: args.idle_timeout,
+                shutdown_timeout: args.shutdown_timeout,
+            },
         })
     }
 
@@ -626,11 +855,13 @@ impl Server {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` is cancelled, then finishes the calls in progress.
+    /// Serves until `shutdown` is cancelled, then lets open streams ack what they sent
+    /// (up to `--shutdown-timeout`) and closes every connection.
     pub async fn serve(self, shutdown: CancellationToken) -> Result<()> {
         let auth = Auth {
             token: self.token.map(Arc::from),
         };
+        let closing = self.service.closing.clone();
         let routes = Routes {
             generated: TapioServiceServer::new(self.service.clone())
                 .max_decoding_message_size(self.max_message_bytes)
@@ -639,19 +870,15 @@ impl Server {
             max_message_bytes: self.max_message_bytes,
         };
         let service = tonic::service::interceptor::InterceptedService::new(routes, auth);
-        // Acks are small: without TCP_NODELAY, Nagle and delayed ACKs hold each one ~40 ms
-        // and the collector's window stalls.
-        let incoming = tonic::transport::server::TcpIncoming::from(self.listener)
-            .with_nodelay(Some(true))
-            .with_keepalive(Some(std::time::Duration::from_secs(30)));
-        let mut builder = tonic::transport::Server::builder();
-        if let Some(tls) = self.tls {
-            builder = builder.tls_config(tls)?;
-        }
-        builder
-            .add_service(service)
-            .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-            .await?;
+        listen::serve(
+            self.listener,
+            self.tls,
+            service,
+            self.limits,
+            shutdown,
+            closing,
+        )
+        .await;
         Ok(())
     }
 }

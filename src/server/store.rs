@@ -112,6 +112,8 @@ pub struct EventQuery {
     pub group_id: Vec<u8>,
     /// At most this many, oldest first.
     pub limit: u32,
+    /// Only events after this (timestamp, id): where the previous page ended.
+    pub after: Option<(u64, [u8; 16])>,
 }
 
 struct Job {
@@ -272,7 +274,7 @@ impl Store {
         let mut closed = Vec::new();
         {
             let mut statement = conn.prepare(
-                "SELECT message FROM semantic_groups WHERE first_seen >= ?1 AND first_seen < ?2
+                "SELECT message FROM semantic_groups WHERE first_seen >= ?1 AND first_seen <= ?2
                  ORDER BY first_seen LIMIT ?3",
             )?;
             let rows = statement.query_map(
@@ -304,7 +306,7 @@ impl Store {
     ) -> Result<Vec<pb::SemanticGroup>> {
         let mut statement = conn.prepare(
             "SELECT group_id, MIN(ts), MAX(ts) FROM events
-             WHERE group_id IS NOT NULL AND ts >= ?1 AND ts < ?2
+             WHERE group_id IS NOT NULL AND ts >= ?1 AND ts <= ?2
              GROUP BY group_id HAVING COUNT(*) > 1 ORDER BY MIN(ts) LIMIT ?3",
         )?;
         let rows = statement
@@ -395,7 +397,8 @@ fn stats_at(path: &Path) -> Result<Stats> {
 
 fn events_at(path: &Path, query: &EventQuery) -> Result<Vec<pb::Event>> {
     let conn = open_read(path)?;
-    let mut sql = String::from("SELECT chunk, offset, length FROM events WHERE ts >= ? AND ts < ?");
+    let mut sql =
+        String::from("SELECT chunk, offset, length FROM events WHERE ts >= ? AND ts <= ?");
     let mut values: Vec<rusqlite::types::Value> =
         vec![to_sql_ts(query.start).into(), upper_bound(query.end).into()];
     if !query.types.is_empty() {
@@ -415,6 +418,12 @@ fn events_at(path: &Path, query: &EventQuery) -> Result<Vec<pb::Event>> {
     if !query.group_id.is_empty() {
         sql.push_str(" AND group_id = ?");
         values.push(query.group_id.clone().into());
+    }
+    if let Some((ts, id)) = query.after {
+        sql.push_str(" AND (ts > ? OR (ts = ? AND id > ?))");
+        values.push(to_sql_ts(ts).into());
+        values.push(to_sql_ts(ts).into());
+        values.push(id.to_vec().into());
     }
     sql.push_str(" ORDER BY ts, id LIMIT ?");
     values.push(effective_limit(query.limit).into());
@@ -463,8 +472,14 @@ fn from_sql_ts(ts: i64) -> u64 {
     u64::try_from(ts).unwrap_or(0)
 }
 
+/// The last timestamp below the exclusive bound `end` (0: none), so that the largest
+/// timestamp stored is found too.
 fn upper_bound(end: u64) -> i64 {
-    if end == 0 { i64::MAX } else { to_sql_ts(end) }
+    if end == 0 {
+        i64::MAX
+    } else {
+        to_sql_ts(end - 1)
+    }
 }
 
 fn write_loop(

@@ -315,6 +315,9 @@ fn parse_event(bytes: Bytes) -> Result<RawEvent, WireError> {
         Some(Ok(group)) => Some(group),
         None => None,
     };
+    if i64::try_from(timestamp).is_err() {
+        return Err(ProtoError::Timestamp(timestamp).into());
+    }
     let mut id_bytes = [0u8; 16];
     id_bytes.copy_from_slice(&bytes[id]);
     Ok(RawEvent {
@@ -542,7 +545,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn parsing_agrees_with_decoding_and_checking(event in wire_event(), corrupt in 0usize..8) {
+        fn parsing_agrees_with_decoding_and_checking(event in wire_event(), corrupt in 0usize..9) {
             let mut event = event;
             match corrupt {
                 0 => event.id.truncate(3),
@@ -551,6 +554,7 @@ mod tests {
                 3 => event.span_id = vec![1; 5],
                 4 => event.attributes.push(pb::Attribute { key: "k".into(), value: None }),
                 5 => event.trace_id = vec![2; 15],
+                6 => event.timestamp_unix_nano = u64::MAX,
                 _ => {}
             }
             let parsed = RawEvent::from_message(&event);

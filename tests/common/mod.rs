@@ -83,17 +83,27 @@ impl Guard {
 pub struct ServerProcess {
     pub guard: Guard,
     pub port: u16,
+    /// Its log (stderr) so far.
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl ServerProcess {
     /// Starts a server on `port` (0: a port the kernel picks) with its store in `dir`, plus
     /// `extra` flags, and waits for its "Listening." log line, which names the bound port.
     pub fn start(port: u16, dir: &Path, extra: &[&str]) -> Self {
-        let mut child = Command::new(SERVER)
+        let mut command = Command::new(SERVER);
+        command
             .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
             .arg(dir)
             .args(["--sync", "normal"])
-            .args(extra)
+            .args(extra);
+        Self::spawn(command)
+    }
+
+    /// Starts the server `command` runs (under a shell, for instance) and waits for its
+    /// "Listening." line.
+    pub fn spawn(mut command: Command) -> Self {
+        let mut child = command
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -114,11 +124,25 @@ impl ServerProcess {
             }
         };
         // Keep draining the log so the server never blocks on a full pipe.
-        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        let log = std::sync::Arc::new(std::sync::Mutex::new(seen));
+        let kept = std::sync::Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                let mut log = kept.lock().expect("lock");
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
         Self {
             guard: Guard(child),
             port: bound,
+            log,
         }
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        self.log.lock().expect("lock").clone()
     }
 
     /// `host:port` for the collector's --server flag.
