@@ -169,7 +169,11 @@ impl Spool {
         std::fs::create_dir_all(dir)?;
         let ids = renumber(dir, segment_ids(dir)?)?;
         let (floor, head) = match read_state(dir) {
-            Ok(state) => state.map_or((Some(0), Some(0)), |(f, h)| (Some(f), Some(h))),
+            Ok(Some((floor, head))) => (Some(floor), Some(head)),
+            // A new spool starts at 0; segments without a state (removed, or left by the
+            // first spool format) have an unknown floor and head.
+            Ok(None) if ids.is_empty() => (Some(0), Some(0)),
+            Ok(None) => (None, None),
             Err(e) => {
                 tracing::warn!(spool = %dir.display(), error = %e, "Spool state is damaged; losses before the first and after the last intact record cannot be counted.");
                 (None, None)
@@ -1087,6 +1091,25 @@ mod tests {
         );
         assert_eq!(recovered.corrupt_events, 0);
         assert_eq!(ids(&drain(&mut spool)), [1, 2, 3, 4, 5, 6, 7]);
+    }
+
+    #[test]
+    fn a_lost_state_file_is_no_reason_to_count_losses() {
+        let dir = tempfile::tempdir().expect("dir");
+        {
+            let (mut spool, _) = open(dir.path());
+            spool.segment_bytes = 2500;
+            for id in 1..=6 {
+                spool.append(&mut sealed(id, 1000, 10)).expect("appends");
+            }
+            for s in drain(&mut spool).iter().take(2) {
+                spool.ack(s.spooled.expect("spooled")).expect("acks");
+            }
+        }
+        std::fs::remove_file(dir.path().join(STATE_FILE)).expect("removes");
+        let (mut spool, recovered) = open(dir.path());
+        assert_eq!(recovered.corrupt_events, 0);
+        assert_eq!(ids(&drain(&mut spool)), [3, 4, 5, 6]);
     }
 
     #[test]
