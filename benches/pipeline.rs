@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use tapio::correlation::{Basic, Correlator};
 use tapio::event::{Event, IdGenerator};
-use tapio::manager::{FanIn, WhenFull, queue};
+use tapio::manager::FanIn;
+use tapio::source_sender::{WhenFull, queue};
 use tapio::telemetry::CollectorStats;
 
 const EVENTS: usize = 200_000;

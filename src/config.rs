@@ -3,14 +3,15 @@
 //! The YAML file and the flags describe one [`Config`]; a flag that is given wins over the
 //! file, a flag that is not given leaves the file's value (or the default) alone.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use serde::{Deserialize, Deserializer};
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
 
 use crate::collectors::CollectorsConfig;
+pub use crate::correlation::{CorrelationConfig, CorrelationMode};
+use crate::units::{deserialize_bytes, deserialize_duration, parse_bytes, parse_duration};
 
 /// A configuration problem, naming the file, the field and where it is.
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +126,7 @@ pub struct ServerConfig {
     #[serde(deserialize_with = "deserialize_bytes")]
     pub spool_max_bytes: u64,
     /// At the cap: `block` holds the pipeline back; `drop_newest` drops and counts.
-    pub spool_when_full: crate::manager::WhenFull,
+    pub spool_when_full: crate::source_sender::WhenFull,
     /// PEM CA that signed the server's certificate (TLS); the system's roots when absent.
     pub tls_ca: Option<PathBuf>,
     /// PEM client certificate, for mutual TLS.
@@ -148,7 +149,7 @@ impl Default for ServerConfig {
             token_file: None,
             spool_dir: None,
             spool_max_bytes: 1 << 30,
-            spool_when_full: crate::manager::WhenFull::Block,
+            spool_when_full: crate::source_sender::WhenFull::Block,
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
@@ -235,175 +236,6 @@ impl ServerConfig {
     #[must_use]
     pub fn embedded(&self) -> bool {
         self.address.eq_ignore_ascii_case("embedded")
-    }
-}
-
-/// How events are correlated.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct CorrelationConfig {
-    /// `semantic` (groups, causal chains, impact) or `basic` (entities and trace ids).
-    pub mode: CorrelationMode,
-    /// A group closes after this long without a new member (event time).
-    #[serde(deserialize_with = "deserialize_duration")]
-    pub group_quiet: Duration,
-    /// Open groups at most; beyond it the quietest closes.
-    pub max_groups: usize,
-    /// Events in one group at most.
-    pub max_group_events: usize,
-    /// Events in all open groups together at most: the engine's memory bound (a few
-    /// hundred bytes each); beyond it the quietest groups close early.
-    pub max_open_events: usize,
-    /// A warning that no rule explains joins a group that touched the same container, pod
-    /// or unit at most this long before; `0s` turns such joins off.
-    #[serde(deserialize_with = "deserialize_duration")]
-    pub join_window: Duration,
-    /// Namespaces whose incidents matter most. When any `critical_*` list is set, a group
-    /// touching nothing in them has its impact scaled by 0.75.
-    pub critical_namespaces: Vec<String>,
-    /// Pod labels that make a pod critical: `key=value`, or `key` for any value.
-    pub critical_labels: Vec<String>,
-    /// systemd units that matter most, e.g. `kubelet.service`.
-    pub critical_units: Vec<String>,
-    /// Causal rules added to the built-in ones (docs/correlation.md).
-    pub rules: Vec<RuleConfig>,
-}
-
-impl Default for CorrelationConfig {
-    fn default() -> Self {
-        Self {
-            mode: CorrelationMode::default(),
-            group_quiet: Duration::from_mins(5),
-            max_groups: 10_000,
-            max_group_events: 1_000,
-            max_open_events: 100_000,
-            join_window: Duration::from_mins(1),
-            critical_namespaces: Vec::new(),
-            critical_labels: Vec::new(),
-            critical_units: Vec::new(),
-            rules: Vec::new(),
-        }
-    }
-}
-
-/// One causal rule from the YAML file.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RuleConfig {
-    /// Short name, carried on every link the rule makes.
-    pub name: String,
-    /// Event type of the cause, e.g. `k8s.pod.evicted`.
-    pub cause: String,
-    /// Event type of the effect.
-    pub effect: String,
-    /// Entity both share: `process`, `container`, `pod`, `workload`, `node` or `unit`.
-    pub relation: crate::correlation::rules::Relation,
-    /// Longest time from cause to effect, e.g. `30s`.
-    #[serde(deserialize_with = "deserialize_duration")]
-    pub max_delay: Duration,
-    /// How sure a match is, 0..1.
-    pub confidence: f64,
-    /// Causes below this severity do not match; default `info`.
-    #[serde(default)]
-    pub cause_min_severity: crate::event::Severity,
-}
-
-/// A `key=value` or `key` label selector as (key, value).
-///
-/// # Errors
-/// The reason, naming the selector, when the key is empty or either part has whitespace.
-pub fn parse_label_selector(selector: &str) -> Result<(String, Option<String>), String> {
-    let (key, value) = match selector.split_once('=') {
-        Some((key, value)) => (key, Some(value)),
-        None => (selector, None),
-    };
-    if key.is_empty() || selector.contains(char::is_whitespace) {
-        return Err(format!(
-            "a label selector like `tier=critical` or `tier`, got `{selector}`"
-        ));
-    }
-    Ok((key.to_owned(), value.map(str::to_owned)))
-}
-
-impl CorrelationConfig {
-    fn validate(&self, problems: &mut Vec<String>) {
-        if self.group_quiet < Duration::from_secs(1) {
-            problems.push(format!(
-                "correlation.group_quiet: must be at least 1s, got {:?}",
-                self.group_quiet
-            ));
-        }
-        if self.max_groups == 0 {
-            problems.push("correlation.max_groups: must be at least 1".into());
-        }
-        if self.max_group_events < 2 {
-            problems.push(format!(
-                "correlation.max_group_events: must be at least 2, got {}",
-                self.max_group_events
-            ));
-        }
-        if self.max_open_events < self.max_group_events {
-            problems.push(format!(
-                "correlation.max_open_events: must be at least max_group_events ({}), got {}",
-                self.max_group_events, self.max_open_events
-            ));
-        }
-        if self.join_window > self.group_quiet {
-            problems.push(format!(
-                "correlation.join_window: must be at most group_quiet ({:?}), got {:?}",
-                self.group_quiet, self.join_window
-            ));
-        }
-        for (i, selector) in self.critical_labels.iter().enumerate() {
-            if let Err(why) = parse_label_selector(selector) {
-                problems.push(format!("correlation.critical_labels[{i}]: {why}"));
-            }
-        }
-        for (i, rule) in self.rules.iter().enumerate() {
-            let at = format!("correlation.rules[{i}]");
-            if rule.name.is_empty() {
-                problems.push(format!("{at}.name: must not be empty"));
-            }
-            for (field, kind) in [("cause", &rule.cause), ("effect", &rule.effect)] {
-                if !kind.contains('.') || kind.contains(char::is_whitespace) {
-                    problems.push(format!(
-                        "{at}.{field}: an event type like `k8s.pod.evicted`, got `{kind}`"
-                    ));
-                }
-            }
-            if !(0.0..=1.0).contains(&rule.confidence) {
-                problems.push(format!(
-                    "{at}.confidence: must be from 0 to 1, got {}",
-                    rule.confidence
-                ));
-            }
-            if rule.max_delay.is_zero() || rule.max_delay > Duration::from_hours(24) {
-                problems.push(format!(
-                    "{at}.max_delay: must be more than 0 and at most 24h, got {:?}",
-                    rule.max_delay
-                ));
-            }
-        }
-    }
-}
-
-/// Correlation mode.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum CorrelationMode {
-    /// Entities, semantic groups, causal chains, impact and predictions.
-    #[default]
-    Semantic,
-    /// Entities and trace ids only; no groups.
-    Basic,
-}
-
-impl fmt::Display for CorrelationMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Semantic => "semantic",
-            Self::Basic => "basic",
-        })
     }
 }
 
@@ -564,90 +396,6 @@ fn check_host_port(address: &str) -> std::result::Result<(), String> {
         Ok(p) if p > 0 => Ok(()),
         _ => Err(format!("{address:?} has no valid port (1..=65535)")),
     }
-}
-
-/// The longest duration any setting takes: long enough for any interval or timeout,
-/// short enough that adding it to the clock can never overflow.
-pub const MAX_DURATION: Duration = Duration::from_hours(24 * 365);
-
-/// Parses durations such as `250ms`, `1s`, `1.5s`, `2m`, `1h`, up to [`MAX_DURATION`].
-pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("{text:?} has no unit (ms, s, m or h)"))?;
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} does not start with a number"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => {
-            return Err(format!(
-                "{text:?} has unknown unit {unit:?} (ms, s, m or h)"
-            ));
-        }
-    };
-    let duration = Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))?;
-    if duration > MAX_DURATION {
-        return Err(format!(
-            "{text:?} is longer than the longest allowed duration, 8760h (365 days)"
-        ));
-    }
-    Ok(duration)
-}
-
-/// Parses sizes such as `1048576`, `512KiB`, `64MiB`, `1GiB` (also `KB`, `MB`, `GB` as
-/// powers of 1000).
-pub fn parse_bytes(text: &str) -> std::result::Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} does not start with a whole number"))?;
-    let factor: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        "KB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        other => {
-            return Err(format!(
-                "{text:?} has unknown unit {other:?} (B, KiB, MiB, GiB, KB, MB, GB)"
-            ));
-        }
-    };
-    value
-        .checked_mul(factor)
-        .ok_or_else(|| format!("{text:?} is too large"))
-}
-
-fn deserialize_bytes<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Size {
-        Number(u64),
-        Text(String),
-    }
-    match Size::deserialize(deserializer)? {
-        Size::Number(n) => Ok(n),
-        Size::Text(text) => parse_bytes(&text).map_err(serde::de::Error::custom),
-    }
-}
-
-pub(crate) fn deserialize_duration<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Duration, D::Error> {
-    let text = String::deserialize(deserializer)?;
-    parse_duration(&text).map_err(serde::de::Error::custom)
 }
 
 /// tapio-collector: watches this node (kernel, Kubernetes, systemd, journal), correlates what
@@ -859,44 +607,6 @@ mod tests {
     use rstest::rstest;
 
     use super::*;
-
-    #[rstest]
-    #[case::millis("250ms", Duration::from_millis(250))]
-    #[case::seconds("1s", Duration::from_secs(1))]
-    #[case::fraction("1.5s", Duration::from_millis(1500))]
-    #[case::minutes("2m", Duration::from_mins(2))]
-    #[case::hours("1h", Duration::from_hours(1))]
-    fn durations_parse(#[case] text: &str, #[case] expected: Duration) {
-        assert_eq!(parse_duration(text), Ok(expected));
-    }
-
-    #[rstest]
-    #[case::plain("4096", 4096)]
-    #[case::kibibytes("512KiB", 512 << 10)]
-    #[case::mebibytes("64MiB", 64 << 20)]
-    #[case::gibibytes("1GiB", 1 << 30)]
-    #[case::megabytes("5MB", 5_000_000)]
-    fn sizes_parse(#[case] text: &str, #[case] expected: u64) {
-        assert_eq!(parse_bytes(text), Ok(expected));
-    }
-
-    #[test]
-    fn bad_sizes_say_why() {
-        assert!(parse_bytes("lots").unwrap_err().contains("whole number"));
-        assert!(parse_bytes("5TB").unwrap_err().contains("unknown unit"));
-    }
-
-    #[rstest]
-    #[case::no_unit("10", "no unit")]
-    #[case::bad_unit("10d", "unknown unit")]
-    #[case::no_number("s", "does not start with a number")]
-    #[case::overflowing("18000000000000000000s", "longest allowed")]
-    #[case::over_a_year("8761h", "longest allowed")]
-    #[case::negative("-1s", "does not start with a number")]
-    fn bad_durations_say_why(#[case] text: &str, #[case] expected: &str) {
-        let error = parse_duration(text).unwrap_err();
-        assert!(error.contains(expected), "{error}");
-    }
 
     #[test]
     fn seed_shaped_yaml_parses() {

@@ -19,13 +19,22 @@ pub mod otel;
 pub mod output;
 pub mod panics;
 pub mod server;
+pub mod source_sender;
 pub mod telemetry;
 pub mod tls;
+pub mod units;
 
 /// The wire contract compiled from proto/tapio/v1.
 pub mod pb {
     #![allow(missing_docs, clippy::pedantic)]
     tonic::include_proto!("tapio.v1");
+
+    /// Response header of `StreamEvents` carrying the server's events-per-second limit.
+    pub const RATE_LIMIT_HEADER: &str = "tapio-max-events-per-second";
+
+    /// Response header of `StreamEvents` carrying the largest message the server takes, so
+    /// a collector seals its batches within it.
+    pub const MESSAGE_LIMIT_HEADER: &str = "tapio-max-message-bytes";
 }
 
 /// The part of the Kubernetes CRI (`runtime.v1`) the `cri` collector speaks, from

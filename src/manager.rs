@@ -5,82 +5,14 @@ use std::future::poll_fn;
 use std::sync::Arc;
 use std::task::Poll;
 
-use serde::Deserialize;
 use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 
 use crate::collectors::{self, Collector, Context};
 use crate::event::Event;
-use crate::internal_events::EventsDropped;
-use crate::telemetry::{CollectorStats, DropCause, Health, Telemetry};
+use crate::source_sender::queue;
 
-/// What a collector's sender does when its queue is full.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WhenFull {
-    /// Wait for room: back-pressure reaches the producer, nothing is dropped.
-    #[default]
-    Block,
-    /// Drop the event being sent and count it as `queue_full`.
-    DropNewest,
-}
-
-/// The pipeline is gone; the collector should stop.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("the pipeline is closed")]
-pub struct Closed;
-
-/// A collector's handle into the pipeline.
-#[derive(Debug)]
-pub struct EventSender {
-    tx: mpsc::Sender<Event>,
-    when_full: WhenFull,
-    stats: Arc<CollectorStats>,
-}
-
-impl EventSender {
-    /// Sends one event under this collector's full-queue policy.
-    pub async fn send(&self, event: Event) -> Result<(), Closed> {
-        match self.when_full {
-            WhenFull::Block => self.tx.send(event).await.map_err(|_| Closed)?,
-            WhenFull::DropNewest => match self.tx.try_send(event) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) => {
-                    EventsDropped {
-                        component: self.stats.name(),
-                        counters: self.stats.drop_counters(),
-                        cause: DropCause::QueueFull,
-                        count: 1,
-                    }
-                    .emit();
-                    return Ok(());
-                }
-                Err(TrySendError::Closed(_)) => return Err(Closed),
-            },
-        }
-        self.stats.add_accepted(1);
-        Ok(())
-    }
-}
-
-/// Creates a queue of `capacity` events for one collector.
-#[must_use]
-pub fn queue(
-    capacity: usize,
-    when_full: WhenFull,
-    stats: Arc<CollectorStats>,
-) -> (EventSender, mpsc::Receiver<Event>) {
-    let (tx, rx) = mpsc::channel(capacity);
-    (
-        EventSender {
-            tx,
-            when_full,
-            stats,
-        },
-        rx,
-    )
-}
+use crate::telemetry::{CollectorStats, Health, Telemetry};
 
 /// Starts collectors and owns their queues until the pipeline takes them.
 #[derive(Debug)]
@@ -234,6 +166,8 @@ impl FanIn {
 mod tests {
     use super::*;
     use crate::event::EventId;
+    use crate::source_sender::WhenFull;
+    use crate::telemetry::DropCause;
 
     fn event(n: u128) -> Event {
         Event::new(EventId::from_u128(n), 0, "test.event", "test")

@@ -8,7 +8,7 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, UNIX_EPOCH};
 
 use opentelemetry::trace::{
@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::correlation::semantic::{Group, Member};
 use crate::event::{Severity, to_hex};
+use crate::telemetry::ExportStats;
 
 /// Groups waiting for export at most; beyond it they are dropped and counted.
 const QUEUE: usize = 1024;
@@ -34,18 +35,6 @@ const BATCH_SPANS: usize = 512;
 const BATCH_AGE: Duration = Duration::from_secs(1);
 /// Attempts per batch before it is dropped.
 const ATTEMPTS: u32 = 3;
-
-/// What the exporter did.
-#[derive(Debug, Default)]
-pub struct ExportStats {
-    /// Spans the endpoint accepted.
-    pub exported: AtomicU64,
-    /// Spans dropped: the queue was full, the endpoint kept failing, or it was still
-    /// being waited for when the shutdown timeout ran out.
-    pub dropped: AtomicU64,
-    /// Spans queued and not yet exported or dropped.
-    pub pending: AtomicU64,
-}
 
 /// A running exporter.
 #[derive(Debug)]

@@ -128,6 +128,18 @@ pub struct BridgeStats {
     pub dropped: DropCounters,
 }
 
+/// What the exporter did.
+#[derive(Debug, Default)]
+pub struct ExportStats {
+    /// Spans the endpoint accepted.
+    pub exported: AtomicU64,
+    /// Spans dropped: the queue was full, the endpoint kept failing, or it was still
+    /// being waited for when the shutdown timeout ran out.
+    pub dropped: AtomicU64,
+    /// Spans queued and not yet exported or dropped.
+    pub pending: AtomicU64,
+}
+
 /// A collector's health as the manager and the collector itself see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Health {
@@ -236,7 +248,7 @@ pub struct Telemetry {
     processed: AtomicU64,
     open_groups: AtomicU64,
     bridge: Mutex<Option<Arc<BridgeStats>>>,
-    exporter: Mutex<Option<Arc<crate::otel::ExportStats>>>,
+    exporter: Mutex<Option<Arc<ExportStats>>>,
 }
 
 impl Telemetry {
@@ -267,8 +279,8 @@ impl Telemetry {
     }
 
     /// Registers the OTLP exporter and returns its stats.
-    pub fn register_exporter(&self) -> Arc<crate::otel::ExportStats> {
-        let stats = Arc::new(crate::otel::ExportStats::default());
+    pub fn register_exporter(&self) -> Arc<ExportStats> {
+        let stats = Arc::new(ExportStats::default());
         *self.exporter.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&stats));
         stats
     }

@@ -34,8 +34,8 @@ pub use spool::{Recovered, Spool, SpoolRef};
 
 use crate::event::Event;
 use crate::internal_events::EventsDropped;
-use crate::manager::{Closed, WhenFull};
 use crate::pb;
+use crate::source_sender::{Closed, WhenFull};
 use crate::telemetry::{BridgeStats, DropCause};
 
 /// Why the bridge could not start.
@@ -351,9 +351,9 @@ async fn connect(
             .get(name)
             .and_then(|v| v.to_str().ok()?.parse().ok())
     };
-    let rate_limit = header(crate::server::RATE_LIMIT_HEADER);
-    let message_limit = header(crate::server::MESSAGE_LIMIT_HEADER)
-        .and_then(|limit: u64| usize::try_from(limit).ok());
+    let rate_limit = header(crate::pb::RATE_LIMIT_HEADER);
+    let message_limit =
+        header(crate::pb::MESSAGE_LIMIT_HEADER).and_then(|limit: u64| usize::try_from(limit).ok());
     Ok(Connection {
         outbound,
         inbound: response.into_inner(),

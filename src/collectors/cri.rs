@@ -15,13 +15,13 @@ use tokio_stream::StreamExt as _;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::collectors::{Collector, Context, Error, Running};
-use crate::config::deserialize_duration;
 use crate::cri_pb::runtime_service_client::RuntimeServiceClient;
 use crate::cri_pb::{
     Container, ContainerEventType, ContainerState, ContainerStatus, ContainerStatusRequest,
     GetEventsRequest, ListContainersRequest, VersionRequest,
 };
 use crate::event::{Event, IdGenerator, Severity, unix_nanos_now};
+use crate::units::deserialize_duration;
 
 /// Registry name.
 pub const NAME: &str = "cri";

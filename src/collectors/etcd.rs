@@ -11,9 +11,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::collectors::{Collector, Context, Error, Running};
-use crate::config::deserialize_duration;
 use crate::event::{Event, IdGenerator, Severity, unix_nanos_now};
 use crate::http::{HttpClient, Tls};
+use crate::units::deserialize_duration;
 
 /// Registry name.
 pub const NAME: &str = "etcd-metrics";

@@ -461,14 +461,14 @@ impl State {
         }
         for (key, value) in &meta.labels {
             event.attributes.push(
-                format!("{}{key}", crate::correlation::semantic::POD_LABEL),
+                format!("{}{key}", crate::event::keys::POD_LABEL_PREFIX),
                 value.as_str(),
             );
         }
         if let Some((service, _)) = self.services.get(&*meta.uid).and_then(|s| s.first()) {
             event
                 .attributes
-                .set(crate::correlation::semantic::SERVICE, service.as_str());
+                .set(crate::event::keys::SERVICE_NAME, service.as_str());
         }
         event
     }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::manager::{Closed, EventSender, WhenFull};
+use crate::source_sender::{Closed, EventSender, WhenFull};
 use crate::telemetry::{CollectorStats, Health};
 
 /// Why a collector could not start or stopped.

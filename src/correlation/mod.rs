@@ -2,6 +2,7 @@
 //! semantic mode it also joins related events into groups.
 
 mod basic;
+mod config;
 pub mod entities;
 pub mod rules;
 pub mod semantic;
@@ -9,8 +10,8 @@ pub mod semantic;
 pub use basic::Basic;
 pub use semantic::Semantic;
 
-use crate::config::{CorrelationConfig, CorrelationMode};
 use crate::event::Event;
+pub use config::{CorrelationConfig, CorrelationMode, RuleConfig, parse_label_selector};
 
 /// A correlation engine. It sees every event once, in pipeline order, and may enrich it.
 pub trait Correlator: Send {
@@ -60,7 +61,7 @@ pub fn build_with(
                 labels: config
                     .critical_labels
                     .iter()
-                    .filter_map(|s| crate::config::parse_label_selector(s).ok())
+                    .filter_map(|s| parse_label_selector(s).ok())
                     .collect(),
                 units: config.critical_units.clone(),
             };

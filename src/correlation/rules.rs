@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::event::{Entities, Severity};
+use crate::event::{Entities, Severity, hash_parts};
 
 /// Which entity a cause and its effect must share.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize)]
@@ -34,7 +34,7 @@ impl Relation {
     pub fn key(self, entities: &Entities) -> Option<u64> {
         let parts: [&[u8]; 3] = match self {
             Self::Process if entities.pid != 0 => {
-                return Some(hash(&[
+                return Some(hash_parts(&[
                     entities.node.as_bytes(),
                     &entities.pid.to_le_bytes(),
                 ]));
@@ -57,23 +57,8 @@ impl Relation {
             Self::Unit if !entities.unit.is_empty() => [entities.unit.as_bytes(), b"", b""],
             _ => return None,
         };
-        Some(hash(&parts))
+        Some(hash_parts(&parts))
     }
-}
-
-/// FNV-1a over `parts`, each followed by a separator so ("ab", "c") and ("a", "bc") differ,
-/// then mixed (`SplitMix64` finaliser) so the high bits are as good as the low ones.
-pub(crate) fn hash(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for &byte in part.iter().chain(&[0xff]) {
-            h ^= u64::from(byte);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^ (h >> 31)
 }
 
 /// One causal rule.
@@ -251,7 +236,7 @@ pub fn builtin() -> Vec<Rule> {
 /// A rule from the YAML file. Its strings live for the whole run: rules are read once at
 /// start, and the engine keys its tables by `&'static str`.
 #[must_use]
-pub fn from_config(rule: &crate::config::RuleConfig) -> Rule {
+pub fn from_config(rule: &super::RuleConfig) -> Rule {
     let keep = |s: &str| -> &'static str { Box::leak(s.to_owned().into_boxed_str()) };
     Rule {
         name: keep(&rule.name),
@@ -295,6 +280,6 @@ mod tests {
         assert_ne!(Relation::Pod.key(&entities), Some(by_name), "the uid wins");
         assert_eq!(Relation::Process.key(&entities), None, "no pid, no process");
         // Parts are separated: ("ab", "c") is not ("a", "bc").
-        assert_ne!(hash(&[b"ab", b"c"]), hash(&[b"a", b"bc"]));
+        assert_ne!(hash_parts(&[b"ab", b"c"]), hash_parts(&[b"a", b"bc"]));
     }
 }

@@ -25,7 +25,9 @@ use std::time::Duration;
 use super::Correlator;
 use super::entities::{Bounded, EntityIndex, FxMap};
 use super::rules::{Relation, Rule};
-use crate::event::{CausalLink, Correlation, Event, EventId, GroupId, Severity, SpanId, TraceId};
+use crate::event::{
+    CausalLink, Correlation, Event, EventId, GroupId, Severity, SpanId, TraceId, keys,
+};
 
 /// The engine's bounds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -161,8 +163,10 @@ impl Reach {
         if let Some(key) = Relation::Unit.key(e) {
             self.units.insert(key);
         }
-        if let Some(crate::event::AttrValue::Str(service)) = event.attributes.get(SERVICE) {
-            self.services.insert(super::rules::hash(&[
+        if let Some(crate::event::AttrValue::Str(service)) =
+            event.attributes.get(keys::SERVICE_NAME)
+        {
+            self.services.insert(crate::event::hash_parts(&[
                 e.pod_namespace.as_bytes(),
                 service.as_bytes(),
             ]));
@@ -200,13 +204,6 @@ fn plural(n: usize, what: &str) -> String {
     }
 }
 
-/// The attribute naming the Kubernetes service an event concerns (e.g. a connect failure's
-/// destination), counted in the blast radius.
-pub const SERVICE: &str = "k8s.service.name";
-
-/// The attribute prefix of a pod's labels on events that carry them.
-pub const POD_LABEL: &str = "k8s.pod.label.";
-
 /// What makes an incident matter most. Empty: everything matters the same; otherwise a
 /// group touching none of it has its impact scaled by 0.75.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -228,7 +225,7 @@ impl Criticality {
     fn by_labels(&self, event: &Event) -> bool {
         self.labels.iter().any(|(key, value)| {
             event.attributes.iter().any(|a| {
-                a.key.strip_prefix(POD_LABEL) == Some(key.as_str())
+                a.key.strip_prefix(keys::POD_LABEL_PREFIX) == Some(key.as_str())
                     && value.as_ref().is_none_or(
                         |v| matches!(&a.value, crate::event::AttrValue::Str(s) if s == v),
                     )
@@ -1298,7 +1295,7 @@ mod tests {
             next("k8s.pod.evicted", &in_pod("p2", "cart")),
             next("k8s.pod.evicted", &|e| {
                 in_pod("p3", "ledger")(e);
-                e.attributes.set(SERVICE, "ledger");
+                e.attributes.set(keys::SERVICE_NAME, "ledger");
             }),
         ];
         let mut impacts = Vec::new();

@@ -170,6 +170,22 @@ fn unix_millis_now() -> u64 {
     unix_nanos_now() / 1_000_000
 }
 
+/// FNV-1a over `parts`, each followed by a separator so ("ab", "c") and ("a", "bc") differ,
+/// then mixed (`SplitMix64` finaliser) so the high bits are as good as the low ones.
+#[must_use]
+pub fn hash_parts(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for &byte in part.iter().chain(&[0xff]) {
+            h ^= u64::from(byte);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,7 @@
 //! by `--stdout` reads like the wire message; ids are ULID text and trace ids hex.
 
 mod id;
+pub mod keys;
 pub(crate) mod proto;
 mod serde_impls;
 
@@ -13,7 +14,7 @@ mod wire;
 use std::borrow::Cow;
 use std::sync::Arc;
 
-pub use id::{EventId, IdGenerator, ParseIdError, unix_nanos_now};
+pub use id::{EventId, IdGenerator, ParseIdError, hash_parts, unix_nanos_now};
 pub use proto::{ProtoError, check};
 use serde::{Deserialize, Serialize};
 

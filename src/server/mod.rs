@@ -19,8 +19,8 @@ use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::pb;
 use crate::pb::tapio_service_server::{TapioService, TapioServiceServer};
+use crate::pb::{self, MESSAGE_LIMIT_HEADER, RATE_LIMIT_HEADER};
 pub use store::{EventQuery, Stats, Store, Sync};
 use wire::{RawBatch, RawEvent, RawRequest};
 
@@ -138,18 +138,18 @@ pub struct ServeArgs {
     pub max_connections: usize,
     /// A new connection must finish its TLS handshake and send its first request within
     /// this, or it is closed.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::config::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::units::parse_duration)]
     pub handshake_timeout: Duration,
     /// A connection with no request in progress for this long is closed.
-    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = crate::config::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = crate::units::parse_duration)]
     pub idle_timeout: Duration,
     /// On SIGTERM, how long open streams get to commit and ack what they sent before
     /// their connections are closed.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::config::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::units::parse_duration)]
     pub shutdown_timeout: Duration,
     /// Bytes of batches one stream may have sent and not yet been acked for; past it the
     /// server reads no more from that stream and HTTP/2 flow control holds the client.
-    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = crate::config::parse_bytes)]
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = crate::units::parse_bytes)]
     pub stream_buffer_bytes: u64,
     /// Require client certificates signed by this PEM CA (mutual TLS); needs --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
@@ -237,13 +237,6 @@ impl Service {
         }
     }
 }
-
-/// Response header of `StreamEvents` carrying the server's events-per-second limit.
-pub const RATE_LIMIT_HEADER: &str = "tapio-max-events-per-second";
-
-/// Response header of `StreamEvents` carrying the largest message the server takes, so a
-/// collector seals its batches within it.
-pub const MESSAGE_LIMIT_HEADER: &str = "tapio-max-message-bytes";
 
 type ResponseSender = mpsc::Sender<Result<pb::TapioStreamEventsResponse, Status>>;
 type ResponseStream = ReceiverStream<Result<pb::TapioStreamEventsResponse, Status>>;

@@ -27,7 +27,7 @@ const QUIET_ERRNOS: [&str; 3] = ["EAGAIN", "EINTR", "EINPROGRESS"];
 #[serde(default, deny_unknown_fields)]
 pub struct SyscallErrorsConfig {
     /// How often counts are reported.
-    #[serde(deserialize_with = "crate::config::deserialize_duration")]
+    #[serde(deserialize_with = "crate::units::deserialize_duration")]
     pub interval: Duration,
     /// Count only these errnos (names like `ENOENT` or numbers); empty counts all.
     pub errnos: Vec<String>,

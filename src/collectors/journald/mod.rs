@@ -547,7 +547,7 @@ pub fn entry_id(millis: u64, cursor: &str) -> EventId {
         [seqnum_id.as_bytes(), seqnum.as_bytes()]
     };
     // Two independent 64-bit hashes of the identity, told apart by a last part.
-    let hash = |salt: &[u8]| crate::correlation::rules::hash(&[parts[0], parts[1], salt]);
+    let hash = |salt: &[u8]| crate::event::hash_parts(&[parts[0], parts[1], salt]);
     let (low, high) = (hash(b"0"), hash(b"1"));
     let bits = (u128::from(high & 0xffff) << 64) | u128::from(low);
     EventId::from_u128((u128::from(millis & 0xffff_ffff_ffff) << 80) | bits)
