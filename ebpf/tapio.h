@@ -77,7 +77,7 @@ struct task_struct {
 	char comm[TASK_COMM_LEN];
 } __attribute__((preserve_access_index));
 
-/* Every record starts with this header; src/collectors/ebpf/record.rs reads it. */
+/* Every record starts with this header; `Header::read` in src/collectors/ebpf/mod.rs reads it. */
 struct header {
 	__u32 kind;
 	__u32 pid;  /* thread group id: the process */

@@ -309,17 +309,43 @@ fn a_real_cluster_when_kubeconfig_points_at_one() {
         );
         return;
     };
+    watches_a_cluster(std::path::Path::new(&path));
+}
+
+/// The collector binary against the cluster `kubeconfig` names: it lists the pods (the API
+/// server answered), no watch fails, and it stops cleanly.
+fn watches_a_cluster(kubeconfig: &std::path::Path) {
     let yaml = config(&format!(
         "collectors:\n  kubeapi:\n    config: {{ kubeconfig: {}, cluster_wide: true }}\n",
-        std::path::Path::new(&path).display()
+        kubeconfig.display()
     ));
     let agent = spawn_collector(
         yaml.path(),
         &["--server", "none", "--status-interval", "1s"],
     );
-    std::thread::sleep(Duration::from_secs(5));
-    // The collector ran against the cluster and stops cleanly.
+    let started = std::time::Instant::now();
+    while !agent.log().contains("kubeapi: listed the pods") {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the cluster never answered the pod list:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!agent.log().contains("watch failed"), "{}", agent.log());
     agent.stop();
+}
+
+#[test]
+fn the_real_cluster_check_holds_against_the_fake_api_server() {
+    let api = FakeApiServer::start();
+    api.apply("nodes", node("node-a", false));
+    api.apply(
+        "pods",
+        pod("web-7d9f8c6b5-x2x9q", WEB_UID, "node-a", 0, None, true),
+    );
+    let kubeconfig = config(&api.kubeconfig());
+    watches_a_cluster(kubeconfig.path());
 }
 
 /// The metadata store: container id -> pod, labels and workload, for the correlation

@@ -384,7 +384,15 @@ impl State {
         if let watcher::Event::Delete(pod) = &change {
             self.directory.remove(&uid_of(&pod.metadata));
         }
+        let was_synced = self.pods.synced;
         let Some((key, report)) = self.pods.step(&change, |p: &Pod| uid_of(&p.metadata)) else {
+            if !was_synced && self.pods.synced {
+                // The API server answered the first full list: the watch is live.
+                tracing::info!(
+                    pods = self.pods.known.len(),
+                    "kubeapi: listed the pods; reporting changes from now on."
+                );
+            }
             return Vec::new();
         };
         let (watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) = change else {

@@ -128,19 +128,6 @@ pub enum Group {
     Journald,
 }
 
-impl Group {
-    /// The flag that asks for it.
-    #[must_use]
-    pub const fn flag(self) -> &'static str {
-        match self {
-            Self::Ebpf => "--enable-ebpf",
-            Self::Kubernetes => "--enable-k8s",
-            Self::Systemd => "--enable-systemd",
-            Self::Journald => "--enable-journald",
-        }
-    }
-}
-
 /// The `collectors:` map of the YAML file: one optional entry per collector.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]

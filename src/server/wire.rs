@@ -579,7 +579,21 @@ mod tests {
 
         #[test]
         fn garbage_is_refused_not_panicked_on(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
-            let _ = RawEvent::parse(Bytes::from(bytes.clone()));
+            let parsed = RawEvent::parse(Bytes::from(bytes.clone()));
+            // Whatever prost cannot decode, or decodes into an invalid event, is refused;
+            // what it decodes into a valid one is taken, with the same id and time.
+            let decoded = pb::Event::decode(bytes.as_slice());
+            if let Ok(event) = decoded {
+                if let Err(expected) = check(&event) {
+                    prop_assert_eq!(parsed, Err(WireError::Invalid(expected)));
+                } else {
+                    let raw = parsed.expect("a valid event is taken");
+                    prop_assert_eq!(&raw.id[..], &event.id[..]);
+                    prop_assert_eq!(raw.timestamp, event.timestamp_unix_nano);
+                }
+            } else {
+                prop_assert!(parsed.is_err(), "undecodable bytes were taken: {parsed:?}");
+            }
             let _ = parse_request(&Bytes::from(bytes));
         }
     }
