@@ -191,7 +191,14 @@ async fn export(
         return;
     }
     let spans = batch.len() as u64;
-    let mut backoff = Duration::from_secs(1);
+    // 1 s, then 2 s, ... between the attempts.
+    let mut delays = {
+        use backon::BackoffBuilder as _;
+        backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_secs(1))
+            .with_max_times(ATTEMPTS as usize)
+            .build()
+    };
     let mut last_error = String::new();
     for attempt in 1..=ATTEMPTS {
         match exporter.export(batch.clone()).await {
@@ -206,11 +213,11 @@ async fn export(
                     break;
                 }
                 tracing::debug!(error = %last_error, attempt, "OTLP export failed; retrying.");
+                let delay = delays.next().unwrap_or(Duration::from_secs(1));
                 tokio::select! {
                     () = closing.cancelled() => {}
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(delay) => {}
                 }
-                backoff *= 2;
             }
         }
     }

@@ -362,33 +362,34 @@ async fn connect(
     })
 }
 
-/// Jittered exponential backoff between connection attempts.
+/// Jittered exponential backoff between connection attempts (backon's): a step from 50 ms
+/// doubling up to 5 s, each delay the step plus up to as much again at random.
 #[derive(Debug)]
-struct Backoff {
-    next: Duration,
-    rng: fastrand::Rng,
-}
+struct Backoff(backon::ExponentialBackoff);
 
 impl Backoff {
-    const MIN: Duration = Duration::from_millis(100);
     const MAX: Duration = Duration::from_secs(10);
 
     fn new() -> Self {
-        Self {
-            next: Self::MIN,
-            rng: fastrand::Rng::new(),
-        }
+        use backon::BackoffBuilder as _;
+        Self(
+            backon::ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(50))
+                .with_max_delay(Self::MAX / 2)
+                .with_jitter()
+                .without_max_times()
+                .build(),
+        )
     }
 
-    /// The next delay: the current step with ±50% jitter; the step doubles up to MAX.
+    /// The next delay.
     fn delay(&mut self) -> Duration {
-        let base = self.next;
-        self.next = (self.next * 2).min(Self::MAX);
-        base.mul_f64(0.5 + self.rng.f64())
+        self.0.next().unwrap_or(Self::MAX)
     }
 
+    /// Starts over from the first step (after a connection succeeded).
     fn reset(&mut self) {
-        self.next = Self::MIN;
+        *self = Self::new();
     }
 }
 

@@ -195,7 +195,16 @@ async fn run(config: SystemdConfig, node: Arc<str>, context: Context) -> Result<
         config: &config,
     };
     let mut first = true;
-    let mut delay = Duration::from_millis(500);
+    // Reconnects wait 0.5 s, doubling up to 30 s; a session that came up starts over.
+    let retries = || {
+        use backon::BackoffBuilder as _;
+        backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(500))
+            .with_max_delay(Duration::from_secs(30))
+            .without_max_times()
+            .build()
+    };
+    let mut delays = retries();
     loop {
         let session = tokio::select! {
             () = context.shutdown.cancelled() => return Ok(()),
@@ -209,11 +218,11 @@ async fn run(config: SystemdConfig, node: Arc<str>, context: Context) -> Result<
                 )));
             }
             Err(_) => {
+                let delay = delays.next().unwrap_or(Duration::from_secs(30));
                 tokio::select! {
                     () = context.shutdown.cancelled() => return Ok(()),
                     () = tokio::time::sleep(delay) => {}
                 }
-                delay = (delay * 2).min(Duration::from_secs(30));
                 continue;
             }
         };
@@ -222,7 +231,7 @@ async fn run(config: SystemdConfig, node: Arc<str>, context: Context) -> Result<
             context.stats.set_health(crate::telemetry::Health::Running);
         }
         first = false;
-        delay = Duration::from_millis(500);
+        delays = retries();
         let ended = match session.snapshot(&mut events).await {
             Ok(()) => session.follow(&mut events).await?,
             Err(e) => Ended::BusGone(e.to_string()),
