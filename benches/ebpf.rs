@@ -180,7 +180,7 @@ fn drain(count: u32, ring_bytes: u32) {
             node_name: "bench".into(),
             directory: tapio::metadata::PodDirectory::new(),
         }) {
-            assert!(manager.start(built), "dns collector starts");
+            assert!(manager.start(built).await, "dns collector starts");
         }
         let mut fan_in = manager.into_fan_in();
         let started = Instant::now();

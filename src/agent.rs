@@ -59,7 +59,7 @@ pub enum Error {
 
 /// Builds and starts every enabled collector: the manager, the pod directory they share
 /// with the correlation engine, and how many started.
-fn start_collectors(
+async fn start_collectors(
     config: &Config,
     node_name: &str,
     telemetry: &Arc<Telemetry>,
@@ -76,7 +76,7 @@ fn start_collectors(
         node_name: node_name.to_owned(),
         directory: Arc::clone(&directory),
     }) {
-        if manager.start(built) {
+        if manager.start(built).await {
             started += 1;
         }
     }
@@ -148,7 +148,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Arc<Tele
     let node_name = config.node_name();
     let telemetry = Arc::new(Telemetry::default());
     let (mut manager, directory, started) =
-        start_collectors(&config, &node_name, &telemetry, &shutdown)?;
+        start_collectors(&config, &node_name, &telemetry, &shutdown).await?;
     tracing::info!(
         collectors = started,
         node = %node_name,

@@ -8,11 +8,14 @@ use std::task::Poll;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::collectors::{self, Collector, Context};
+use crate::collectors::{self, Context};
 use crate::event::Event;
 use crate::source_sender::queue;
 
 use crate::telemetry::{CollectorStats, Health, Telemetry};
+
+/// Longest a collector's setup may take before it counts as unable to start.
+const BUILD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Starts collectors and owns their queues until the pipeline takes them.
 #[derive(Debug)]
@@ -37,38 +40,32 @@ impl Manager {
         }
     }
 
-    /// Starts one built collector, or records why it could not be built; a collector that
-    /// cannot start is logged and the others run. Returns whether it started.
-    pub fn start(&mut self, built: collectors::Built) -> bool {
+    /// Builds and starts one collector: its failing setup (probes, bus, kubeconfig) runs
+    /// here, so a collector that cannot start is logged, recorded as unavailable and not
+    /// counted, and the others run. Returns whether it started.
+    pub async fn start(&mut self, built: collectors::Built) -> bool {
         let stats = self.telemetry.register(built.name);
-        let collector = match built.collector {
-            Ok(collector) => collector,
-            Err(error) => {
-                tracing::warn!(collector = built.name, error = %error, "Collector is unavailable; the others run.");
-                stats.set_health(Health::Unavailable(error.to_string()));
-                return false;
-            }
-        };
         let (sender, receiver) = queue(self.capacity, built.when_full, Arc::clone(&stats));
         let context = Context {
             out: sender,
             shutdown: self.shutdown.child_token(),
             stats: Arc::clone(&stats),
         };
-        match Collector::start(collector, context) {
-            Ok(running) => {
+        let building = tokio::time::timeout(BUILD_TIMEOUT, (built.start)(context)).await;
+        let error = match building {
+            Ok(Ok(running)) => {
                 stats.set_health(Health::Running);
                 self.receivers.push(receiver);
                 self.supervisors
                     .push(tokio::spawn(supervise(built.name, running, stats)));
-                true
+                return true;
             }
-            Err(error) => {
-                tracing::warn!(collector = built.name, error = %error, "Collector could not start; the others run.");
-                stats.set_health(Health::Unavailable(error.to_string()));
-                false
-            }
-        }
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => format!("unavailable: did not start within {BUILD_TIMEOUT:?}"),
+        };
+        tracing::warn!(collector = built.name, %error, "Collector could not start; the others run.");
+        stats.set_health(Health::Unavailable(error));
+        false
     }
 
     /// A token cancelled once every started collector has ended (finished, failed or
@@ -165,6 +162,7 @@ impl FanIn {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::collectors::{BuildContext, BuildFuture, Built, CollectorConfig};
     use crate::event::EventId;
     use crate::source_sender::WhenFull;
     use crate::telemetry::DropCause;
@@ -173,35 +171,36 @@ mod tests {
         Event::new(EventId::from_u128(n), 0, "test.event", "test")
     }
 
+    #[derive(Clone, Debug, Default, PartialEq)]
     struct Unavailable;
 
-    impl Collector for Unavailable {
-        fn name(&self) -> &'static str {
-            "unavailable"
-        }
+    impl CollectorConfig for Unavailable {
+        const NAME: &'static str = "unavailable";
 
-        fn start(self: Box<Self>, _: Context) -> Result<collectors::Running, collectors::Error> {
-            Err(collectors::Error::Unavailable("needs CAP_BPF".into()))
+        fn validate(&self, _: &str, _: &mut Vec<String>) {}
+
+        fn build(self, _: BuildContext, _: Context) -> BuildFuture {
+            Box::pin(async { Err(collectors::Error::Unavailable("needs CAP_BPF".into())) })
         }
     }
 
+    #[derive(Clone, Debug, Default, PartialEq)]
     struct Emits(u128);
 
-    impl Collector for Emits {
-        fn name(&self) -> &'static str {
-            "emits"
-        }
+    impl CollectorConfig for Emits {
+        const NAME: &'static str = "emits";
 
-        fn start(
-            self: Box<Self>,
-            context: Context,
-        ) -> Result<collectors::Running, collectors::Error> {
-            Ok(Box::pin(async move {
-                for n in 0..self.0 {
-                    context.out.send(event(n)).await?;
-                }
-                Ok(())
-            }))
+        fn validate(&self, _: &str, _: &mut Vec<String>) {}
+
+        fn build(self, _: BuildContext, context: Context) -> BuildFuture {
+            Box::pin(async move {
+                Ok::<collectors::Running, collectors::Error>(Box::pin(async move {
+                    for n in 0..self.0 {
+                        context.out.send(event(n)).await?;
+                    }
+                    Ok(())
+                }))
+            })
         }
     }
 
@@ -209,16 +208,16 @@ mod tests {
     async fn a_collector_that_cannot_start_is_recorded_and_the_others_run() {
         let telemetry = Arc::new(Telemetry::default());
         let mut manager = Manager::new(Arc::clone(&telemetry), 8, CancellationToken::new());
-        let started_bad = manager.start(collectors::Built {
-            name: "unavailable",
-            when_full: WhenFull::Block,
-            collector: Ok(Box::new(Unavailable)),
-        });
-        let started_good = manager.start(collectors::Built {
-            name: "emits",
-            when_full: WhenFull::Block,
-            collector: Ok(Box::new(Emits(30))),
-        });
+        let cx = BuildContext {
+            node_name: "n".into(),
+            directory: crate::metadata::PodDirectory::new(),
+        };
+        let started_bad = manager
+            .start(Built::new(Unavailable, WhenFull::Block, cx.clone()))
+            .await;
+        let started_good = manager
+            .start(Built::new(Emits(30), WhenFull::Block, cx))
+            .await;
         assert!(!started_bad && started_good);
         let mut fan_in = manager.into_fan_in();
         let mut got = Vec::new();

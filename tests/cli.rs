@@ -573,3 +573,30 @@ fn an_empty_token_file_is_named_as_the_token_file_not_the_embedded_server() {
     );
     assert!(!stderr.contains("embedded server"), "{stderr}");
 }
+
+#[test]
+fn a_collector_whose_setup_fails_is_not_counted_as_started() {
+    // No bus behind the address, and a kubeconfig that is not one: both fail while the
+    // collector is built, so neither counts as started and the run says so.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, "this: [is not, a kubeconfig").expect("writes");
+    let file = config(&format!(
+        "collectors:\n  systemd: {{ config: {{ bus_address: 'unix:path={}/no-bus' }} }}\n  \
+         kubeapi: {{ config: {{ kubeconfig: {} }} }}\n",
+        dir.path().display(),
+        kubeconfig.display()
+    ));
+    let out = run(&[
+        "--config",
+        file.path().to_str().expect("utf-8"),
+        "--server",
+        "none",
+        "--stdout",
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no collector could start"), "{stderr}");
+    assert!(stderr.contains("cannot reach systemd"), "{stderr}");
+    assert!(stderr.contains("no Kubernetes API"), "{stderr}");
+}

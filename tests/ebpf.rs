@@ -38,12 +38,12 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    fn start(collectors_yaml: &str) -> Self {
-        Self::with_queue(collectors_yaml, 65_536)
+    async fn start(collectors_yaml: &str) -> Self {
+        Self::with_queue(collectors_yaml, 65_536).await
     }
 
     /// Collectors whose queues into the pipeline hold `capacity` events each.
-    fn with_queue(collectors_yaml: &str, capacity: usize) -> Self {
+    async fn with_queue(collectors_yaml: &str, capacity: usize) -> Self {
         let config = Config::from_yaml(collectors_yaml, "test").expect("valid config");
         let telemetry = Arc::new(Telemetry::default());
         let shutdown = CancellationToken::new();
@@ -54,7 +54,7 @@ impl Pipeline {
         };
         for built in config.collectors.build(&context) {
             let name = built.name;
-            assert!(manager.start(built), "collector {name} starts");
+            assert!(manager.start(built).await, "collector {name} starts");
         }
         Self {
             fan_in: manager.into_fan_in(),
@@ -120,7 +120,7 @@ async fn kernel_reports_a_childs_exec_and_its_exit_code() {
     if !can_run("kernel_reports_a_childs_exec_and_its_exit_code") {
         return;
     }
-    let mut pipeline = Pipeline::start("collectors:\n  kernel: {}\n");
+    let mut pipeline = Pipeline::start("collectors:\n  kernel: {}\n").await;
     let marker = format!("tapio-exec-test-{}", std::process::id());
     let mut child = Command::new("/bin/sh")
         .args(["-c", "exit 7", &marker])
@@ -166,7 +166,7 @@ async fn kernel_reports_a_signal_as_the_cause_of_death() {
     if !can_run("kernel_reports_a_signal_as_the_cause_of_death") {
         return;
     }
-    let mut pipeline = Pipeline::start("collectors:\n  kernel: {}\n");
+    let mut pipeline = Pipeline::start("collectors:\n  kernel: {}\n").await;
     let mut child = Command::new("/bin/sleep")
         .arg("30")
         .spawn()
@@ -286,7 +286,7 @@ async fn memory_reports_the_oom_kill_of_a_child_past_its_cgroup_limit() {
     if !can_run("memory_reports_the_oom_kill_of_a_child_past_its_cgroup_limit") {
         return;
     }
-    let mut pipeline = Pipeline::start("collectors:\n  memory: {}\n");
+    let mut pipeline = Pipeline::start("collectors:\n  memory: {}\n").await;
     let cgroup = MemoryCgroup::create(&format!("tapio-oom-test-{}", std::process::id()), 32 << 20);
     // The child moves itself into the cgroup, then `tail` buffers an endless line.
     let script = format!(
@@ -327,7 +327,8 @@ async fn syscall_errors_counts_a_childs_failing_opens_in_the_kernel() {
     }
     let mut pipeline = Pipeline::start(
         "collectors:\n  syscall-errors: { config: { interval: 200ms, syscalls: [openat] } }\n",
-    );
+    )
+    .await;
     let missing = format!("/nonexistent-tapio-{}", std::process::id());
     let script = format!("i=0; while [ $i -lt 100 ]; do true < {missing}; i=$((i+1)); done");
     // A clean environment: under cargo, LD_LIBRARY_PATH sends the loader through
@@ -390,7 +391,7 @@ async fn network_with_accept_syscalls_names_the_accepting_process() {
 async fn network_case(yaml: &str) {
     use std::net::{TcpListener, TcpStream};
     let early = TcpListener::bind("127.0.0.1:0").expect("binds");
-    let mut pipeline = Pipeline::start(yaml);
+    let mut pipeline = Pipeline::start(yaml).await;
     let (pairs, closed_port, _listeners) = tokio::task::spawn_blocking(move || {
         let late = TcpListener::bind("127.0.0.1:0").expect("binds");
         let mut pairs = Vec::new();
@@ -486,7 +487,7 @@ async fn dns_reports_queries_and_responses_with_rcode_and_latency() {
     if !can_run("dns_reports_queries_and_responses_with_rcode_and_latency") {
         return;
     }
-    let mut pipeline = Pipeline::start("collectors:\n  dns: {}\n");
+    let mut pipeline = Pipeline::start("collectors:\n  dns: {}\n").await;
     let me = std::process::id();
     // A resolver of the test's own on port 53 of a loopback address no one else uses.
     let server_ip = format!("127.53.{}.{}", (me >> 8) % 250 + 1, me % 250 + 1);
@@ -557,7 +558,8 @@ async fn records_lost_in_a_full_ring_buffer_are_counted_and_shown() {
     let mut pipeline = Pipeline::with_queue(
         "collectors:\n  kernel: { config: { ring_buffer_bytes: 4096 } }\n",
         1,
-    );
+    )
+    .await;
     tokio::task::spawn_blocking(|| {
         for _ in 0..100 {
             Command::new("/bin/true").status().expect("runs true");

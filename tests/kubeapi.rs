@@ -378,7 +378,7 @@ async fn the_pod_directory_maps_containers_to_pods() {
         node_name: "ignored".into(),
         directory: Arc::clone(&directory),
     }) {
-        assert!(manager.start(built));
+        assert!(manager.start(built).await);
     }
     let mut fan_in = manager.into_fan_in();
     let wait = |id: &'static str| {

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use tokio_stream::StreamExt as _;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::collectors::{Collector, Context, Error, Running};
+use crate::collectors::{BuildContext, BuildFuture, CollectorConfig, Context, Error, Running};
 use crate::cri_pb::runtime_service_client::RuntimeServiceClient;
 use crate::cri_pb::{
     Container, ContainerEventType, ContainerState, ContainerStatus, ContainerStatusRequest,
@@ -70,7 +70,7 @@ impl Default for CriConfig {
 
 impl CriConfig {
     /// Appends every problem to `problems`, each naming its field under `prefix`.
-    pub fn validate(&self, prefix: &str, problems: &mut Vec<String>) {
+    fn check(&self, prefix: &str, problems: &mut Vec<String>) {
         if self.poll_interval < Duration::from_millis(100) {
             problems.push(format!(
                 "{prefix}.poll_interval: must be at least 100ms, got {:?}",
@@ -80,43 +80,27 @@ impl CriConfig {
     }
 }
 
-/// The collector.
-#[derive(Debug)]
-pub struct Cri {
-    config: CriConfig,
-    node: String,
-}
+impl CollectorConfig for CriConfig {
+    const NAME: &'static str = NAME;
 
-impl Cri {
-    /// A collector stamping `node` on its events.
-    #[must_use]
-    pub fn new(config: CriConfig, node: String) -> Self {
-        Self { config, node }
-    }
-}
-
-impl Collector for Cri {
-    fn name(&self) -> &'static str {
-        NAME
+    fn validate(&self, path: &str, problems: &mut Vec<String>) {
+        self.check(path, problems);
     }
 
-    fn start(self: Box<Self>, context: Context) -> Result<Running, Error> {
-        let socket = match &self.config.socket {
-            Some(path) => path.clone(),
-            None => SOCKETS
-                .iter()
-                .map(PathBuf::from)
-                .find(|p| p.exists())
-                .ok_or_else(|| {
-                    Error::Unavailable(format!("no CRI socket at {}", SOCKETS.join(", ")))
-                })?,
-        };
-        Ok(Box::pin(run(
-            self.config,
-            socket,
-            self.node.into(),
-            context,
-        )))
+    fn build(self, cx: BuildContext, context: Context) -> BuildFuture {
+        Box::pin(async move {
+            let socket = match &self.socket {
+                Some(path) => path.clone(),
+                None => SOCKETS
+                    .iter()
+                    .map(PathBuf::from)
+                    .find(|p| p.exists())
+                    .ok_or_else(|| {
+                        Error::Unavailable(format!("no CRI socket at {}", SOCKETS.join(", ")))
+                    })?,
+            };
+            Ok::<Running, Error>(Box::pin(run(self, socket, cx.node_name.into(), context)))
+        })
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::collectors::{Collector, Context, Error, Running};
+use crate::collectors::{BuildContext, BuildFuture, CollectorConfig, Context, Error, Running};
 use crate::event::{Event, IdGenerator, Severity, unix_nanos_now};
 use crate::http::{HttpClient, Tls};
 use crate::units::deserialize_duration;
@@ -64,7 +64,7 @@ impl Default for EtcdConfig {
 
 impl EtcdConfig {
     /// Appends every problem to `problems`, each naming its field under `prefix`.
-    pub fn validate(&self, prefix: &str, problems: &mut Vec<String>) {
+    fn check(&self, prefix: &str, problems: &mut Vec<String>) {
         if !(self.endpoint.starts_with("http://") || self.endpoint.starts_with("https://")) {
             problems.push(format!(
                 "{prefix}.endpoint: an http:// or https:// URL, got `{}`",
@@ -100,41 +100,25 @@ impl EtcdConfig {
     }
 }
 
-/// The collector.
-#[derive(Debug)]
-pub struct Etcd {
-    config: EtcdConfig,
-    node: String,
-}
+impl CollectorConfig for EtcdConfig {
+    const NAME: &'static str = NAME;
 
-impl Etcd {
-    /// A collector stamping `node` on its events.
-    #[must_use]
-    pub fn new(config: EtcdConfig, node: String) -> Self {
-        Self { config, node }
-    }
-}
-
-impl Collector for Etcd {
-    fn name(&self) -> &'static str {
-        NAME
+    fn validate(&self, path: &str, problems: &mut Vec<String>) {
+        self.check(path, problems);
     }
 
-    fn start(self: Box<Self>, context: Context) -> Result<Running, Error> {
-        let tls = Tls {
-            ca_file: self.config.ca_file.clone(),
-            cert_file: self.config.cert_file.clone(),
-            key_file: self.config.key_file.clone(),
-            insecure_skip_verify: self.config.insecure_skip_verify,
-        };
-        let client = HttpClient::new(&tls, None, Duration::from_secs(5))
-            .map_err(|e| Error::Unavailable(format!("TLS settings: {e}")))?;
-        Ok(Box::pin(run(
-            self.config,
-            self.node.into(),
-            client,
-            context,
-        )))
+    fn build(self, cx: BuildContext, context: Context) -> BuildFuture {
+        Box::pin(async move {
+            let tls = Tls {
+                ca_file: self.ca_file.clone(),
+                cert_file: self.cert_file.clone(),
+                key_file: self.key_file.clone(),
+                insecure_skip_verify: self.insecure_skip_verify,
+            };
+            let client = HttpClient::new(&tls, None, Duration::from_secs(5))
+                .map_err(|e| Error::Unavailable(format!("TLS settings: {e}")))?;
+            Ok::<Running, Error>(Box::pin(run(self, cx.node_name.into(), client, context)))
+        })
     }
 }
 

@@ -22,7 +22,9 @@ use kube::{Api, Client};
 use serde::Deserialize;
 use tokio_stream::StreamExt as _;
 
-use crate::collectors::{Collector, Context, Error, Running};
+use crate::collectors::{
+    BuildContext, BuildFuture, CollectorConfig, Context, Error, Group, Running,
+};
 use crate::event::{Event, IdGenerator, Severity, unix_nanos_now};
 use crate::metadata::{PodDirectory, PodMeta};
 
@@ -79,7 +81,7 @@ impl Default for KubeApiConfig {
 
 impl KubeApiConfig {
     /// Appends every problem to `problems`, each naming its field under `prefix`.
-    pub fn validate(&self, prefix: &str, problems: &mut Vec<String>) {
+    fn check(&self, prefix: &str, problems: &mut Vec<String>) {
         super::check_files(
             prefix,
             &[("kubeconfig", self.kubeconfig.as_deref())],
@@ -91,38 +93,32 @@ impl KubeApiConfig {
     }
 }
 
-/// The collector.
-#[derive(Debug)]
-pub struct KubeApi {
-    config: KubeApiConfig,
-    node: String,
-    directory: Arc<PodDirectory>,
-}
+impl CollectorConfig for KubeApiConfig {
+    const NAME: &'static str = NAME;
+    const GROUP: Option<Group> = Some(Group::Kubernetes);
 
-impl KubeApi {
-    /// A collector for node `node` (unless configured otherwise) filling `directory`.
-    #[must_use]
-    pub fn new(config: KubeApiConfig, node: String, directory: Arc<PodDirectory>) -> Self {
-        let node = config
-            .node_name
-            .clone()
-            .or_else(|| std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()))
-            .unwrap_or(node);
-        Self {
-            config,
-            node,
-            directory,
-        }
-    }
-}
-
-impl Collector for KubeApi {
-    fn name(&self) -> &'static str {
-        NAME
+    fn validate(&self, path: &str, problems: &mut Vec<String>) {
+        self.check(path, problems);
     }
 
-    fn start(self: Box<Self>, context: Context) -> Result<Running, Error> {
-        Ok(Box::pin(run(*self, context)))
+    fn build(self, cx: BuildContext, context: Context) -> BuildFuture {
+        Box::pin(async move {
+            // An unreadable kubeconfig or no in-cluster account fails here, at start.
+            let client = client(&self)
+                .await
+                .map_err(|e| Error::Unavailable(format!("no Kubernetes API: {e}")))?;
+            let node = self
+                .node_name
+                .clone()
+                .or_else(|| std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()))
+                .unwrap_or(cx.node_name);
+            let collector = Watching {
+                config: self,
+                node,
+                directory: cx.directory,
+            };
+            Ok::<Running, Error>(Box::pin(run(collector, client, context)))
+        })
     }
 }
 
@@ -143,10 +139,15 @@ async fn client(config: &KubeApiConfig) -> Result<Client, String> {
     Client::try_from(config).map_err(|e| e.to_string())
 }
 
-async fn run(collector: KubeApi, context: Context) -> Result<(), Error> {
-    let client = client(&collector.config)
-        .await
-        .map_err(|e| Error::Unavailable(format!("no Kubernetes API: {e}")))?;
+/// What the running watches need.
+struct Watching {
+    config: KubeApiConfig,
+    /// The node whose pods are watched.
+    node: String,
+    directory: Arc<PodDirectory>,
+}
+
+async fn run(collector: Watching, client: Client, context: Context) -> Result<(), Error> {
     let node = collector.node.clone();
     let scoped = |config: watcher::Config, field: &str| {
         if collector.config.cluster_wide {

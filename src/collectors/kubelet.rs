@@ -12,7 +12,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::collectors::{Collector, Context, Error, Running};
+use crate::collectors::{
+    BuildContext, BuildFuture, CollectorConfig, Context, Error, Group, Running,
+};
 use crate::event::{Event, IdGenerator, Severity, unix_nanos_now};
 use crate::http::{HttpClient, Tls};
 use crate::units::deserialize_duration;
@@ -70,7 +72,7 @@ impl Default for KubeletConfig {
 
 impl KubeletConfig {
     /// Appends every problem to `problems`, each naming its field under `prefix`.
-    pub fn validate(&self, prefix: &str, problems: &mut Vec<String>) {
+    fn check(&self, prefix: &str, problems: &mut Vec<String>) {
         if !(self.endpoint.starts_with("https://") || self.endpoint.starts_with("http://")) {
             problems.push(format!(
                 "{prefix}.endpoint: an https:// URL, got `{}`",
@@ -109,55 +111,41 @@ impl KubeletConfig {
     }
 }
 
-/// The collector.
-#[derive(Debug)]
-pub struct Kubelet {
-    config: KubeletConfig,
-    node: String,
-}
+impl CollectorConfig for KubeletConfig {
+    const NAME: &'static str = NAME;
+    const GROUP: Option<Group> = Some(Group::Kubernetes);
 
-impl Kubelet {
-    /// A collector stamping `node` on its events.
-    #[must_use]
-    pub fn new(config: KubeletConfig, node: String) -> Self {
-        Self { config, node }
-    }
-}
-
-impl Collector for Kubelet {
-    fn name(&self) -> &'static str {
-        NAME
+    fn validate(&self, path: &str, problems: &mut Vec<String>) {
+        self.check(path, problems);
     }
 
-    fn start(self: Box<Self>, context: Context) -> Result<Running, Error> {
-        let mounted = Path::new(SERVICE_ACCOUNT).join("token");
-        let token_file = self
-            .config
-            .token_file
-            .clone()
-            .or_else(|| mounted.is_file().then_some(mounted));
-        let token = match &token_file {
-            Some(path) => Some(
-                std::fs::read_to_string(path)
-                    .map_err(|e| Error::Unavailable(format!("token_file {}: {e}", path.display())))?
-                    .trim()
-                    .to_owned(),
-            ),
-            None => None,
-        };
-        let tls = Tls {
-            ca_file: self.config.ca_file.clone(),
-            insecure_skip_verify: self.config.insecure_skip_verify,
-            ..Tls::default()
-        };
-        let client = HttpClient::new(&tls, token, Duration::from_secs(10))
-            .map_err(|e| Error::Unavailable(format!("TLS settings: {e}")))?;
-        Ok(Box::pin(run(
-            self.config,
-            self.node.into(),
-            client,
-            context,
-        )))
+    fn build(self, cx: BuildContext, context: Context) -> BuildFuture {
+        Box::pin(async move {
+            let mounted = Path::new(SERVICE_ACCOUNT).join("token");
+            let token_file = self
+                .token_file
+                .clone()
+                .or_else(|| mounted.is_file().then_some(mounted));
+            let token = match &token_file {
+                Some(path) => Some(
+                    std::fs::read_to_string(path)
+                        .map_err(|e| {
+                            Error::Unavailable(format!("token_file {}: {e}", path.display()))
+                        })?
+                        .trim()
+                        .to_owned(),
+                ),
+                None => None,
+            };
+            let tls = Tls {
+                ca_file: self.ca_file.clone(),
+                insecure_skip_verify: self.insecure_skip_verify,
+                ..Tls::default()
+            };
+            let client = HttpClient::new(&tls, token, Duration::from_secs(10))
+                .map_err(|e| Error::Unavailable(format!("TLS settings: {e}")))?;
+            Ok::<Running, Error>(Box::pin(run(self, cx.node_name.into(), client, context)))
+        })
     }
 }
 

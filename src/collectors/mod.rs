@@ -1,7 +1,11 @@
 //! The collector contract and the registry that maps YAML names to collectors.
 //!
-//! Adding a collector is one module, one field in [`CollectorsConfig`] and one line in
-//! [`CollectorsConfig::build`]; serde rejects an unknown name with its line number.
+//! A collector's options are the collector (Vector's `SourceConfig`): the type knows its
+//! registry name and its `--enable-*` group, validates itself under the path it is given,
+//! and `build` does the work that can fail (load and attach probes, connect to the bus,
+//! read the kubeconfig) before it returns the future that only runs. Adding a collector is
+//! its module plus one line in [`registry!`]'s list below; serde rejects an unknown name
+//! with its line number.
 
 pub mod cri;
 pub mod ebpf;
@@ -38,14 +42,25 @@ pub enum Error {
 /// shutdown is requested.
 pub type Running = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
 
-/// A source of events.
-pub trait Collector: Send {
-    /// The registry name.
-    fn name(&self) -> &'static str;
+/// What [`CollectorConfig::build`] returns: the failing setup, then the running half.
+pub type BuildFuture = Pin<Box<dyn Future<Output = Result<Running, Error>> + Send>>;
 
-    /// Does the work that can fail up front (check the platform, open, attach) and returns
-    /// the future that only runs, so configuration and privilege errors surface at start.
-    fn start(self: Box<Self>, context: Context) -> Result<Running, Error>;
+/// A collector: its options, which know everything else about it.
+pub trait CollectorConfig:
+    Clone + Default + PartialEq + std::fmt::Debug + Send + Sync + 'static
+{
+    /// Its registry name: the key under `collectors:` and the `source` of its events.
+    const NAME: &'static str;
+
+    /// The `--enable-*` group that turns it on; `None`: only the YAML file does.
+    const GROUP: Option<Group> = None;
+
+    /// Appends every problem of its options to `problems`, each under `path`.
+    fn validate(&self, path: &str, problems: &mut Vec<String>);
+
+    /// Does the work that can fail up front (check the platform, open, connect, attach)
+    /// and returns the future that only runs, so every such error surfaces at start.
+    fn build(self, cx: BuildContext, context: Context) -> BuildFuture;
 }
 
 /// What a running collector is handed.
@@ -128,216 +143,149 @@ pub enum Group {
     Journald,
 }
 
-/// The `collectors:` map of the YAML file: one optional entry per collector.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CollectorsConfig {
-    /// Generated load and scripted incidents, for tests, benchmarks and demos.
-    pub synthetic: Option<CollectorEntry<synthetic::SyntheticConfig>>,
-    /// Recorded events read back from a JSON-lines file or stdin.
-    pub replay: Option<CollectorEntry<replay::ReplayConfig>>,
-    /// Process exec and exit from the kernel (`--enable-ebpf`).
-    pub kernel: Option<CollectorEntry<ebpf::kernel::KernelConfig>>,
-    /// TCP connects, accepts, closes and failures from the kernel (`--enable-ebpf`).
-    pub network: Option<CollectorEntry<ebpf::network::NetworkConfig>>,
-    /// DNS queries and responses seen by a socket filter (`--enable-ebpf`).
-    pub dns: Option<CollectorEntry<ebpf::dns::DnsConfig>>,
-    /// OOM kills from the kernel (`--enable-ebpf`).
-    pub memory: Option<CollectorEntry<ebpf::memory::MemoryConfig>>,
-    /// Failing syscalls, counted in the kernel (YAML only: not in `--enable-ebpf`'s set).
-    #[serde(rename = "syscall-errors")]
-    pub syscall_errors: Option<CollectorEntry<ebpf::syscalls::SyscallErrorsConfig>>,
-    /// Pods, the node and Warning events from the Kubernetes API (`--enable-k8s`).
-    pub kubeapi: Option<CollectorEntry<kubeapi::KubeApiConfig>>,
-    /// The node's kubelet: pressure, pod memory near limits, restarts (`--enable-k8s`).
-    pub kubelet: Option<CollectorEntry<kubelet::KubeletConfig>>,
-    /// Container lifecycle from the runtime's CRI socket (YAML only).
-    pub cri: Option<CollectorEntry<cri::CriConfig>>,
-    /// An etcd member's health and metrics (YAML only).
-    #[serde(rename = "etcd-metrics")]
-    pub etcd_metrics: Option<CollectorEntry<etcd::EtcdConfig>>,
-    /// Unit lifecycle from the systemd manager over D-Bus (`--enable-systemd`).
-    pub systemd: Option<CollectorEntry<systemd::SystemdConfig>>,
-    /// Entries of the systemd journal (`--enable-journald`).
-    pub journald: Option<CollectorEntry<journald::JournaldConfig>>,
-}
-
-/// A collector built from its entry, or the reason it could not be.
+/// A collector ready to start: the manager hands it its [`Context`].
 pub struct Built {
     /// Registry name.
     pub name: &'static str,
     /// Its queue policy.
     pub when_full: WhenFull,
-    /// The collector.
-    pub collector: Result<Box<dyn Collector>, Error>,
+    /// Builds it with its context: the failing setup, then the running half.
+    pub start: Box<dyn FnOnce(Context) -> BuildFuture + Send>,
 }
 
-impl CollectorsConfig {
-    /// Turns on every collector of `group` that this build has (configured ones keep their
-    /// options).
-    pub fn enable_group(&mut self, group: Group) {
-        if group == Group::Ebpf {
-            self.kernel
-                .get_or_insert_with(CollectorEntry::default)
-                .enabled = true;
-            self.network
-                .get_or_insert_with(CollectorEntry::default)
-                .enabled = true;
-            self.dns.get_or_insert_with(CollectorEntry::default).enabled = true;
-            self.memory
-                .get_or_insert_with(CollectorEntry::default)
-                .enabled = true;
-            // Not `syscall-errors`: its tracepoint slows every syscall on the host (+40% on
-            // `dd bs=1`, docs/benchmarks.md), so it runs only where the YAML asks for it.
-        }
-        if group == Group::Kubernetes {
-            self.kubeapi
-                .get_or_insert_with(CollectorEntry::default)
-                .enabled = true;
-            self.kubelet
-                .get_or_insert_with(CollectorEntry::default)
-                .enabled = true;
-        }
-        if group == Group::Systemd {
-            self.systemd
-                .get_or_insert_with(CollectorEntry::default)
-                .enabled = true;
-        }
-        if group == Group::Journald {
-            self.journald
-                .get_or_insert_with(CollectorEntry::default)
-                .enabled = true;
-        }
+impl std::fmt::Debug for Built {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Built")
+            .field("name", &self.name)
+            .field("when_full", &self.when_full)
+            .finish_non_exhaustive()
     }
+}
 
-    /// Appends every problem of every enabled collector's options to `problems`.
-    pub fn validate(&self, problems: &mut Vec<String>) {
-        let mut enabled = 0;
-        if let Some(entry) = self.synthetic.as_ref().filter(|e| e.enabled) {
-            enabled += 1;
-            entry
-                .config
-                .validate("collectors.synthetic.config", problems);
-        }
-        if let Some(entry) = self.replay.as_ref().filter(|e| e.enabled) {
-            enabled += 1;
-            entry.config.validate("collectors.replay.config", problems);
-        }
-        if let Some(entry) = self.kernel.as_ref().filter(|e| e.enabled) {
-            enabled += 1;
-            entry.config.validate("collectors.kernel.config", problems);
-        }
-        if let Some(entry) = self.network.as_ref().filter(|e| e.enabled) {
-            enabled += 1;
-            entry.config.validate("collectors.network.config", problems);
-        }
-        if let Some(entry) = self.dns.as_ref().filter(|e| e.enabled) {
-            enabled += 1;
-            entry.config.validate("collectors.dns.config", problems);
-        }
-        if let Some(entry) = self.memory.as_ref().filter(|e| e.enabled) {
-            enabled += 1;
-            entry.config.validate("collectors.memory.config", problems);
-        }
-        if let Some(entry) = self.syscall_errors.as_ref().filter(|e| e.enabled) {
-            enabled += 1;
-            entry
-                .config
-                .validate("collectors.syscall-errors.config", problems);
-        }
-        if let Some(entry) = self.kubeapi.as_ref().filter(|e| e.enabled) {
-            enabled += 1;
-            entry.config.validate("collectors.kubeapi.config", problems);
-        }
-        if let Some(entry) = self.kubelet.as_ref().filter(|e| e.enabled) {
-            enabled += 1;
-            entry.config.validate("collectors.kubelet.config", problems);
-        }
-        if let Some(entry) = self.cri.as_ref().filter(|e| e.enabled) {
-            enabled += 1;
-            entry.config.validate("collectors.cri.config", problems);
-        }
-        if let Some(entry) = self.etcd_metrics.as_ref().filter(|e| e.enabled) {
-            enabled += 1;
-            entry
-                .config
-                .validate("collectors.etcd-metrics.config", problems);
-        }
-        if let Some(entry) = self.systemd.as_ref().filter(|e| e.enabled) {
-            enabled += 1;
-            entry.config.validate("collectors.systemd.config", problems);
-        }
-        if let Some(entry) = self.journald.as_ref().filter(|e| e.enabled) {
-            enabled += 1;
-            entry
-                .config
-                .validate("collectors.journald.config", problems);
-        }
-        if enabled == 0 {
-            problems.push(
-                "collectors: no collector is enabled; configure one (e.g. `synthetic`) in the \
-                 YAML file, or turn a group on with an --enable-* flag"
-                    .into(),
-            );
+impl Built {
+    /// `config`'s collector, to start with `cx`.
+    pub fn new<T: CollectorConfig>(config: T, when_full: WhenFull, cx: BuildContext) -> Self {
+        Self {
+            name: T::NAME,
+            when_full,
+            start: Box::new(move |context| config.build(cx, context)),
         }
     }
+}
 
-    /// Builds every enabled collector.
-    #[must_use]
-    pub fn build(&self, context: &BuildContext) -> Vec<Built> {
-        let node = &context.node_name;
-        let mut built = Vec::new();
-        add(&mut built, self.synthetic.as_ref(), synthetic::NAME, |c| {
-            Box::new(synthetic::Synthetic::new(c, node.clone()))
-        });
-        add(&mut built, self.replay.as_ref(), replay::NAME, |c| {
-            Box::new(replay::Replay::new(c))
-        });
-        add(&mut built, self.kernel.as_ref(), ebpf::kernel::NAME, |c| {
-            Box::new(ebpf::kernel::Kernel::new(c, node.clone()))
-        });
-        add(
-            &mut built,
-            self.network.as_ref(),
-            ebpf::network::NAME,
-            |c| Box::new(ebpf::network::Network::new(c, node.clone())),
-        );
-        add(&mut built, self.dns.as_ref(), ebpf::dns::NAME, |c| {
-            Box::new(ebpf::dns::Dns::new(c, node.clone()))
-        });
-        add(&mut built, self.memory.as_ref(), ebpf::memory::NAME, |c| {
-            Box::new(ebpf::memory::Memory::new(c, node.clone()))
-        });
-        add(
-            &mut built,
-            self.syscall_errors.as_ref(),
-            ebpf::syscalls::NAME,
-            |c| Box::new(ebpf::syscalls::SyscallErrors::new(c, node.clone())),
-        );
-        add(&mut built, self.kubeapi.as_ref(), kubeapi::NAME, |c| {
-            Box::new(kubeapi::KubeApi::new(
-                c,
-                node.clone(),
-                Arc::clone(&context.directory),
-            ))
-        });
-        add(&mut built, self.kubelet.as_ref(), kubelet::NAME, |c| {
-            Box::new(kubelet::Kubelet::new(c, node.clone()))
-        });
-        add(&mut built, self.cri.as_ref(), cri::NAME, |c| {
-            Box::new(cri::Cri::new(c, node.clone()))
-        });
-        add(&mut built, self.etcd_metrics.as_ref(), etcd::NAME, |c| {
-            Box::new(etcd::Etcd::new(c, node.clone()))
-        });
-        add(&mut built, self.systemd.as_ref(), systemd::NAME, |c| {
-            Box::new(systemd::Systemd::new(c, node.clone()))
-        });
-        add(&mut built, self.journald.as_ref(), journald::NAME, |c| {
-            Box::new(journald::Journald::new(c, node.clone()))
-        });
-        built
+/// Whether two names are the same, at compile time: each registry line's YAML key must be
+/// its type's `NAME`.
+const fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
     }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Generates, from one line per collector, the `collectors:` map of the YAML file, its
+/// validation, the `--enable-*` groups, the list of names and the builds.
+macro_rules! registry {
+    ($($(#[$doc:meta])* $name:literal => $field:ident: $config:ty,)*) => {
+        /// The `collectors:` map of the YAML file: one optional entry per collector.
+        #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct CollectorsConfig {
+            $(
+                $(#[$doc])*
+                #[serde(rename = $name)]
+                pub $field: Option<CollectorEntry<$config>>,
+            )*
+        }
+
+        /// Every collector's registry name, in registry order.
+        pub const NAMES: &[&str] = &[$($name),*];
+
+        const _: () = {
+            $(assert!(same(<$config as CollectorConfig>::NAME, $name), "a registry key differs from its type's NAME");)*
+        };
+
+        impl CollectorsConfig {
+            /// Turns on every collector of `group` (configured ones keep their options).
+            pub fn enable_group(&mut self, group: Group) {
+                $(
+                    if <$config as CollectorConfig>::GROUP == Some(group) {
+                        self.$field.get_or_insert_with(CollectorEntry::default).enabled = true;
+                    }
+                )*
+            }
+
+            /// Appends every problem of every enabled collector's options to `problems`.
+            pub fn validate(&self, problems: &mut Vec<String>) {
+                let mut enabled = 0;
+                $(
+                    if let Some(entry) = self.$field.as_ref().filter(|e| e.enabled) {
+                        enabled += 1;
+                        CollectorConfig::validate(
+                            &entry.config,
+                            concat!("collectors.", $name, ".config"),
+                            problems,
+                        );
+                    }
+                )*
+                if enabled == 0 {
+                    problems.push(
+                        "collectors: no collector is enabled; configure one (e.g. `synthetic`) in \
+                         the YAML file, or turn a group on with an --enable-* flag"
+                            .into(),
+                    );
+                }
+            }
+
+            /// Every enabled collector, ready to start with `cx`.
+            #[must_use]
+            pub fn build(&self, cx: &BuildContext) -> Vec<Built> {
+                let mut built = Vec::new();
+                $(
+                    if let Some(entry) = self.$field.as_ref().filter(|e| e.enabled) {
+                        built.push(Built::new(entry.config.clone(), entry.when_full, cx.clone()));
+                    }
+                )*
+                built
+            }
+        }
+    };
+}
+
+registry! {
+    /// Generated load and scripted incidents, for tests, benchmarks and demos.
+    "synthetic" => synthetic: synthetic::SyntheticConfig,
+    /// Recorded events read back from a JSON-lines file or stdin.
+    "replay" => replay: replay::ReplayConfig,
+    /// Process exec and exit from the kernel (`--enable-ebpf`).
+    "kernel" => kernel: ebpf::kernel::KernelConfig,
+    /// TCP connects, accepts, closes and failures from the kernel (`--enable-ebpf`).
+    "network" => network: ebpf::network::NetworkConfig,
+    /// DNS queries and responses seen by a socket filter (`--enable-ebpf`).
+    "dns" => dns: ebpf::dns::DnsConfig,
+    /// OOM kills from the kernel (`--enable-ebpf`).
+    "memory" => memory: ebpf::memory::MemoryConfig,
+    /// Failing syscalls, counted in the kernel (YAML only: not in `--enable-ebpf`'s set).
+    "syscall-errors" => syscall_errors: ebpf::syscalls::SyscallErrorsConfig,
+    /// Pods, the node and Warning events from the Kubernetes API (`--enable-k8s`).
+    "kubeapi" => kubeapi: kubeapi::KubeApiConfig,
+    /// The node's kubelet: pressure, pod memory near limits, restarts (`--enable-k8s`).
+    "kubelet" => kubelet: kubelet::KubeletConfig,
+    /// Container lifecycle from the runtime's CRI socket (YAML only).
+    "cri" => cri: cri::CriConfig,
+    /// An etcd member's health and metrics (YAML only).
+    "etcd-metrics" => etcd_metrics: etcd::EtcdConfig,
+    /// Unit lifecycle from the systemd manager over D-Bus (`--enable-systemd`).
+    "systemd" => systemd: systemd::SystemdConfig,
+    /// Entries of the systemd journal (`--enable-journald`).
+    "journald" => journald: journald::JournaldConfig,
 }
 
 /// Appends a problem for each of `files` (field name, path) that is set and not a file.
@@ -355,22 +303,6 @@ pub(crate) fn check_files(
                 path.display()
             ));
         }
-    }
-}
-
-/// Builds `entry`'s collector with `make` when it is enabled.
-fn add<T: Clone>(
-    built: &mut Vec<Built>,
-    entry: Option<&CollectorEntry<T>>,
-    name: &'static str,
-    make: impl FnOnce(T) -> Box<dyn Collector>,
-) {
-    if let Some(entry) = entry.filter(|e| e.enabled) {
-        built.push(Built {
-            name,
-            when_full: entry.when_full,
-            collector: Ok(make(entry.config.clone())),
-        });
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt as _, AsyncRead, BufReader};
 
-use crate::collectors::{Collector, Context, Error, Running};
+use crate::collectors::{BuildContext, BuildFuture, CollectorConfig, Context, Error, Running};
 use crate::event::{Event, IdGenerator};
 use crate::telemetry::DropCause;
 
@@ -80,7 +80,7 @@ impl Default for ReplayConfig {
 
 impl ReplayConfig {
     /// Appends every problem to `problems`, each naming its field under `prefix`.
-    pub fn validate(&self, prefix: &str, problems: &mut Vec<String>) {
+    fn check(&self, prefix: &str, problems: &mut Vec<String>) {
         if self.path.as_os_str() != "-" && !self.path.is_file() {
             problems.push(format!(
                 "{prefix}.path: `{}` is not a file (`-` reads stdin)",
@@ -95,35 +95,25 @@ impl ReplayConfig {
     }
 }
 
-/// The collector.
-#[derive(Debug)]
-pub struct Replay {
-    config: ReplayConfig,
-}
+impl CollectorConfig for ReplayConfig {
+    const NAME: &'static str = NAME;
 
-impl Replay {
-    /// A collector replaying what `config` names.
-    #[must_use]
-    pub fn new(config: ReplayConfig) -> Self {
-        Self { config }
-    }
-}
-
-impl Collector for Replay {
-    fn name(&self) -> &'static str {
-        NAME
+    fn validate(&self, path: &str, problems: &mut Vec<String>) {
+        self.check(path, problems);
     }
 
-    fn start(self: Box<Self>, context: Context) -> Result<Running, Error> {
-        let config = self.config;
-        let input: Box<dyn AsyncRead + Send + Unpin> = if config.path.as_os_str() == "-" {
-            Box::new(tokio::io::stdin())
-        } else {
-            let file = std::fs::File::open(&config.path)
-                .map_err(|e| Error::Unavailable(format!("{}: {e}", config.path.display())))?;
-            Box::new(tokio::fs::File::from_std(file))
-        };
-        Ok(Box::pin(run(config, input, context)))
+    fn build(self, _: BuildContext, context: Context) -> BuildFuture {
+        Box::pin(async move {
+            let config = self;
+            let input: Box<dyn AsyncRead + Send + Unpin> = if config.path.as_os_str() == "-" {
+                Box::new(tokio::io::stdin())
+            } else {
+                let file = std::fs::File::open(&config.path)
+                    .map_err(|e| Error::Unavailable(format!("{}: {e}", config.path.display())))?;
+                Box::new(tokio::fs::File::from_std(file))
+            };
+            Ok::<Running, Error>(Box::pin(run(config, input, context)))
+        })
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use super::{Collector, Context, Error, Running};
+use super::{BuildContext, BuildFuture, CollectorConfig, Context, Error, Running};
 use crate::event::{Event, IdGenerator, Severity, unix_nanos_now};
 
 /// Registry name.
@@ -52,7 +52,7 @@ impl Default for SyntheticConfig {
 
 impl SyntheticConfig {
     /// Appends problems to `problems`, each prefixed with `prefix`.
-    pub fn validate(&self, prefix: &str, problems: &mut Vec<String>) {
+    fn check(&self, prefix: &str, problems: &mut Vec<String>) {
         if self.rate > 10_000_000 {
             problems.push(format!(
                 "{prefix}.rate: must be at most 10000000 events/s (0 = unlimited), got {}",
@@ -99,29 +99,18 @@ impl Scenario {
     ];
 }
 
-/// The `synthetic` collector.
-#[derive(Debug)]
-pub struct Synthetic {
-    config: SyntheticConfig,
-    node: String,
-}
+impl CollectorConfig for SyntheticConfig {
+    const NAME: &'static str = NAME;
 
-impl Synthetic {
-    /// A collector that will generate `config`'s scenario on `node`.
-    #[must_use]
-    pub fn new(config: SyntheticConfig, node: String) -> Self {
-        Self { config, node }
-    }
-}
-
-impl Collector for Synthetic {
-    fn name(&self) -> &'static str {
-        NAME
+    fn validate(&self, path: &str, problems: &mut Vec<String>) {
+        self.check(path, problems);
     }
 
-    fn start(self: Box<Self>, context: Context) -> Result<Running, Error> {
-        let world = World::new(&self.config, self.node, unix_nanos_now());
-        Ok(Box::pin(run(self.config, world, context)))
+    fn build(self, cx: BuildContext, context: Context) -> BuildFuture {
+        Box::pin(async move {
+            let world = World::new(&self, cx.node_name, unix_nanos_now());
+            Ok::<Running, Error>(Box::pin(run(self, world, context)))
+        })
     }
 }
 

@@ -15,7 +15,9 @@ use serde::Deserialize;
 use tokio_stream::StreamExt as _;
 use zbus::{Connection, Message, MessageStream, OwnedObjectPath, OwnedVariant};
 
-use crate::collectors::{Collector, Context, Error, Running};
+use crate::collectors::{
+    BuildContext, BuildFuture, CollectorConfig, Context, Error, Group, Running,
+};
 use crate::event::{Event, IdGenerator, Severity, unix_nanos_now};
 
 /// Registry name.
@@ -65,7 +67,7 @@ pub struct SystemdConfig {
 
 impl SystemdConfig {
     /// Appends every problem to `problems`, each naming its field under `prefix`.
-    pub fn validate(&self, prefix: &str, problems: &mut Vec<String>) {
+    fn check(&self, prefix: &str, problems: &mut Vec<String>) {
         if let Some(address) = &self.bus_address
             && let Err(e) = address.parse::<zbus::Address>()
         {
@@ -120,28 +122,25 @@ fn glob(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|c| *c == '*')
 }
 
-/// The collector.
-#[derive(Debug)]
-pub struct Systemd {
-    config: SystemdConfig,
-    node: String,
-}
+impl CollectorConfig for SystemdConfig {
+    const NAME: &'static str = NAME;
+    const GROUP: Option<Group> = Some(Group::Systemd);
 
-impl Systemd {
-    /// A collector stamping `node` on its events.
-    #[must_use]
-    pub fn new(config: SystemdConfig, node: String) -> Self {
-        Self { config, node }
-    }
-}
-
-impl Collector for Systemd {
-    fn name(&self) -> &'static str {
-        NAME
+    fn validate(&self, path: &str, problems: &mut Vec<String>) {
+        self.check(path, problems);
     }
 
-    fn start(self: Box<Self>, context: Context) -> Result<Running, Error> {
-        Ok(Box::pin(run(self.config, self.node.into(), context)))
+    fn build(self, cx: BuildContext, context: Context) -> BuildFuture {
+        Box::pin(async move {
+            // A bus that is not there fails here, at start; later losses are reconnected.
+            let session = Session::open(&self).await.map_err(|e| {
+                Error::Unavailable(format!(
+                    "cannot reach systemd on {}: {e}",
+                    self.bus_address.as_deref().unwrap_or("the system bus")
+                ))
+            })?;
+            Ok::<Running, Error>(Box::pin(run(self, cx.node_name.into(), session, context)))
+        })
     }
 }
 
@@ -183,7 +182,12 @@ enum Ended {
     BusGone(String),
 }
 
-async fn run(config: SystemdConfig, node: Arc<str>, context: Context) -> Result<(), Error> {
+async fn run(
+    config: SystemdConfig,
+    node: Arc<str>,
+    session: Session,
+    context: Context,
+) -> Result<(), Error> {
     let address = config
         .bus_address
         .clone()
@@ -205,26 +209,23 @@ async fn run(config: SystemdConfig, node: Arc<str>, context: Context) -> Result<
             .build()
     };
     let mut delays = retries();
+    let mut opened = Some(session);
     loop {
-        let session = tokio::select! {
-            () = context.shutdown.cancelled() => return Ok(()),
-            session = Session::open(&config) => session,
+        let session = if let Some(session) = opened.take() {
+            Ok(session)
+        } else {
+            tokio::select! {
+                () = context.shutdown.cancelled() => return Ok(()),
+                session = Session::open(&config) => session,
+            }
         };
-        let mut session = match session {
-            Ok(session) => session,
-            Err(e) if first => {
-                return Err(Error::Unavailable(format!(
-                    "cannot reach systemd on {address}: {e}"
-                )));
+        let Ok(mut session) = session else {
+            let delay = delays.next().unwrap_or(Duration::from_secs(30));
+            tokio::select! {
+                () = context.shutdown.cancelled() => return Ok(()),
+                () = tokio::time::sleep(delay) => {}
             }
-            Err(_) => {
-                let delay = delays.next().unwrap_or(Duration::from_secs(30));
-                tokio::select! {
-                    () = context.shutdown.cancelled() => return Ok(()),
-                    () = tokio::time::sleep(delay) => {}
-                }
-                continue;
-            }
+            continue;
         };
         if !first {
             tracing::info!(bus = %address, "systemd: reconnected; taking a fresh snapshot of failed units.");

@@ -10,7 +10,9 @@ use std::os::fd::OwnedFd;
 use serde::Deserialize;
 
 use super::{Reader, Ring, RingOptions, Stamp, c_string, load, objects};
-use crate::collectors::{Collector, Context, Error, Running};
+use crate::collectors::{
+    BuildContext, BuildFuture, CollectorConfig, Context, Error, Group, Running,
+};
 use crate::event::{Event, Severity};
 
 /// Registry name.
@@ -38,7 +40,7 @@ impl Default for DnsConfig {
 
 impl DnsConfig {
     /// Appends problems to `problems`, each prefixed with `prefix`.
-    pub fn validate(&self, prefix: &str, problems: &mut Vec<String>) {
+    fn check(&self, prefix: &str, problems: &mut Vec<String>) {
         RingOptions {
             ring_buffer_bytes: self.ring_buffer_bytes,
         }
@@ -56,54 +58,44 @@ const KIND_DNS_PACKET: u32 = 20;
 const ETH_P_IP: u16 = 0x0800;
 const PACKET_MAX: usize = 512;
 
-/// The collector.
-#[derive(Debug)]
-pub struct Dns {
-    config: DnsConfig,
-    node: String,
-}
+impl CollectorConfig for DnsConfig {
+    const NAME: &'static str = NAME;
+    const GROUP: Option<Group> = Some(Group::Ebpf);
 
-impl Dns {
-    /// A collector stamping `node` on its events.
-    #[must_use]
-    pub fn new(config: DnsConfig, node: String) -> Self {
-        Self { config, node }
-    }
-}
-
-impl Collector for Dns {
-    fn name(&self) -> &'static str {
-        NAME
+    fn validate(&self, path: &str, problems: &mut Vec<String>) {
+        self.check(path, problems);
     }
 
-    fn start(self: Box<Self>, context: Context) -> Result<Running, Error> {
-        let mut ebpf = load(objects::DNS, self.config.ring_buffer_bytes, &[])?;
-        let socket = packet_socket()?;
-        let filter: &mut aya::programs::SocketFilter = ebpf
-            .program_mut("tapio_dns")
-            .ok_or_else(|| {
-                Error::Unavailable("program tapio_dns is missing from the object".into())
-            })?
-            .try_into()
-            .map_err(|error| Error::Unavailable(format!("socket filter: {error}")))?;
-        filter.load().map_err(|error| {
-            Error::Unavailable(format!(
-                "socket filter: the verifier refused the program: {error}"
+    fn build(self, cx: BuildContext, context: Context) -> BuildFuture {
+        Box::pin(async move {
+            let mut ebpf = load(objects::DNS, self.ring_buffer_bytes, &[])?;
+            let socket = packet_socket()?;
+            let filter: &mut aya::programs::SocketFilter = ebpf
+                .program_mut("tapio_dns")
+                .ok_or_else(|| {
+                    Error::Unavailable("program tapio_dns is missing from the object".into())
+                })?
+                .try_into()
+                .map_err(|error| Error::Unavailable(format!("socket filter: {error}")))?;
+            filter.load().map_err(|error| {
+                Error::Unavailable(format!(
+                    "socket filter: the verifier refused the program: {error}"
+                ))
+            })?;
+            filter.attach(&socket).map_err(|error| {
+                Error::Unavailable(format!("socket filter: cannot attach: {error}"))
+            })?;
+            let ring = Ring::new(NAME, ebpf)?;
+            let mut tracker = Tracker {
+                stamp: Stamp::new(NAME, &cx.node_name),
+                pending: HashMap::new(),
+                max_pending: self.max_pending,
+                _socket: socket,
+            };
+            Ok::<Running, Error>(Box::pin(
+                ring.pump(context, move |record| tracker.decode(record)),
             ))
-        })?;
-        filter.attach(&socket).map_err(|error| {
-            Error::Unavailable(format!("socket filter: cannot attach: {error}"))
-        })?;
-        let ring = Ring::new(NAME, ebpf)?;
-        let mut tracker = Tracker {
-            stamp: Stamp::new(NAME, &self.node),
-            pending: HashMap::new(),
-            max_pending: self.config.max_pending,
-            _socket: socket,
-        };
-        Ok(Box::pin(
-            ring.pump(context, move |record| tracker.decode(record)),
-        ))
+        })
     }
 }
 

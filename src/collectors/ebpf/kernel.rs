@@ -2,14 +2,18 @@
 //! tracepoints (`ebpf/kernel.bpf.c`).
 
 use super::{Header, Reader, Ring, RingOptions, Stamp, attach_tracepoint, load, objects};
-use crate::collectors::{Collector, Context, Error, Running};
+use crate::collectors::{
+    BuildContext, BuildFuture, CollectorConfig, Context, Error, Group, Running,
+};
 use crate::event::{Event, Severity};
 
 /// Registry name.
 pub const NAME: &str = "kernel";
 
-/// Options of the `kernel` collector.
-pub type KernelConfig = RingOptions;
+/// Options of the `kernel` collector: its ring buffer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
+pub struct KernelConfig(pub RingOptions);
 
 // Record kinds and sizes of ebpf/tapio.h and ebpf/kernel.bpf.c.
 const KIND_EXEC: u32 = 1;
@@ -17,35 +21,25 @@ const KIND_EXIT: u32 = 2;
 const FILENAME_LEN: usize = 256;
 const ARGS_LEN: usize = 256;
 
-/// The collector.
-#[derive(Debug)]
-pub struct Kernel {
-    config: KernelConfig,
-    node: String,
-}
+impl CollectorConfig for KernelConfig {
+    const NAME: &'static str = NAME;
+    const GROUP: Option<Group> = Some(Group::Ebpf);
 
-impl Kernel {
-    /// A collector stamping `node` on its events.
-    #[must_use]
-    pub fn new(config: KernelConfig, node: String) -> Self {
-        Self { config, node }
-    }
-}
-
-impl Collector for Kernel {
-    fn name(&self) -> &'static str {
-        NAME
+    fn validate(&self, path: &str, problems: &mut Vec<String>) {
+        self.0.validate(path, problems);
     }
 
-    fn start(self: Box<Self>, context: Context) -> Result<Running, Error> {
-        let mut ebpf = load(objects::KERNEL, self.config.ring_buffer_bytes, &[])?;
-        attach_tracepoint(&mut ebpf, "tapio_exec", "sched", "sched_process_exec")?;
-        attach_tracepoint(&mut ebpf, "tapio_exit", "sched", "sched_process_exit")?;
-        let ring = Ring::new(NAME, ebpf)?;
-        let mut stamp = Stamp::new(NAME, &self.node);
-        Ok(Box::pin(
-            ring.pump(context, move |record| decode(&mut stamp, record)),
-        ))
+    fn build(self, cx: BuildContext, context: Context) -> BuildFuture {
+        Box::pin(async move {
+            let mut ebpf = load(objects::KERNEL, self.0.ring_buffer_bytes, &[])?;
+            attach_tracepoint(&mut ebpf, "tapio_exec", "sched", "sched_process_exec")?;
+            attach_tracepoint(&mut ebpf, "tapio_exit", "sched", "sched_process_exit")?;
+            let ring = Ring::new(NAME, ebpf)?;
+            let mut stamp = Stamp::new(NAME, &cx.node_name);
+            Ok::<Running, Error>(Box::pin(
+                ring.pump(context, move |record| decode(&mut stamp, record)),
+            ))
+        })
     }
 }
 

@@ -2,46 +2,40 @@
 //! the victim's pid, comm, cgroup and memory figures at the moment it was chosen.
 
 use super::{Header, Reader, Ring, RingOptions, Stamp, attach_btf_tracepoint, load, objects};
-use crate::collectors::{Collector, Context, Error, Running};
+use crate::collectors::{
+    BuildContext, BuildFuture, CollectorConfig, Context, Error, Group, Running,
+};
 use crate::event::{Event, Severity};
 
 /// Registry name.
 pub const NAME: &str = "memory";
 
-/// Options of the `memory` collector.
-pub type MemoryConfig = RingOptions;
+/// Options of the `memory` collector: its ring buffer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
+pub struct MemoryConfig(pub RingOptions);
 
 const KIND_OOM_KILL: u32 = 30;
 
-/// The collector.
-#[derive(Debug)]
-pub struct Memory {
-    config: MemoryConfig,
-    node: String,
-}
+impl CollectorConfig for MemoryConfig {
+    const NAME: &'static str = NAME;
+    const GROUP: Option<Group> = Some(Group::Ebpf);
 
-impl Memory {
-    /// A collector stamping `node` on its events.
-    #[must_use]
-    pub fn new(config: MemoryConfig, node: String) -> Self {
-        Self { config, node }
-    }
-}
-
-impl Collector for Memory {
-    fn name(&self) -> &'static str {
-        NAME
+    fn validate(&self, path: &str, problems: &mut Vec<String>) {
+        self.0.validate(path, problems);
     }
 
-    fn start(self: Box<Self>, context: Context) -> Result<Running, Error> {
-        let mut ebpf = load(objects::MEMORY, self.config.ring_buffer_bytes, &[])?;
-        attach_btf_tracepoint(&mut ebpf, "tapio_oom", "mark_victim")?;
-        let ring = Ring::new(NAME, ebpf)?;
-        let mut stamp = Stamp::new(NAME, &self.node);
-        let page = i64::try_from(rustix::param::page_size()).unwrap_or(4096);
-        Ok(Box::pin(ring.pump(context, move |record| {
-            decode(&mut stamp, page, record)
-        })))
+    fn build(self, cx: BuildContext, context: Context) -> BuildFuture {
+        Box::pin(async move {
+            let mut ebpf = load(objects::MEMORY, self.0.ring_buffer_bytes, &[])?;
+            attach_btf_tracepoint(&mut ebpf, "tapio_oom", "mark_victim")?;
+            let ring = Ring::new(NAME, ebpf)?;
+            let mut stamp = Stamp::new(NAME, &cx.node_name);
+            let page = i64::try_from(rustix::param::page_size()).unwrap_or(4096);
+            Ok::<Running, Error>(Box::pin(
+                ring.pump(context, move |record| decode(&mut stamp, page, record)),
+            ))
+        })
     }
 }
 

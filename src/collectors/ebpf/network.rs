@@ -15,7 +15,9 @@ use serde::Deserialize;
 
 use super::names::errno_name;
 use super::{Header, Reader, Ring, RingOptions, Stamp, attach_tracepoint, load, objects};
-use crate::collectors::{Collector, Context, Error, Running};
+use crate::collectors::{
+    BuildContext, BuildFuture, CollectorConfig, Context, Error, Group, Running,
+};
 use crate::event::{Event, Severity};
 
 /// Registry name.
@@ -43,7 +45,7 @@ impl Default for NetworkConfig {
 
 impl NetworkConfig {
     /// Appends problems to `problems`, each prefixed with `prefix`.
-    pub fn validate(&self, prefix: &str, problems: &mut Vec<String>) {
+    fn check(&self, prefix: &str, problems: &mut Vec<String>) {
         RingOptions {
             ring_buffer_bytes: self.ring_buffer_bytes,
         }
@@ -57,41 +59,31 @@ const KIND_TCP_CLOSE: u32 = 12;
 const KIND_TCP_FAILED: u32 = 13;
 const AF_INET: u16 = 2;
 
-/// The collector.
-#[derive(Debug)]
-pub struct Network {
-    config: NetworkConfig,
-    node: String,
-}
+impl CollectorConfig for NetworkConfig {
+    const NAME: &'static str = NAME;
+    const GROUP: Option<Group> = Some(Group::Ebpf);
 
-impl Network {
-    /// A collector stamping `node` on its events.
-    #[must_use]
-    pub fn new(config: NetworkConfig, node: String) -> Self {
-        Self { config, node }
-    }
-}
-
-impl Collector for Network {
-    fn name(&self) -> &'static str {
-        NAME
+    fn validate(&self, path: &str, problems: &mut Vec<String>) {
+        self.check(path, problems);
     }
 
-    fn start(self: Box<Self>, context: Context) -> Result<Running, Error> {
-        let exact = self.config.accept_syscalls;
-        let flags = [("accept_from_syscalls", u8::from(exact))];
-        let mut ebpf = load(objects::NETWORK, self.config.ring_buffer_bytes, &flags)?;
-        attach_tracepoint(&mut ebpf, "tapio_tcp_state", "sock", "inet_sock_set_state")?;
-        if exact {
-            attach_tracepoint(&mut ebpf, "tapio_accept4", "syscalls", "sys_exit_accept4")?;
-            attach_tracepoint(&mut ebpf, "tapio_accept", "syscalls", "sys_exit_accept")?;
-        }
-        let ring = Ring::new(NAME, ebpf)?;
-        let mut stamp = Stamp::new(NAME, &self.node);
-        let mut owners = ListenerOwners::default();
-        Ok(Box::pin(ring.pump(context, move |record| {
-            decode(&mut stamp, &mut owners, record)
-        })))
+    fn build(self, cx: BuildContext, context: Context) -> BuildFuture {
+        Box::pin(async move {
+            let exact = self.accept_syscalls;
+            let flags = [("accept_from_syscalls", u8::from(exact))];
+            let mut ebpf = load(objects::NETWORK, self.ring_buffer_bytes, &flags)?;
+            attach_tracepoint(&mut ebpf, "tapio_tcp_state", "sock", "inet_sock_set_state")?;
+            if exact {
+                attach_tracepoint(&mut ebpf, "tapio_accept4", "syscalls", "sys_exit_accept4")?;
+                attach_tracepoint(&mut ebpf, "tapio_accept", "syscalls", "sys_exit_accept")?;
+            }
+            let ring = Ring::new(NAME, ebpf)?;
+            let mut stamp = Stamp::new(NAME, &cx.node_name);
+            let mut owners = ListenerOwners::default();
+            Ok::<Running, Error>(Box::pin(ring.pump(context, move |record| {
+                decode(&mut stamp, &mut owners, record)
+            })))
+        })
     }
 }
 

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::names::{errno_name, errno_number, syscall_name, syscall_number};
 use super::{Lost, Stamp, attach_btf_tracepoint, c_string, load, objects};
-use crate::collectors::{Collector, Context, Error, Running};
+use crate::collectors::{BuildContext, BuildFuture, CollectorConfig, Context, Error, Running};
 use crate::event::Event;
 
 /// Registry name.
@@ -54,7 +54,7 @@ impl Default for SyscallErrorsConfig {
 
 impl SyscallErrorsConfig {
     /// Appends problems to `problems`, each prefixed with `prefix`.
-    pub fn validate(&self, prefix: &str, problems: &mut Vec<String>) {
+    fn check(&self, prefix: &str, problems: &mut Vec<String>) {
         if self.interval < Duration::from_millis(100) {
             problems.push(format!(
                 "{prefix}.interval: must be at least 100ms, got {:?}",
@@ -117,71 +117,59 @@ impl SyscallErrorsConfig {
 /// Highest errno and syscall number the kernel tables hold (ebpf/syscalls.bpf.c).
 const MAX_NUMBER: u32 = 1023;
 
-/// The collector.
-#[derive(Debug)]
-pub struct SyscallErrors {
-    config: SyscallErrorsConfig,
-    node: String,
-}
-
-impl SyscallErrors {
-    /// A collector stamping `node` on its events.
-    #[must_use]
-    pub fn new(config: SyscallErrorsConfig, node: String) -> Self {
-        Self { config, node }
-    }
-}
-
 type Key = [u32; 6];
 type Counts = [u64; 5];
 
-impl Collector for SyscallErrors {
-    fn name(&self) -> &'static str {
-        NAME
+impl CollectorConfig for SyscallErrorsConfig {
+    const NAME: &'static str = NAME;
+
+    fn validate(&self, path: &str, problems: &mut Vec<String>) {
+        self.check(path, problems);
     }
 
-    fn start(self: Box<Self>, context: Context) -> Result<Running, Error> {
-        let (errnos, only_errnos) = self.config.errno_list();
-        let syscalls: Vec<u32> = self
-            .config
-            .syscalls
-            .iter()
-            .filter_map(|n| syscall_number(n))
-            .collect();
-        let flags = [
-            ("only_listed_errnos", u8::from(only_errnos)),
-            ("only_listed_syscalls", u8::from(!syscalls.is_empty())),
-        ];
-        // The ring buffer is unused here: the smallest one the kernel takes.
-        let mut ebpf = load(objects::SYSCALLS, 4096, &flags)?;
-        let map_error = |what: &str, error: &dyn std::fmt::Display| {
-            Error::Unavailable(format!("{what}: {error}"))
-        };
-        for (name, numbers) in [("errno_list", &errnos), ("syscall_list", &syscalls)] {
-            let mut table: Array<_, u8> =
-                Array::try_from(ebpf.map_mut(name).ok_or_else(|| {
-                    Error::Unavailable(format!("probe object has no map {name}"))
-                })?)
-                .map_err(|e| map_error(name, &e))?;
-            for &n in numbers {
-                table.set(n, 1, 0).map_err(|e| map_error(name, &e))?;
+    fn build(self, cx: BuildContext, context: Context) -> BuildFuture {
+        Box::pin(async move {
+            let (errnos, only_errnos) = self.errno_list();
+            let syscalls: Vec<u32> = self
+                .syscalls
+                .iter()
+                .filter_map(|n| syscall_number(n))
+                .collect();
+            let flags = [
+                ("only_listed_errnos", u8::from(only_errnos)),
+                ("only_listed_syscalls", u8::from(!syscalls.is_empty())),
+            ];
+            // The ring buffer is unused here: the smallest one the kernel takes.
+            let mut ebpf = load(objects::SYSCALLS, 4096, &flags)?;
+            let map_error = |what: &str, error: &dyn std::fmt::Display| {
+                Error::Unavailable(format!("{what}: {error}"))
+            };
+            for (name, numbers) in [("errno_list", &errnos), ("syscall_list", &syscalls)] {
+                let mut table: Array<_, u8> =
+                    Array::try_from(ebpf.map_mut(name).ok_or_else(|| {
+                        Error::Unavailable(format!("probe object has no map {name}"))
+                    })?)
+                    .map_err(|e| map_error(name, &e))?;
+                for &n in numbers {
+                    table.set(n, 1, 0).map_err(|e| map_error(name, &e))?;
+                }
             }
-        }
-        attach_btf_tracepoint(&mut ebpf, "tapio_sys_exit", "sys_exit")?;
-        let counts: BpfHashMap<MapData, Key, Counts> = BpfHashMap::try_from(
-            ebpf.take_map("counts")
-                .ok_or_else(|| Error::Unavailable("probe object has no map counts".into()))?,
-        )
-        .map_err(|e| map_error("counts", &e))?;
-        let lost = Lost::take(NAME, &mut ebpf)?;
-        let reader = Flusher {
-            counts,
-            lost,
-            reported: HashMap::new(),
-            stamp: Stamp::new(NAME, &self.node),
-            _ebpf: ebpf,
-        };
-        Ok(Box::pin(run(reader, self.config.interval, context)))
+            attach_btf_tracepoint(&mut ebpf, "tapio_sys_exit", "sys_exit")?;
+            let counts: BpfHashMap<MapData, Key, Counts> = BpfHashMap::try_from(
+                ebpf.take_map("counts")
+                    .ok_or_else(|| Error::Unavailable("probe object has no map counts".into()))?,
+            )
+            .map_err(|e| map_error("counts", &e))?;
+            let lost = Lost::take(NAME, &mut ebpf)?;
+            let reader = Flusher {
+                counts,
+                lost,
+                reported: HashMap::new(),
+                stamp: Stamp::new(NAME, &cx.node_name),
+                _ebpf: ebpf,
+            };
+            Ok::<Running, Error>(Box::pin(run(reader, self.interval, context)))
+        })
     }
 }
 

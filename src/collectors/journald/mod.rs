@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use crate::collectors::{Collector, Context, Error, Running};
+use crate::collectors::{
+    BuildContext, BuildFuture, CollectorConfig, Context, Error, Group, Running,
+};
 use crate::delivery::{Ledger, Watcher};
 use crate::event::{AttrValue, Event, EventId, Severity};
 use crate::telemetry::DropCause;
@@ -113,7 +115,7 @@ fn valid_field_name(name: &str) -> bool {
 
 impl JournaldConfig {
     /// Appends every problem to `problems`, each naming its field under `prefix`.
-    pub fn validate(&self, prefix: &str, problems: &mut Vec<String>) {
+    fn check(&self, prefix: &str, problems: &mut Vec<String>) {
         if let Some(p) = &self.priority
             && parse_priority(p).is_none()
         {
@@ -205,85 +207,75 @@ impl JournaldConfig {
     }
 }
 
-/// The collector.
-#[derive(Debug)]
-pub struct Journald {
-    config: JournaldConfig,
-    node: String,
-}
+impl CollectorConfig for JournaldConfig {
+    const NAME: &'static str = NAME;
+    const GROUP: Option<Group> = Some(Group::Journald);
 
-impl Journald {
-    /// A collector stamping `node` on its events.
-    #[must_use]
-    pub fn new(config: JournaldConfig, node: String) -> Self {
-        Self { config, node }
-    }
-}
-
-impl Collector for Journald {
-    fn name(&self) -> &'static str {
-        NAME
+    fn validate(&self, path: &str, problems: &mut Vec<String>) {
+        self.check(path, problems);
     }
 
-    fn start(self: Box<Self>, context: Context) -> Result<Running, Error> {
-        let saved = match &self.config.state_dir {
-            Some(dir) => load_cursor(dir)
-                .map_err(|e| Error::Unavailable(format!("state_dir {}: {e}", dir.display())))?,
-            None => None,
-        };
-        let journal = self
-            .config
-            .open(saved.as_deref())
-            .map_err(|e| Error::Unavailable(e.to_string()))?;
-        if let Some(cursor) = &saved {
-            tracing::info!(cursor = %cursor, "journald: resuming after the saved cursor.");
-        }
-        for (path, error) in unreadable_files(self.config.directory.as_deref()) {
-            tracing::warn!(file = %path.display(), %error, "journald: skipping a journal file that cannot be read.");
-            context.degraded(format!(
-                "unreadable journal file {}: {error}",
-                path.display()
-            ));
-            context.dropped(DropCause::Unreadable, 1);
-        }
-        let pending = Arc::new(Mutex::new(VecDeque::new()));
-        let ledger = match &self.config.state_dir {
-            Some(dir) => Ledger::watched(Box::new(Checkpoint {
-                path: dir.join(CURSOR_FILE),
-                pending: Arc::clone(&pending),
-                watermark: 0,
-                latest: None,
-                saved,
-                saved_at: Instant::now(),
-            })),
-            None => Ledger::new(),
-        };
-        let reader = Reader {
-            journal,
-            follow: self.config.follow,
-            mapper: Mapper::new(self.node),
-            ledger: self.config.state_dir.is_some().then_some(ledger),
-            pending,
-        };
-        let stop = Arc::new(AtomicBool::new(false));
-        let handle = tokio::runtime::Handle::current();
-        let stopper = Arc::clone(&stop);
-        Ok(Box::pin(async move {
-            let shutdown = context.shutdown.clone();
-            let watch = tokio::spawn(async move {
-                shutdown.cancelled().await;
-                stopper.store(true, Ordering::Relaxed);
-            });
-            let stop_reader = Arc::clone(&stop);
-            let result =
-                tokio::task::spawn_blocking(move || reader.run(&context, &handle, &stop_reader))
-                    .await;
-            watch.abort();
-            match result {
-                Ok(result) => result,
-                Err(panic) => Err(Error::Unavailable(format!("the reader failed: {panic}"))),
+    fn build(self, cx: BuildContext, context: Context) -> BuildFuture {
+        Box::pin(async move {
+            let saved = match &self.state_dir {
+                Some(dir) => load_cursor(dir)
+                    .map_err(|e| Error::Unavailable(format!("state_dir {}: {e}", dir.display())))?,
+                None => None,
+            };
+            let journal = self
+                .open(saved.as_deref())
+                .map_err(|e| Error::Unavailable(e.to_string()))?;
+            if let Some(cursor) = &saved {
+                tracing::info!(cursor = %cursor, "journald: resuming after the saved cursor.");
             }
-        }))
+            for (path, error) in unreadable_files(self.directory.as_deref()) {
+                tracing::warn!(file = %path.display(), %error, "journald: skipping a journal file that cannot be read.");
+                context.degraded(format!(
+                    "unreadable journal file {}: {error}",
+                    path.display()
+                ));
+                context.dropped(DropCause::Unreadable, 1);
+            }
+            let pending = Arc::new(Mutex::new(VecDeque::new()));
+            let ledger = match &self.state_dir {
+                Some(dir) => Ledger::watched(Box::new(Checkpoint {
+                    path: dir.join(CURSOR_FILE),
+                    pending: Arc::clone(&pending),
+                    watermark: 0,
+                    latest: None,
+                    saved,
+                    saved_at: Instant::now(),
+                })),
+                None => Ledger::new(),
+            };
+            let reader = Reader {
+                journal,
+                follow: self.follow,
+                mapper: Mapper::new(cx.node_name),
+                ledger: self.state_dir.is_some().then_some(ledger),
+                pending,
+            };
+            let stop = Arc::new(AtomicBool::new(false));
+            let handle = tokio::runtime::Handle::current();
+            let stopper = Arc::clone(&stop);
+            Ok::<Running, Error>(Box::pin(async move {
+                let shutdown = context.shutdown.clone();
+                let watch = tokio::spawn(async move {
+                    shutdown.cancelled().await;
+                    stopper.store(true, Ordering::Relaxed);
+                });
+                let stop_reader = Arc::clone(&stop);
+                let result = tokio::task::spawn_blocking(move || {
+                    reader.run(&context, &handle, &stop_reader)
+                })
+                .await;
+                watch.abort();
+                match result {
+                    Ok(result) => result,
+                    Err(panic) => Err(Error::Unavailable(format!("the reader failed: {panic}"))),
+                }
+            }))
+        })
     }
 }
 
