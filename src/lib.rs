@@ -4,6 +4,7 @@
 //! Data flows one way: [`collectors`] -> [`manager`] -> [`correlation`] -> [`output`].
 
 pub mod agent;
+pub mod bounded;
 pub mod bridge;
 pub mod collectors;
 pub mod config;

@@ -11,7 +11,7 @@
 //! The pods also fill the node's [`PodDirectory`](crate::metadata::PodDirectory): container
 //! id -> pod, labels and owner workload, for the correlation engine.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -22,6 +22,7 @@ use kube::{Api, Client};
 use serde::Deserialize;
 use tokio_stream::StreamExt as _;
 
+use crate::bounded::Bounded;
 use crate::collectors::{
     BuildContext, BuildFuture, CollectorConfig, Context, Error, Group, Running,
 };
@@ -192,8 +193,7 @@ async fn run(collector: Watching, client: Client, context: Context) -> Result<()
         pods: Track::default(),
         nodes: Track::default(),
         events: Track::default(),
-        seen_events: HashMap::new(),
-        seen_order: VecDeque::new(),
+        seen_events: Bounded::new(EVENTS_REMEMBERED),
         slices: HashMap::new(),
         services: HashMap::new(),
         relisted_slices: HashSet::new(),
@@ -311,8 +311,8 @@ struct State {
     pods: Track<PodState>,
     nodes: Track<HashMap<String, String>>,
     events: Track<()>,
-    seen_events: HashMap<String, i32>,
-    seen_order: VecDeque<String>,
+    /// Event objects by uid, with the count last reported, the oldest forgotten first.
+    seen_events: Bounded<String, i32>,
     /// Endpoint slice uid -> (pod uid, service) pairs it lists.
     slices: HashMap<String, Vec<(String, String)>>,
     /// Pod uid -> services it backs, with how many slices say so.
@@ -808,15 +808,7 @@ impl State {
         // history listed at start.
         let uid = uid_of(&object.metadata);
         let count = object.count.unwrap_or(1);
-        let seen = self.seen_events.insert(uid.clone(), count);
-        if seen.is_none() {
-            self.seen_order.push_back(uid);
-            if self.seen_order.len() > EVENTS_REMEMBERED
-                && let Some(oldest) = self.seen_order.pop_front()
-            {
-                self.seen_events.remove(&oldest);
-            }
-        }
+        let seen = self.seen_events.insert(uid, count);
         if !report || seen.is_some_and(|c| c >= count) {
             return Vec::new();
         }

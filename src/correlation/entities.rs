@@ -8,10 +8,9 @@
 //! Bounded: each map holds at most `capacity` entries and forgets the oldest first; a
 //! process that exits is forgotten at once (its pid will be reused).
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::Arc;
 
+use crate::bounded::Bounded;
 use crate::event::Entities;
 
 /// The pod a container belongs to, as some event named it.
@@ -22,110 +21,6 @@ struct Pod {
     name: Arc<str>,
     workload_kind: Arc<str>,
     workload_name: Arc<str>,
-}
-
-/// A word-at-a-time multiplicative hash (the `FxHash` scheme): the keys are ids the
-/// collectors produce, not attacker-chosen, and `SipHash` on a 64-character container id
-/// per event was a large share of the engine's time.
-#[derive(Default)]
-pub(crate) struct Fx(u64);
-
-impl Fx {
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
-impl Hasher for Fx {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0; 8];
-            word.copy_from_slice(chunk);
-            self.add(u64::from_le_bytes(word));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut word = [0; 8];
-            word[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(word));
-        }
-    }
-
-    fn write_u8(&mut self, n: u8) {
-        self.add(u64::from(n));
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.add(u64::from(n));
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.add(n);
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.add(n as u64);
-    }
-}
-
-/// A `HashMap` hashed with [`Fx`].
-pub(crate) type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<Fx>>;
-
-/// A map that forgets its oldest entries beyond a capacity.
-#[derive(Debug)]
-pub(crate) struct Bounded<K, V> {
-    capacity: usize,
-    map: FxMap<K, V>,
-    order: VecDeque<K>,
-}
-
-impl<K: Clone + Eq + Hash, V: PartialEq> Bounded<K, V> {
-    pub(crate) fn new(capacity: usize) -> Self {
-        Self {
-            capacity: capacity.max(1),
-            map: FxMap::default(),
-            order: VecDeque::new(),
-        }
-    }
-
-    pub(crate) fn insert(&mut self, key: K, value: V) {
-        match self.map.get_mut(&key) {
-            Some(known) if *known == value => return,
-            Some(known) => *known = value,
-            None => {
-                while self.map.len() >= self.capacity {
-                    let Some(oldest) = self.order.pop_front() else {
-                        break;
-                    };
-                    self.map.remove(&oldest);
-                }
-                self.map.insert(key.clone(), value);
-                self.order.push_back(key);
-            }
-        }
-        // Keys removed by `remove` stay in `order` until they reach its front.
-        if self.order.len() > self.capacity * 2 {
-            let map = &self.map;
-            self.order.retain(|k| map.contains_key(k));
-        }
-    }
-
-    pub(crate) fn get(&self, key: &K) -> Option<&V> {
-        self.map.get(key)
-    }
-
-    fn remove(&mut self, key: &K) {
-        self.map.remove(key);
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.map.len()
-    }
 }
 
 /// What a process runs in.

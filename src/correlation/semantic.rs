@@ -23,8 +23,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Correlator;
-use super::entities::{Bounded, EntityIndex, FxMap};
+use super::entities::EntityIndex;
 use super::rules::{Relation, Rule};
+use crate::bounded::{Bounded, FxMap};
 use crate::event::{
     CausalLink, Correlation, Event, EventId, GroupId, Severity, SpanId, TraceId, keys,
 };

@@ -10,10 +10,11 @@
 //! gone is found by its cgroup id, which is the inode of its cgroup directory. Answers are
 //! cached, a bounded number of them.
 
-use std::collections::{HashMap, VecDeque};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use crate::bounded::Bounded;
 
 /// Identities cached when nothing else is configured.
 pub const DEFAULT_CAPACITY: usize = 4096;
@@ -43,9 +44,7 @@ impl Identity {
 /// The bounded cache and where it reads from.
 #[derive(Debug)]
 pub struct Containers {
-    capacity: usize,
-    known: HashMap<u64, Arc<Identity>>,
-    order: VecDeque<u64>,
+    known: Bounded<u64, Arc<Identity>>,
     // On a cgroup v2 host the kernel's cgroup id names the container's cgroup, so answers
     // are shared by every process in it; on v1 or hybrid hosts it is the v2 hierarchy's id,
     // the same for everyone, and answers must be per process.
@@ -71,9 +70,7 @@ impl Containers {
         cgroup_root: PathBuf,
     ) -> Self {
         Self {
-            capacity: capacity.max(1),
-            known: HashMap::new(),
-            order: VecDeque::new(),
+            known: Bounded::new(capacity),
             by_cgroup,
             proc_root,
             cgroup_root,
@@ -88,7 +85,7 @@ impl Containers {
             Arc::clone(known)
         } else {
             let found = Arc::new(self.look_up(pid, cgroup_id));
-            self.remember(key, Arc::clone(&found));
+            self.known.insert(key, Arc::clone(&found));
             found
         };
         (!identity.is_empty()).then_some(identity)
@@ -118,23 +115,6 @@ impl Containers {
             cgroup_id
         } else {
             u64::from(pid)
-        }
-    }
-
-    fn remember(&mut self, key: u64, identity: Arc<Identity>) {
-        while self.known.len() >= self.capacity {
-            match self.order.pop_front() {
-                Some(oldest) => {
-                    self.known.remove(&oldest);
-                }
-                None => break,
-            }
-        }
-        self.known.insert(key, identity);
-        self.order.push_back(key);
-        // Forgotten keys stay in `order` until evicted; keep it from outgrowing the cache.
-        if self.order.len() > self.capacity * 2 {
-            self.order.retain(|k| self.known.contains_key(k));
         }
     }
 
