@@ -54,7 +54,7 @@ impl DnsConfig {
     }
 }
 
-const KIND_DNS_PACKET: u32 = 20;
+pub(super) const KIND_DNS_PACKET: u32 = 20;
 const ETH_P_IP: u16 = 0x0800;
 const PACKET_MAX: usize = 512;
 

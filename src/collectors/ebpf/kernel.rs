@@ -16,10 +16,10 @@ pub const NAME: &str = "kernel";
 pub struct KernelConfig(pub RingOptions);
 
 // Record kinds and sizes of ebpf/tapio.h and ebpf/kernel.bpf.c.
-const KIND_EXEC: u32 = 1;
-const KIND_EXIT: u32 = 2;
-const FILENAME_LEN: usize = 256;
-const ARGS_LEN: usize = 256;
+pub(super) const KIND_EXEC: u32 = 1;
+pub(super) const KIND_EXIT: u32 = 2;
+pub(super) const FILENAME_LEN: usize = 256;
+pub(super) const ARGS_LEN: usize = 256;
 
 impl CollectorConfig for KernelConfig {
     const NAME: &'static str = NAME;
@@ -43,7 +43,7 @@ impl CollectorConfig for KernelConfig {
     }
 }
 
-fn decode(stamp: &mut Stamp, record: &[u8]) -> Option<Event> {
+pub(super) fn decode(stamp: &mut Stamp, record: &[u8]) -> Option<Event> {
     let mut reader = Reader::new(record);
     let header = Header::read(&mut reader)?;
     match header.kind {

@@ -15,7 +15,7 @@ pub const NAME: &str = "memory";
 #[serde(transparent)]
 pub struct MemoryConfig(pub RingOptions);
 
-const KIND_OOM_KILL: u32 = 30;
+pub(super) const KIND_OOM_KILL: u32 = 30;
 
 impl CollectorConfig for MemoryConfig {
     const NAME: &'static str = NAME;

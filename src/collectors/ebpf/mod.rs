@@ -498,3 +498,205 @@ pub fn unsupported_here() -> Option<String> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    /// `#define NAME NUMBER` lines of a C source.
+    fn defines(source: &str) -> HashMap<&str, u64> {
+        source
+            .lines()
+            .filter_map(|line| {
+                let mut words = line.strip_prefix("#define ")?.split_whitespace();
+                let name = words.next()?;
+                let value = words.next()?;
+                let value = match value.strip_prefix("0x") {
+                    Some(hex) => u64::from_str_radix(hex, 16).ok()?,
+                    None => value.parse().ok()?,
+                };
+                Some((name, value))
+            })
+            .collect()
+    }
+
+    /// The fields of `struct name` in a C source, each as (name, offset, size), laid out
+    /// the way C lays them out (natural alignment); a `struct header h` field is expanded.
+    fn layout(
+        source: &str,
+        name: &str,
+        header: &[(String, usize, usize)],
+    ) -> Vec<(String, usize, usize)> {
+        let defines = defines(source);
+        let start = source
+            .find(&format!("struct {name} {{"))
+            .unwrap_or_else(|| panic!("struct {name} is not in the source"));
+        let body = &source[start..start + source[start..].find("};").expect("the struct ends")];
+        let mut fields = Vec::new();
+        let mut offset = 0;
+        for line in body.lines().skip(1) {
+            let line = line
+                .split("/*")
+                .next()
+                .unwrap_or("")
+                .trim()
+                .trim_end_matches(';');
+            if line.is_empty() {
+                continue;
+            }
+            let (kind, field) = line.rsplit_once(' ').expect("a type and a name");
+            if kind == "struct header" {
+                fields.extend(header.iter().cloned());
+                offset = header
+                    .iter()
+                    .map(|(_, at, size)| at + size)
+                    .max()
+                    .unwrap_or(0);
+                offset = offset.next_multiple_of(8);
+                continue;
+            }
+            let (field, count) = match field.split_once('[') {
+                Some((field, count)) => {
+                    let count = count.trim_end_matches(']');
+                    let count = count
+                        .parse()
+                        .ok()
+                        .or_else(|| defines.get(count).map(|&n| n as usize))
+                        .or_else(|| (count == "TASK_COMM_LEN").then_some(16))
+                        .unwrap_or_else(|| panic!("array length {count}"));
+                    (field, count)
+                }
+                None => (field, 1),
+            };
+            let size = match kind {
+                "__u8" | "char" => 1,
+                "__u16" | "__s16" => 2,
+                "__u32" | "__s32" | "int" => 4,
+                "__u64" | "__s64" => 8,
+                other => panic!("field type {other} is not known to this check"),
+            };
+            offset = offset.next_multiple_of(size);
+            fields.push((field.to_owned(), offset, size * count));
+            offset += size * count;
+        }
+        fields
+    }
+
+    fn put(record: &mut Vec<u8>, at: usize, bytes: &[u8]) {
+        if record.len() < at + bytes.len() {
+            record.resize(at + bytes.len(), 0);
+        }
+        record[at..at + bytes.len()].copy_from_slice(bytes);
+    }
+
+    fn field<'a>(fields: &'a [(String, usize, usize)], name: &str) -> &'a (String, usize, usize) {
+        fields
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .unwrap_or_else(|| panic!("no field {name} in {fields:?}"))
+    }
+
+    const TAPIO_H: &str = include_str!("../../../ebpf/tapio.h");
+
+    #[test]
+    fn record_kinds_and_lengths_are_the_c_sides() {
+        let tapio = defines(TAPIO_H);
+        for (name, value) in [
+            ("KIND_EXEC", kernel::KIND_EXEC),
+            ("KIND_EXIT", kernel::KIND_EXIT),
+            ("KIND_TCP_CONNECT", network::KIND_TCP_CONNECT),
+            ("KIND_TCP_ACCEPT", network::KIND_TCP_ACCEPT),
+            ("KIND_TCP_CLOSE", network::KIND_TCP_CLOSE),
+            ("KIND_TCP_FAILED", network::KIND_TCP_FAILED),
+            ("KIND_OOM_KILL", memory::KIND_OOM_KILL),
+        ] {
+            assert_eq!(tapio.get(name), Some(&u64::from(value)), "{name}");
+        }
+        let dns_c = defines(include_str!("../../../ebpf/dns.bpf.c"));
+        assert_eq!(dns_c["KIND_DNS_PACKET"], u64::from(dns::KIND_DNS_PACKET));
+        let kernel_c = defines(include_str!("../../../ebpf/kernel.bpf.c"));
+        assert_eq!(kernel_c["FILENAME_LEN"], kernel::FILENAME_LEN as u64);
+        assert_eq!(kernel_c["ARGS_LEN"], kernel::ARGS_LEN as u64);
+    }
+
+    #[test]
+    fn the_header_and_the_exec_record_read_back_as_the_c_side_lays_them_out() {
+        let header = layout(TAPIO_H, "header", &[]);
+        let mut record = vec![
+            0u8;
+            header
+                .iter()
+                .map(|(_, at, size)| at + size)
+                .max()
+                .unwrap_or(0)
+        ];
+        for (n, (name, at, size)) in header.iter().enumerate() {
+            let value = match name.as_str() {
+                "comm" => b"probe-test\0".to_vec(),
+                _ => (0x0101_0101_0101_0101u64 * (n as u64 + 1)).to_le_bytes()[..*size].to_vec(),
+            };
+            put(&mut record, *at, &value);
+        }
+        let read = Header::read(&mut Reader::new(&record)).expect("a header");
+        let u32_at = |name: &str| {
+            let (_, at, _) = field(&header, name);
+            u32::from_le_bytes(record[*at..at + 4].try_into().expect("4 bytes"))
+        };
+        let u64_at = |name: &str| {
+            let (_, at, _) = field(&header, name);
+            u64::from_le_bytes(record[*at..at + 8].try_into().expect("8 bytes"))
+        };
+        assert_eq!(
+            (read.kind, read.pid, read.tid, read.uid),
+            (u32_at("kind"), u32_at("pid"), u32_at("tid"), u32_at("uid"))
+        );
+        assert_eq!(
+            (read.ktime, read.cgroup_id),
+            (u64_at("ktime"), u64_at("cgroup_id"))
+        );
+        assert_eq!(read.comm, "probe-test");
+
+        // An exec record built by the C layout decodes into the right attributes.
+        let exec = layout(
+            include_str!("../../../ebpf/kernel.bpf.c"),
+            "exec_record",
+            &header,
+        );
+        let mut record = vec![
+            0u8;
+            exec.iter()
+                .map(|(_, at, size)| at + size)
+                .max()
+                .unwrap_or(0)
+        ];
+        put(
+            &mut record,
+            field(&exec, "kind").1,
+            &kernel::KIND_EXEC.to_le_bytes(),
+        );
+        put(&mut record, field(&exec, "pid").1, &u32::MAX.to_le_bytes());
+        put(&mut record, field(&exec, "comm").1, b"sh\0");
+        put(&mut record, field(&exec, "ppid").1, &4321u32.to_le_bytes());
+        put(&mut record, field(&exec, "args_len").1, &5u32.to_le_bytes());
+        put(&mut record, field(&exec, "filename").1, b"/bin/true\0");
+        put(&mut record, field(&exec, "args").1, b"a\0bc\0");
+        assert_eq!(record.len(), field(&exec, "args").1 + kernel::ARGS_LEN);
+        let mut stamp = Stamp::new("kernel", "node");
+        let event = kernel::decode(&mut stamp, &record).expect("an exec event");
+        assert_eq!(event.kind.as_ref(), "process.exec");
+        assert_eq!(
+            event.attributes.get("ppid"),
+            Some(&crate::event::AttrValue::Int(4321))
+        );
+        assert_eq!(
+            event.attributes.get("filename"),
+            Some(&crate::event::AttrValue::Str("/bin/true".into()))
+        );
+        assert_eq!(
+            event.attributes.get("args"),
+            Some(&crate::event::AttrValue::Str("a bc".into()))
+        );
+    }
+}

@@ -53,10 +53,10 @@ impl NetworkConfig {
     }
 }
 
-const KIND_TCP_CONNECT: u32 = 10;
-const KIND_TCP_ACCEPT: u32 = 11;
-const KIND_TCP_CLOSE: u32 = 12;
-const KIND_TCP_FAILED: u32 = 13;
+pub(super) const KIND_TCP_CONNECT: u32 = 10;
+pub(super) const KIND_TCP_ACCEPT: u32 = 11;
+pub(super) const KIND_TCP_CLOSE: u32 = 12;
+pub(super) const KIND_TCP_FAILED: u32 = 13;
 const AF_INET: u16 = 2;
 
 impl CollectorConfig for NetworkConfig {
