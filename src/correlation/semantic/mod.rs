@@ -18,17 +18,20 @@
 //! a new member, at most [`Limits::max_groups`] are open (the quietest closes first) and at
 //! most [`Limits::max_group_events`] join one group.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
+
+mod group;
+mod predict;
 
 use super::Correlator;
 use super::entities::EntityIndex;
 use super::rules::{Relation, Rule};
 use crate::bounded::{Bounded, FxMap};
-use crate::event::{
-    CausalLink, Correlation, Event, EventId, GroupId, Severity, SpanId, TraceId, keys,
-};
+use crate::event::{CausalLink, Correlation, Event, EventId, GroupId, Severity, SpanId, TraceId};
+pub use group::{Criticality, Group, Member};
+pub use predict::Prediction;
 
 /// The engine's bounds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,174 +67,6 @@ impl Default for Limits {
             entities: 65_536,
             join_window: Duration::from_mins(1),
         }
-    }
-}
-
-/// A likely next effect of a group.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Prediction {
-    /// The event type expected next.
-    pub event_type: &'static str,
-    /// 0..1.
-    pub probability: f64,
-    /// What would prevent it, from the group's evidence.
-    pub prevention: Vec<String>,
-}
-
-/// One event of a group, as its span: what the trace exporter needs once the event itself
-/// has left.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Member {
-    /// The event's id.
-    pub id: EventId,
-    /// Its type: the span's name.
-    pub kind: String,
-    /// Event time, Unix nanoseconds.
-    pub timestamp: u64,
-    /// Its span in the group's trace.
-    pub span: Option<SpanId>,
-    /// Its causal predecessor's span; `None` for the root cause.
-    pub parent: Option<SpanId>,
-    /// The trace context the event arrived with (an application's), linked from its span.
-    pub own_context: Option<(TraceId, SpanId)>,
-    /// Causes that matched in other groups: span links across traces.
-    pub cross_links: Vec<(TraceId, SpanId)>,
-    /// The entity a related (not causally linked) member shares with the group.
-    pub joined_on: Option<Relation>,
-    /// Severity.
-    pub severity: Severity,
-    /// Human text.
-    pub message: String,
-    /// What it touched.
-    pub entities: crate::event::Entities,
-}
-
-/// A group as it stands: what the server and the trace exporter receive when it closes.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Group {
-    /// Its id (derived from the root cause's event id).
-    pub id: GroupId,
-    /// Its trace id (derived from the group id).
-    pub trace_id: TraceId,
-    /// The earliest cause in the rule graph.
-    pub root: EventId,
-    /// Member events, in arrival order.
-    pub events: Vec<EventId>,
-    /// The same members with what their spans need.
-    pub members: Vec<Member>,
-    /// Every causal link: (effect, link).
-    pub chain: Vec<(EventId, CausalLink)>,
-    /// 0..1.
-    pub impact: f64,
-    /// Likely next effects.
-    pub predictions: Vec<Prediction>,
-    /// 0..1: how likely at least one more effect follows, 1 - prod(1 - p) over predictions.
-    pub cascade_risk: f64,
-    /// Event time of the first and the last member.
-    pub first_seen: u64,
-    /// See `first_seen`.
-    pub last_seen: u64,
-    /// One line for humans; written when the group closes.
-    pub summary: String,
-    root_kind: &'static str,
-    kinds: HashSet<&'static str>,
-    reach: Reach,
-    related: usize,
-    severity: Severity,
-    evidence: Vec<String>,
-    recurrence: u32,
-    critical: bool,
-}
-
-/// The distinct entities a group touched (by key): its blast radius.
-#[derive(Clone, Debug, Default, PartialEq)]
-struct Reach {
-    pods: HashSet<u64>,
-    workloads: HashSet<u64>,
-    services: HashSet<u64>,
-    units: HashSet<u64>,
-}
-
-impl Reach {
-    fn add(&mut self, event: &Event) {
-        let e = &event.entities;
-        if let Some(key) = Relation::Pod.key(e) {
-            self.pods.insert(key);
-        }
-        if let Some(key) = Relation::Workload.key(e) {
-            self.workloads.insert(key);
-        }
-        if let Some(key) = Relation::Unit.key(e) {
-            self.units.insert(key);
-        }
-        if let Some(crate::event::AttrValue::Str(service)) =
-            event.attributes.get(keys::SERVICE_NAME)
-        {
-            self.services.insert(crate::event::hash_parts(&[
-                e.pod_namespace.as_bytes(),
-                service.as_bytes(),
-            ]));
-        }
-    }
-
-    /// Entities touched, counting a workload only beyond the first (its pods count already).
-    fn width(&self) -> usize {
-        self.pods.len()
-            + self.workloads.len().saturating_sub(1)
-            + self.services.len()
-            + self.units.len()
-    }
-
-    fn describe(&self) -> String {
-        let mut parts = vec![plural(self.pods.len(), "pod")];
-        for (n, what) in [
-            (self.workloads.len(), "workload"),
-            (self.services.len(), "service"),
-            (self.units.len(), "unit"),
-        ] {
-            if n > 0 {
-                parts.push(plural(n, what));
-            }
-        }
-        parts.join(", ")
-    }
-}
-
-fn plural(n: usize, what: &str) -> String {
-    if n == 1 {
-        format!("1 {what}")
-    } else {
-        format!("{n} {what}s")
-    }
-}
-
-/// What makes an incident matter most. Empty: everything matters the same; otherwise a
-/// group touching none of it has its impact scaled by 0.75.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Criticality {
-    /// Pod namespaces.
-    pub namespaces: Vec<String>,
-    /// Pod labels as (key, value); no value: the key alone. Read from `k8s.pod.label.<key>`
-    /// attributes, and remembered per pod for its events that carry none.
-    pub labels: Vec<(String, Option<String>)>,
-    /// systemd units.
-    pub units: Vec<String>,
-}
-
-impl Criticality {
-    fn is_empty(&self) -> bool {
-        self.namespaces.is_empty() && self.labels.is_empty() && self.units.is_empty()
-    }
-
-    fn by_labels(&self, event: &Event) -> bool {
-        self.labels.iter().any(|(key, value)| {
-            event.attributes.iter().any(|a| {
-                a.key.strip_prefix(keys::POD_LABEL_PREFIX) == Some(key.as_str())
-                    && value.as_ref().is_none_or(
-                        |v| matches!(&a.value, crate::event::AttrValue::Str(s) if s == v),
-                    )
-            })
-        })
     }
 }
 
@@ -637,186 +472,6 @@ fn trace_id_of(group: GroupId) -> TraceId {
     TraceId::new(group.to_bytes()).unwrap_or_else(|| TraceId::new([1; 16]).expect("non-zero"))
 }
 
-fn severity_weight(severity: Severity) -> f64 {
-    match severity {
-        Severity::Debug => 0.1,
-        Severity::Info => 0.25,
-        Severity::Warning => 0.5,
-        Severity::Error => 0.75,
-        Severity::Critical => 1.0,
-    }
-}
-
-impl Group {
-    /// The group as the server receives it.
-    #[must_use]
-    pub fn to_proto(&self) -> crate::pb::SemanticGroup {
-        crate::pb::SemanticGroup {
-            group_id: self.id.to_bytes().to_vec(),
-            trace_id: self.trace_id.to_bytes().to_vec(),
-            root_cause_event_id: self.root.to_bytes().to_vec(),
-            event_ids: self
-                .events
-                .iter()
-                .map(|id| id.to_bytes().to_vec())
-                .collect(),
-            impact: self.impact,
-            causal_chain: self
-                .chain
-                .iter()
-                .map(|(_, link)| link.clone().into())
-                .collect(),
-            predictions: self
-                .predictions
-                .iter()
-                .map(|p| crate::pb::Prediction {
-                    event_type: p.event_type.to_owned(),
-                    probability: p.probability,
-                    prevention_actions: p.prevention.clone(),
-                })
-                .collect(),
-            first_seen_unix_nano: self.first_seen,
-            last_seen_unix_nano: self.last_seen,
-            summary: self.summary.clone(),
-            cascade_risk: self.cascade_risk,
-        }
-    }
-
-    fn new(id: GroupId, root: &Event, recurrence: u32, rules: &[Rule]) -> Self {
-        Self {
-            root_kind: known_kind(rules, &root.kind),
-            id,
-            trace_id: trace_id_of(id),
-            root: root.id,
-            events: Vec::new(),
-            members: Vec::new(),
-            chain: Vec::new(),
-            impact: 0.0,
-            predictions: Vec::new(),
-            cascade_risk: 0.0,
-            first_seen: root.timestamp,
-            last_seen: root.timestamp,
-            summary: String::new(),
-            kinds: HashSet::new(),
-            reach: Reach::default(),
-            related: 0,
-            severity: Severity::Debug,
-            evidence: Vec::new(),
-            recurrence,
-            critical: false,
-        }
-    }
-
-    fn add(&mut self, event: &Event, join: Join, rules: &[Rule], critical: bool) {
-        let Join {
-            parent,
-            cross_links,
-            links,
-            joined_on,
-        } = join;
-        self.critical |= critical;
-        self.events.push(event.id);
-        let own_context = event
-            .trace_id
-            .filter(|t| *t != self.trace_id)
-            .zip(event.parent_span_id.or(event.span_id));
-        self.members.push(Member {
-            id: event.id,
-            kind: event.kind.to_string(),
-            timestamp: event.timestamp,
-            span: event.span_id,
-            parent,
-            own_context,
-            cross_links,
-            joined_on,
-            severity: event.severity,
-            message: event.message.clone(),
-            entities: event.entities.clone(),
-        });
-        self.chain.extend(links.into_iter().map(|l| (event.id, l)));
-        self.first_seen = self.first_seen.min(event.timestamp);
-        self.last_seen = self.last_seen.max(event.timestamp);
-        self.severity = self.severity.max(event.severity);
-        if joined_on.is_some() {
-            self.related += 1;
-        } else {
-            self.kinds.insert(known_kind(rules, &event.kind));
-        }
-        self.reach.add(event);
-        if let Some(fact) = evidence(event)
-            && !self.evidence.contains(&fact)
-        {
-            self.evidence.push(fact);
-        }
-        // Impact: how bad (severity) x how wide (pods, workloads, services and units
-        // touched) x how often (recurrence) x where (something critical, when configured).
-        let width = i32::try_from(self.reach.width().max(1)).unwrap_or(i32::MAX);
-        let blast = 1.0 - 0.5f64.powi(width);
-        let recurring = (0.8 + 0.1 * f64::from(self.recurrence.saturating_sub(1))).min(1.0);
-        let criticality = if self.critical { 1.0 } else { 0.75 };
-        self.impact =
-            (severity_weight(self.severity) * (0.6 + 0.4 * blast) * recurring * criticality)
-                .clamp(0.0, 1.0);
-        // A related member changes neither the causal kinds nor the evidence.
-        if joined_on.is_some() {
-            return;
-        }
-        // What comes next: the rules leading on from the newest causal member, and the
-        // spread of the root cause across its workload while the group is open.
-        let newest = known_kind(rules, &event.kind);
-        self.predictions = rules
-            .iter()
-            .filter(|r| {
-                r.cause == newest || (r.cause == self.root_kind && r.relation == Relation::Workload)
-            })
-            .map(|r| Prediction {
-                event_type: r.effect,
-                probability: r.confidence,
-                prevention: self.evidence.clone(),
-            })
-            .collect();
-        self.predictions.sort_by(|a, b| {
-            b.probability
-                .total_cmp(&a.probability)
-                .then(a.event_type.cmp(b.event_type))
-        });
-        self.predictions
-            .dedup_by(|a, b| a.event_type == b.event_type);
-        self.cascade_risk = 1.0
-            - self
-                .predictions
-                .iter()
-                .map(|p| 1.0 - p.probability)
-                .product::<f64>();
-    }
-
-    /// Writes `summary`: once, when the group closes, since nothing reads it before.
-    fn summarise(&mut self) {
-        let mut effects: Vec<&str> = self
-            .kinds
-            .iter()
-            .copied()
-            .filter(|k| *k != self.root_kind)
-            .collect();
-        effects.sort_unstable();
-        let related = match self.related {
-            0 => String::new(),
-            n => format!(", {} on the same entities", plural(n, "related event")),
-        };
-        self.summary = format!(
-            "{} led to {} ({}{related}; {})",
-            self.root_kind,
-            if effects.is_empty() {
-                "nothing yet".to_owned()
-            } else {
-                effects.join(", ")
-            },
-            plural(self.events.len(), "event"),
-            self.reach.describe()
-        );
-    }
-}
-
 /// How an event joins a group.
 #[derive(Default)]
 struct Join {
@@ -842,43 +497,6 @@ fn known_kind(rules: &[Rule], kind: &str) -> &'static str {
             }
         })
         .unwrap_or("other")
-}
-
-/// A prevention action read off an event's figures.
-fn evidence(event: &Event) -> Option<String> {
-    use crate::event::AttrValue;
-    if event.kind != "memory.oom_kill" {
-        return None;
-    }
-    let int = |key: &str| match event.attributes.get(key) {
-        Some(AttrValue::Int(n)) => Some(*n),
-        _ => None,
-    };
-    let peak = int("memory_usage_peak_bytes").or_else(|| int("anon_rss_bytes"))?;
-    let who = if event.entities.workload_name.is_empty() {
-        event.entities.comm.to_string()
-    } else {
-        format!(
-            "{}/{}",
-            event.entities.pod_namespace, event.entities.workload_name
-        )
-    };
-    let mib = |b: i64| b >> 20;
-    // Head-room of a quarter over the observed peak, rounded up to 64 MiB.
-    let suggested = ((peak + peak / 4) >> 26) + 1;
-    Some(match int("memory_limit_bytes") {
-        Some(limit) => format!(
-            "raise the memory limit of {who} from {} MiB to at least {} MiB (peak observed {} MiB)",
-            mib(limit),
-            suggested * 64,
-            mib(peak)
-        ),
-        None => format!(
-            "give {who} a memory limit above {} MiB (peak observed {} MiB)",
-            suggested * 64,
-            mib(peak)
-        ),
-    })
 }
 
 impl Correlator for Semantic {
@@ -972,6 +590,7 @@ impl Correlator for Semantic {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
     use std::fmt::Write as _;
 
     use proptest::prelude::*;
@@ -979,6 +598,7 @@ mod tests {
     use super::*;
     use crate::collectors::synthetic::{Scenario, SyntheticConfig, World};
     use crate::correlation::rules::builtin;
+    use crate::event::keys;
 
     fn synthetic(scenario: Scenario, seed: u64, count: usize) -> Vec<Event> {
         let config = SyntheticConfig {
