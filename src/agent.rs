@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::bridge::{self, Bridge, BridgeConfig, SpoolConfig, TlsFiles};
+use crate::bridge::{self, Bridge, BridgeConfig};
 use crate::collectors::BuildContext;
 use crate::config::Config;
 use crate::manager::Manager;
@@ -32,9 +32,6 @@ pub enum Error {
     /// The embedded server could not start.
     #[error("embedded server: {0}")]
     Server(#[from] server::Error),
-    /// The token file for the server cannot be used.
-    #[error("server.token_file: {0}")]
-    Token(#[source] server::Error),
     /// The bridge task ended while the pipeline still had events for it.
     #[error("the bridge stopped unexpectedly")]
     BridgeClosed,
@@ -369,32 +366,8 @@ async fn start_delivery(
     } else {
         s.address.clone()
     };
-    let token = s
-        .token_file
-        .as_deref()
-        .map(server::read_token)
-        .transpose()
-        .map_err(Error::Token)?;
     let bridge = Bridge::spawn(
-        BridgeConfig {
-            address,
-            collector_id: node_name.to_owned(),
-            batch_events: s.buffer_size,
-            flush_interval: s.flush_interval,
-            window: s.window,
-            max_pending_batches: s.max_pending_batches,
-            drain_timeout: s.drain_timeout,
-            token,
-            spool: s.spool_dir.as_ref().map(|dir| SpoolConfig {
-                dir: dir.clone(),
-                max_bytes: s.spool_max_bytes,
-                when_full: s.spool_when_full,
-            }),
-            tls: (!s.insecure).then(|| TlsFiles {
-                ca: s.tls_ca.clone(),
-                identity: s.tls_cert.clone().zip(s.tls_key.clone()),
-            }),
-        },
+        BridgeConfig::from_settings(s, address, node_name.to_owned())?,
         telemetry.register_bridge(),
         input_ending.clone(),
     )?;

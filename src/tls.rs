@@ -1,5 +1,6 @@
-//! PEM files for TLS, read and parsed in one place for tapio-server, the bridge and the
-//! scraping collectors: every error names the file and what it was meant to hold.
+//! Credential files, read and parsed in one place for tapio-server, the bridge and the
+//! scraping collectors: PEM files for TLS and bearer token files. Every error names the
+//! file and what it was meant to hold.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -147,6 +148,32 @@ pub fn client_identity(
             source,
         })?;
     Ok((chain, private))
+}
+
+/// A bearer token file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("token file {}: {reason}", path.display())]
+pub struct TokenError {
+    /// The file.
+    pub path: PathBuf,
+    /// Why.
+    pub reason: String,
+}
+
+/// Reads a token file: its content without surrounding white space, never empty.
+pub fn read_token(path: &Path) -> std::result::Result<String, TokenError> {
+    let text = std::fs::read_to_string(path).map_err(|e| TokenError {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let token = text.trim().to_owned();
+    if token.is_empty() {
+        return Err(TokenError {
+            path: path.to_owned(),
+            reason: "is empty".into(),
+        });
+    }
+    Ok(token)
 }
 
 /// An error with every source below it, `outer: inner: innermost`: transport errors say

@@ -91,6 +91,20 @@ pub fn deserialize_duration<'de, D: Deserializer<'de>>(
     parse_duration(&text).map_err(serde::de::Error::custom)
 }
 
+/// Checks `host:port` (a host, and a port 1..=65535); the reason names the address.
+pub fn check_host_port(address: &str) -> std::result::Result<(), String> {
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return Err(format!("{address:?} is not host:port (or none)"));
+    };
+    if host.is_empty() || host.contains('/') {
+        return Err(format!("{address:?} has no valid host"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(format!("{address:?} has no valid port (1..=65535)")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use rstest::rstest;

@@ -9,6 +9,7 @@
 
 mod batch;
 mod codec;
+mod config;
 mod connection;
 mod delivery;
 pub mod spool;
@@ -28,6 +29,7 @@ use tonic::transport::Endpoint;
 
 pub use batch::{Batcher, MAX_BATCH_BYTES, Origin, Sealed, TooLarge};
 pub use codec::PreEncoded;
+pub use config::ServerConfig;
 use connection::{Backoff, Connection, client_tls, close, connect, hello, limit_from};
 use delivery::{Delivery, Queue};
 pub use spool::{Recovered, Spool, SpoolRef};
@@ -53,6 +55,9 @@ pub enum Error {
     /// The token is not valid in an HTTP header.
     #[error("the bearer token contains characters not allowed in an HTTP header")]
     Token,
+    /// The token file cannot be used.
+    #[error("server.token_file: {0}")]
+    TokenFile(#[source] crate::tls::TokenError),
     /// A TLS file could not be read or used.
     #[error("TLS to the server: {0}")]
     Tls(#[from] crate::tls::Error),
@@ -105,6 +110,42 @@ pub struct BridgeConfig {
     pub spool: Option<SpoolConfig>,
     /// TLS to the server; `None` is plain text.
     pub tls: Option<TlsFiles>,
+}
+
+impl BridgeConfig {
+    /// The bridge's settings from the YAML `server:` section, to deliver to `address` (the
+    /// section's, or the embedded server's) as `collector_id`; reads the token file.
+    pub fn from_settings(
+        settings: &ServerConfig,
+        address: String,
+        collector_id: String,
+    ) -> Result<Self, Error> {
+        let token = settings
+            .token_file
+            .as_deref()
+            .map(crate::tls::read_token)
+            .transpose()
+            .map_err(Error::TokenFile)?;
+        Ok(Self {
+            address,
+            collector_id,
+            batch_events: settings.buffer_size,
+            flush_interval: settings.flush_interval,
+            window: settings.window,
+            max_pending_batches: settings.max_pending_batches,
+            drain_timeout: settings.drain_timeout,
+            token,
+            spool: settings.spool_dir.as_ref().map(|dir| SpoolConfig {
+                dir: dir.clone(),
+                max_bytes: settings.spool_max_bytes,
+                when_full: settings.spool_when_full,
+            }),
+            tls: (!settings.insecure).then(|| TlsFiles {
+                ca: settings.tls_ca.clone(),
+                identity: settings.tls_cert.clone().zip(settings.tls_key.clone()),
+            }),
+        })
+    }
 }
 
 /// PEM files for TLS to the server.

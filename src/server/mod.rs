@@ -40,13 +40,8 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The token file could not be read or is empty.
-    #[error("token file {path}: {reason}")]
-    Token {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        reason: String,
-    },
+    #[error(transparent)]
+    Token(crate::tls::TokenError),
     /// A TLS file could not be read or used.
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::Error),
@@ -712,22 +707,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Reads a token file: its content without surrounding white space, never empty.
-pub fn read_token(path: &std::path::Path) -> Result<String> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::Token {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    })?;
-    let token = text.trim().to_owned();
-    if token.is_empty() {
-        return Err(Error::Token {
-            path: path.to_owned(),
-            reason: "is empty".into(),
-        });
-    }
-    Ok(token)
-}
-
 /// The TLS acceptor for `--tls-cert`/`--tls-key` (and `--tls-client-ca`), built up front
 /// so that an unusable certificate, key or CA is an error at start that names the file.
 fn server_tls(args: &ServeArgs) -> Result<Option<tokio_rustls::TlsAcceptor>> {
@@ -819,7 +798,12 @@ impl Server {
     /// address, so every one of those errors surfaces before serving.
     pub async fn bind(args: &ServeArgs) -> Result<Self> {
         args.validate()?;
-        let token = args.token_file.as_deref().map(read_token).transpose()?;
+        let token = args
+            .token_file
+            .as_deref()
+            .map(crate::tls::read_token)
+            .transpose()
+            .map_err(Error::Token)?;
         let tls = server_tls(args)?;
         let store = Store::open(&args.data_dir, args.sync)?;
         let listener = tokio::net::TcpListener::bind(&args.listen)
