@@ -13,6 +13,52 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 
+/// Why a client could not be made or a request failed; each names the URL or the file.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A CA, certificate or key file cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::Error),
+    /// rustls refused the settings.
+    #[error("TLS settings: {0}")]
+    Rustls(#[source] rustls::Error),
+    /// The URL does not make a request.
+    #[error("{url}: {source}")]
+    Url {
+        /// The URL.
+        url: String,
+        /// Why.
+        #[source]
+        source: hyper::http::Error,
+    },
+    /// Connecting, TLS or the request failed (the message carries every cause).
+    #[error("{url}: {}", crate::tls::error_chain(.source))]
+    Request {
+        /// The URL.
+        url: String,
+        /// Why.
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    /// The body could not be read.
+    #[error("{url}: reading the body: {source}")]
+    Body {
+        /// The URL.
+        url: String,
+        /// Why.
+        #[source]
+        source: hyper::Error,
+    },
+    /// No answer in time.
+    #[error("{url}: no answer within {after:?}")]
+    Timeout {
+        /// The URL.
+        url: String,
+        /// The timeout.
+        after: Duration,
+    },
+}
+
 /// How to reach an endpoint.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Tls {
@@ -49,29 +95,28 @@ impl HttpClient {
     ///
     /// # Errors
     /// A file that cannot be read or parsed, named with the reason.
-    pub fn new(tls: &Tls, token: Option<String>, timeout: Duration) -> Result<Self, String> {
+    pub fn new(tls: &Tls, token: Option<String>, timeout: Duration) -> Result<Self, Error> {
         let provider = crate::tls::provider();
         let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?;
+            .map_err(Error::Rustls)?;
         let builder = if tls.insecure_skip_verify {
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(AcceptAnything(provider)))
         } else {
             let roots = match &tls.ca_file {
-                Some(path) => crate::tls::roots(path, "CA").map_err(|e| e.to_string())?,
+                Some(path) => crate::tls::roots(path, "CA")?,
                 None => crate::tls::native_roots(),
             };
             builder.with_root_certificates(roots)
         };
         let config = match (&tls.cert_file, &tls.key_file) {
             (Some(cert), Some(key)) => {
-                let (certs, key) =
-                    crate::tls::client_identity(cert, key).map_err(|e| e.to_string())?;
+                let (certs, key) = crate::tls::client_identity(cert, key)?;
                 builder
                     .with_client_auth_cert(certs, key)
-                    .map_err(|e| e.to_string())?
+                    .map_err(Error::Rustls)?
             }
             _ => builder.with_no_client_auth(),
         };
@@ -90,39 +135,43 @@ impl HttpClient {
     /// GETs `url`.
     ///
     /// # Errors
-    /// A bad URL, a connection or TLS failure, or the timeout, as text.
-    pub async fn get(&self, url: &str) -> Result<Response, String> {
+    /// A bad URL, a connection or TLS failure, an unreadable body, or the timeout.
+    pub async fn get(&self, url: &str) -> Result<Response, Error> {
         let mut request = hyper::Request::get(url);
         if let Some(token) = &self.token {
             request = request.header("authorization", format!("Bearer {token}"));
         }
-        let request = request
-            .body(Empty::new())
-            .map_err(|e| format!("{url}: {e}"))?;
+        let request = request.body(Empty::new()).map_err(|source| Error::Url {
+            url: url.to_owned(),
+            source,
+        })?;
         let work = async {
-            let response = self.client.request(request).await.map_err(|e| {
-                // The source chain says why (refused, TLS), the top error only "client error".
-                let mut text = e.to_string();
-                let mut source = std::error::Error::source(&e);
-                while let Some(inner) = source {
-                    text = format!("{text}: {inner}");
-                    source = inner.source();
-                }
-                text
-            })?;
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|source| Error::Request {
+                    url: url.to_owned(),
+                    source,
+                })?;
             let status = response.status().as_u16();
             let body = response
                 .into_body()
                 .collect()
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(|source| Error::Body {
+                    url: url.to_owned(),
+                    source,
+                })?
                 .to_bytes();
             Ok(Response { status, body })
         };
         tokio::time::timeout(self.timeout, work)
             .await
-            .map_err(|_| format!("{url}: no answer within {:?}", self.timeout))?
-            .map_err(|e: String| format!("{url}: {e}"))
+            .map_err(|_| Error::Timeout {
+                url: url.to_owned(),
+                after: self.timeout,
+            })?
     }
 }
 

@@ -290,12 +290,36 @@ fn read(summary: &Value, pods: &Value, cores: f64) -> Reading {
     reading
 }
 
-async fn fetch(client: &HttpClient, url: &str) -> Result<Value, String> {
+/// Why a scrape of the kubelet failed.
+#[derive(Debug, thiserror::Error)]
+enum FetchError {
+    /// The request did not complete.
+    #[error(transparent)]
+    Http(#[from] crate::http::Error),
+    /// The kubelet answered with an error status.
+    #[error("{url}: HTTP {status}")]
+    Status { url: String, status: u16 },
+    /// The body is not the JSON expected.
+    #[error("{url}: {source}")]
+    Json {
+        url: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+async fn fetch(client: &HttpClient, url: &str) -> Result<Value, FetchError> {
     let response = client.get(url).await?;
     if response.status != 200 {
-        return Err(format!("{url}: HTTP {}", response.status));
+        return Err(FetchError::Status {
+            url: url.to_owned(),
+            status: response.status,
+        });
     }
-    serde_json::from_slice(&response.body).map_err(|e| format!("{url}: {e}"))
+    serde_json::from_slice(&response.body).map_err(|source| FetchError::Json {
+        url: url.to_owned(),
+        source,
+    })
 }
 
 async fn run(
@@ -332,7 +356,7 @@ async fn run(
             Err(e) => {
                 if !failing {
                     tracing::warn!(endpoint = %base, error = %e, "kubelet: cannot read; retrying every interval.");
-                    context.degraded(e);
+                    context.degraded(e.to_string());
                     failing = true;
                 }
                 continue;
