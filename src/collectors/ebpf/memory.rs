@@ -39,7 +39,7 @@ impl CollectorConfig for MemoryConfig {
     }
 }
 
-fn decode(stamp: &mut Stamp, page: i64, record: &[u8]) -> Option<Event> {
+pub(super) fn decode(stamp: &mut Stamp, page: i64, record: &[u8]) -> Option<Event> {
     let mut reader = Reader::new(record);
     let header = Header::read(&mut reader)?;
     if header.kind != KIND_OOM_KILL {

@@ -699,4 +699,90 @@ mod tests {
             Some(&crate::event::AttrValue::Str("a bc".into()))
         );
     }
+
+    /// A record of `fields` with `values` (field name, little-endian bytes) at their C
+    /// offsets.
+    fn record_of(fields: &[(String, usize, usize)], values: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut record = vec![
+            0u8;
+            fields
+                .iter()
+                .map(|(_, at, size)| at + size)
+                .max()
+                .unwrap_or(0)
+        ];
+        for (name, bytes) in values {
+            put(&mut record, field(fields, name).1, bytes);
+        }
+        record
+    }
+
+    #[test]
+    fn the_exit_and_oom_records_read_back_as_the_c_side_lays_them_out() {
+        use crate::event::AttrValue::Int;
+        let header = layout(TAPIO_H, "header", &[]);
+        let exit = layout(
+            include_str!("../../../ebpf/kernel.bpf.c"),
+            "exit_record",
+            &header,
+        );
+        let record = record_of(
+            &exit,
+            &[
+                ("kind", &kernel::KIND_EXIT.to_le_bytes()),
+                ("pid", &u32::MAX.to_le_bytes()),
+                ("comm", b"sh\0"),
+                ("ppid", &77u32.to_le_bytes()),
+                ("exit_code", &(3i32 << 8).to_le_bytes()),
+            ],
+        );
+        let mut stamp = Stamp::new("kernel", "node");
+        let event = kernel::decode(&mut stamp, &record).expect("an exit event");
+        assert_eq!(event.kind.as_ref(), "process.exit");
+        assert_eq!(event.attributes.get("ppid"), Some(&Int(77)));
+        assert_eq!(event.attributes.get("exit_code"), Some(&Int(3)));
+
+        let oom = layout(
+            include_str!("../../../ebpf/memory.bpf.c"),
+            "oom_record",
+            &header,
+        );
+        let record = record_of(
+            &oom,
+            &[
+                ("kind", &memory::KIND_OOM_KILL.to_le_bytes()),
+                ("pid", &11u32.to_le_bytes()),
+                ("victim_pid", &u32::MAX.to_le_bytes()),
+                ("victim_uid", &5u32.to_le_bytes()),
+                ("victim_comm", b"java\0"),
+                ("total_vm_pages", &10u64.to_le_bytes()),
+                ("anon_pages", &256i64.to_le_bytes()),
+                ("file_pages", &1i64.to_le_bytes()),
+                ("shmem_pages", &2i64.to_le_bytes()),
+                ("oom_score_adj", &(-7i32).to_le_bytes()),
+            ],
+        );
+        let mut stamp = Stamp::new("memory", "node");
+        let event = memory::decode(&mut stamp, 4096, &record).expect("an oom event");
+        assert_eq!(
+            event.attributes.get("victim_pid"),
+            Some(&Int(i64::from(u32::MAX)))
+        );
+        assert_eq!(event.attributes.get("uid"), Some(&Int(5)));
+        assert_eq!(
+            event.attributes.get("total_vm_bytes"),
+            Some(&Int(10 * 4096))
+        );
+        assert_eq!(
+            event.attributes.get("anon_rss_bytes"),
+            Some(&Int(256 * 4096))
+        );
+        assert_eq!(event.attributes.get("file_rss_bytes"), Some(&Int(4096)));
+        assert_eq!(
+            event.attributes.get("shmem_rss_bytes"),
+            Some(&Int(2 * 4096))
+        );
+        assert_eq!(event.attributes.get("oom_score_adj"), Some(&Int(-7)));
+        assert_eq!(event.attributes.get("killer_pid"), Some(&Int(11)));
+    }
 }
