@@ -557,6 +557,27 @@ mod tests {
                 offset = offset.next_multiple_of(8);
                 continue;
             }
+            if let Some(inner) = kind.strip_prefix("struct ") {
+                // A nested struct: its fields as `field.name`, aligned to its widest one.
+                let nested = layout(source, inner, header);
+                let align = nested
+                    .iter()
+                    .map(|(_, _, size)| *size)
+                    .filter(|size| *size <= 8)
+                    .max()
+                    .unwrap_or(1);
+                offset = offset.next_multiple_of(align);
+                let end = nested
+                    .iter()
+                    .map(|(_, at, size)| at + size)
+                    .max()
+                    .unwrap_or(0);
+                for (name, at, size) in nested {
+                    fields.push((format!("{field}.{name}"), offset + at, size));
+                }
+                offset += end.next_multiple_of(align);
+                continue;
+            }
             let (field, count) = match field.split_once('[') {
                 Some((field, count)) => {
                     let count = count.trim_end_matches(']');
@@ -784,5 +805,46 @@ mod tests {
         );
         assert_eq!(event.attributes.get("oom_score_adj"), Some(&Int(-7)));
         assert_eq!(event.attributes.get("killer_pid"), Some(&Int(11)));
+    }
+
+    #[test]
+    fn the_tcp_record_reads_back_as_the_c_side_lays_it_out() {
+        use crate::event::AttrValue::{Int, Str};
+        let header = layout(TAPIO_H, "header", &[]);
+        let tcp = layout(
+            include_str!("../../../ebpf/network.bpf.c"),
+            "tcp_record",
+            &header,
+        );
+        let record = record_of(
+            &tcp,
+            &[
+                ("kind", &network::KIND_TCP_FAILED.to_le_bytes()),
+                ("c.pid", &u32::MAX.to_le_bytes()),
+                ("c.family", &2u16.to_le_bytes()),
+                ("c.sport", &40000u16.to_le_bytes()),
+                ("c.dport", &5432u16.to_le_bytes()),
+                ("c.comm", b"psql\0"),
+                ("c.saddr", &[10, 0, 0, 1]),
+                ("c.daddr", &[10, 0, 0, 2]),
+                ("duration_ns", &3_000_000u64.to_le_bytes()),
+                ("oldstate", &2i32.to_le_bytes()),
+                ("newstate", &7i32.to_le_bytes()),
+                ("err", &(-111i32).to_le_bytes()),
+            ],
+        );
+        let mut stamp = Stamp::new("network", "node");
+        let event = network::decode(&mut stamp, &mut network::ListenerOwners::default(), &record)
+            .expect("a tcp event");
+        assert_eq!(event.kind.as_ref(), "net.tcp.connect_failed");
+        assert_eq!(event.attributes.get("saddr"), Some(&Str("10.0.0.1".into())));
+        assert_eq!(event.attributes.get("daddr"), Some(&Str("10.0.0.2".into())));
+        assert_eq!(event.attributes.get("sport"), Some(&Int(40000)));
+        assert_eq!(event.attributes.get("dport"), Some(&Int(5432)));
+        assert_eq!(event.attributes.get("duration_us"), Some(&Int(3000)));
+        assert_eq!(
+            event.attributes.get("error"),
+            Some(&Str("ECONNREFUSED".into()))
+        );
     }
 }

@@ -137,7 +137,7 @@ fn read_conn(reader: &mut Reader<'_>) -> Option<Conn> {
 
 /// Owners of listening ports older than the probe, found in /proc and kept a while.
 #[derive(Debug, Default)]
-struct ListenerOwners {
+pub(super) struct ListenerOwners {
     known: HashMap<u16, (Instant, Option<(u32, String)>)>,
 }
 
@@ -226,7 +226,11 @@ fn state_name(state: i32) -> &'static str {
     }
 }
 
-fn decode(stamp: &mut Stamp, owners: &mut ListenerOwners, record: &[u8]) -> Option<Event> {
+pub(super) fn decode(
+    stamp: &mut Stamp,
+    owners: &mut ListenerOwners,
+    record: &[u8],
+) -> Option<Event> {
     let mut reader = Reader::new(record);
     let header = Header::read(&mut reader)?;
     let mut conn = read_conn(&mut reader)?;
