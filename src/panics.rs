@@ -28,6 +28,23 @@ pub fn install() {
     }));
 }
 
+/// How a binary ends after `outcome`: its error printed, then 70 when any task panicked,
+/// else 0 or 1.
+pub fn exit_code<T, E: std::fmt::Display>(outcome: &Result<T, E>) -> std::process::ExitCode {
+    if let Err(e) = outcome {
+        eprintln!("error: {e}");
+    }
+    if panicked() {
+        eprintln!("error: a task panicked (a bug); see the log above");
+        return std::process::ExitCode::from(EXIT_CODE);
+    }
+    if outcome.is_ok() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
+
 /// Whether any thread or task has panicked since [`install`].
 #[must_use]
 pub fn panicked() -> bool {

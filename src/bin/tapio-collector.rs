@@ -133,18 +133,5 @@ fn run(args: &RunArgs) -> ExitCode {
             .await
             .map_err(|e| e.to_string())
     });
-    if tapio::panics::panicked() {
-        if let Err(e) = outcome {
-            eprintln!("error: {e}");
-        }
-        eprintln!("error: a task panicked (a bug); see the log above");
-        return ExitCode::from(tapio::panics::EXIT_CODE);
-    }
-    match outcome {
-        Ok(_) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    tapio::panics::exit_code(&outcome)
 }

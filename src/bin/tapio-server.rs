@@ -25,20 +25,7 @@ fn main() -> ExitCode {
         }) => events(&data_dir, types, limit),
         None => serve(&cli.serve),
     };
-    if tapio::panics::panicked() {
-        if let Err(e) = outcome {
-            eprintln!("error: {e}");
-        }
-        eprintln!("error: a task panicked (a bug); see the log above");
-        return ExitCode::from(tapio::panics::EXIT_CODE);
-    }
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    tapio::panics::exit_code(&outcome)
 }
 
 fn stats(dir: &Path) -> Result<(), String> {
