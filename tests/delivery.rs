@@ -3,22 +3,13 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{COLLECTOR, Guard, ServerProcess, config, free_port, last_status, stats, text};
+use common::{Guard, ServerProcess, config, free_port, last_status, spool_bytes, stats, text};
 
 fn collector(yaml: &tempfile::NamedTempFile, args: &[&str]) -> Guard {
-    Guard(
-        Command::new(COLLECTOR)
-            .arg("--config")
-            .arg(yaml.path())
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("collector starts"),
-    )
+    common::collector(yaml.path(), args)
 }
 
 #[test]
@@ -131,17 +122,6 @@ fn the_collector_honours_the_servers_rate_limit() {
         started.elapsed()
     );
     assert_eq!(stats(dir.path()).0, 3000);
-}
-
-fn spool_bytes(dir: &std::path::Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .filter_map(Result::ok)
-        .filter(|e| e.path().extension().is_some_and(|x| x == "spool"))
-        .map(|e| e.metadata().map_or(0, |m| m.len()))
-        .sum()
 }
 
 #[test]

@@ -10,32 +10,14 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    COLLECTOR, Guard, ServerProcess, as_root, config, free_port, last_status, stats, text,
+    COLLECTOR, Guard, ServerProcess, as_root, config, free_port, last_status, spool_bytes, stats,
+    text,
 };
 
 fn collector(yaml: &tempfile::NamedTempFile, args: &[&str]) -> Guard {
-    Guard(
-        Command::new(COLLECTOR)
-            .arg("--config")
-            .arg(yaml.path())
-            .args(["--otel-endpoint", "none"])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("collector starts"),
-    )
-}
-
-fn spool_bytes(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .filter_map(Result::ok)
-        .filter(|e| e.path().extension().is_some_and(|x| x == "spool"))
-        .map(|e| e.metadata().map_or(0, |m| m.len()))
-        .sum()
+    let mut all = vec!["--otel-endpoint", "none"];
+    all.extend_from_slice(args);
+    common::collector(yaml.path(), &all)
 }
 
 fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {

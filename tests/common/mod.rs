@@ -79,6 +79,33 @@ impl Guard {
     }
 }
 
+/// The collector with `--config yaml` and `args`, its stdout discarded and its log kept
+/// for the exit.
+pub fn collector(yaml: &Path, args: &[&str]) -> Guard {
+    Guard(
+        Command::new(COLLECTOR)
+            .arg("--config")
+            .arg(yaml)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("collector starts"),
+    )
+}
+
+/// Bytes of the spool segments in `dir` (0 when it is gone).
+pub fn spool_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "spool"))
+        .map(|e| e.metadata().map_or(0, |m| m.len()))
+        .sum()
+}
+
 /// A real tapio-server process on a loopback port.
 pub struct ServerProcess {
     pub guard: Guard,
