@@ -445,7 +445,7 @@ async fn answers_larger_than_a_message_come_in_pages() {
     let mut ids = IdGenerator::new();
     let mut sent = Vec::new();
     for batch_id in 1..=20 {
-        let mut events = events(&mut ids, 1000, "app.log");
+        let mut events = events(&mut ids, 1000, "journal.entry");
         for event in &mut events {
             event.message = "m".repeat(200);
         }
@@ -513,7 +513,7 @@ async fn an_event_past_the_year_2262_is_refused_by_name() {
     let mut client = client(&server).await;
     let mut stream = Stream::open(&mut client).await.expect("opens");
     let mut ids = IdGenerator::new();
-    let mut far = events(&mut ids, 3, "app.log");
+    let mut far = events(&mut ids, 3, "journal.entry");
     far[1].timestamp_unix_nano = 1 << 63;
     stream.send(batch(1, far)).await;
     let ack = stream.ack().await.expect("answered");
@@ -524,7 +524,7 @@ async fn an_event_past_the_year_2262_is_refused_by_name() {
         ack.message
     );
     // The largest timestamp there is is stored, and found.
-    let mut last = events(&mut ids, 1, "app.log");
+    let mut last = events(&mut ids, 1, "journal.entry");
     last[0].timestamp_unix_nano = i64::MAX.unsigned_abs();
     stream.send(batch(2, last.clone())).await;
     assert_eq!(stream.ack().await.expect("acked").accepted, 1);

@@ -125,7 +125,8 @@ fn idle_sockets_past_the_file_limit_neither_spin_the_server_nor_lock_a_collector
 fn batch(ids: &mut IdGenerator, batch_id: u64, events: usize) -> pb::TapioStreamEventsRequest {
     let events = (0..events)
         .map(|i| {
-            let mut event = Event::new(ids.next_id(), 1_000 + i as u64, "app.log", "test");
+            let mut event =
+                Event::new(ids.next_id(), 1_000 + i as u64, "journal.entry", "journald");
             event.message = "x".repeat(1000);
             event.into()
         })

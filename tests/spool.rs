@@ -269,7 +269,7 @@ fn an_event_larger_than_the_server_takes_is_refused_and_counted_and_the_rest_flo
         };
         let _ = writeln!(
             text_lines,
-            "{{\"id\":\"{}\",\"timestamp_unix_nano\":{},\"type\":\"app.log\",\"source\":\"test\",\"severity\":\"info\",\"message\":\"{message}\"}}",
+            "{{\"id\":\"{}\",\"timestamp_unix_nano\":{},\"type\":\"journal.entry\",\"source\":\"journald\",\"severity\":\"info\",\"message\":\"{message}\"}}",
             tapio::event::EventId::from_u128((u128::from(n) + 1) << 80),
             1_700_000_000_000_000_000u64 + n,
         );
