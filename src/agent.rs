@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bridge::{self, Bridge, BridgeConfig};
 use crate::collectors::BuildContext;
 use crate::config::Config;
+use crate::event::Incident;
 use crate::manager::Manager;
 use crate::otel::Exporter;
 use crate::output::JsonLines;
@@ -201,7 +202,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Arc<Tele
         let closed = take_closed(correlator.as_mut(), exporter.as_ref());
         if let Some(bridge) = &bridge {
             let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
-            if bridge.send(full).await.is_err() || bridge.send_groups(closed).await.is_err() {
+            if bridge.send(full).await.is_err() || bridge.send_groups(&closed).await.is_err() {
                 shutdown.cancel();
                 count_stranded(&mut fan_in, bridge).await;
                 break Err(Error::BridgeClosed);
@@ -289,7 +290,7 @@ async fn close_groups(
     correlator.close_all();
     let closed = take_closed(correlator, exporter.as_ref());
     if let Some(bridge) = bridge
-        && bridge.send_groups(closed).await.is_err()
+        && bridge.send_groups(&closed).await.is_err()
     {
         tracing::warn!("The bridge closed before the last incident groups could be sent.");
     }
@@ -297,22 +298,18 @@ async fn close_groups(
     exporter.map(|e| tokio::spawn(e.finish(export_timeout)))
 }
 
-/// Hands closed groups to the exporter and returns them as the server receives them;
-/// without an exporter they are only converted.
+/// Takes the incidents closed since the last call and hands each to the exporter, if any.
 fn take_closed(
     correlator: &mut dyn correlation::Correlator,
     exporter: Option<&Exporter>,
-) -> Vec<crate::pb::SemanticGroup> {
-    correlator
-        .take_closed()
-        .into_iter()
-        .map(|group| {
-            if let Some(exporter) = exporter {
-                exporter.offer(&group);
-            }
-            group.to_proto()
-        })
-        .collect()
+) -> Vec<Incident> {
+    let closed = correlator.take_closed();
+    if let Some(exporter) = exporter {
+        for incident in &closed {
+            exporter.offer(incident);
+        }
+    }
+    closed
 }
 
 /// Cancelled once no new input can come: on shutdown, or when every collector has ended (a

@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::correlation::semantic::{Group, Member};
+use crate::event::{Incident, Member};
 use crate::event::{Severity, to_hex};
 use crate::telemetry::ExportStats;
 
@@ -100,7 +100,7 @@ impl Exporter {
     }
 
     /// Queues a closed group for export; when the queue is full it is dropped and counted.
-    pub fn offer(&self, group: &Group) {
+    pub fn offer(&self, group: &Incident) {
         self.offer_spans(spans(group, &self.scope));
     }
 
@@ -230,7 +230,7 @@ async fn export(
 }
 
 /// The spans of one group: one per member, parent = causal predecessor.
-fn spans(group: &Group, scope: &InstrumentationScope) -> Vec<SpanData> {
+fn spans(group: &Incident, scope: &InstrumentationScope) -> Vec<SpanData> {
     let trace = OtelTraceId::from_bytes(group.trace_id.to_bytes());
     let root = group.members.first().map(|m| m.id);
     group
@@ -291,7 +291,7 @@ fn spans(group: &Group, scope: &InstrumentationScope) -> Vec<SpanData> {
 
 /// Span attributes: OpenTelemetry semantic conventions for the entities (`k8s.*`,
 /// `container.*`, `process.*`), `tapio.*` for what the correlation found.
-fn attributes(group: &Group, member: &Member, is_root: bool) -> Vec<KeyValue> {
+fn attributes(group: &Incident, member: &Member, is_root: bool) -> Vec<KeyValue> {
     let e = &member.entities;
     let mut out = vec![
         KeyValue::new("tapio.event.id", member.id.to_string()),
@@ -330,10 +330,7 @@ fn attributes(group: &Group, member: &Member, is_root: bool) -> Vec<KeyValue> {
         out.push(KeyValue::new("process.pid", i64::from(e.pid)));
     }
     if let Some(relation) = member.joined_on {
-        out.push(KeyValue::new(
-            "tapio.related_on",
-            format!("{relation:?}").to_lowercase(),
-        ));
+        out.push(KeyValue::new("tapio.related_on", relation));
     }
     if is_root {
         out.push(KeyValue::new("tapio.summary", group.summary.clone()));

@@ -34,7 +34,7 @@ use connection::{Backoff, Connection, client_tls, close, connect, hello, limit_f
 use delivery::{Delivery, Queue};
 pub use spool::{Recovered, Spool, SpoolRef};
 
-use crate::event::Event;
+use crate::event::{Event, Incident};
 use crate::internal_events::EventsDropped;
 use crate::pb;
 use crate::source_sender::{Closed, WhenFull};
@@ -291,10 +291,11 @@ impl Bridge {
     }
 
     /// Hands closed incident groups to the bridge; they ride the next batch.
-    pub async fn send_groups(&self, groups: Vec<pb::SemanticGroup>) -> Result<(), Closed> {
-        if groups.is_empty() {
+    pub async fn send_groups(&self, incidents: &[Incident]) -> Result<(), Closed> {
+        if incidents.is_empty() {
             return Ok(());
         }
+        let groups = incidents.iter().map(pb::SemanticGroup::from).collect();
         self.input
             .send(Input::Groups(groups))
             .await

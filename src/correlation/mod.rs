@@ -22,7 +22,7 @@ pub trait Correlator: Send {
     fn open_groups(&self) -> usize;
 
     /// Groups that closed since the last call, for export.
-    fn take_closed(&mut self) -> Vec<semantic::Group> {
+    fn take_closed(&mut self) -> Vec<crate::event::Incident> {
         Vec::new()
     }
 

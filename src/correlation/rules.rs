@@ -27,6 +27,19 @@ pub enum Relation {
 }
 
 impl Relation {
+    /// Its name as the YAML writes it.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Process => "process",
+            Self::Container => "container",
+            Self::Pod => "pod",
+            Self::Workload => "workload",
+            Self::Node => "node",
+            Self::Unit => "unit",
+        }
+    }
+
     /// The entity key of `entities` under this relation: a 64-bit hash of the entity's
     /// identifying strings (no allocation on the hot path; a collision needs ~2^32 live
     /// entities); `None` when the event lacks that entity.

@@ -4,6 +4,7 @@
 //! by `--stdout` reads like the wire message; ids are ULID text and trace ids hex.
 
 mod id;
+mod incident;
 pub mod keys;
 pub(crate) mod proto;
 mod serde_impls;
@@ -15,6 +16,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 pub use id::{EventId, IdGenerator, ParseIdError, hash_parts, unix_nanos_now};
+pub use incident::{Incident, Member, Prediction};
 pub use proto::{ProtoError, check};
 use serde::{Deserialize, Serialize};
 

@@ -4,7 +4,7 @@ use crate::pb;
 
 use super::{
     AttrValue, Attribute, Attributes, CausalLink, Correlation, Entities, Event, EventId, GroupId,
-    Severity, SpanId, TraceId,
+    Incident, Severity, SpanId, TraceId,
 };
 
 /// Why a wire event could not become a domain event.
@@ -265,6 +265,40 @@ impl TryFrom<pb::Correlation> for Correlation {
                 .map(CausalLink::try_from)
                 .collect::<Result<_, _>>()?,
         })
+    }
+}
+
+impl From<&Incident> for pb::SemanticGroup {
+    fn from(incident: &Incident) -> Self {
+        Self {
+            group_id: incident.id.to_bytes().to_vec(),
+            trace_id: incident.trace_id.to_bytes().to_vec(),
+            root_cause_event_id: incident.root.to_bytes().to_vec(),
+            event_ids: incident
+                .events
+                .iter()
+                .map(|id| id.to_bytes().to_vec())
+                .collect(),
+            impact: incident.impact,
+            causal_chain: incident
+                .chain
+                .iter()
+                .map(|(_, link)| link.clone().into())
+                .collect(),
+            predictions: incident
+                .predictions
+                .iter()
+                .map(|p| pb::Prediction {
+                    event_type: p.event_type.to_owned(),
+                    probability: p.probability,
+                    prevention_actions: p.prevention.clone(),
+                })
+                .collect(),
+            first_seen_unix_nano: incident.first_seen,
+            last_seen_unix_nano: incident.last_seen,
+            summary: incident.summary.clone(),
+            cascade_risk: incident.cascade_risk,
+        }
     }
 }
 

@@ -1,68 +1,19 @@
-//! A semantic group: its members (one span each), reach (blast radius), impact,
-//! criticality, summary and protobuf form.
+//! A semantic group while it is open: its members (one span each), reach (blast radius),
+//! impact, criticality and summary, until it closes into an incident.
 
 use std::collections::HashSet;
 
-use super::predict::{Prediction, evidence};
+use super::predict::{cascade_risk, evidence, predict};
 use super::{Join, known_kind, trace_id_of};
 use crate::correlation::rules::{Relation, Rule};
-use crate::event::{CausalLink, Event, EventId, GroupId, Severity, SpanId, TraceId, keys};
+use crate::event::{Event, GroupId, Incident, Member, Severity, keys};
 
-/// One event of a group, as its span: what the trace exporter needs once the event itself
-/// has left.
+/// A group while it is open: the incident it will become, and what the engine keeps to
+/// grow it (kinds seen, reach, evidence).
 #[derive(Clone, Debug, PartialEq)]
-pub struct Member {
-    /// The event's id.
-    pub id: EventId,
-    /// Its type: the span's name.
-    pub kind: String,
-    /// Event time, Unix nanoseconds.
-    pub timestamp: u64,
-    /// Its span in the group's trace.
-    pub span: Option<SpanId>,
-    /// Its causal predecessor's span; `None` for the root cause.
-    pub parent: Option<SpanId>,
-    /// The trace context the event arrived with (an application's), linked from its span.
-    pub own_context: Option<(TraceId, SpanId)>,
-    /// Causes that matched in other groups: span links across traces.
-    pub cross_links: Vec<(TraceId, SpanId)>,
-    /// The entity a related (not causally linked) member shares with the group.
-    pub joined_on: Option<Relation>,
-    /// Severity.
-    pub severity: Severity,
-    /// Human text.
-    pub message: String,
-    /// What it touched.
-    pub entities: crate::event::Entities,
-}
-
-/// A group as it stands: what the server and the trace exporter receive when it closes.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Group {
-    /// Its id (derived from the root cause's event id).
-    pub id: GroupId,
-    /// Its trace id (derived from the group id).
-    pub trace_id: TraceId,
-    /// The earliest cause in the rule graph.
-    pub root: EventId,
-    /// Member events, in arrival order.
-    pub events: Vec<EventId>,
-    /// The same members with what their spans need.
-    pub members: Vec<Member>,
-    /// Every causal link: (effect, link).
-    pub chain: Vec<(EventId, CausalLink)>,
-    /// 0..1.
-    pub impact: f64,
-    /// Likely next effects.
-    pub predictions: Vec<Prediction>,
-    /// 0..1: how likely at least one more effect follows, 1 - prod(1 - p) over predictions.
-    pub cascade_risk: f64,
-    /// Event time of the first and the last member.
-    pub first_seen: u64,
-    /// See `first_seen`.
-    pub last_seen: u64,
-    /// One line for humans; written when the group closes.
-    pub summary: String,
+pub(super) struct Group {
+    /// The incident as it stands; handed over when the group closes.
+    pub(super) incident: Incident,
     pub(super) root_kind: &'static str,
     pub(super) kinds: HashSet<&'static str>,
     pub(super) reach: Reach,
@@ -176,55 +127,23 @@ pub(super) fn severity_weight(severity: Severity) -> f64 {
 }
 
 impl Group {
-    /// The group as the server receives it.
-    #[must_use]
-    pub fn to_proto(&self) -> crate::pb::SemanticGroup {
-        crate::pb::SemanticGroup {
-            group_id: self.id.to_bytes().to_vec(),
-            trace_id: self.trace_id.to_bytes().to_vec(),
-            root_cause_event_id: self.root.to_bytes().to_vec(),
-            event_ids: self
-                .events
-                .iter()
-                .map(|id| id.to_bytes().to_vec())
-                .collect(),
-            impact: self.impact,
-            causal_chain: self
-                .chain
-                .iter()
-                .map(|(_, link)| link.clone().into())
-                .collect(),
-            predictions: self
-                .predictions
-                .iter()
-                .map(|p| crate::pb::Prediction {
-                    event_type: p.event_type.to_owned(),
-                    probability: p.probability,
-                    prevention_actions: p.prevention.clone(),
-                })
-                .collect(),
-            first_seen_unix_nano: self.first_seen,
-            last_seen_unix_nano: self.last_seen,
-            summary: self.summary.clone(),
-            cascade_risk: self.cascade_risk,
-        }
-    }
-
     pub(super) fn new(id: GroupId, root: &Event, recurrence: u32, rules: &[Rule]) -> Self {
         Self {
             root_kind: known_kind(rules, &root.kind),
-            id,
-            trace_id: trace_id_of(id),
-            root: root.id,
-            events: Vec::new(),
-            members: Vec::new(),
-            chain: Vec::new(),
-            impact: 0.0,
-            predictions: Vec::new(),
-            cascade_risk: 0.0,
-            first_seen: root.timestamp,
-            last_seen: root.timestamp,
-            summary: String::new(),
+            incident: Incident {
+                id,
+                trace_id: trace_id_of(id),
+                root: root.id,
+                events: Vec::new(),
+                members: Vec::new(),
+                chain: Vec::new(),
+                impact: 0.0,
+                predictions: Vec::new(),
+                cascade_risk: 0.0,
+                first_seen: root.timestamp,
+                last_seen: root.timestamp,
+                summary: String::new(),
+            },
             kinds: HashSet::new(),
             reach: Reach::default(),
             related: 0,
@@ -243,12 +162,12 @@ impl Group {
             joined_on,
         } = join;
         self.critical |= critical;
-        self.events.push(event.id);
+        self.incident.events.push(event.id);
         let own_context = event
             .trace_id
-            .filter(|t| *t != self.trace_id)
+            .filter(|t| *t != self.incident.trace_id)
             .zip(event.parent_span_id.or(event.span_id));
-        self.members.push(Member {
+        self.incident.members.push(Member {
             id: event.id,
             kind: event.kind.to_string(),
             timestamp: event.timestamp,
@@ -256,14 +175,16 @@ impl Group {
             parent,
             own_context,
             cross_links,
-            joined_on,
+            joined_on: joined_on.map(Relation::name),
             severity: event.severity,
             message: event.message.clone(),
             entities: event.entities.clone(),
         });
-        self.chain.extend(links.into_iter().map(|l| (event.id, l)));
-        self.first_seen = self.first_seen.min(event.timestamp);
-        self.last_seen = self.last_seen.max(event.timestamp);
+        self.incident
+            .chain
+            .extend(links.into_iter().map(|l| (event.id, l)));
+        self.incident.first_seen = self.incident.first_seen.min(event.timestamp);
+        self.incident.last_seen = self.incident.last_seen.max(event.timestamp);
         self.severity = self.severity.max(event.severity);
         if joined_on.is_some() {
             self.related += 1;
@@ -282,44 +203,21 @@ impl Group {
         let blast = 1.0 - 0.5f64.powi(width);
         let recurring = (0.8 + 0.1 * f64::from(self.recurrence.saturating_sub(1))).min(1.0);
         let criticality = if self.critical { 1.0 } else { 0.75 };
-        self.impact =
+        self.incident.impact =
             (severity_weight(self.severity) * (0.6 + 0.4 * blast) * recurring * criticality)
                 .clamp(0.0, 1.0);
         // A related member changes neither the causal kinds nor the evidence.
         if joined_on.is_some() {
             return;
         }
-        // What comes next: the rules leading on from the newest causal member, and the
-        // spread of the root cause across its workload while the group is open.
         let newest = known_kind(rules, &event.kind);
-        self.predictions = rules
-            .iter()
-            .filter(|r| {
-                r.cause == newest || (r.cause == self.root_kind && r.relation == Relation::Workload)
-            })
-            .map(|r| Prediction {
-                event_type: r.effect,
-                probability: r.confidence,
-                prevention: self.evidence.clone(),
-            })
-            .collect();
-        self.predictions.sort_by(|a, b| {
-            b.probability
-                .total_cmp(&a.probability)
-                .then(a.event_type.cmp(b.event_type))
-        });
-        self.predictions
-            .dedup_by(|a, b| a.event_type == b.event_type);
-        self.cascade_risk = 1.0
-            - self
-                .predictions
-                .iter()
-                .map(|p| 1.0 - p.probability)
-                .product::<f64>();
+        self.incident.predictions = predict(rules, newest, self.root_kind, &self.evidence);
+        self.incident.cascade_risk = cascade_risk(&self.incident.predictions);
     }
 
-    /// Writes `summary`: once, when the group closes, since nothing reads it before.
-    pub(super) fn summarise(&mut self) {
+    /// The incident, summarised: once, when the group closes, since nothing reads the
+    /// summary before.
+    pub(super) fn close(mut self) -> Incident {
         let mut effects: Vec<&str> = self
             .kinds
             .iter()
@@ -331,7 +229,7 @@ impl Group {
             0 => String::new(),
             n => format!(", {} on the same entities", plural(n, "related event")),
         };
-        self.summary = format!(
+        self.incident.summary = format!(
             "{} led to {} ({}{related}; {})",
             self.root_kind,
             if effects.is_empty() {
@@ -339,8 +237,9 @@ impl Group {
             } else {
                 effects.join(", ")
             },
-            plural(self.events.len(), "event"),
+            plural(self.incident.events.len(), "event"),
             self.reach.describe()
         );
+        self.incident
     }
 }

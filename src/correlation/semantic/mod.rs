@@ -29,9 +29,11 @@ use super::Correlator;
 use super::entities::EntityIndex;
 use super::rules::{Relation, Rule};
 use crate::bounded::{Bounded, FxMap};
-use crate::event::{CausalLink, Correlation, Event, EventId, GroupId, Severity, SpanId, TraceId};
-pub use group::{Criticality, Group, Member};
-pub use predict::Prediction;
+use crate::event::{
+    CausalLink, Correlation, Event, EventId, GroupId, Incident, Severity, SpanId, TraceId,
+};
+pub use group::Criticality;
+use group::Group;
 
 /// The engine's bounds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -108,7 +110,7 @@ pub struct Semantic {
     limits: Limits,
     causes: FxMap<(&'static str, Relation, u64), VecDeque<Cause>>,
     groups: FxMap<GroupId, Group>,
-    closed: Vec<Group>,
+    closed: Vec<Incident>,
     recurrences: HashMap<String, u32>,
     clock: u64,
     processed: u64,
@@ -235,7 +237,7 @@ impl Semantic {
                 .touched
                 .get(&(relation, relation.key(&event.entities)?))?;
             let open = self.groups.get(&touch.group).is_some_and(|g| {
-                g.events.len() < self.limits.max_group_events
+                g.incident.events.len() < self.limits.max_group_events
                     && g.related < self.limits.max_group_events / 4
             });
             (open && event.timestamp.abs_diff(touch.timestamp) <= window)
@@ -244,7 +246,7 @@ impl Semantic {
     }
 
     /// Groups closed since the last call (quiet, evicted or at shutdown), oldest first.
-    pub fn take_closed(&mut self) -> Vec<Group> {
+    pub fn take_closed(&mut self) -> Vec<Incident> {
         std::mem::take(&mut self.closed)
     }
 
@@ -256,20 +258,17 @@ impl Semantic {
 
     /// Hands closing groups over, oldest first, summarised; one-event groups are dropped.
     fn finish(&mut self, mut closing: Vec<Group>) {
-        let members: usize = closing.iter().map(|g| g.events.len()).sum();
+        let members: usize = closing.iter().map(|g| g.incident.events.len()).sum();
         self.open_events = self.open_events.saturating_sub(members);
-        closing.retain(|g| g.events.len() > 1);
-        closing.sort_by_key(|g| (g.first_seen, g.id));
-        for group in &mut closing {
-            group.summarise();
-        }
-        self.closed.extend(closing);
+        closing.retain(|g| g.incident.events.len() > 1);
+        closing.sort_by_key(|g| (g.incident.first_seen, g.incident.id));
+        self.closed.extend(closing.into_iter().map(Group::close));
     }
 
     /// The open group `id`.
     #[must_use]
-    pub fn group(&self, id: GroupId) -> Option<&Group> {
-        self.groups.get(&id)
+    pub fn group(&self, id: GroupId) -> Option<&Incident> {
+        self.groups.get(&id).map(|g| &g.incident)
     }
 
     /// Remembered causes, over every key: the engine's main memory besides open groups.
@@ -307,7 +306,7 @@ impl Semantic {
                     && self
                         .groups
                         .get(&c.group)
-                        .is_some_and(|g| g.events.len() < self.limits.max_group_events)
+                        .is_some_and(|g| g.incident.events.len() < self.limits.max_group_events)
             });
             if let Some(cause) = latest {
                 found.push((i, cause.clone()));
@@ -373,8 +372,8 @@ impl Semantic {
         let done: Vec<GroupId> = self
             .groups
             .values()
-            .filter(|g| now.saturating_sub(g.last_seen) > quiet)
-            .map(|g| g.id)
+            .filter(|g| now.saturating_sub(g.incident.last_seen) > quiet)
+            .map(|g| g.incident.id)
             .collect();
         self.close(&done);
     }
@@ -392,8 +391,11 @@ impl Semantic {
         {
             return;
         }
-        let mut by_quiet: Vec<(u64, GroupId)> =
-            self.groups.values().map(|g| (g.last_seen, g.id)).collect();
+        let mut by_quiet: Vec<(u64, GroupId)> = self
+            .groups
+            .values()
+            .map(|g| (g.incident.last_seen, g.incident.id))
+            .collect();
         let n = (by_quiet.len() / 16).max(1).min(by_quiet.len());
         if n == 0 {
             return;
@@ -417,12 +419,12 @@ impl Semantic {
         group.add(event, join, &self.rules, critical);
         self.open_events += 1;
         if event.trace_id.is_none() {
-            event.trace_id = Some(group.trace_id);
+            event.trace_id = Some(group.incident.trace_id);
             event.parent_span_id = parent;
         }
         event.correlation = Some(Correlation {
-            group_id: group.id,
-            impact: group.impact,
+            group_id: group.incident.id,
+            impact: group.incident.impact,
             causal_links: links,
         });
         id
@@ -450,11 +452,11 @@ impl Semantic {
         group.add(event, Join::default(), &self.rules, critical);
         self.open_events += 1;
         if event.trace_id.is_none() {
-            event.trace_id = Some(group.trace_id);
+            event.trace_id = Some(group.incident.trace_id);
         }
         event.correlation = Some(Correlation {
             group_id: id,
-            impact: group.impact,
+            impact: group.incident.impact,
             causal_links: Vec::new(),
         });
         self.groups.insert(id, group);
@@ -538,7 +540,7 @@ impl Correlator for Semantic {
             let cross_links = found
                 .iter()
                 .filter(|(_, c)| c.group != best.group)
-                .filter_map(|(_, c)| Some((self.groups.get(&c.group)?.trace_id, c.span?)))
+                .filter_map(|(_, c)| Some((self.groups.get(&c.group)?.incident.trace_id, c.span?)))
                 .collect();
             let join = Join {
                 parent: best.span,
@@ -576,10 +578,13 @@ impl Correlator for Semantic {
     }
 
     fn open_groups(&self) -> usize {
-        self.groups.values().filter(|g| g.events.len() > 1).count()
+        self.groups
+            .values()
+            .filter(|g| g.incident.events.len() > 1)
+            .count()
     }
 
-    fn take_closed(&mut self) -> Vec<Group> {
+    fn take_closed(&mut self) -> Vec<Incident> {
         Semantic::take_closed(self)
     }
 
@@ -611,7 +616,7 @@ mod tests {
     }
 
     /// Runs `events` through a fresh engine; returns them enriched and every group closed.
-    fn correlate(events: &mut [Event], limits: Limits) -> Vec<Group> {
+    fn correlate(events: &mut [Event], limits: Limits) -> Vec<Incident> {
         let mut engine = Semantic::new("node-a", builtin(), limits);
         for event in events.iter_mut() {
             engine.process(event);
@@ -633,7 +638,7 @@ mod tests {
     }
 
     /// Groups as a reviewer reads them: no ids, times relative to the group's start.
-    fn render(groups: &[Group], events: &[Event]) -> String {
+    fn render(groups: &[Incident], events: &[Event]) -> String {
         let by_id: HashMap<EventId, &Event> = events.iter().map(|e| (e.id, e)).collect();
         let mut out = String::new();
         for (n, group) in groups.iter().enumerate() {
@@ -665,7 +670,9 @@ mod tests {
                     );
                 }
                 if let Some(relation) = member.joined_on {
-                    let _ = write!(out, "  ~ related: same {relation:?}");
+                    // Capitalised as the golden files were first written (from the enum).
+                    let (first, rest) = relation.split_at(1);
+                    let _ = write!(out, "  ~ related: same {}{rest}", first.to_uppercase());
                 }
                 out.push('\n');
             }
@@ -741,7 +748,7 @@ mod tests {
             let mut events = synthetic(scenario, 9, 200);
             let groups = correlate(&mut events, Limits::default());
             golden(file, &render(&groups, &events));
-            let group_of: HashMap<EventId, &Group> = groups
+            let group_of: HashMap<EventId, &Incident> = groups
                 .iter()
                 .flat_map(|g| g.events.iter().map(move |id| (*id, g)))
                 .collect();
@@ -871,7 +878,7 @@ mod tests {
             "a related event is not a causal link"
         );
         let related = &group.members[1];
-        assert_eq!(related.joined_on, Some(Relation::Pod));
+        assert_eq!(related.joined_on, Some(Relation::Pod.name()));
         assert_eq!(related.parent, events[0].span_id);
         assert_eq!(events[1].trace_id, Some(group.trace_id));
         assert!(
@@ -1052,11 +1059,11 @@ mod tests {
             for mut event in events {
                 engine.process(&mut event);
                 prop_assert!(engine.open_group_slots() <= limits.max_groups);
-                prop_assert!(engine.groups.values().all(|g| g.events.len() <= limits.max_group_events));
+                prop_assert!(engine.groups.values().all(|g| g.incident.events.len() <= limits.max_group_events));
                 prop_assert!(engine.causes.values().all(|c| c.len() <= limits.causes_per_key));
                 prop_assert!(engine.touched.len() <= limits.entities);
                 prop_assert!(engine.open_events <= limits.max_open_events);
-                let counted: usize = engine.groups.values().map(|g| g.events.len()).sum();
+                let counted: usize = engine.groups.values().map(|g| g.incident.events.len()).sum();
                 prop_assert_eq!(counted, engine.open_events);
                 prop_assert!(engine.groups.values().all(|g| g.related <= limits.max_group_events / 4));
             }

@@ -1,17 +1,42 @@
-//! What a group predicts: the likely next effects from the rule graph, and prevention
-//! actions read off the evidence.
+//! What a group predicts: the likely next effects from the rule graph, the cascade risk,
+//! and prevention actions read off the evidence.
 
-use crate::event::Event;
+use crate::correlation::rules::{Relation, Rule};
+use crate::event::{Event, Prediction};
 
-/// A likely next effect of a group.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Prediction {
-    /// The event type expected next.
-    pub event_type: &'static str,
-    /// 0..1.
-    pub probability: f64,
-    /// What would prevent it, from the group's evidence.
-    pub prevention: Vec<String>,
+/// What comes next: the rules leading on from the newest causal member (`newest`), and
+/// the spread of the root cause across its workload while the group is open; most likely
+/// first, one per event type.
+pub(super) fn predict(
+    rules: &[Rule],
+    newest: &str,
+    root_kind: &str,
+    evidence: &[String],
+) -> Vec<Prediction> {
+    let mut predictions: Vec<Prediction> = rules
+        .iter()
+        .filter(|r| r.cause == newest || (r.cause == root_kind && r.relation == Relation::Workload))
+        .map(|r| Prediction {
+            event_type: r.effect,
+            probability: r.confidence,
+            prevention: evidence.to_vec(),
+        })
+        .collect();
+    predictions.sort_by(|a, b| {
+        b.probability
+            .total_cmp(&a.probability)
+            .then(a.event_type.cmp(b.event_type))
+    });
+    predictions.dedup_by(|a, b| a.event_type == b.event_type);
+    predictions
+}
+
+/// 0..1: how likely at least one more effect follows, 1 - prod(1 - p) over predictions.
+pub(super) fn cascade_risk(predictions: &[Prediction]) -> f64 {
+    1.0 - predictions
+        .iter()
+        .map(|p| 1.0 - p.probability)
+        .product::<f64>()
 }
 
 /// A prevention action read off an event's figures.
