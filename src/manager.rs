@@ -60,7 +60,7 @@ impl Manager {
                     .push(tokio::spawn(supervise(built.name, running, stats)));
                 return true;
             }
-            Ok(Err(error)) => error.to_string(),
+            Ok(Err(error)) => crate::tls::error_chain(&error),
             Err(_) => format!("unavailable: did not start within {BUILD_TIMEOUT:?}"),
         };
         tracing::warn!(collector = built.name, %error, "Collector could not start; the others run.");
@@ -105,8 +105,9 @@ async fn supervise(name: &'static str, running: collectors::Running, stats: Arc<
             stats.set_health(Health::Finished);
         }
         Ok(Err(error)) => {
-            tracing::error!(collector = name, error = %error, "Collector failed.");
-            stats.set_health(Health::Failed(error.to_string()));
+            let error = crate::tls::error_chain(&error);
+            tracing::error!(collector = name, %error, "Collector failed.");
+            stats.set_health(Health::Failed(error));
         }
         Err(join_error) => {
             tracing::error!(collector = name, error = %join_error, "Collector panicked.");
@@ -180,7 +181,7 @@ mod tests {
         fn validate(&self, _: &str, _: &mut Vec<String>) {}
 
         fn build(self, _: BuildContext, _: Context) -> BuildFuture {
-            Box::pin(async { Err(collectors::Error::Unavailable("needs CAP_BPF".into())) })
+            Box::pin(async { Err(collectors::Error::unavailable("needs CAP_BPF")) })
         }
     }
 

@@ -131,7 +131,7 @@ fn run(args: &RunArgs) -> ExitCode {
             .map_err(|e| format!("cannot install signal handlers: {e}"))?;
         tapio::agent::run(config, shutdown)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| tapio::tls::error_chain(&e))
     });
     tapio::panics::exit_code(&outcome)
 }

@@ -30,10 +30,10 @@ fn main() -> ExitCode {
 
 fn stats(dir: &Path) -> Result<(), String> {
     require_store(dir)?;
-    let stats = store::stats_in(dir).map_err(|e| e.to_string())?;
+    let stats = store::stats_in(dir).map_err(|e| tapio::tls::error_chain(&e))?;
     println!(
         "{}",
-        serde_json::to_string(&stats).map_err(|e| e.to_string())?
+        serde_json::to_string(&stats).map_err(|e| tapio::tls::error_chain(&e))?
     );
     Ok(())
 }
@@ -45,11 +45,11 @@ fn events(dir: &Path, types: Vec<String>, limit: u32) -> Result<(), String> {
         limit,
         ..EventQuery::default()
     };
-    for event in store::events_in(dir, &query).map_err(|e| e.to_string())? {
-        let event = Event::try_from(event).map_err(|e| e.to_string())?;
+    for event in store::events_in(dir, &query).map_err(|e| tapio::tls::error_chain(&e))? {
+        let event = Event::try_from(event).map_err(|e| tapio::tls::error_chain(&e))?;
         println!(
             "{}",
-            serde_json::to_string(&event).map_err(|e| e.to_string())?
+            serde_json::to_string(&event).map_err(|e| tapio::tls::error_chain(&e))?
         );
     }
     Ok(())
@@ -74,9 +74,16 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         let shutdown = CancellationToken::new();
         tapio::agent::cancel_on_signals(shutdown.clone())
             .map_err(|e| format!("cannot install signal handlers: {e}"))?;
-        let server = Server::bind(args).await.map_err(|e| e.to_string())?;
-        let addr = server.local_addr().map_err(|e| e.to_string())?;
+        let server = Server::bind(args)
+            .await
+            .map_err(|e| tapio::tls::error_chain(&e))?;
+        let addr = server
+            .local_addr()
+            .map_err(|e| tapio::tls::error_chain(&e))?;
         tracing::info!(%addr, data_dir = %args.data_dir.display(), "Listening.");
-        server.serve(shutdown).await.map_err(|e| e.to_string())
+        server
+            .serve(shutdown)
+            .await
+            .map_err(|e| tapio::tls::error_chain(&e))
     })
 }

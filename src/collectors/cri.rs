@@ -96,7 +96,7 @@ impl CollectorConfig for CriConfig {
                     .map(PathBuf::from)
                     .find(|p| p.exists())
                     .ok_or_else(|| {
-                        Error::Unavailable(format!("no CRI socket at {}", SOCKETS.join(", ")))
+                        Error::unavailable(format!("no CRI socket at {}", SOCKETS.join(", ")))
                     })?,
             };
             Ok::<Running, Error>(Box::pin(run(self, socket, cx.node_name.into(), context)))
@@ -226,17 +226,17 @@ async fn run(
     node: Arc<str>,
     context: Context,
 ) -> Result<(), Error> {
-    let unavailable = |what: &str, e: &dyn std::fmt::Display| {
-        Error::Unavailable(format!("CRI socket {}: {what}: {e}", socket.display()))
+    let unavailable = |what: &str, e: super::Cause| {
+        Error::unavailable_by(format!("CRI socket {}: {what}", socket.display()), e)
     };
     let channel = connect(&socket)
         .await
-        .map_err(|e| unavailable("connect", &e))?;
+        .map_err(|e| unavailable("connect", e.into()))?;
     let mut client = RuntimeServiceClient::new(channel);
     let version = client
         .version(VersionRequest::default())
         .await
-        .map_err(|e| unavailable("Version", &e))?
+        .map_err(|e| unavailable("Version", e.into()))?
         .into_inner();
     let mut lifecycle = Lifecycle {
         ids: IdGenerator::new(),
@@ -245,7 +245,7 @@ async fn run(
     };
     for container in list(&mut client)
         .await
-        .map_err(|e| unavailable("ListContainers", &e))?
+        .map_err(|e| unavailable("ListContainers", e.into()))?
     {
         lifecycle
             .known
@@ -255,7 +255,7 @@ async fn run(
         Follow::Auto => match client.get_container_events(GetEventsRequest {}).await {
             Ok(stream) => Some(stream.into_inner()),
             Err(status) if status.code() == tonic::Code::Unimplemented => None,
-            Err(e) => return Err(unavailable("GetContainerEvents", &e)),
+            Err(e) => return Err(unavailable("GetContainerEvents", e.into())),
         },
         Follow::Poll => None,
     };
@@ -287,9 +287,9 @@ async fn follow_events(
         let event = match item {
             Some(Ok(event)) => event,
             Some(Err(e)) => {
-                return Err(Error::Unavailable(format!("CRI event stream broke: {e}")));
+                return Err(Error::unavailable_by("CRI event stream broke", e));
             }
-            None => return Err(Error::Unavailable("CRI event stream ended".into())),
+            None => return Err(Error::unavailable("CRI event stream ended")),
         };
         if event.container_event_type == ContainerEventType::ContainerDeletedEvent as i32 {
             lifecycle.known.remove(&event.container_id);

@@ -116,7 +116,7 @@ impl CollectorConfig for EtcdConfig {
                 insecure_skip_verify: self.insecure_skip_verify,
             };
             let client = HttpClient::new(&tls, None, Duration::from_secs(5))
-                .map_err(|e| Error::Unavailable(format!("TLS settings: {e}")))?;
+                .map_err(|e| Error::unavailable_by("TLS settings", e))?;
             Ok::<Running, Error>(Box::pin(run(self, cx.node_name.into(), client, context)))
         })
     }

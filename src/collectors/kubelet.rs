@@ -130,7 +130,7 @@ impl CollectorConfig for KubeletConfig {
                 Some(path) => Some(
                     std::fs::read_to_string(path)
                         .map_err(|e| {
-                            Error::Unavailable(format!("token_file {}: {e}", path.display()))
+                            Error::unavailable_by(format!("token_file {}", path.display()), e)
                         })?
                         .trim()
                         .to_owned(),
@@ -143,7 +143,7 @@ impl CollectorConfig for KubeletConfig {
                 ..Tls::default()
             };
             let client = HttpClient::new(&tls, token, Duration::from_secs(10))
-                .map_err(|e| Error::Unavailable(format!("TLS settings: {e}")))?;
+                .map_err(|e| Error::unavailable_by("TLS settings", e))?;
             Ok::<Running, Error>(Box::pin(run(self, cx.node_name.into(), client, context)))
         })
     }

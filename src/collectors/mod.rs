@@ -27,15 +27,42 @@ use tokio_util::sync::CancellationToken;
 use crate::source_sender::{Closed, EventSender, WhenFull};
 use crate::telemetry::{CollectorStats, Health};
 
+/// The error underneath an [`Error`], kept as its source.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
 /// Why a collector could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The platform, a privilege or a peer it needs is missing here.
-    #[error("unavailable: {0}")]
-    Unavailable(String),
+    #[error("unavailable: {what}")]
+    Unavailable {
+        /// What is missing or failed, in the collector's words.
+        what: String,
+        /// The error that says why, when there is one.
+        #[source]
+        cause: Option<Cause>,
+    },
     /// The pipeline closed under it.
     #[error(transparent)]
     Closed(#[from] Closed),
+}
+
+impl Error {
+    /// Unavailable for a reason no error stands behind.
+    pub fn unavailable(what: impl Into<String>) -> Self {
+        Self::Unavailable {
+            what: what.into(),
+            cause: None,
+        }
+    }
+
+    /// Unavailable because of `cause`, which stays attached as the source.
+    pub fn unavailable_by(what: impl Into<String>, cause: impl Into<Cause>) -> Self {
+        Self::Unavailable {
+            what: what.into(),
+            cause: Some(cause.into()),
+        }
+    }
 }
 
 /// A collector's running half: the future that produces events until its input ends or
@@ -309,6 +336,19 @@ pub(crate) fn check_files(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unavailable_collector_keeps_the_error_that_says_why() {
+        let cause = std::io::Error::new(std::io::ErrorKind::NotFound, "no such socket");
+        let error = Error::unavailable_by("CRI socket /run/x.sock: connect", cause);
+        let source = std::error::Error::source(&error).expect("the cause is the source");
+        assert_eq!(source.to_string(), "no such socket");
+        assert_eq!(
+            crate::tls::error_chain(&error),
+            "unavailable: CRI socket /run/x.sock: connect: no such socket"
+        );
+        assert!(std::error::Error::source(&Error::unavailable("no probes")).is_none());
+    }
 
     #[test]
     fn enable_ebpf_turns_on_the_default_kernel_set_and_keeps_their_options() {

@@ -109,7 +109,7 @@ impl CollectorConfig for ReplayConfig {
                 Box::new(tokio::io::stdin())
             } else {
                 let file = std::fs::File::open(&config.path)
-                    .map_err(|e| Error::Unavailable(format!("{}: {e}", config.path.display())))?;
+                    .map_err(|e| Error::unavailable_by(config.path.display().to_string(), e))?;
                 Box::new(tokio::fs::File::from_std(file))
             };
             Ok::<Running, Error>(Box::pin(run(config, input, context)))
@@ -209,10 +209,10 @@ async fn run(
             Err(e) => {
                 // The input itself failed (not a bad line): say where, and stop as failed.
                 tracing::error!(line = number + 1, error = %e, "replay: cannot read the input; stopping here.");
-                return Err(Error::Unavailable(format!(
-                    "{}: read failed after line {number}: {e}",
-                    config.path.display()
-                )));
+                return Err(Error::unavailable_by(
+                    format!("{}: read failed after line {number}", config.path.display()),
+                    e,
+                ));
             }
         };
         number += 1;

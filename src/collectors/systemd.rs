@@ -134,10 +134,8 @@ impl CollectorConfig for SystemdConfig {
         Box::pin(async move {
             // A bus that is not there fails here, at start; later losses are reconnected.
             let session = Session::open(&self).await.map_err(|e| {
-                Error::Unavailable(format!(
-                    "cannot reach systemd on {}: {e}",
-                    self.bus_address.as_deref().unwrap_or("the system bus")
-                ))
+                let bus = self.bus_address.as_deref().unwrap_or("the system bus");
+                Error::unavailable_by(format!("cannot reach systemd on {bus}"), e)
             })?;
             Ok::<Running, Error>(Box::pin(run(self, cx.node_name.into(), session, context)))
         })
@@ -338,7 +336,7 @@ impl Session {
         let listed: Vec<ListedUnit> = self
             .manager_call("ListUnits", &())
             .await
-            .map_err(|e| Error::Unavailable(format!("ListUnits: {e}")))?;
+            .map_err(|e| Error::unavailable_by("ListUnits", e))?;
         self.units.clear();
         for (name, _, _, active, sub, _, path, _, _, _) in listed {
             let mut unit = Unit {

@@ -72,19 +72,15 @@ impl CollectorConfig for DnsConfig {
             let socket = packet_socket()?;
             let filter: &mut aya::programs::SocketFilter = ebpf
                 .program_mut("tapio_dns")
-                .ok_or_else(|| {
-                    Error::Unavailable("program tapio_dns is missing from the object".into())
-                })?
+                .ok_or_else(|| Error::unavailable("program tapio_dns is missing from the object"))?
                 .try_into()
-                .map_err(|error| Error::Unavailable(format!("socket filter: {error}")))?;
+                .map_err(|error| Error::unavailable_by("socket filter", error))?;
             filter.load().map_err(|error| {
-                Error::Unavailable(format!(
-                    "socket filter: the verifier refused the program: {error}"
-                ))
+                Error::unavailable_by("socket filter: the verifier refused the program", error)
             })?;
-            filter.attach(&socket).map_err(|error| {
-                Error::Unavailable(format!("socket filter: cannot attach: {error}"))
-            })?;
+            filter
+                .attach(&socket)
+                .map_err(|error| Error::unavailable_by("socket filter: cannot attach", error))?;
             let ring = Ring::new(NAME, ebpf)?;
             let mut tracker = Tracker {
                 stamp: Stamp::new(NAME, &cx.node_name),
@@ -108,9 +104,7 @@ fn packet_socket() -> Result<OwnedFd, Error> {
         Some(rustix::net::eth::ALL),
     )
     .map_err(|error| {
-        Error::Unavailable(format!(
-            "cannot open a packet socket (needs CAP_NET_RAW): {error}"
-        ))
+        Error::unavailable_by("cannot open a packet socket (needs CAP_NET_RAW)", error)
     })
 }
 

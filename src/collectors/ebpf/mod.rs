@@ -86,17 +86,15 @@ pub(crate) fn load(
     flags: &[(&'static str, u8)],
 ) -> Result<Ebpf, Error> {
     if object.is_empty() {
-        return Err(Error::Unavailable(
+        return Err(Error::unavailable(
             "this binary was built without eBPF probes (clang was not found at build time); \
-             run scripts/setup and rebuild"
-                .into(),
+             run scripts/setup and rebuild",
         ));
     }
     if !rustix::process::geteuid().is_root() {
-        return Err(Error::Unavailable(
+        return Err(Error::unavailable(
             "loading eBPF probes needs root (CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN); run the \
-             collector as root or as a privileged container"
-                .into(),
+             collector as root or as a privileged container",
         ));
     }
     ensure_tracefs()?;
@@ -107,7 +105,7 @@ pub(crate) fn load(
     }
     loader
         .load(object)
-        .map_err(|error| Error::Unavailable(format!("the kernel refused the probes: {error}")))
+        .map_err(|error| Error::unavailable_by("the kernel refused the probes", error))
 }
 
 /// Attaches the tracepoint program `program` to `category/name`.
@@ -117,19 +115,22 @@ pub(crate) fn attach_tracepoint(
     category: &str,
     name: &str,
 ) -> Result<(), Error> {
-    let unavailable =
-        |what: String| Error::Unavailable(format!("tracepoint {category}/{name}: {what}"));
+    let at = format!("tracepoint {category}/{name}");
     let program: &mut aya::programs::TracePoint = ebpf
         .program_mut(program)
-        .ok_or_else(|| unavailable(format!("program {program} is missing from the object")))?
+        .ok_or_else(|| {
+            Error::unavailable(format!(
+                "{at}: program {program} is missing from the object"
+            ))
+        })?
         .try_into()
-        .map_err(|error| unavailable(format!("{error}")))?;
-    program
-        .load()
-        .map_err(|error| unavailable(format!("the verifier refused the program: {error}")))?;
+        .map_err(|error| Error::unavailable_by(at.clone(), error))?;
+    program.load().map_err(|error| {
+        Error::unavailable_by(format!("{at}: the verifier refused the program"), error)
+    })?;
     program
         .attach(category, name)
-        .map_err(|error| unavailable(format!("cannot attach: {error}")))?;
+        .map_err(|error| Error::unavailable_by(format!("{at}: cannot attach"), error))?;
     Ok(())
 }
 
@@ -139,20 +140,25 @@ pub(crate) fn attach_btf_tracepoint(
     program: &str,
     name: &str,
 ) -> Result<(), Error> {
-    let unavailable = |what: String| Error::Unavailable(format!("BTF tracepoint {name}: {what}"));
-    let btf = aya::Btf::from_sys_fs()
-        .map_err(|error| unavailable(format!("cannot read the kernel's BTF: {error}")))?;
+    let at = format!("BTF tracepoint {name}");
+    let btf = aya::Btf::from_sys_fs().map_err(|error| {
+        Error::unavailable_by(format!("{at}: cannot read the kernel's BTF"), error)
+    })?;
     let program: &mut aya::programs::BtfTracePoint = ebpf
         .program_mut(program)
-        .ok_or_else(|| unavailable(format!("program {program} is missing from the object")))?
+        .ok_or_else(|| {
+            Error::unavailable(format!(
+                "{at}: program {program} is missing from the object"
+            ))
+        })?
         .try_into()
-        .map_err(|error| unavailable(format!("{error}")))?;
-    program
-        .load(name, &btf)
-        .map_err(|error| unavailable(format!("the verifier refused the program: {error}")))?;
+        .map_err(|error| Error::unavailable_by(at.clone(), error))?;
+    program.load(name, &btf).map_err(|error| {
+        Error::unavailable_by(format!("{at}: the verifier refused the program"), error)
+    })?;
     program
         .attach()
-        .map_err(|error| unavailable(format!("cannot attach: {error}")))?;
+        .map_err(|error| Error::unavailable_by(format!("{at}: cannot attach"), error))?;
     Ok(())
 }
 
@@ -179,9 +185,10 @@ fn ensure_tracefs() -> Result<(), Error> {
         None,
     )
     .map_err(|error| {
-        Error::Unavailable(format!(
-            "tracefs is not mounted and mounting it on {TRACEFS} failed: {error}"
-        ))
+        Error::unavailable_by(
+            format!("tracefs is not mounted and mounting it on {TRACEFS} failed"),
+            error,
+        )
     })?;
     tracing::info!(path = TRACEFS, "Mounted tracefs.");
     Ok(())
@@ -388,17 +395,17 @@ const LOST_POLL: Duration = Duration::from_secs(1);
 impl Ring {
     /// Takes the `events` and `lost` maps of a loaded and attached object.
     pub(crate) fn new(name: &'static str, mut ebpf: Ebpf) -> Result<Self, Error> {
-        let missing = |map: &str| Error::Unavailable(format!("probe object has no map {map}"));
+        let missing = |map: &str| Error::unavailable(format!("probe object has no map {map}"));
         let events = ebpf.take_map("events").ok_or_else(|| missing("events"))?;
         let lost = Lost::take(name, &mut ebpf)?;
         let ring = RingBuf::try_from(events)
-            .map_err(|error| Error::Unavailable(format!("ring buffer: {error}")))?;
+            .map_err(|error| Error::unavailable_by("ring buffer", error))?;
         // Sound: the ring buffer owns its descriptor and the AsyncFd owns the ring buffer,
         // so the descriptor stays open for the AsyncFd's whole life. The replacement,
         // `register_with_interest`, is an unsafe fn, which this crate forbids.
         #[allow(deprecated)]
         let records = AsyncFd::with_interest(ring, tokio::io::Interest::READABLE)
-            .map_err(|error| Error::Unavailable(format!("ring buffer: {error}")))?;
+            .map_err(|error| Error::unavailable_by("ring buffer", error))?;
         Ok(Self {
             name,
             records,
@@ -422,7 +429,7 @@ impl Ring {
                 () = context.shutdown.cancelled() => break,
                 _ = ticker.tick() => self.lost.report(&context),
                 ready = self.records.readable_mut() => {
-                    let mut guard = ready.map_err(|error| Error::Unavailable(format!("ring buffer: {error}")))?;
+                    let mut guard = ready.map_err(|error| Error::unavailable_by("ring buffer", error))?;
                     let ring = guard.get_inner_mut();
                     while let Some(record) = ring.next() {
                         batch.extend(decode(&record));
@@ -452,9 +459,9 @@ impl Lost {
     pub(crate) fn take(name: &'static str, ebpf: &mut Ebpf) -> Result<Self, Error> {
         let map = ebpf
             .take_map("lost")
-            .ok_or_else(|| Error::Unavailable("probe object has no map lost".into()))?;
+            .ok_or_else(|| Error::unavailable("probe object has no map lost"))?;
         let map = PerCpuArray::try_from(map)
-            .map_err(|error| Error::Unavailable(format!("lost counter: {error}")))?;
+            .map_err(|error| Error::unavailable_by("lost counter", error))?;
         Ok(Self {
             name,
             map,

@@ -141,25 +141,25 @@ impl CollectorConfig for SyscallErrorsConfig {
             ];
             // The ring buffer is unused here: the smallest one the kernel takes.
             let mut ebpf = load(objects::SYSCALLS, 4096, &flags)?;
-            let map_error = |what: &str, error: &dyn std::fmt::Display| {
-                Error::Unavailable(format!("{what}: {error}"))
+            let map_error = |what: &str, error: aya::maps::MapError| {
+                Error::unavailable_by(format!("map {what}"), error)
             };
             for (name, numbers) in [("errno_list", &errnos), ("syscall_list", &syscalls)] {
                 let mut table: Array<_, u8> =
                     Array::try_from(ebpf.map_mut(name).ok_or_else(|| {
-                        Error::Unavailable(format!("probe object has no map {name}"))
+                        Error::unavailable(format!("probe object has no map {name}"))
                     })?)
-                    .map_err(|e| map_error(name, &e))?;
+                    .map_err(|e| map_error(name, e))?;
                 for &n in numbers {
-                    table.set(n, 1, 0).map_err(|e| map_error(name, &e))?;
+                    table.set(n, 1, 0).map_err(|e| map_error(name, e))?;
                 }
             }
             attach_btf_tracepoint(&mut ebpf, "tapio_sys_exit", "sys_exit")?;
             let counts: BpfHashMap<MapData, Key, Counts> = BpfHashMap::try_from(
                 ebpf.take_map("counts")
-                    .ok_or_else(|| Error::Unavailable("probe object has no map counts".into()))?,
+                    .ok_or_else(|| Error::unavailable("probe object has no map counts"))?,
             )
-            .map_err(|e| map_error("counts", &e))?;
+            .map_err(|e| map_error("counts", e))?;
             let lost = Lost::take(NAME, &mut ebpf)?;
             let reader = Flusher {
                 counts,

@@ -218,13 +218,14 @@ impl CollectorConfig for JournaldConfig {
     fn build(self, cx: BuildContext, context: Context) -> BuildFuture {
         Box::pin(async move {
             let saved = match &self.state_dir {
-                Some(dir) => load_cursor(dir)
-                    .map_err(|e| Error::Unavailable(format!("state_dir {}: {e}", dir.display())))?,
+                Some(dir) => load_cursor(dir).map_err(|e| {
+                    Error::unavailable_by(format!("state_dir {}", dir.display()), e)
+                })?,
                 None => None,
             };
             let journal = self
                 .open(saved.as_deref())
-                .map_err(|e| Error::Unavailable(e.to_string()))?;
+                .map_err(|e| Error::unavailable_by("cannot open the journal", e))?;
             if let Some(cursor) = &saved {
                 tracing::info!(cursor = %cursor, "journald: resuming after the saved cursor.");
             }
@@ -272,7 +273,7 @@ impl CollectorConfig for JournaldConfig {
                 watch.abort();
                 match result {
                     Ok(result) => result,
-                    Err(panic) => Err(Error::Unavailable(format!("the reader failed: {panic}"))),
+                    Err(panic) => Err(Error::unavailable_by("the reader failed", panic)),
                 }
             }))
         })
@@ -314,7 +315,7 @@ impl Reader {
                 Ok(None) if !self.follow => return Ok(()),
                 Ok(None) => {
                     if let Err(e) = self.journal.wait(WAIT) {
-                        return Err(Error::Unavailable(e.to_string()));
+                        return Err(Error::unavailable_by("waiting on the journal failed", e));
                     }
                 }
                 Err(e) => {

@@ -111,9 +111,7 @@ impl CollectorConfig for KubeApiConfig {
     fn build(self, cx: BuildContext, context: Context) -> BuildFuture {
         Box::pin(async move {
             // An unreadable kubeconfig or no in-cluster account fails here, at start.
-            let client = client(&self)
-                .await
-                .map_err(|e| Error::Unavailable(format!("no Kubernetes API: {e}")))?;
+            let client = client(&self).await?;
             let node = self
                 .node_name
                 .clone()
@@ -129,21 +127,25 @@ impl CollectorConfig for KubeApiConfig {
     }
 }
 
-async fn client(config: &KubeApiConfig) -> Result<Client, String> {
+async fn client(config: &KubeApiConfig) -> Result<Client, Error> {
+    const NO_API: &str = "no Kubernetes API";
     let config = match &config.kubeconfig {
         Some(path) => {
+            let at = || format!("{NO_API}: {}", path.display());
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+                .map_err(|e| Error::unavailable_by(at(), e))?;
             kube::Config::from_custom_kubeconfig(
                 kubeconfig,
                 &kube::config::KubeConfigOptions::default(),
             )
             .await
-            .map_err(|e| format!("{}: {e}", path.display()))?
+            .map_err(|e| Error::unavailable_by(at(), e))?
         }
-        None => kube::Config::infer().await.map_err(|e| e.to_string())?,
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| Error::unavailable_by(NO_API, e))?,
     };
-    Client::try_from(config).map_err(|e| e.to_string())
+    Client::try_from(config).map_err(|e| Error::unavailable_by(NO_API, e))
 }
 
 /// What the running watches need.
