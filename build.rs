@@ -4,9 +4,6 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The probe objects, one per kernel collector; src/collectors/ebpf embeds each by name.
-const PROBES: [&str; 5] = ["kernel", "network", "dns", "memory", "syscalls"];
-
 fn main() -> anyhow::Result<()> {
     // Naming any path below turns off cargo's default of rerunning on every change.
     println!("cargo:rerun-if-changed=proto");
@@ -44,7 +41,15 @@ fn compile_probes(out: &Path) -> anyhow::Result<()> {
             "cargo:warning=clang not found (set CLANG or run scripts/setup): building without eBPF probes"
         );
     }
-    for probe in PROBES {
+    // Every `ebpf/<name>.bpf.c` becomes `<name>.bpf.o`, which `object!("<name>")` embeds.
+    let mut probes: Vec<String> = std::fs::read_dir("ebpf")?
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name().into_string().ok()?;
+            Some(name.strip_suffix(".bpf.c")?.to_owned())
+        })
+        .collect();
+    probes.sort();
+    for probe in probes {
         let object = out.join(format!("{probe}.bpf.o"));
         if !available {
             std::fs::write(&object, [])?;

@@ -9,7 +9,7 @@ use std::os::fd::OwnedFd;
 
 use serde::Deserialize;
 
-use super::{Reader, Ring, RingOptions, Stamp, c_string, load, objects};
+use super::{Reader, Ring, RingOptions, Stamp, c_string, load};
 use crate::collectors::{
     BuildContext, BuildFuture, CollectorConfig, Context, Error, Group, Running,
 };
@@ -55,8 +55,8 @@ impl DnsConfig {
 }
 
 pub(super) const KIND_DNS_PACKET: u32 = 20;
-const ETH_P_IP: u16 = 0x0800;
-const PACKET_MAX: usize = 512;
+pub(super) const ETH_P_IP: u16 = 0x0800;
+pub(super) const PACKET_MAX: usize = 512;
 
 impl CollectorConfig for DnsConfig {
     const NAME: &'static str = NAME;
@@ -68,7 +68,7 @@ impl CollectorConfig for DnsConfig {
 
     fn build(self, cx: BuildContext, context: Context) -> BuildFuture {
         Box::pin(async move {
-            let mut ebpf = load(objects::DNS, self.ring_buffer_bytes, &[])?;
+            let mut ebpf = load(object!("dns"), self.ring_buffer_bytes, &[])?;
             let socket = packet_socket()?;
             let filter: &mut aya::programs::SocketFilter = ebpf
                 .program_mut("tapio_dns")
@@ -127,8 +127,21 @@ struct Tracker {
     _socket: OwnedFd,
 }
 
-impl Tracker {
-    fn decode(&mut self, record: &[u8]) -> Option<Event> {
+/// A `struct dns_record` from `dns.bpf.c`, read: the packet and who sent it.
+#[derive(Debug, PartialEq)]
+pub(super) struct Record<'a> {
+    pub(super) pid: u32,
+    pub(super) ktime: u64,
+    pub(super) cgroup_id: u64,
+    pub(super) protocol: u16,
+    pub(super) comm: String,
+    /// The filled part of the packet, from the IP header on.
+    pub(super) packet: &'a [u8],
+}
+
+impl<'a> Record<'a> {
+    /// Reads a record laid out as `struct dns_record`; `None` for another kind or a short one.
+    pub(super) fn read(record: &'a [u8]) -> Option<Self> {
         let mut reader = Reader::new(record);
         if reader.u32()? != KIND_DNS_PACKET {
             return None;
@@ -143,6 +156,27 @@ impl Tracker {
         let _pad = reader.u32()?;
         let comm = c_string(reader.take(16)?);
         let packet = &reader.take(PACKET_MAX)?[..len];
+        Some(Self {
+            pid,
+            ktime,
+            cgroup_id,
+            protocol,
+            comm,
+            packet,
+        })
+    }
+}
+
+impl Tracker {
+    fn decode(&mut self, record: &[u8]) -> Option<Event> {
+        let Record {
+            pid,
+            ktime,
+            cgroup_id,
+            protocol,
+            comm,
+            packet,
+        } = Record::read(record)?;
         let message = Message::parse(protocol, packet)?;
         if message.response {
             Some(self.response(&message, ktime))

@@ -1,7 +1,7 @@
 //! `kernel`: process exec and exit, from the `sched_process_exec` and `sched_process_exit`
 //! tracepoints (`ebpf/kernel.bpf.c`).
 
-use super::{Header, Reader, Ring, RingOptions, Stamp, attach_tracepoint, load, objects};
+use super::{Header, Reader, Ring, RingOptions, Stamp, attach_tracepoint, load};
 use crate::collectors::{
     BuildContext, BuildFuture, CollectorConfig, Context, Error, Group, Running,
 };
@@ -31,7 +31,7 @@ impl CollectorConfig for KernelConfig {
 
     fn build(self, cx: BuildContext, context: Context) -> BuildFuture {
         Box::pin(async move {
-            let mut ebpf = load(objects::KERNEL, self.0.ring_buffer_bytes, &[])?;
+            let mut ebpf = load(object!("kernel"), self.0.ring_buffer_bytes, &[])?;
             attach_tracepoint(&mut ebpf, "tapio_exec", "sched", "sched_process_exec")?;
             attach_tracepoint(&mut ebpf, "tapio_exit", "sched", "sched_process_exit")?;
             let ring = Ring::new(NAME, ebpf)?;

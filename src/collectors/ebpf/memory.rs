@@ -1,7 +1,7 @@
 //! `memory`: OOM kills, from the `mark_victim` BTF tracepoint (`ebpf/memory.bpf.c`), with
 //! the victim's pid, comm, cgroup and memory figures at the moment it was chosen.
 
-use super::{Header, Reader, Ring, RingOptions, Stamp, attach_btf_tracepoint, load, objects};
+use super::{Header, Reader, Ring, RingOptions, Stamp, attach_btf_tracepoint, load};
 use crate::collectors::{
     BuildContext, BuildFuture, CollectorConfig, Context, Error, Group, Running,
 };
@@ -27,7 +27,7 @@ impl CollectorConfig for MemoryConfig {
 
     fn build(self, cx: BuildContext, context: Context) -> BuildFuture {
         Box::pin(async move {
-            let mut ebpf = load(objects::MEMORY, self.0.ring_buffer_bytes, &[])?;
+            let mut ebpf = load(object!("memory"), self.0.ring_buffer_bytes, &[])?;
             attach_btf_tracepoint(&mut ebpf, "tapio_oom", "mark_victim")?;
             let ring = Ring::new(NAME, ebpf)?;
             let mut stamp = Stamp::new(NAME, &cx.node_name);

@@ -6,6 +6,14 @@
 //! load (a missing tracepoint, a verifier refusal) leaves the others running. Records start
 //! with the header of `ebpf/tapio.h`; [`Record`] reads it.
 
+/// The compiled object of `ebpf/<name>.bpf.c`. build.rs compiles every probe source there
+/// (into an empty object when clang is missing), so a new probe needs no list entry.
+macro_rules! object {
+    ($name:literal) => {
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/", $name, ".bpf.o"))
+    };
+}
+
 pub mod containers;
 pub mod dns;
 pub mod kernel;
@@ -61,23 +69,6 @@ impl RingOptions {
 }
 
 /// The compiled probe objects; empty when the build had no clang.
-pub(crate) mod objects {
-    /// `ebpf/kernel.bpf.c`.
-    pub static KERNEL: &[u8] =
-        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kernel.bpf.o"));
-    /// `ebpf/dns.bpf.c`.
-    pub static DNS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dns.bpf.o"));
-    /// `ebpf/network.bpf.c`.
-    pub static NETWORK: &[u8] =
-        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/network.bpf.o"));
-    /// `ebpf/memory.bpf.c`.
-    pub static MEMORY: &[u8] =
-        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memory.bpf.o"));
-    /// `ebpf/syscalls.bpf.c`.
-    pub static SYSCALLS: &[u8] =
-        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/syscalls.bpf.o"));
-}
-
 /// Loads `object` with its ring buffer sized to `ring_bytes` and its `const volatile` flags
 /// set from `flags`, after making sure the kernel can be asked for tracepoints.
 pub(crate) fn load(
@@ -494,7 +485,7 @@ impl Lost {
 /// Tests call this and skip with the reason; with `TAPIO_REQUIRE_EBPF=1` (CI) they fail.
 #[must_use]
 pub fn unsupported_here() -> Option<String> {
-    if objects::KERNEL.is_empty() {
+    if object!("kernel").is_empty() {
         return Some("built without eBPF probes: clang was not found at build time".into());
     }
     if !rustix::process::geteuid().is_root() {
@@ -853,5 +844,43 @@ mod tests {
             event.attributes.get("error"),
             Some(&Str("ECONNREFUSED".into()))
         );
+    }
+
+    #[test]
+    fn the_dns_record_reads_back_as_the_c_side_lays_it_out() {
+        let source = include_str!("../../../ebpf/dns.bpf.c");
+        let fields = layout(source, "dns_record", &[]);
+        assert_eq!(defines(source)["PACKET_MAX"], dns::PACKET_MAX as u64);
+        let packet: Vec<u8> = (1..=60).collect();
+        let record = record_of(
+            &fields,
+            &[
+                ("kind", &dns::KIND_DNS_PACKET.to_le_bytes()),
+                ("pid", &4242u32.to_le_bytes()),
+                ("ktime", &0x0102_0304_0506_0708u64.to_le_bytes()),
+                ("cgroup_id", &0x1112_1314_1516_1718u64.to_le_bytes()),
+                ("ifindex", &3u32.to_le_bytes()),
+                ("pkt_type", &4u32.to_le_bytes()),
+                ("protocol", &dns::ETH_P_IP.to_le_bytes()),
+                ("len", &60u16.to_le_bytes()),
+                ("comm", b"curl\0"),
+                ("packet", &packet),
+            ],
+        );
+        // What the ring hands over is sizeof(struct dns_record): the C struct padded to 8.
+        assert_eq!(record.len(), record.len().next_multiple_of(8));
+        let read = dns::Record::read(&record).expect("a dns record");
+        assert_eq!(
+            read,
+            dns::Record {
+                pid: 4242,
+                ktime: 0x0102_0304_0506_0708,
+                cgroup_id: 0x1112_1314_1516_1718,
+                protocol: dns::ETH_P_IP,
+                comm: "curl".into(),
+                packet: &packet,
+            }
+        );
+        assert_eq!(dns::Record::read(&record[..record.len() - 1]), None);
     }
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use super::names::errno_name;
-use super::{Header, Reader, Ring, RingOptions, Stamp, attach_tracepoint, load, objects};
+use super::{Header, Reader, Ring, RingOptions, Stamp, attach_tracepoint, load};
 use crate::collectors::{
     BuildContext, BuildFuture, CollectorConfig, Context, Error, Group, Running,
 };
@@ -71,7 +71,7 @@ impl CollectorConfig for NetworkConfig {
         Box::pin(async move {
             let exact = self.accept_syscalls;
             let flags = [("accept_from_syscalls", u8::from(exact))];
-            let mut ebpf = load(objects::NETWORK, self.ring_buffer_bytes, &flags)?;
+            let mut ebpf = load(object!("network"), self.ring_buffer_bytes, &flags)?;
             attach_tracepoint(&mut ebpf, "tapio_tcp_state", "sock", "inet_sock_set_state")?;
             if exact {
                 attach_tracepoint(&mut ebpf, "tapio_accept4", "syscalls", "sys_exit_accept4")?;

@@ -12,7 +12,7 @@ use aya::maps::{Array, HashMap as BpfHashMap, MapData};
 use serde::Deserialize;
 
 use super::names::{errno_name, errno_number, syscall_name, syscall_number};
-use super::{Lost, Stamp, attach_btf_tracepoint, c_string, load, objects};
+use super::{Lost, Stamp, attach_btf_tracepoint, c_string, load};
 use crate::collectors::{BuildContext, BuildFuture, CollectorConfig, Context, Error, Running};
 use crate::event::Event;
 
@@ -140,7 +140,7 @@ impl CollectorConfig for SyscallErrorsConfig {
                 ("only_listed_syscalls", u8::from(!syscalls.is_empty())),
             ];
             // The ring buffer is unused here: the smallest one the kernel takes.
-            let mut ebpf = load(objects::SYSCALLS, 4096, &flags)?;
+            let mut ebpf = load(object!("syscalls"), 4096, &flags)?;
             let map_error = |what: &str, error: aya::maps::MapError| {
                 Error::unavailable_by(format!("map {what}"), error)
             };
