@@ -171,7 +171,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Arc<Tele
     let input_ending = input_ending(&shutdown, manager.all_finished());
     let (bridge, embedded) = start_delivery(&config, &node_name, &telemetry, &input_ending).await?;
     let mut fan_in = manager.into_fan_in();
-    let mut correlator = correlation::build_with(&config.correlation, &node_name, Some(directory));
+    let mut correlator =
+        correlation::build_with(&correlation_settings(&config), &node_name, Some(directory));
     let exporter = start_export(&config, &node_name, &telemetry);
     let mut stdout = config
         .output
@@ -310,6 +311,17 @@ fn take_closed(
         }
     }
     closed
+}
+
+/// The `correlation:` settings with the defaults that depend on the collectors filled in.
+fn correlation_settings(config: &Config) -> correlation::CorrelationConfig {
+    let mut correlation = config.correlation.clone();
+    // A report can arrive up to an interval after what it saw, and be compared with an
+    // effect seen up to another interval early: twice the longest, at least the default.
+    correlation.late_window.get_or_insert_with(|| {
+        (config.collectors.longest_interval() * 2).max(correlation::late_window_default())
+    });
+    correlation
 }
 
 /// Cancelled once no new input can come: on shutdown, or when every collector has ended (a

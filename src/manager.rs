@@ -45,7 +45,10 @@ impl Manager {
     /// counted, and the others run. Returns whether it started.
     pub async fn start(&mut self, built: collectors::Built) -> bool {
         let stats = self.telemetry.register(built.name);
-        let (sender, receiver) = queue(self.capacity, built.when_full, Arc::clone(&stats));
+        let (mut sender, receiver) = queue(self.capacity, built.when_full, Arc::clone(&stats));
+        if built.documented {
+            sender = sender.checking_shapes();
+        }
         let context = Context {
             out: sender,
             shutdown: self.shutdown.child_token(),
@@ -190,6 +193,8 @@ mod tests {
 
     impl CollectorConfig for Emits {
         const NAME: &'static str = "emits";
+        // Its events are test fixtures, not a real collector's shapes.
+        const DOCUMENTED: bool = false;
 
         fn validate(&self, _: &str, _: &mut Vec<String>) {}
 

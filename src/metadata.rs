@@ -22,6 +22,8 @@ pub struct PodMeta {
     pub workload_name: Arc<str>,
     /// The node it runs on.
     pub node: Arc<str>,
+    /// Its IP address; empty until it has one.
+    pub ip: Arc<str>,
 }
 
 impl PodMeta {

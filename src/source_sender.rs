@@ -34,11 +34,32 @@ pub struct EventSender {
     tx: mpsc::Sender<Event>,
     when_full: WhenFull,
     stats: Arc<CollectorStats>,
+    check_shapes: bool,
 }
 
 impl EventSender {
+    /// Checks every event against docs/event-types.md (`event::schema`) in debug builds,
+    /// so a collector that drifts from its documented shapes fails the test suite.
+    #[must_use]
+    pub fn checking_shapes(mut self) -> Self {
+        self.check_shapes = true;
+        self
+    }
+
     /// Sends one event under this collector's full-queue policy.
+    ///
+    /// # Panics
+    /// In debug builds, when shapes are checked and `event` is unlike its documented shape.
     pub async fn send(&self, event: Event) -> Result<(), Closed> {
+        #[cfg(debug_assertions)]
+        if self.check_shapes
+            && let Err(mismatch) = crate::event::schema::check(&event)
+        {
+            panic!(
+                "the {} collector sent an event unlike docs/event-types.md: {mismatch}",
+                self.stats.name()
+            );
+        }
         match self.when_full {
             WhenFull::Block => self.tx.send(event).await.map_err(|_| Closed)?,
             WhenFull::DropNewest => match self.tx.try_send(event) {
@@ -74,6 +95,7 @@ pub fn queue(
             tx,
             when_full,
             stats,
+            check_shapes: false,
         },
         rx,
     )

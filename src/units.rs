@@ -91,6 +91,13 @@ pub fn deserialize_duration<'de, D: Deserializer<'de>>(
     parse_duration(&text).map_err(serde::de::Error::custom)
 }
 
+/// Serde: an optional duration as text such as `250ms`.
+pub fn deserialize_optional_duration<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
+    deserialize_duration(deserializer).map(Some)
+}
+
 /// Checks `host:port` (a host, and a port 1..=65535); the reason names the address.
 pub fn check_host_port(address: &str) -> std::result::Result<(), String> {
     let Some((host, port)) = address.rsplit_once(':') else {

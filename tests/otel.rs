@@ -91,9 +91,9 @@ fn each_oom_cascade_arrives_as_one_trace_with_causal_parents() {
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert_eq!(last_status(&stderr, "spans_dropped"), 0, "{stderr}");
-    assert_eq!(last_status(&stderr, "spans_exported"), 8, "{stderr}");
-    let spans = receiver.wait_for(8, Duration::from_secs(10));
-    assert_eq!(spans.len(), 8, "two cascades of four events: {spans:#?}");
+    assert_eq!(last_status(&stderr, "spans_exported"), 10, "{stderr}");
+    let spans = receiver.wait_for(10, Duration::from_secs(10));
+    assert_eq!(spans.len(), 10, "two cascades of five events: {spans:#?}");
 
     let mut traces: HashMap<String, Vec<&Value>> = HashMap::new();
     for span in &spans {
@@ -118,6 +118,7 @@ fn each_oom_cascade_arrives_as_one_trace_with_causal_parents() {
             names,
             [
                 "memory.oom_kill",
+                "process.exit",
                 "container.exit",
                 "k8s.pod.restart",
                 "k8s.pod.backoff"
@@ -131,9 +132,11 @@ fn each_oom_cascade_arrives_as_one_trace_with_causal_parents() {
                 .as_str()
                 .is_some_and(|p| p.contains("memory limit"))
         );
-        for pair in members.windows(2) {
+        // The kill ends the process and the container; the exit restarts the pod, which
+        // backs off.
+        for (effect, cause) in [(1, 0), (2, 0), (3, 2), (4, 3)] {
             assert_eq!(
-                pair[1]["parent_span_id"], pair[0]["span_id"],
+                members[effect]["parent_span_id"], members[cause]["span_id"],
                 "parent = causal predecessor"
             );
         }
@@ -170,7 +173,7 @@ fn with_the_endpoint_down_the_run_ends_and_counts_what_it_dropped() {
         "the exporter does not hold the exit: {took:?}"
     );
     assert_eq!(last_status(&stderr, "spans_exported"), 0);
-    assert_eq!(last_status(&stderr, "spans_dropped"), 8, "{stderr}");
+    assert_eq!(last_status(&stderr, "spans_dropped"), 10, "{stderr}");
     assert_eq!(
         last_status(&stderr, "dropped"),
         0,

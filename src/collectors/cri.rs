@@ -87,6 +87,12 @@ impl CollectorConfig for CriConfig {
         self.check(path, problems);
     }
 
+    fn reporting_interval(&self) -> Option<Duration> {
+        // Polling (forced, or where the runtime has no event stream) reports a change up
+        // to one interval late.
+        Some(self.poll_interval)
+    }
+
     fn build(self, cx: BuildContext, context: Context) -> BuildFuture {
         Box::pin(async move {
             let socket = match &self.socket {

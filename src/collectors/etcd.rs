@@ -107,6 +107,10 @@ impl CollectorConfig for EtcdConfig {
         self.check(path, problems);
     }
 
+    fn reporting_interval(&self) -> Option<Duration> {
+        Some(self.interval)
+    }
+
     fn build(self, cx: BuildContext, context: Context) -> BuildFuture {
         Box::pin(async move {
             let tls = Tls {

@@ -119,6 +119,10 @@ impl CollectorConfig for KubeletConfig {
         self.check(path, problems);
     }
 
+    fn reporting_interval(&self) -> Option<Duration> {
+        Some(self.interval)
+    }
+
     fn build(self, cx: BuildContext, context: Context) -> BuildFuture {
         Box::pin(async move {
             let mounted = Path::new(SERVICE_ACCOUNT).join("token");

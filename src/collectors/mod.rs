@@ -82,8 +82,20 @@ pub trait CollectorConfig:
     /// The `--enable-*` group that turns it on; `None`: only the YAML file does.
     const GROUP: Option<Group> = None;
 
+    /// Whether its events have the shapes of docs/event-types.md (`event::schema`), which
+    /// debug builds check on every send; `false` only for a collector that passes on
+    /// events made elsewhere (`replay`).
+    const DOCUMENTED: bool = true;
+
     /// Appends every problem of its options to `problems`, each under `path`.
     fn validate(&self, path: &str, problems: &mut Vec<String>);
+
+    /// How often it reports what it saw, for a collector that reports on an interval (so
+    /// its events can arrive that much after they happened); `None` for one that reports
+    /// at once.
+    fn reporting_interval(&self) -> Option<std::time::Duration> {
+        None
+    }
 
     /// Does the work that can fail up front (check the platform, open, connect, attach)
     /// and returns the future that only runs, so every such error surfaces at start.
@@ -176,6 +188,8 @@ pub struct Built {
     pub name: &'static str,
     /// Its queue policy.
     pub when_full: WhenFull,
+    /// Whether its events have documented shapes ([`CollectorConfig::DOCUMENTED`]).
+    pub documented: bool,
     /// Builds it with its context: the failing setup, then the running half.
     pub start: Box<dyn FnOnce(Context) -> BuildFuture + Send>,
 }
@@ -195,6 +209,7 @@ impl Built {
         Self {
             name: T::NAME,
             when_full,
+            documented: T::DOCUMENTED,
             start: Box::new(move |context| config.build(cx, context)),
         }
     }
@@ -269,6 +284,21 @@ macro_rules! registry {
                             .into(),
                     );
                 }
+            }
+
+            /// The longest reporting interval of the enabled collectors: how late their
+            /// events can arrive ([`CollectorConfig::reporting_interval`]).
+            #[must_use]
+            pub fn longest_interval(&self) -> std::time::Duration {
+                let mut longest = std::time::Duration::ZERO;
+                $(
+                    if let Some(entry) = self.$field.as_ref().filter(|e| e.enabled) {
+                        if let Some(interval) = CollectorConfig::reporting_interval(&entry.config) {
+                            longest = longest.max(interval);
+                        }
+                    }
+                )*
+                longest
             }
 
             /// Every enabled collector, ready to start with `cx`.

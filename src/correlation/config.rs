@@ -1,13 +1,15 @@
 //! Correlation's own settings: the `correlation:` section of the YAML file deserialises
 //! straight into [`CorrelationConfig`].
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
 use clap::ValueEnum;
 use serde::Deserialize;
 
-use crate::units::deserialize_duration;
+use super::rules::{Condition, ENTITY_FIELDS, Ordering, Scalar, Test};
+use crate::units::{deserialize_duration, deserialize_optional_duration};
 
 /// How events are correlated.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -29,6 +31,11 @@ pub struct CorrelationConfig {
     /// or unit at most this long before; `0s` turns such joins off.
     #[serde(deserialize_with = "deserialize_duration")]
     pub join_window: Duration,
+    /// How late a cause may arrive (behind the newest event seen, in event time) and still
+    /// join its effect's group, as its root when the effect was the root. Default: twice
+    /// the longest reporting interval of the enabled collectors, at least 1m.
+    #[serde(deserialize_with = "deserialize_optional_duration")]
+    pub late_window: Option<Duration>,
     /// Namespaces whose incidents matter most. When any `critical_*` list is set, a group
     /// touching nothing in them has its impact scaled by 0.75.
     pub critical_namespaces: Vec<String>,
@@ -49,6 +56,7 @@ impl Default for CorrelationConfig {
             max_group_events: 1_000,
             max_open_events: 100_000,
             join_window: Duration::from_mins(1),
+            late_window: None,
             critical_namespaces: Vec::new(),
             critical_labels: Vec::new(),
             critical_units: Vec::new(),
@@ -67,16 +75,129 @@ pub struct RuleConfig {
     pub cause: String,
     /// Event type of the effect.
     pub effect: String,
-    /// Entity both share: `process`, `container`, `pod`, `workload`, `node` or `unit`.
+    /// Entity both share: `process`, `container`, `pod`, `workload`, `node`, `unit`,
+    /// `callee` (the cause is on the server the effect called) or `node_pods` (the cause
+    /// on the node, the effect on one of its pods).
     pub relation: super::rules::Relation,
     /// Longest time from cause to effect, e.g. `30s`.
     #[serde(deserialize_with = "deserialize_duration")]
     pub max_delay: Duration,
     /// How sure a match is, 0..1.
     pub confidence: f64,
-    /// Causes below this severity do not match; default `info`.
+    /// Causes below this severity do not match; default `info`. The same as
+    /// `cause_when.severity`.
     #[serde(default)]
     pub cause_min_severity: crate::event::Severity,
+    /// What the cause must satisfy besides its type.
+    #[serde(default)]
+    pub cause_when: ConditionConfig,
+    /// What the effect must satisfy besides its type.
+    #[serde(default)]
+    pub effect_when: ConditionConfig,
+}
+
+/// A rule's condition on one side, as the YAML writes it.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConditionConfig {
+    /// The lowest severity that matches.
+    pub severity: crate::event::Severity,
+    /// Tests by attribute key, or by `entities.<field>` (`node`, `comm`, `container_id`,
+    /// `pod_namespace`, `pod_name`, `workload_kind`, `workload_name`, `unit`); all must hold.
+    pub attributes: BTreeMap<String, TestConfig>,
+    /// Alternatives: when given, at least one of them must hold as well.
+    pub any: Vec<ConditionConfig>,
+}
+
+/// Tests on one value; every one given must hold.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TestConfig {
+    /// Equal to this.
+    pub equals: Option<Scalar>,
+    /// Equal to one of these.
+    pub one_of: Option<Vec<Scalar>>,
+    /// Not equal to this (an absent value passes).
+    pub not: Option<Scalar>,
+    /// Equal to none of these (an absent value passes).
+    pub none_of: Option<Vec<Scalar>>,
+    /// A number greater than this.
+    pub above: Option<f64>,
+    /// A number at least this.
+    pub at_least: Option<f64>,
+    /// A number less than this.
+    pub below: Option<f64>,
+    /// A number at most this.
+    pub at_most: Option<f64>,
+}
+
+impl TestConfig {
+    fn tests(&self) -> Vec<Test> {
+        let mut tests = Vec::new();
+        if let Some(value) = &self.equals {
+            tests.push(Test::OneOf(vec![value.clone()]));
+        }
+        if let Some(values) = &self.one_of {
+            tests.push(Test::OneOf(values.clone()));
+        }
+        if let Some(value) = &self.not {
+            tests.push(Test::NoneOf(vec![value.clone()]));
+        }
+        if let Some(values) = &self.none_of {
+            tests.push(Test::NoneOf(values.clone()));
+        }
+        for (bound, ordering) in [
+            (self.above, Ordering::Above),
+            (self.at_least, Ordering::AtLeast),
+            (self.below, Ordering::Below),
+            (self.at_most, Ordering::AtMost),
+        ] {
+            if let Some(bound) = bound {
+                tests.push(Test::Compare(ordering, bound));
+            }
+        }
+        tests
+    }
+}
+
+impl ConditionConfig {
+    /// The condition the engine evaluates.
+    #[must_use]
+    pub fn to_condition(&self) -> Condition {
+        Condition {
+            min_severity: self.severity,
+            tests: self
+                .attributes
+                .iter()
+                .flat_map(|(key, test)| test.tests().into_iter().map(|t| (key.clone(), t)))
+                .collect(),
+            any: self.any.iter().map(Self::to_condition).collect(),
+        }
+    }
+
+    fn validate(&self, at: &str, problems: &mut Vec<String>) {
+        for (key, test) in &self.attributes {
+            if let Some(field) = key.strip_prefix("entities.")
+                && !ENTITY_FIELDS.contains(&field)
+            {
+                problems.push(format!(
+                    "{at}.attributes.{key}: no such entity field; one of {}",
+                    ENTITY_FIELDS.join(", ")
+                ));
+            }
+            if test.tests().is_empty() {
+                problems.push(format!(
+                    "{at}.attributes.{key}: give at least one of equals, one_of, not, none_of, above, at_least, below, at_most"
+                ));
+            }
+            if test.one_of.as_ref().is_some_and(Vec::is_empty) {
+                problems.push(format!("{at}.attributes.{key}.one_of: must not be empty"));
+            }
+        }
+        for (i, alternative) in self.any.iter().enumerate() {
+            alternative.validate(&format!("{at}.any[{i}]"), problems);
+        }
+    }
 }
 
 /// A `key=value` or `key` label selector as (key, value).
@@ -126,6 +247,14 @@ impl CorrelationConfig {
                 self.group_quiet, self.join_window
             ));
         }
+        if let Some(late) = self.late_window
+            && late > self.group_quiet
+        {
+            problems.push(format!(
+                "correlation.late_window: must be at most group_quiet ({:?}), got {late:?}",
+                self.group_quiet
+            ));
+        }
         for (i, selector) in self.critical_labels.iter().enumerate() {
             if let Err(why) = parse_label_selector(selector) {
                 problems.push(format!("correlation.critical_labels[{i}]: {why}"));
@@ -149,6 +278,10 @@ impl CorrelationConfig {
                     rule.confidence
                 ));
             }
+            rule.cause_when
+                .validate(&format!("{at}.cause_when"), problems);
+            rule.effect_when
+                .validate(&format!("{at}.effect_when"), problems);
             if rule.max_delay.is_zero() || rule.max_delay > Duration::from_hours(24) {
                 problems.push(format!(
                     "{at}.max_delay: must be more than 0 and at most 24h, got {:?}",

@@ -38,6 +38,9 @@ pub struct EntityIndex {
     // By pid alone, with the node checked on lookup: hashing the node name per event costs
     // more than the rare cross-node collision (the agent sees one node).
     processes: Bounded<u32, Process>,
+    // Pods by uid, for an event whose cgroup named the pod's uid but whose container is
+    // not known yet.
+    pods: Bounded<Arc<str>, Pod>,
     // Container -> pod pairs confirmed lately, by the container id's allocation: a
     // collector stamps one shared `Arc` per container on all its events, so most events
     // are confirmed here without hashing and comparing the 64-character id. The slots hold
@@ -57,6 +60,7 @@ impl EntityIndex {
         Self {
             containers: Bounded::new(capacity),
             processes: Bounded::new(capacity),
+            pods: Bounded::new(capacity),
             confirmed: vec![None; CONFIRMED],
             directory: None,
         }
@@ -148,6 +152,7 @@ impl EntityIndex {
                 },
             );
         }
+        self.by_uid(entities);
         if entities.pod_name.is_empty()
             && !entities.container_id.is_empty()
             && let Some(pod) = self.containers.get(&entities.container_id)
@@ -162,6 +167,57 @@ impl EntityIndex {
         }
         if exited && pid != 0 {
             self.processes.remove(&pid);
+        }
+    }
+
+    /// Learns a pod from an event naming its uid and name; fills in the name and workload
+    /// of an event naming only the uid whose container is not known.
+    fn by_uid(&mut self, entities: &mut Entities) {
+        if entities.pod_uid.is_empty() {
+            return;
+        }
+        if !entities.pod_name.is_empty() {
+            if !entities.workload_name.is_empty()
+                && self
+                    .pods
+                    .get(&entities.pod_uid)
+                    .is_none_or(|pod| !Arc::ptr_eq(&pod.name, &entities.pod_name))
+            {
+                self.pods.insert(
+                    Arc::clone(&entities.pod_uid),
+                    Pod {
+                        uid: Arc::clone(&entities.pod_uid),
+                        namespace: Arc::clone(&entities.pod_namespace),
+                        name: Arc::clone(&entities.pod_name),
+                        workload_kind: Arc::clone(&entities.workload_kind),
+                        workload_name: Arc::clone(&entities.workload_name),
+                    },
+                );
+            }
+            return;
+        }
+        if !entities.container_id.is_empty()
+            && self.containers.get(&entities.container_id).is_some()
+        {
+            return;
+        }
+        let pod = self.pods.get(&entities.pod_uid).cloned().or_else(|| {
+            let meta = self.directory.as_ref()?.pod(&entities.pod_uid)?;
+            Some(Pod {
+                uid: Arc::clone(&meta.uid),
+                namespace: Arc::clone(&meta.namespace),
+                name: Arc::clone(&meta.name),
+                workload_kind: Arc::clone(&meta.workload_kind),
+                workload_name: Arc::clone(&meta.workload_name),
+            })
+        });
+        if let Some(pod) = pod {
+            entities.pod_namespace = pod.namespace;
+            entities.pod_name = pod.name;
+            if entities.workload_name.is_empty() {
+                entities.workload_kind = pod.workload_kind;
+                entities.workload_name = pod.workload_name;
+            }
         }
     }
 

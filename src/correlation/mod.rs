@@ -3,6 +3,7 @@
 
 mod basic;
 mod config;
+pub mod deps;
 pub mod entities;
 pub mod rules;
 pub mod semantic;
@@ -30,6 +31,12 @@ pub trait Correlator: Send {
     fn close_all(&mut self) {}
 }
 
+/// The shortest default of `correlation.late_window`.
+#[must_use]
+pub fn late_window_default() -> std::time::Duration {
+    semantic::Limits::default().late_window
+}
+
 /// Builds the engine `config` asks for: `semantic` with the built-in rules plus the YAML's.
 #[must_use]
 pub fn build(config: &CorrelationConfig, node_name: &str) -> Box<dyn Correlator> {
@@ -53,6 +60,9 @@ pub fn build_with(
                 max_group_events: config.max_group_events,
                 max_open_events: config.max_open_events,
                 join_window: config.join_window,
+                late_window: config
+                    .late_window
+                    .unwrap_or(semantic::Limits::default().late_window),
                 ..semantic::Limits::default()
             };
             let critical = semantic::Criticality {
@@ -220,6 +230,7 @@ mod tests {
                 workload_kind: "Deployment".into(),
                 workload_name: "cart".into(),
                 node: "n".into(),
+                ip: "10.244.0.9".into(),
             },
             vec!["c9".into()],
         );

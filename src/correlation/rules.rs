@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::event::{Entities, Severity, hash_parts};
+use crate::event::{AttrValue, Entities, Event, Severity, hash_parts};
 
 /// Which entity a cause and its effect must share.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize)]
@@ -24,6 +24,13 @@ pub enum Relation {
     Node,
     /// The same systemd unit.
     Unit,
+    /// The cause is on the server the effect called: the pod, the service or the unit
+    /// that the effect's connection or DNS lookup went to (learned from what the agent
+    /// sees; see docs/correlation.md).
+    Callee,
+    /// The cause is on the node, the effect on a pod of that node.
+    #[serde(rename = "node_pods")]
+    NodePods,
 }
 
 impl Relation {
@@ -37,12 +44,15 @@ impl Relation {
             Self::Workload => "workload",
             Self::Node => "node",
             Self::Unit => "unit",
+            Self::Callee => "callee",
+            Self::NodePods => "node_pods",
         }
     }
 
     /// The entity key of `entities` under this relation: a 64-bit hash of the entity's
     /// identifying strings (no allocation on the hot path; a collision needs ~2^32 live
-    /// entities); `None` when the event lacks that entity.
+    /// entities); `None` when the event lacks that entity. `callee` has no key of its own
+    /// (the engine looks the server up), and `node_pods` keys on the node.
     #[must_use]
     pub fn key(self, entities: &Entities) -> Option<u64> {
         let parts: [&[u8]; 3] = match self {
@@ -66,7 +76,9 @@ impl Relation {
                 entities.workload_kind.as_bytes(),
                 entities.workload_name.as_bytes(),
             ],
-            Self::Node if !entities.node.is_empty() => [entities.node.as_bytes(), b"", b""],
+            Self::Node | Self::NodePods if !entities.node.is_empty() => {
+                [entities.node.as_bytes(), b"", b""]
+            }
             Self::Unit if !entities.unit.is_empty() => [entities.unit.as_bytes(), b"", b""],
             _ => return None,
         };
@@ -89,8 +101,193 @@ pub struct Rule {
     pub max_delay: Duration,
     /// How sure a match is, 0..1.
     pub confidence: f64,
-    /// Causes below this severity do not match (a NOERROR DNS answer causes nothing).
-    pub cause_min_severity: Severity,
+    /// What the cause must satisfy besides its type (a NOERROR answer causes nothing).
+    pub cause_when: Condition,
+    /// What the effect must satisfy besides its type.
+    pub effect_when: Condition,
+}
+
+/// What an event must satisfy to take part in a rule: a lowest severity, tests on its
+/// attributes (or on its entities, as `entities.<field>`), all of which must hold, and
+/// alternatives of which at least one must hold when there are any.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Condition {
+    /// Events below this severity do not match.
+    pub min_severity: Severity,
+    /// (key, test) pairs; an event without the key fails its test.
+    pub tests: Vec<(String, Test)>,
+    /// Alternatives: when not empty, at least one must hold as well.
+    pub any: Vec<Condition>,
+}
+
+/// A test on one attribute's value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Test {
+    /// Equal to one of these (text to text, numbers to numbers, booleans to booleans).
+    OneOf(Vec<Scalar>),
+    /// Equal to none of these; an absent attribute passes.
+    NoneOf(Vec<Scalar>),
+    /// A number compared with this one.
+    Compare(Ordering, f64),
+}
+
+/// How a number must compare.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ordering {
+    /// Greater than.
+    Above,
+    /// At least.
+    AtLeast,
+    /// Less than.
+    Below,
+    /// At most.
+    AtMost,
+}
+
+/// A value a test names.
+#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+#[serde(untagged)]
+pub enum Scalar {
+    /// `true` or `false`.
+    Bool(bool),
+    /// An integer.
+    Int(i64),
+    /// A float.
+    Float(f64),
+    /// Text.
+    Str(String),
+}
+
+impl Scalar {
+    fn matches(&self, value: &AttrValue) -> bool {
+        match (self, value) {
+            (Self::Str(want), AttrValue::Str(have)) => want == have,
+            (Self::Bool(want), AttrValue::Bool(have)) => want == have,
+            (Self::Int(want), AttrValue::Int(have)) => want == have,
+            (Self::Int(want), AttrValue::Float(have)) => (float(*want) - have).abs() < 1e-9,
+            (Self::Float(want), AttrValue::Float(have)) => (want - have).abs() < 1e-9,
+            (Self::Float(want), AttrValue::Int(have)) => (want - float(*have)).abs() < 1e-9,
+            _ => false,
+        }
+    }
+}
+
+/// An integer attribute as a float, for comparisons with a rule's numbers.
+#[allow(
+    clippy::cast_precision_loss,
+    reason = "attribute values past 2^53 compare as their nearest float"
+)]
+fn float(n: i64) -> f64 {
+    n as f64
+}
+
+impl Test {
+    fn holds(&self, value: Option<&AttrValue>) -> bool {
+        match self {
+            Self::OneOf(values) => value.is_some_and(|v| values.iter().any(|s| s.matches(v))),
+            Self::NoneOf(values) => value.is_none_or(|v| !values.iter().any(|s| s.matches(v))),
+            Self::Compare(ordering, bound) => {
+                let number = match value {
+                    Some(AttrValue::Int(n)) => float(*n),
+                    Some(AttrValue::Float(n)) => *n,
+                    _ => return false,
+                };
+                match ordering {
+                    Ordering::Above => number > *bound,
+                    Ordering::AtLeast => number >= *bound,
+                    Ordering::Below => number < *bound,
+                    Ordering::AtMost => number <= *bound,
+                }
+            }
+        }
+    }
+}
+
+impl Condition {
+    /// At least `severity`, nothing else.
+    #[must_use]
+    pub fn at_least(severity: Severity) -> Self {
+        Self {
+            min_severity: severity,
+            ..Self::default()
+        }
+    }
+
+    /// With `key` equal to one of `values` as well.
+    #[must_use]
+    pub fn one_of(mut self, key: &str, values: &[Scalar]) -> Self {
+        self.tests
+            .push((key.to_owned(), Test::OneOf(values.to_vec())));
+        self
+    }
+
+    /// With `key` equal to none of `values` as well.
+    #[must_use]
+    pub fn none_of(mut self, key: &str, values: &[Scalar]) -> Self {
+        self.tests
+            .push((key.to_owned(), Test::NoneOf(values.to_vec())));
+        self
+    }
+
+    /// With these alternatives, one of which must hold as well.
+    #[must_use]
+    pub fn any(mut self, alternatives: Vec<Condition>) -> Self {
+        self.any = alternatives;
+        self
+    }
+
+    /// Whether `event` satisfies it.
+    #[must_use]
+    pub fn holds(&self, event: &Event) -> bool {
+        event.severity >= self.min_severity
+            && self
+                .tests
+                .iter()
+                .all(|(key, test)| match key.strip_prefix("entities.") {
+                    Some(field) => {
+                        let text = entity_field(&event.entities, field);
+                        let value = text.map(|t| AttrValue::Str(t.to_owned()));
+                        test.holds(value.as_ref())
+                    }
+                    None => test.holds(event.attributes.get(key)),
+                })
+            && (self.any.is_empty() || self.any.iter().any(|c| c.holds(event)))
+    }
+}
+
+/// The entity fields a condition can test, as `entities.<field>`.
+pub const ENTITY_FIELDS: [&str; 8] = [
+    "node",
+    "comm",
+    "container_id",
+    "pod_namespace",
+    "pod_name",
+    "workload_kind",
+    "workload_name",
+    "unit",
+];
+
+fn entity_field<'a>(e: &'a Entities, field: &str) -> Option<&'a str> {
+    let text: &str = match field {
+        "node" => &e.node,
+        "comm" => &e.comm,
+        "container_id" => &e.container_id,
+        "pod_namespace" => &e.pod_namespace,
+        "pod_name" => &e.pod_name,
+        "workload_kind" => &e.workload_kind,
+        "workload_name" => &e.workload_name,
+        "unit" => &e.unit,
+        _ => return None,
+    };
+    (!text.is_empty()).then_some(text)
+}
+
+/// Text scalars, for the table below.
+fn text(values: &[&str]) -> Vec<Scalar> {
+    values
+        .iter()
+        .map(|v| Scalar::Str((*v).to_owned()))
+        .collect()
 }
 
 const fn rule(
@@ -100,7 +297,6 @@ const fn rule(
     relation: Relation,
     max_delay_secs: u64,
     confidence: f64,
-    cause_min_severity: Severity,
 ) -> Rule {
     Rule {
         name,
@@ -109,27 +305,91 @@ const fn rule(
         relation,
         max_delay: Duration::from_secs(max_delay_secs),
         confidence,
-        cause_min_severity,
+        cause_when: Condition {
+            min_severity: Severity::Debug,
+            tests: Vec::new(),
+            any: Vec::new(),
+        },
+        effect_when: Condition {
+            min_severity: Severity::Debug,
+            tests: Vec::new(),
+            any: Vec::new(),
+        },
     }
 }
+
+impl Rule {
+    /// With `cause_when` set.
+    #[must_use]
+    pub fn cause_when(mut self, condition: Condition) -> Self {
+        self.cause_when = condition;
+        self
+    }
+
+    /// With `effect_when` set.
+    #[must_use]
+    pub fn effect_when(mut self, condition: Condition) -> Self {
+        self.effect_when = condition;
+        self
+    }
+}
+
+/// The event types that report something broken on the far side of a connection or a
+/// lookup: a pod, service or unit that is down.
+const SERVER_DOWN: [&str; 7] = [
+    "container.exit",
+    "process.exit",
+    "memory.oom_kill",
+    "k8s.pod.not_ready",
+    "k8s.pod.backoff",
+    "k8s.pod.evicted",
+    "systemd.unit.failed",
+];
 
 /// The rules every engine starts with.
 #[must_use]
 #[allow(clippy::too_many_lines, reason = "a table, one rule per entry")]
 pub fn builtin() -> Vec<Rule> {
-    use Relation::{Container, Node, Pod, Process, Unit, Workload};
-    use Severity::{Info, Warning};
-    vec![
-        // The OOM cascade: kernel kill -> runtime exit 137 -> kubelet restart -> back-off.
+    use Relation::{Callee, Container, Node, NodePods, Pod, Process, Unit, Workload};
+    use Severity::Warning;
+    let failed_exit = || Condition::default().none_of("exit_code", &[Scalar::Int(0)]);
+    // A process that did not end cleanly: a non-zero code, or a signal.
+    let abnormal_end = || {
+        Condition::default().any(vec![
+            Condition::default().none_of("exit_code", &[Scalar::Int(0)]),
+            Condition::default().none_of("signal", &[Scalar::Int(0)]),
+        ])
+    };
+    let killed = || Condition::default().none_of("signal", &[Scalar::Int(0)]);
+    let server_failure =
+        || Condition::at_least(Warning).one_of("rcode", &text(&["SERVFAIL", "REFUSED"]));
+    let mut rules = vec![
+        // A process that cannot find what it needs exits, and its container with it.
         rule(
-            "oom-kills-container",
-            "memory.oom_kill",
-            "container.exit",
-            Container,
-            30,
-            0.95,
-            Info,
-        ),
+            "missing-file-fails-process",
+            "syscall.error",
+            "process.exit",
+            Process,
+            5,
+            0.8,
+        )
+        .cause_when(Condition::default().one_of("errno", &text(&["ENOENT", "EACCES", "EPERM"])))
+        .effect_when(abnormal_end()),
+        rule(
+            "refused-syscall-fails-process",
+            "syscall.error",
+            "process.exit",
+            Process,
+            5,
+            0.6,
+        )
+        .cause_when(Condition::default().one_of(
+            "errno",
+            &text(&["ECONNREFUSED", "ENOSPC", "EMFILE", "ENOMEM", "EROFS"]),
+        ))
+        .effect_when(abnormal_end()),
+        // The OOM cascade: kernel kill -> the process and its container end -> the kubelet
+        // restarts it -> back-off.
         rule(
             "oom-kills-process",
             "memory.oom_kill",
@@ -137,17 +397,77 @@ pub fn builtin() -> Vec<Rule> {
             Process,
             10,
             0.95,
-            Info,
+        )
+        .effect_when(killed()),
+        rule(
+            "oom-kills-container",
+            "memory.oom_kill",
+            "container.exit",
+            Container,
+            60,
+            0.95,
         ),
+        rule(
+            "oom-unreadies-pod",
+            "memory.oom_kill",
+            "k8s.pod.not_ready",
+            Pod,
+            120,
+            0.8,
+        ),
+        rule(
+            "process-exit-ends-container",
+            "process.exit",
+            "container.exit",
+            Container,
+            60,
+            0.85,
+        )
+        .cause_when(abnormal_end())
+        .effect_when(failed_exit()),
+        rule(
+            "process-exit-restarts-pod",
+            "process.exit",
+            "k8s.pod.restart",
+            Pod,
+            120,
+            0.6,
+        )
+        .cause_when(abnormal_end()),
+        rule(
+            "process-exit-unreadies-pod",
+            "process.exit",
+            "k8s.pod.not_ready",
+            Pod,
+            120,
+            0.6,
+        )
+        .cause_when(abnormal_end()),
         rule(
             "container-exit-restarts-pod",
             "container.exit",
             "k8s.pod.restart",
             Pod,
-            120,
+            180,
             0.9,
-            Info,
         ),
+        rule(
+            "container-exit-restarts-container",
+            "container.exit",
+            "kubelet.container.restart",
+            Pod,
+            180,
+            0.9,
+        ),
+        rule(
+            "container-exit-unreadies-pod",
+            "container.exit",
+            "k8s.pod.not_ready",
+            Pod,
+            120,
+            0.8,
+        )
+        .cause_when(failed_exit()),
         rule(
             "restart-backs-off",
             "k8s.pod.restart",
@@ -155,9 +475,24 @@ pub fn builtin() -> Vec<Rule> {
             Pod,
             600,
             0.9,
-            Info,
         ),
-        // A restart storm: each back-off ends in another restart.
+        rule(
+            "kubelet-restart-backs-off",
+            "kubelet.container.restart",
+            "k8s.pod.backoff",
+            Pod,
+            600,
+            0.8,
+        ),
+        rule(
+            "restart-duplicates-restart",
+            "k8s.pod.restart",
+            "kubelet.container.restart",
+            Pod,
+            60,
+            0.8,
+        ),
+        // A crash loop: each back-off ends in another restart, which dies again.
         rule(
             "backoff-restarts-again",
             "k8s.pod.backoff",
@@ -165,8 +500,25 @@ pub fn builtin() -> Vec<Rule> {
             Pod,
             600,
             0.7,
-            Info,
         ),
+        rule(
+            "restarted-container-dies-again",
+            "k8s.pod.restart",
+            "container.exit",
+            Pod,
+            600,
+            0.7,
+        )
+        .effect_when(failed_exit()),
+        rule(
+            "restarted-process-dies-again",
+            "k8s.pod.restart",
+            "process.exit",
+            Pod,
+            600,
+            0.6,
+        )
+        .effect_when(abnormal_end()),
         // One pod's OOM kills predict its siblings' under the same limit.
         rule(
             "oom-spreads-in-workload",
@@ -175,18 +527,60 @@ pub fn builtin() -> Vec<Rule> {
             Workload,
             300,
             0.5,
-            Info,
+        ),
+        // Memory that grows, then runs out.
+        rule(
+            "growth-ends-in-oom",
+            "memory.growth",
+            "memory.oom_kill",
+            Container,
+            3600,
+            0.8,
+        ),
+        rule(
+            "growth-nears-limit",
+            "memory.growth",
+            "kubelet.pod.memory_near_limit",
+            Pod,
+            3600,
+            0.7,
+        ),
+        rule(
+            "near-limit-ends-in-oom",
+            "kubelet.pod.memory_near_limit",
+            "memory.oom_kill",
+            Pod,
+            900,
+            0.8,
+        ),
+        // A signal from another process ends its target.
+        rule(
+            "signal-kills-process",
+            "process.signal",
+            "process.exit",
+            Process,
+            10,
+            0.95,
+        )
+        .effect_when(killed()),
+        rule(
+            "signal-ends-container",
+            "process.signal",
+            "container.exit",
+            Container,
+            60,
+            0.9,
+        ),
+        rule(
+            "signal-dumps-core",
+            "process.signal",
+            "process.core_dump",
+            Process,
+            10,
+            0.95,
         ),
         // Name resolution failing -> connections failing from the same pod.
-        rule(
-            "dns-failure-fails-connects",
-            "dns.query",
-            "net.tcp.connect_failed",
-            Pod,
-            30,
-            0.6,
-            Warning,
-        ),
+        // (A refused connect is a live server saying no, not a stale address.)
         rule(
             "dns-failure-fails-connects",
             "dns.response",
@@ -194,9 +588,70 @@ pub fn builtin() -> Vec<Rule> {
             Pod,
             30,
             0.6,
-            Warning,
+        )
+        .cause_when(server_failure())
+        .effect_when(Condition::default().one_of(
+            "error",
+            &text(&["ETIMEDOUT", "EHOSTUNREACH", "ENETUNREACH"]),
+        )),
+        // CPU starved or throttled -> probes time out -> not ready.
+        rule(
+            "throttling-unreadies-pod",
+            "cpu.throttled",
+            "k8s.pod.not_ready",
+            Pod,
+            120,
+            0.6,
         ),
-        // Disk trouble -> the unit logs errors -> the unit fails.
+        rule(
+            "runqueue-unreadies-pod",
+            "cpu.runqueue_latency",
+            "k8s.pod.not_ready",
+            Pod,
+            120,
+            0.5,
+        ),
+        rule(
+            "pressure-precedes-node-pressure",
+            "pressure.high",
+            "k8s.node.pressure",
+            Node,
+            300,
+            0.6,
+        ),
+        rule(
+            "pressure-precedes-kubelet-pressure",
+            "pressure.high",
+            "kubelet.node.pressure",
+            Node,
+            300,
+            0.6,
+        ),
+        // Disk trouble -> slow fsync -> the unit or etcd suffers.
+        rule(
+            "disk-latency-slows-fsync",
+            "block.latency_spike",
+            "fs.slow_fsync",
+            Node,
+            120,
+            0.7,
+        ),
+        rule(
+            "disk-latency-slows-etcd",
+            "block.latency_spike",
+            "etcd.slow_fsync",
+            Node,
+            120,
+            0.7,
+        ),
+        rule(
+            "slow-fsync-slows-etcd",
+            "fs.slow_fsync",
+            "etcd.slow_fsync",
+            Node,
+            120,
+            0.7,
+        ),
         rule(
             "disk-latency-unit-errors",
             "block.latency_spike",
@@ -204,8 +659,58 @@ pub fn builtin() -> Vec<Rule> {
             Node,
             300,
             0.5,
-            Warning,
+        )
+        .cause_when(Condition::at_least(Warning)),
+        rule(
+            "disk-errors-unit-errors",
+            "block.io_error",
+            "journal.unit_error",
+            Node,
+            300,
+            0.6,
         ),
+        // etcd losing its footing.
+        rule(
+            "slow-fsync-loses-leader",
+            "etcd.slow_fsync",
+            "etcd.leader_changed",
+            Node,
+            300,
+            0.7,
+        ),
+        rule(
+            "slow-commit-loses-leader",
+            "etcd.slow_commit",
+            "etcd.leader_changed",
+            Node,
+            300,
+            0.6,
+        ),
+        rule(
+            "leader-loss-fails-proposals",
+            "etcd.leader_changed",
+            "etcd.proposals_failed",
+            Node,
+            120,
+            0.7,
+        ),
+        rule(
+            "no-leader-fails-proposals",
+            "etcd.no_leader",
+            "etcd.proposals_failed",
+            Node,
+            120,
+            0.8,
+        ),
+        rule(
+            "full-db-fails-proposals",
+            "etcd.db_size_near_quota",
+            "etcd.proposals_failed",
+            Node,
+            600,
+            0.6,
+        ),
+        // A unit's own trouble: its errors, its process ending -> it fails or restarts.
         rule(
             "unit-errors-fail-unit",
             "journal.unit_error",
@@ -213,9 +718,51 @@ pub fn builtin() -> Vec<Rule> {
             Unit,
             300,
             0.7,
-            Info,
         ),
-        // A node agent failing -> node NotReady -> its pods evicted.
+        rule(
+            "unit-errors-restart-unit",
+            "journal.unit_error",
+            "systemd.unit.restarted",
+            Unit,
+            300,
+            0.6,
+        ),
+        rule(
+            "process-exit-fails-unit",
+            "process.exit",
+            "systemd.unit.failed",
+            Unit,
+            60,
+            0.8,
+        )
+        .cause_when(abnormal_end()),
+        rule(
+            "process-exit-restarts-unit",
+            "process.exit",
+            "systemd.unit.restarted",
+            Unit,
+            60,
+            0.7,
+        )
+        .cause_when(abnormal_end()),
+        rule(
+            "oom-fails-unit",
+            "memory.oom_kill",
+            "systemd.unit.failed",
+            Unit,
+            60,
+            0.9,
+        ),
+        rule(
+            "failure-fails-job",
+            "systemd.unit.failed",
+            "systemd.job.finished",
+            Unit,
+            60,
+            0.8,
+        )
+        .effect_when(Condition::at_least(Warning)),
+        // A node agent failing -> node NotReady -> its pods not ready, failed or evicted.
         rule(
             "unit-failure-node-notready",
             "systemd.unit.failed",
@@ -223,27 +770,99 @@ pub fn builtin() -> Vec<Rule> {
             Node,
             300,
             0.8,
-            Info,
+        ),
+        rule(
+            "notready-unreadies-pods",
+            "k8s.node.not_ready",
+            "k8s.pod.not_ready",
+            NodePods,
+            600,
+            0.8,
         ),
         rule(
             "notready-evicts-pods",
             "k8s.node.not_ready",
             "k8s.pod.evicted",
-            Node,
+            NodePods,
             600,
             0.8,
-            Info,
         ),
+        rule(
+            "notready-fails-pods",
+            "k8s.node.not_ready",
+            "k8s.pod.phase",
+            NodePods,
+            600,
+            0.7,
+        )
+        .effect_when(Condition::at_least(Warning)),
         rule(
             "pressure-evicts-pods",
             "k8s.node.pressure",
             "k8s.pod.evicted",
-            Node,
+            NodePods,
             600,
             0.8,
-            Info,
         ),
-    ]
+        rule(
+            "kubelet-pressure-evicts-pods",
+            "kubelet.node.pressure",
+            "k8s.pod.evicted",
+            NodePods,
+            600,
+            0.7,
+        ),
+        rule(
+            "kubelet-sees-pressure-first",
+            "kubelet.node.pressure",
+            "k8s.node.pressure",
+            Node,
+            300,
+            0.8,
+        ),
+        rule(
+            "eviction-fails-pod",
+            "k8s.pod.evicted",
+            "k8s.pod.phase",
+            Pod,
+            120,
+            0.9,
+        )
+        .effect_when(Condition::at_least(Warning)),
+    ];
+    // A server that is down (a pod, the service it backs, or a unit) fails its callers:
+    // their lookups (the cluster DNS) and their connects.
+    for cause in SERVER_DOWN {
+        let when = match cause {
+            "container.exit" => failed_exit(),
+            "process.exit" => abnormal_end(),
+            _ => Condition::default(),
+        };
+        rules.push(
+            rule(
+                "server-down-fails-lookups",
+                cause,
+                "dns.response",
+                Callee,
+                300,
+                0.8,
+            )
+            .cause_when(when.clone())
+            .effect_when(server_failure()),
+        );
+        rules.push(
+            rule(
+                "server-down-fails-connects",
+                cause,
+                "net.tcp.connect_failed",
+                Callee,
+                300,
+                0.8,
+            )
+            .cause_when(when),
+        );
+    }
+    rules
 }
 
 /// A rule from the YAML file. Its strings live for the whole run: rules are read once at
@@ -251,6 +870,8 @@ pub fn builtin() -> Vec<Rule> {
 #[must_use]
 pub fn from_config(rule: &super::RuleConfig) -> Rule {
     let keep = |s: &str| -> &'static str { Box::leak(s.to_owned().into_boxed_str()) };
+    let mut cause_when = rule.cause_when.to_condition();
+    cause_when.min_severity = cause_when.min_severity.max(rule.cause_min_severity);
     Rule {
         name: keep(&rule.name),
         cause: keep(&rule.cause),
@@ -258,7 +879,8 @@ pub fn from_config(rule: &super::RuleConfig) -> Rule {
         relation: rule.relation,
         max_delay: rule.max_delay,
         confidence: rule.confidence,
-        cause_min_severity: rule.cause_min_severity,
+        cause_when,
+        effect_when: rule.effect_when.to_condition(),
     }
 }
 

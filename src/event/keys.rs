@@ -1,7 +1,11 @@
 //! Attribute keys that more than one part of the agent writes or reads, named once.
 
-/// The Kubernetes service an event concerns (e.g. a connect failure's destination); the
-/// correlation engine counts it in an incident's blast radius.
+/// A pod's IP address, on the Kubernetes collector's pod events: the correlation engine
+/// maps connections and DNS servers to pods by it.
+pub const POD_IP: &str = "pod_ip";
+
+/// The Kubernetes service an event concerns (the service a pod backs, on the Kubernetes
+/// collector's pod events); the correlation engine counts it in an incident's blast radius.
 pub const SERVICE_NAME: &str = "k8s.service.name";
 
 /// The prefix of a pod's labels on events that carry them: `k8s.pod.label.<key>`.

@@ -7,6 +7,7 @@ mod id;
 mod incident;
 pub mod keys;
 pub(crate) mod proto;
+pub mod schema;
 mod serde_impls;
 
 pub(crate) use serde_impls::to_hex;
@@ -107,6 +108,20 @@ pub enum Severity {
     Error,
     /// Something failed with a wide blast radius (an OOM kill, a node `NotReady`).
     Critical,
+}
+
+impl Severity {
+    /// Its name as the JSON form writes it.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Debug => "debug",
+            Self::Info => "info",
+            Self::Warning => "warning",
+            Self::Error => "error",
+            Self::Critical => "critical",
+        }
+    }
 }
 
 /// The entities an event touches; empty strings and zeros mean unknown, as on the wire.

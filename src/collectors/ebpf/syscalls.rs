@@ -127,6 +127,10 @@ impl CollectorConfig for SyscallErrorsConfig {
         self.check(path, problems);
     }
 
+    fn reporting_interval(&self) -> Option<Duration> {
+        Some(self.interval)
+    }
+
     fn build(self, cx: BuildContext, context: Context) -> BuildFuture {
         Box::pin(async move {
             let (errnos, only_errnos) = self.errno_list();

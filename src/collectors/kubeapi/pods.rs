@@ -139,6 +139,12 @@ impl State {
             workload_kind: workload_kind.into(),
             workload_name: workload_name.into(),
             node,
+            ip: pod
+                .status
+                .as_ref()
+                .and_then(|s| s.pod_ip.as_deref())
+                .unwrap_or_default()
+                .into(),
         };
         let containers = pod
             .status
@@ -186,6 +192,9 @@ impl State {
             event
                 .attributes
                 .set(crate::event::keys::SERVICE_NAME, service.as_str());
+        }
+        if !meta.ip.is_empty() {
+            event.attributes.set(crate::event::keys::POD_IP, &*meta.ip);
         }
         event
     }

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use super::predict::{cascade_risk, evidence, predict};
 use super::{Join, known_kind, trace_id_of};
 use crate::correlation::rules::{Relation, Rule};
-use crate::event::{Event, GroupId, Incident, Member, Severity, keys};
+use crate::event::{CausalLink, Event, EventId, GroupId, Incident, Member, Severity, keys};
 
 /// A group while it is open: the incident it will become, and what the engine keeps to
 /// grow it (kinds seen, reach, evidence).
@@ -211,13 +211,88 @@ impl Group {
             return;
         }
         let newest = known_kind(rules, &event.kind);
-        self.incident.predictions = predict(rules, newest, self.root_kind, &self.evidence);
+        self.incident.predictions = predict(
+            rules,
+            newest,
+            self.root_kind,
+            &self.evidence,
+            !self.reach.services.is_empty(),
+        );
         self.incident.cascade_risk = cascade_risk(&self.incident.predictions);
+    }
+
+    /// Names the pod of members that knew only its uid (a kernel event seen before any
+    /// Kubernetes event of its pod) from the members that name it: spans are built at
+    /// close, so they all carry the pod.
+    fn name_pods(&mut self) {
+        let named: Vec<crate::event::Entities> = self
+            .incident
+            .members
+            .iter()
+            .filter(|m| !m.entities.pod_uid.is_empty() && !m.entities.pod_name.is_empty())
+            .map(|m| m.entities.clone())
+            .collect();
+        for member in &mut self.incident.members {
+            let e = &mut member.entities;
+            if e.pod_uid.is_empty() || !e.pod_name.is_empty() {
+                continue;
+            }
+            if let Some(pod) = named.iter().find(|n| n.pod_uid == e.pod_uid) {
+                e.pod_namespace = std::sync::Arc::clone(&pod.pod_namespace);
+                e.pod_name = std::sync::Arc::clone(&pod.pod_name);
+                if e.workload_name.is_empty() {
+                    e.workload_kind = std::sync::Arc::clone(&pod.workload_kind);
+                    e.workload_name = std::sync::Arc::clone(&pod.workload_name);
+                }
+            }
+        }
+    }
+
+    /// Adds the question `member` that a member's failed answer replied to (a DNS query):
+    /// part of the same failed lookup, neither a cause nor an effect.
+    pub(super) fn add_question(&mut self, member: Member) {
+        self.incident.first_seen = self.incident.first_seen.min(member.timestamp);
+        self.incident.events.push(member.id);
+        self.incident.members.push(member);
+        self.related += 1;
+    }
+
+    /// Adds `event`, a cause that arrived after its effect `effect` (a member): when the
+    /// effect is the root, the cause becomes the root and the old root's parent; else the
+    /// cause's span sits beside the effect, under the effect's parent.
+    pub(super) fn add_late_cause(
+        &mut self,
+        event: &Event,
+        effect: EventId,
+        link: CausalLink,
+        rules: &[Rule],
+        critical: bool,
+    ) {
+        let effect_parent = self
+            .incident
+            .members
+            .iter()
+            .find(|m| m.id == effect)
+            .and_then(|m| m.parent);
+        let join = Join {
+            parent: effect_parent,
+            ..Join::default()
+        };
+        self.add(event, join, rules, critical);
+        if self.incident.root == effect {
+            self.incident.root = event.id;
+            self.root_kind = known_kind(rules, &event.kind);
+            if let Some(member) = self.incident.members.iter_mut().find(|m| m.id == effect) {
+                member.parent = event.span_id;
+            }
+        }
+        self.incident.chain.push((effect, link));
     }
 
     /// The incident, summarised: once, when the group closes, since nothing reads the
     /// summary before.
     pub(super) fn close(mut self) -> Incident {
+        self.name_pods();
         let mut effects: Vec<&str> = self
             .kinds
             .iter()
