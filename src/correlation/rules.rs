@@ -727,6 +727,16 @@ pub fn builtin() -> Vec<Rule> {
             300,
             0.6,
         ),
+        rule("unit-errors-end-process", "journal.unit_error", "process.exit", Unit, 30, 0.7)
+            .effect_when(abnormal_end()),
+        rule(
+            "restarted-unit-errors-again",
+            "systemd.unit.restarted",
+            "journal.unit_error",
+            Unit,
+            120,
+            0.6,
+        ),
         rule(
             "process-exit-fails-unit",
             "process.exit",

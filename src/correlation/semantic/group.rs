@@ -19,6 +19,8 @@ pub(super) struct Group {
     pub(super) reach: Reach,
     pub(super) related: usize,
     pub(super) severity: Severity,
+    /// The worst severity among its causal members (related ones aside).
+    pub(super) causal_severity: Severity,
     pub(super) evidence: Vec<String>,
     pub(super) recurrence: u32,
     pub(super) critical: bool,
@@ -148,6 +150,7 @@ impl Group {
             reach: Reach::default(),
             related: 0,
             severity: Severity::Debug,
+            causal_severity: Severity::Debug,
             evidence: Vec::new(),
             recurrence,
             critical: false,
@@ -189,6 +192,7 @@ impl Group {
         if joined_on.is_some() {
             self.related += 1;
         } else {
+            self.causal_severity = self.causal_severity.max(event.severity);
             self.kinds.insert(known_kind(rules, &event.kind));
         }
         self.reach.add(event);

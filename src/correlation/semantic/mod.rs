@@ -761,6 +761,23 @@ impl Correlator for Semantic {
             Some(self.join(event, best.group, join))
         } else if let Some((i, effect)) = self.late_effect(event, &cause_rules) {
             Some(self.adopt(event, i, effect))
+        } else if !cause_rules.is_empty()
+            && event.severity >= Severity::Warning
+            && let Some((touch, relation)) = self.shared(event)
+            && self
+                .groups
+                .get(&touch.group)
+                .is_some_and(|g| g.causal_severity >= Severity::Warning)
+        {
+            // A second failure of the entity an open incident is about (the unit logs
+            // another error, its process dies) is part of that incident, not a new one;
+            // it still causes what follows.
+            let join = Join {
+                parent: touch.span,
+                joined_on: Some(relation),
+                ..Join::default()
+            };
+            Some(self.join(event, touch.group, join))
         } else if !cause_rules.is_empty() {
             Some(self.open(event))
         } else if event.severity >= Severity::Warning
@@ -777,7 +794,8 @@ impl Correlator for Semantic {
             Some(self.join(event, touch.group, join))
         } else if !effect_rules.is_empty() {
             // An effect whose cause has not arrived yet: a provisional group of its own,
-            // for a cause that arrives late.
+            // for a cause that arrives late. Nothing joins it by shared entity until then.
+            touches = false;
             Some(self.open(event))
         } else {
             None
