@@ -86,7 +86,11 @@ struct Score {
 }
 
 /// Prints a group as the engine closed it, each member marked with its incident.
-fn show(group: &Incident, incident_of: &HashMap<EventId, usize>, name_of: &HashMap<EventId, String>) {
+fn show(
+    group: &Incident,
+    incident_of: &HashMap<EventId, usize>,
+    name_of: &HashMap<EventId, String>,
+) {
     println!("group {:?}, root {}", group.id, group.root);
     for member in &group.members {
         let links: Vec<String> = group
@@ -196,7 +200,11 @@ fn the_corpus_is_large_enough_and_shaped_as_the_collectors_emit() {
         let ids: HashSet<EventId> = events.iter().map(|e| e.id).collect();
         assert_eq!(ids.len(), events.len(), "{name}: ids are unique");
         for incident in &truth {
-            assert!(ids.contains(&id(&incident.root)), "{name}: {}", incident.incident);
+            assert!(
+                ids.contains(&id(&incident.root)),
+                "{name}: {}",
+                incident.incident
+            );
             assert!(incident.events.contains(&incident.root));
             assert!(incident.events.iter().all(|e| ids.contains(&id(e))));
         }
@@ -219,7 +227,11 @@ fn root_causes_precision_and_recall_on_the_corpus() {
     for name in files() {
         score(&name, &mut table, &mut total);
     }
-    let ratio = |a: usize, b: usize| a as f64 / b.max(1) as f64;
+    // Counts here are small: u32 holds them, and f64 holds any u32 exactly.
+    let ratio = |a: usize, b: usize| {
+        f64::from(u32::try_from(a).expect("small"))
+            / f64::from(u32::try_from(b.max(1)).expect("small"))
+    };
     let roots = ratio(total.roots_right, total.incidents);
     let precision = ratio(total.belonging, total.in_groups);
     let recall = ratio(total.recalled, total.incident_events);
@@ -240,7 +252,13 @@ fn root_causes_precision_and_recall_on_the_corpus() {
         concat!(env!("CARGO_MANIFEST_DIR"), "/target/incidents-score.txt"),
         &table,
     );
-    assert!(roots >= 0.95, "root causes right {roots:.2} < 0.95\n{table}");
-    assert!(precision >= 0.95, "precision {precision:.3} < 0.95\n{table}");
+    assert!(
+        roots >= 0.95,
+        "root causes right {roots:.2} < 0.95\n{table}"
+    );
+    assert!(
+        precision >= 0.95,
+        "precision {precision:.3} < 0.95\n{table}"
+    );
     assert!(recall >= 0.9, "recall {recall:.3} < 0.9\n{table}");
 }

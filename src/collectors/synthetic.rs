@@ -90,11 +90,18 @@ pub enum Scenario {
     /// Background with node memory pressure, then three pods evicted.
     NodePressure,
     /// Background with containerd logging errors -> containerd failed -> node `NotReady`
-    /// -> two pods not ready.
+    /// -> two pods not ready, again every cycle: one incident, rooted at the first error.
     UnitFailure,
 }
 
 impl Scenario {
+    /// Whether each cycle's incident strikes the same entity again (the DNS pod,
+    /// containerd): a loop of one failure rather than new incidents.
+    #[must_use]
+    pub fn same_entity_each_cycle(self) -> bool {
+        matches!(self, Self::DnsOutage | Self::UnitFailure)
+    }
+
     /// Every scenario that scripts an incident.
     pub const INCIDENTS: [Self; 5] = [
         Self::OomCascade,
@@ -429,9 +436,9 @@ impl World {
             self.victim = (cycle as usize) % self.apps();
         }
         if slot != Slot::Background {
-            // The DNS pod is the same every cycle: its crashes are one crash loop, one
-            // incident rooted at its first exit.
-            let incident = if self.scenario == Scenario::DnsOutage {
+            // The DNS pod and containerd are the same every cycle: their failures are one
+            // failure loop, one incident rooted at the first.
+            let incident = if self.scenario.same_entity_each_cycle() {
                 0
             } else {
                 cycle
@@ -1194,7 +1201,7 @@ mod tests {
                     w.last_scripted()
                 })
                 .collect();
-            let incidents = if scenario == Scenario::DnsOutage {
+            let incidents = if scenario.same_entity_each_cycle() {
                 1
             } else {
                 3

@@ -6,9 +6,12 @@
 //! - A listener from every accepted connection (`net.tcp.accept`): its address and port
 //!   belong to the accepting pod, or, for a host process, its port belongs to that
 //!   process's systemd unit on every address of the node.
-//! - The cluster DNS by convention: the pods labelled `k8s-app=kube-dns` (`CoreDNS` and
-//!   kube-dns both ship so) back `kube-dns`, and a pod's DNS server that is no known pod is
-//!   that service (pods resolve through the cluster DNS).
+//! - The node's own addresses from its host processes' connections; a refused connect to
+//!   one of them on a port no listener is known for is put on the node's host units.
+//! - The cluster DNS by convention: the pods labelled `k8s-app=kube-dns`, or named
+//!   `coredns` or `kube-dns` in `kube-system` (`CoreDNS` and kube-dns both ship so), back
+//!   `kube-dns`, and a pod's DNS server that is no known pod is that service (pods resolve
+//!   through the cluster DNS).
 //!
 //! A server is known by up to three keys (its pod, its service, its unit). A `callee` rule
 //! remembers a cause under the keys of the entity it happened to and looks an effect up
@@ -97,13 +100,23 @@ impl Dependencies {
         }
     }
 
-    /// The service a pod event names: its `k8s.service.name`, or the cluster DNS by label.
+    /// The service a pod event names: its `k8s.service.name`, or the cluster DNS by label
+    /// or by name.
     fn named_service(event: &Event) -> Option<u64> {
-        let namespace = &event.entities.pod_namespace;
+        let e = &event.entities;
         if let Some(name) = text(event, keys::SERVICE_NAME) {
-            return Some(service_key(namespace, name));
+            return Some(service_key(&e.pod_namespace, name));
         }
-        (text(event, DNS_LABEL) == Some(DNS_SERVICE)).then(|| service_key(namespace, DNS_SERVICE))
+        let dns = text(event, DNS_LABEL) == Some(DNS_SERVICE)
+            || (&*e.pod_namespace == "kube-system"
+                && matches!(&*e.workload_name, "coredns" | "kube-dns"));
+        dns.then(|| service_key(&e.pod_namespace, DNS_SERVICE))
+    }
+
+    /// The key every host unit of `node` shares, for a refused connect to the node on a
+    /// port no listener is known for.
+    fn host_key(node: &str) -> u64 {
+        hash_parts(&[b"host", node.as_bytes()])
     }
 
     /// The keys of the entity `event` happened to, as a server: its pod, the service that
@@ -111,10 +124,13 @@ impl Dependencies {
     #[must_use]
     pub fn identity(&self, event: &Event) -> Server {
         let pod = Relation::Pod.key(&event.entities).unwrap_or(0);
+        let unit = Relation::Unit.key(&event.entities).unwrap_or(0);
+        if pod == 0 && unit != 0 {
+            return Server([Self::host_key(&event.entities.node), 0, unit]);
+        }
         let service = Self::named_service(event)
             .or_else(|| self.services.get(&pod).copied())
             .unwrap_or(0);
-        let unit = Relation::Unit.key(&event.entities).unwrap_or(0);
         Server([pod, service, unit])
     }
 
@@ -122,6 +138,11 @@ impl Dependencies {
     pub fn learn(&mut self, event: &Event) {
         match event.kind.as_ref() {
             "net.tcp.accept" => self.learn_listener(event),
+            "net.tcp.connect" | "net.tcp.close" if Self::on_host(event) => {
+                if let Some(address) = text(event, "saddr").filter(|a| !is_loopback(a)) {
+                    self.node_addresses.insert(address_key(address), ());
+                }
+            }
             kind if kind.starts_with("k8s.") || kind == "container.exit" => {
                 let Some(pod) = Relation::Pod.key(&event.entities) else {
                     return;
@@ -149,7 +170,7 @@ impl Dependencies {
             return;
         }
         self.listeners.insert(endpoint_key(address, port), server);
-        if event.entities.pod_uid.is_empty() && event.entities.pod_name.is_empty() {
+        if Self::on_host(event) {
             // A host process: it serves the port on the node's addresses.
             self.node_addresses.insert(address_key(address), ());
             let node = hash_parts(&[
@@ -159,6 +180,11 @@ impl Dependencies {
             ]);
             self.host_ports.insert(node, server);
         }
+    }
+
+    /// Whether `event` is a host process's (no pod).
+    fn on_host(event: &Event) -> bool {
+        event.entities.pod_uid.is_empty() && event.entities.pod_name.is_empty()
     }
 
     /// The server `event` called: the destination of a connection, or the DNS server of a
@@ -182,7 +208,11 @@ impl Dependencies {
                 event.entities.node.as_bytes(),
                 &port.to_le_bytes(),
             ]);
-            return self.host_ports.get(&node).copied();
+            return Some(self.host_ports.get(&node).copied().unwrap_or(Server([
+                Self::host_key(&event.entities.node),
+                0,
+                0,
+            ])));
         }
         // A pod's lookups go to the cluster DNS, whatever address it answers on.
         let in_pod = !event.entities.pod_uid.is_empty() || !event.entities.pod_name.is_empty();
@@ -249,11 +279,25 @@ mod tests {
                 &[("daddr", s(address)), ("dport", AttrValue::Int(5432))],
             );
             let server = deps.callee(&failed).expect("the unit");
-            assert_eq!(
-                server.keys().collect::<Vec<_>>(),
-                vec![Relation::Unit.key(&accept.entities).expect("unit")]
+            assert!(
+                server
+                    .keys()
+                    .any(|k| Some(k) == Relation::Unit.key(&accept.entities))
             );
         }
+        // A port no listener is known for on the node: any of its failed host units.
+        let unknown = event(
+            "net.tcp.connect_failed",
+            &[("daddr", s("10.0.1.5")), ("dport", AttrValue::Int(6432))],
+        );
+        let mut failed_unit = event("systemd.unit.failed", &[]);
+        failed_unit.entities.unit = "pgbouncer.service".into();
+        let callee: Vec<u64> = deps.callee(&unknown).expect("the host").keys().collect();
+        assert!(
+            deps.identity(&failed_unit)
+                .keys()
+                .any(|k| callee.contains(&k))
+        );
         let elsewhere = event(
             "net.tcp.connect_failed",
             &[("daddr", s("10.9.9.9")), ("dport", AttrValue::Int(5432))],

@@ -727,8 +727,15 @@ pub fn builtin() -> Vec<Rule> {
             300,
             0.6,
         ),
-        rule("unit-errors-end-process", "journal.unit_error", "process.exit", Unit, 30, 0.7)
-            .effect_when(abnormal_end()),
+        rule(
+            "unit-errors-end-process",
+            "journal.unit_error",
+            "process.exit",
+            Unit,
+            30,
+            0.7,
+        )
+        .effect_when(abnormal_end()),
         rule(
             "restarted-unit-errors-again",
             "systemd.unit.restarted",
@@ -839,6 +846,63 @@ pub fn builtin() -> Vec<Rule> {
             0.9,
         )
         .effect_when(Condition::at_least(Warning)),
+        // Recovery closes the story: what failed comes back.
+        rule(
+            "node-recovers",
+            "k8s.node.not_ready",
+            "k8s.node.ready",
+            Node,
+            3600,
+            0.6,
+        ),
+        rule(
+            "pressure-relieved",
+            "k8s.node.pressure",
+            "k8s.node.pressure_relieved",
+            Node,
+            3600,
+            0.6,
+        ),
+        rule(
+            "kubelet-pressure-relieved",
+            "kubelet.node.pressure",
+            "kubelet.node.pressure_relieved",
+            Node,
+            3600,
+            0.6,
+        ),
+        rule(
+            "unit-recovers",
+            "systemd.unit.failed",
+            "systemd.unit.started",
+            Unit,
+            3600,
+            0.6,
+        ),
+        rule(
+            "pod-recovers",
+            "k8s.pod.not_ready",
+            "k8s.pod.ready",
+            Pod,
+            900,
+            0.6,
+        ),
+        rule(
+            "etcd-recovers",
+            "etcd.unhealthy",
+            "etcd.healthy",
+            Node,
+            3600,
+            0.6,
+        ),
+        rule(
+            "etcd-reachable-again",
+            "etcd.unreachable",
+            "etcd.healthy",
+            Node,
+            3600,
+            0.6,
+        ),
     ];
     // A server that is down (a pod, the service it backs, or a unit) fails its callers:
     // their lookups (the cluster DNS) and their connects.

@@ -343,8 +343,17 @@ def background(w, pods, seconds, per_second=0.7):
         elif r < 0.93:
             w.journal(when, "containerd.service", 612, "containerd", 4,
                       "failed to reserve sandbox name, retrying")
+        elif r < 0.94:
+            # The kubelet (a host process) talks to the API server.
+            sport = rng.randrange(32768, 60999)
+            w.kernel(when, "net.tcp.connect", "network", None,
+                     {"family": "ipv4", "saddr": NODE_IP, "sport": sport, "daddr": "10.0.1.1",
+                      "dport": 6443, "duration_us": 400, "old_state": "SYN_SENT",
+                      "new_state": "ESTABLISHED"}, "info",
+                     f"kubelet connected {NODE_IP}:{sport} -> 10.0.1.1:6443", pid=811, comm="kubelet",
+                     unit="kubelet.service")
         # Unrelated warnings.
-        elif r < 0.95:
+        elif r < 0.955:
             w.lookup(when, pod, "chekcout.payments.svc.cluster.local", rcode="NXDOMAIN")
         elif r < 0.97:
             w.tcp(when, "net.tcp.connect_failed", pod, "203.0.113.%d" % rng.randrange(2, 250), 443,
@@ -455,6 +464,11 @@ def corpus_b():
     w.node_condition(t + 40 * SEC, "k8s.node.not_ready", "Ready", "False", "True", i)
     for k, pod in enumerate([p["frontend"], p["ledger"], p["search"]]):
         w.pod_state(t + (45 + k) * SEC, "k8s.pod.not_ready", pod, i)
+    # It comes back: the unit, the node, the pods.
+    w.unit(t + 70 * SEC, "systemd.unit.started", "containerd.service", pid=2612, incident=i)
+    w.node_condition(t + 80 * SEC, "k8s.node.ready", "Ready", "True", "False", i)
+    for k, pod in enumerate([p["frontend"], p["ledger"]]):
+        w.pod_state(t + (90 + k) * SEC, "k8s.pod.ready", pod, i)
     # 9. Memory pressure: the kubelet sees it first, then the API; pods evicted.
     i = ("memory-pressure", "node condition and its pods")
     t = w.at(300)
@@ -463,6 +477,10 @@ def corpus_b():
     w.node_condition(t + 8 * SEC, "k8s.node.pressure", "MemoryPressure", "True", "False", i)
     for k, pod in enumerate([p["report-nightly"], p["search"]]):
         w.evicted(t + (20 + k) * SEC, pod, i)
+    w.node(t + 60 * SEC, "kubelet.node.pressure_relieved",
+           {"resource": "memory", "ratio": 0.71, "limit_ratio": 0.9}, "info",
+           "node memory no longer under pressure: 71% in use", source="kubelet", incident=i)
+    w.node_condition(t + 70 * SEC, "k8s.node.pressure_relieved", "MemoryPressure", "False", "True", i)
     # 10. The host's postgres (a systemd unit) fails; pods are refused on its port.
     i = ("host-postgres", "host unit seen in pods")
     t = w.at(450)
@@ -604,6 +622,17 @@ def corpus_d():
            incident=i, root=True)
     w.node(t + 15 * SEC, "etcd.proposals_failed", {**ep, "proposals_failed": 12.0}, "warning",
            "12 proposal(s) failed", source="etcd-metrics", incident=i)
+    # 24. A host unit no connection to was seen before fails; pods are refused on the
+    # node's address.
+    i = ("host-pgbouncer", "host unit, port not seen before")
+    t = w.at(520)
+    w.process_exit(t, None, code=1, pid=1700, comm="pgbouncer", unit="pgbouncer.service", incident=i,
+                   root=True)
+    w.unit(t + 100 * MS, "systemd.unit.failed", "pgbouncer.service", pid=1700, incident=i,
+           result="exit-code", n_restarts=0, exit_code="exited", exit_status=1)
+    for k, pod in enumerate([p["ledger"], p["checkout-0"]]):
+        w.tcp(t + (2 + k) * SEC, "net.tcp.connect_failed", pod, NODE_IP, 6432, error="ECONNREFUSED",
+              incident=i)
     # 23. A crash loop with its second round's cause late as well.
     i = ("crashloop-checkout", "missing file, late cause, two rounds")
     pod = p["checkout-1"]

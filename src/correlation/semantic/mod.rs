@@ -604,6 +604,53 @@ impl Semantic {
 }
 
 impl Semantic {
+    /// Joins `event` to the group of its best cause in `found`, linked to every cause it
+    /// has there and span-linked to those in other groups.
+    fn join_causes(&mut self, event: &mut Event, found: &[(usize, Cause)]) -> GroupId {
+        let best = &found[0].1;
+        let links: Vec<CausalLink> = found
+            .iter()
+            .filter(|(_, c)| c.group == best.group)
+            .map(|(i, c)| CausalLink {
+                cause_event_id: c.id,
+                rule: self.rules[*i].name.to_owned(),
+                confidence: self.rules[*i].confidence,
+            })
+            .collect();
+        let cross_links = found
+            .iter()
+            .filter(|(_, c)| c.group != best.group)
+            .filter_map(|(_, c)| Some((self.groups.get(&c.group)?.incident.trace_id, c.span?)))
+            .collect();
+        let join = Join {
+            parent: best.span,
+            cross_links,
+            links,
+            joined_on: None,
+        };
+        self.join(event, best.group, join)
+    }
+
+    /// A DNS query waits for its answer; a failed answer that joined a group brings its
+    /// query along.
+    fn pair_question(&mut self, event: &Event, group_id: Option<GroupId>) {
+        if event.kind == "dns.query" && group_id.is_none() {
+            if let Some(lookup) = lookup_key(event) {
+                self.questions.insert(lookup, question(event));
+            }
+        } else if let Some(group) = group_id
+            && event.kind == "dns.response"
+            && let Some(lookup) = lookup_key(event)
+            && let Some(query) = self.questions.get(&lookup).cloned()
+        {
+            self.questions.remove(&lookup);
+            if let Some(g) = self.groups.get_mut(&group) {
+                g.add_question(query);
+                self.open_events += 1;
+            }
+        }
+    }
+
     /// Adds `event`, a cause that arrived after its effect `effect` had joined a group, to
     /// that group: as its new root when the effect was the root, else as one more cause.
     fn adopt(&mut self, event: &mut Event, i: usize, effect: Waiting) -> GroupId {
@@ -733,32 +780,12 @@ impl Correlator for Semantic {
         // failed node), whose other warnings are its own business.
         let mut touches = true;
         let mut related = false;
-        let group_id = if let Some((i, best)) = found.first() {
+        let group_id = if let Some((i, _)) = found.first() {
             touches = matches!(
                 self.rules[*i].relation,
                 Relation::Process | Relation::Container | Relation::Pod | Relation::Unit
             );
-            let links: Vec<CausalLink> = found
-                .iter()
-                .filter(|(_, c)| c.group == best.group)
-                .map(|(i, c)| CausalLink {
-                    cause_event_id: c.id,
-                    rule: self.rules[*i].name.to_owned(),
-                    confidence: self.rules[*i].confidence,
-                })
-                .collect();
-            let cross_links = found
-                .iter()
-                .filter(|(_, c)| c.group != best.group)
-                .filter_map(|(_, c)| Some((self.groups.get(&c.group)?.incident.trace_id, c.span?)))
-                .collect();
-            let join = Join {
-                parent: best.span,
-                cross_links,
-                links,
-                joined_on: None,
-            };
-            Some(self.join(event, best.group, join))
+            Some(self.join_causes(event, &found))
         } else if let Some((i, effect)) = self.late_effect(event, &cause_rules) {
             Some(self.adopt(event, i, effect))
         } else if !cause_rules.is_empty()
@@ -803,21 +830,7 @@ impl Correlator for Semantic {
         if event.trace_id.is_none() {
             event.trace_id = TraceId::new(event.id.as_u128().to_be_bytes());
         }
-        if event.kind == "dns.query" && group_id.is_none() {
-            if let Some(lookup) = lookup_key(event) {
-                self.questions.insert(lookup, question(event));
-            }
-        } else if let Some(group) = group_id
-            && event.kind == "dns.response"
-            && let Some(lookup) = lookup_key(event)
-            && let Some(query) = self.questions.get(&lookup).cloned()
-        {
-            self.questions.remove(&lookup);
-            if let Some(g) = self.groups.get_mut(&group) {
-                g.add_question(query);
-                self.open_events += 1;
-            }
-        }
+        self.pair_question(event, group_id);
         if let Some(group) = group_id {
             self.remember(event, group, &cause_rules);
             if !related {
