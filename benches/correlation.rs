@@ -20,6 +20,11 @@ use tapio::config::{CorrelationConfig, CorrelationMode};
 use tapio::correlation::{self, Correlator};
 use tapio::event::Event;
 
+// The allocator the collector binary runs with: the engine allocates for groups and
+// seeds on the pipeline thread, and glibc's heap fragments under it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn events(count: usize) -> Vec<Event> {
     let config = SyntheticConfig {
         scenario: Scenario::OomCascade,

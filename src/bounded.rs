@@ -113,6 +113,11 @@ impl<K: Clone + Eq + Hash, V: PartialEq> Bounded<K, V> {
         self.map.remove(key);
     }
 
+    /// Forgets `key` and returns what it held.
+    pub fn take(&mut self, key: &K) -> Option<V> {
+        self.map.remove(key)
+    }
+
     /// Entries remembered.
     #[must_use]
     pub fn len(&self) -> usize {

@@ -45,7 +45,7 @@ pub struct EntityIndex {
     // collector stamps one shared `Arc` per container on all its events, so most events
     // are confirmed here without hashing and comparing the 64-character id. The slots hold
     // their `Arc`s, so an address cannot be reused while it is remembered.
-    confirmed: Vec<Option<(Arc<str>, Arc<str>)>>,
+    confirmed: Vec<Option<(Arc<str>, Pod)>>,
     // The kubeapi collector's pods, asked when a container is not in `containers`.
     directory: Option<Arc<crate::metadata::PodDirectory>>,
 }
@@ -100,105 +100,110 @@ impl EntityIndex {
             entities.unit = Arc::clone(&known.unit);
         }
         if !entities.container_id.is_empty() {
-            let slot = (Arc::as_ptr(&entities.container_id).cast::<u8>() as usize >> 4) % CONFIRMED;
-            let confirmed = self.confirmed[slot]
-                .as_ref()
-                .is_some_and(|(container, pod)| {
-                    Arc::ptr_eq(container, &entities.container_id)
-                        && Arc::ptr_eq(pod, &entities.pod_name)
-                });
-            if !confirmed && !entities.pod_uid.is_empty() && !entities.pod_name.is_empty() {
-                self.confirmed[slot] = Some((
-                    Arc::clone(&entities.container_id),
-                    Arc::clone(&entities.pod_name),
-                ));
-                let known = self
-                    .containers
-                    .get(&entities.container_id)
-                    .is_some_and(|pod| {
-                        Arc::ptr_eq(&pod.uid, &entities.pod_uid)
-                            && Arc::ptr_eq(&pod.name, &entities.pod_name)
-                    });
-                if !known {
-                    self.containers.insert(
-                        Arc::clone(&entities.container_id),
-                        Pod {
-                            uid: Arc::clone(&entities.pod_uid),
-                            namespace: Arc::clone(&entities.pod_namespace),
-                            name: Arc::clone(&entities.pod_name),
-                            workload_kind: Arc::clone(&entities.workload_kind),
-                            workload_name: Arc::clone(&entities.workload_name),
-                        },
-                    );
-                }
-            }
+            self.resolve_container(entities);
         }
-        if entities.pod_name.is_empty()
-            && !entities.container_id.is_empty()
-            && self.containers.get(&entities.container_id).is_none()
-            && let Some(meta) = self
-                .directory
-                .as_ref()
-                .and_then(|d| d.pod_of_container(&entities.container_id))
-        {
-            self.containers.insert(
-                Arc::clone(&entities.container_id),
-                Pod {
-                    uid: Arc::clone(&meta.uid),
-                    namespace: Arc::clone(&meta.namespace),
-                    name: Arc::clone(&meta.name),
-                    workload_kind: Arc::clone(&meta.workload_kind),
-                    workload_name: Arc::clone(&meta.workload_name),
-                },
-            );
-        }
-        self.by_uid(entities);
-        if entities.pod_name.is_empty()
-            && !entities.container_id.is_empty()
-            && let Some(pod) = self.containers.get(&entities.container_id)
-        {
-            entities.pod_uid = Arc::clone(&pod.uid);
-            entities.pod_namespace = Arc::clone(&pod.namespace);
-            entities.pod_name = Arc::clone(&pod.name);
-            if entities.workload_name.is_empty() {
-                entities.workload_kind = Arc::clone(&pod.workload_kind);
-                entities.workload_name = Arc::clone(&pod.workload_name);
-            }
+        if entities.pod_name.is_empty() {
+            self.by_uid(entities);
+        } else if !entities.pod_uid.is_empty() && !entities.workload_name.is_empty() {
+            self.learn_uid(entities);
         }
         if exited && pid != 0 {
             self.processes.remove(&pid);
         }
     }
 
-    /// Learns a pod from an event naming its uid and name; fills in the name and workload
-    /// of an event naming only the uid whose container is not known.
+    /// The container's pod: from the slot of recently confirmed pairs when the event
+    /// shares the collector's `Arc` of the id (no hashing), else from what events said or
+    /// the directory. An event naming both teaches the pair.
+    fn resolve_container(&mut self, entities: &mut Entities) {
+        let slot = (Arc::as_ptr(&entities.container_id).cast::<u8>() as usize >> 4) % CONFIRMED;
+        let cached = self.confirmed[slot]
+            .as_ref()
+            .filter(|(container, _)| Arc::ptr_eq(container, &entities.container_id))
+            .map(|(_, pod)| pod);
+        let named = !entities.pod_uid.is_empty() && !entities.pod_name.is_empty();
+        if named {
+            if cached.is_some_and(|pod| Arc::ptr_eq(&pod.name, &entities.pod_name)) {
+                return;
+            }
+            let pod = Pod {
+                uid: Arc::clone(&entities.pod_uid),
+                namespace: Arc::clone(&entities.pod_namespace),
+                name: Arc::clone(&entities.pod_name),
+                workload_kind: Arc::clone(&entities.workload_kind),
+                workload_name: Arc::clone(&entities.workload_name),
+            };
+            let known = self
+                .containers
+                .get(&entities.container_id)
+                .is_some_and(|p| p.uid == pod.uid && p.name == pod.name);
+            if !known {
+                self.containers
+                    .insert(Arc::clone(&entities.container_id), pod.clone());
+            }
+            self.confirmed[slot] = Some((Arc::clone(&entities.container_id), pod));
+            return;
+        }
+        let pod = if let Some(pod) = cached {
+            pod.clone()
+        } else {
+            let pod = if let Some(pod) = self.containers.get(&entities.container_id) {
+                pod.clone()
+            } else {
+                let Some(meta) = self
+                    .directory
+                    .as_ref()
+                    .and_then(|d| d.pod_of_container(&entities.container_id))
+                else {
+                    return;
+                };
+                let pod = Pod {
+                    uid: Arc::clone(&meta.uid),
+                    namespace: Arc::clone(&meta.namespace),
+                    name: Arc::clone(&meta.name),
+                    workload_kind: Arc::clone(&meta.workload_kind),
+                    workload_name: Arc::clone(&meta.workload_name),
+                };
+                self.containers
+                    .insert(Arc::clone(&entities.container_id), pod.clone());
+                pod
+            };
+            self.confirmed[slot] = Some((Arc::clone(&entities.container_id), pod.clone()));
+            pod
+        };
+        entities.pod_uid = pod.uid;
+        entities.pod_namespace = pod.namespace;
+        entities.pod_name = pod.name;
+        if entities.workload_name.is_empty() {
+            entities.workload_kind = pod.workload_kind;
+            entities.workload_name = pod.workload_name;
+        }
+    }
+
+    /// Learns a pod by uid from an event naming its uid, name and workload.
+    fn learn_uid(&mut self, entities: &Entities) {
+        if self
+            .pods
+            .get(&entities.pod_uid)
+            .is_none_or(|pod| !Arc::ptr_eq(&pod.name, &entities.pod_name))
+        {
+            self.pods.insert(
+                Arc::clone(&entities.pod_uid),
+                Pod {
+                    uid: Arc::clone(&entities.pod_uid),
+                    namespace: Arc::clone(&entities.pod_namespace),
+                    name: Arc::clone(&entities.pod_name),
+                    workload_kind: Arc::clone(&entities.workload_kind),
+                    workload_name: Arc::clone(&entities.workload_name),
+                },
+            );
+        }
+    }
+
+    /// Fills in the name and workload of an event naming only its pod's uid (its cgroup
+    /// did), whose container is not known.
     fn by_uid(&mut self, entities: &mut Entities) {
         if entities.pod_uid.is_empty() {
-            return;
-        }
-        if !entities.pod_name.is_empty() {
-            if !entities.workload_name.is_empty()
-                && self
-                    .pods
-                    .get(&entities.pod_uid)
-                    .is_none_or(|pod| !Arc::ptr_eq(&pod.name, &entities.pod_name))
-            {
-                self.pods.insert(
-                    Arc::clone(&entities.pod_uid),
-                    Pod {
-                        uid: Arc::clone(&entities.pod_uid),
-                        namespace: Arc::clone(&entities.pod_namespace),
-                        name: Arc::clone(&entities.pod_name),
-                        workload_kind: Arc::clone(&entities.workload_kind),
-                        workload_name: Arc::clone(&entities.workload_name),
-                    },
-                );
-            }
-            return;
-        }
-        if !entities.container_id.is_empty()
-            && self.containers.get(&entities.container_id).is_some()
-        {
             return;
         }
         let pod = self.pods.get(&entities.pod_uid).cloned().or_else(|| {

@@ -4,6 +4,7 @@
 //! The built-in table is what an SRE reads off an incident timeline; docs/correlation.md
 //! explains each rule and how to add one.
 
+use std::fmt;
 use std::time::Duration;
 
 use crate::event::{AttrValue, Entities, Event, Severity, hash_parts};
@@ -939,6 +940,78 @@ pub fn builtin() -> Vec<Rule> {
     rules
 }
 
+impl fmt::Display for Condition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        // Info and above is every event but debug ones: not worth a word.
+        if self.min_severity > Severity::Info {
+            parts.push(format!("{}+", self.min_severity.as_str()));
+        }
+        for (key, test) in &self.tests {
+            let values = |values: &[Scalar]| {
+                values
+                    .iter()
+                    .map(|v| match v {
+                        Scalar::Str(s) => s.clone(),
+                        Scalar::Int(n) => n.to_string(),
+                        Scalar::Float(n) => n.to_string(),
+                        Scalar::Bool(b) => b.to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("/")
+            };
+            parts.push(match test {
+                Test::OneOf(v) => format!("{key}={}", values(v)),
+                Test::NoneOf(v) => format!("{key}!={}", values(v)),
+                Test::Compare(o, n) => {
+                    let op = match o {
+                        Ordering::Above => ">",
+                        Ordering::AtLeast => ">=",
+                        Ordering::Below => "<",
+                        Ordering::AtMost => "<=",
+                    };
+                    format!("{key}{op}{n}")
+                }
+            });
+        }
+        if !self.any.is_empty() {
+            let any: Vec<String> = self.any.iter().map(ToString::to_string).collect();
+            parts.push(format!("({})", any.join(" or ")));
+        }
+        f.write_str(&parts.join(", "))
+    }
+}
+
+/// The built-in rules as docs/correlation.md lists them.
+#[must_use]
+pub fn render(rules: &[Rule]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::from(
+        "| rule | cause | effect | relation | max delay | confidence |\n|---|---|---|---|---|---|\n",
+    );
+    let side = |kind: &str, when: &Condition| {
+        let when = when.to_string();
+        if when.is_empty() {
+            format!("`{kind}`")
+        } else {
+            format!("`{kind}` ({when})")
+        }
+    };
+    for rule in rules {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {:?} | {} |",
+            rule.name,
+            side(rule.cause, &rule.cause_when),
+            side(rule.effect, &rule.effect_when),
+            rule.relation.name(),
+            rule.max_delay,
+            rule.confidence
+        );
+    }
+    out
+}
+
 /// A rule from the YAML file. Its strings live for the whole run: rules are read once at
 /// start, and the engine keys its tables by `&'static str`.
 #[must_use]
@@ -973,6 +1046,56 @@ mod tests {
                 rule.name
             );
         }
+    }
+
+    #[test]
+    fn docs_correlation_md_lists_the_builtin_rules() {
+        const START: &str = "<!-- rules: generated from src/correlation/rules.rs -->\n";
+        const END: &str = "<!-- end of rules -->";
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/correlation.md");
+        let doc = std::fs::read_to_string(path).expect("docs/correlation.md");
+        let from = doc.find(START).expect("the rules marker") + START.len();
+        let to = doc.find(END).expect("the end marker");
+        let table = render(&builtin());
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(path, format!("{}{table}{}", &doc[..from], &doc[to..]))
+                .expect("rewrite");
+            return;
+        }
+        assert!(
+            doc[from..to] == table,
+            "docs/correlation.md's rule table differs from builtin() (UPDATE_GOLDEN=1 rewrites it)"
+        );
+    }
+
+    #[test]
+    fn every_event_type_is_in_a_rule_or_listed_as_needing_none() {
+        // Types that are the routine record of normal work, or whose meaning no rule can
+        // read: a new collector's type that is in no rule must be added to a rule or here.
+        const NEED_NO_RULE: [&str; 13] = [
+            "process.exec",
+            "net.tcp.connect",
+            "net.tcp.accept",
+            "net.tcp.close",
+            "dns.query",
+            "journal.entry",
+            "k8s.event",
+            "k8s.pod.image_pull_backoff",
+            "k8s.container.waiting",
+            "container.created",
+            "container.started",
+            // An operator's stop or reload, not a failure.
+            "systemd.unit.stopped",
+            "systemd.unit.reloading",
+        ];
+        let rules = builtin();
+        let unruled: Vec<&str> = crate::event::schema::SHAPES
+            .iter()
+            .map(|s| s.kind)
+            .filter(|k| !rules.iter().any(|r| r.cause == *k || r.effect == *k))
+            .filter(|k| !NEED_NO_RULE.contains(k))
+            .collect();
+        assert!(unruled.is_empty(), "event types in no rule: {unruled:?}");
     }
 
     #[test]

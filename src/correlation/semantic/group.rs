@@ -21,6 +21,8 @@ pub(super) struct Group {
     pub(super) severity: Severity,
     /// The worst severity among its causal members (related ones aside).
     pub(super) causal_severity: Severity,
+    /// The type of its newest causal member, which the predictions lead on from.
+    pub(super) newest: &'static str,
     pub(super) evidence: Vec<String>,
     pub(super) recurrence: u32,
     pub(super) critical: bool,
@@ -128,6 +130,16 @@ pub(super) fn severity_weight(severity: Severity) -> f64 {
     }
 }
 
+/// Impact: how bad (`severity`) x how wide (`width`: pods, workloads, services and units
+/// touched) x how often (`recurrence`) x where (something `critical`, when configured).
+pub(super) fn impact(severity: Severity, width: usize, recurrence: u32, critical: bool) -> f64 {
+    let width = i32::try_from(width.max(1)).unwrap_or(i32::MAX);
+    let blast = 1.0 - 0.5f64.powi(width);
+    let recurring = (0.8 + 0.1 * f64::from(recurrence.saturating_sub(1))).min(1.0);
+    let criticality = if critical { 1.0 } else { 0.75 };
+    (severity_weight(severity) * (0.6 + 0.4 * blast) * recurring * criticality).clamp(0.0, 1.0)
+}
+
 impl Group {
     pub(super) fn new(id: GroupId, root: &Event, recurrence: u32, rules: &[Rule]) -> Self {
         Self {
@@ -151,6 +163,7 @@ impl Group {
             related: 0,
             severity: Severity::Debug,
             causal_severity: Severity::Debug,
+            newest: "other",
             evidence: Vec::new(),
             recurrence,
             critical: false,
@@ -201,28 +214,17 @@ impl Group {
         {
             self.evidence.push(fact);
         }
-        // Impact: how bad (severity) x how wide (pods, workloads, services and units
-        // touched) x how often (recurrence) x where (something critical, when configured).
-        let width = i32::try_from(self.reach.width().max(1)).unwrap_or(i32::MAX);
-        let blast = 1.0 - 0.5f64.powi(width);
-        let recurring = (0.8 + 0.1 * f64::from(self.recurrence.saturating_sub(1))).min(1.0);
-        let criticality = if self.critical { 1.0 } else { 0.75 };
-        self.incident.impact =
-            (severity_weight(self.severity) * (0.6 + 0.4 * blast) * recurring * criticality)
-                .clamp(0.0, 1.0);
+        self.incident.impact = impact(
+            self.severity,
+            self.reach.width(),
+            self.recurrence,
+            self.critical,
+        );
         // A related member changes neither the causal kinds nor the evidence.
         if joined_on.is_some() {
             return;
         }
-        let newest = known_kind(rules, &event.kind);
-        self.incident.predictions = predict(
-            rules,
-            newest,
-            self.root_kind,
-            &self.evidence,
-            !self.reach.services.is_empty(),
-        );
-        self.incident.cascade_risk = cascade_risk(&self.incident.predictions);
+        self.newest = known_kind(rules, &event.kind);
     }
 
     /// Names the pod of members that knew only its uid (a kernel event seen before any
@@ -295,8 +297,16 @@ impl Group {
 
     /// The incident, summarised: once, when the group closes, since nothing reads the
     /// summary before.
-    pub(super) fn close(mut self) -> Incident {
+    pub(super) fn close(mut self, rules: &[Rule]) -> Incident {
         self.name_pods();
+        self.incident.predictions = predict(
+            rules,
+            self.newest,
+            self.root_kind,
+            &self.evidence,
+            !self.reach.services.is_empty(),
+        );
+        self.incident.cascade_risk = cascade_risk(&self.incident.predictions);
         let mut effects: Vec<&str> = self
             .kinds
             .iter()

@@ -18,7 +18,7 @@
 //! a new member, at most [`Limits::max_groups`] are open (the quietest closes first) and at
 //! most [`Limits::max_group_events`] join one group.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -94,6 +94,14 @@ struct Waiting {
     group: GroupId,
 }
 
+/// A group not built yet: its one event, and what building it needs.
+#[derive(Debug, PartialEq)]
+struct Seed {
+    event: Event,
+    recurrence: u32,
+    critical: bool,
+}
+
 /// An entity's keys under one rule's relation (0: none).
 type Keys = [u64; 3];
 
@@ -131,7 +139,11 @@ pub struct Semantic {
     questions: Bounded<u64, Member>,
     groups: FxMap<GroupId, Group>,
     closed: Vec<Incident>,
-    recurrences: HashMap<String, u32>,
+    // Groups opened per (cause type, workload), for recurrence.
+    recurrences: FxMap<u64, u32>,
+    // Causes at info level and effects still waiting for a cause: the groups they would
+    // root, built only when another event joins (most never are).
+    seeds: Bounded<GroupId, Seed>,
     clock: u64,
     processed: u64,
     open_events: usize,
@@ -159,12 +171,13 @@ impl Semantic {
             by_cause,
             deps: Dependencies::new(limits.entities),
             questions: Bounded::new(limits.entities),
+            seeds: Bounded::new(limits.entities / 4),
             limits,
             causes: FxMap::default(),
             waiting: FxMap::default(),
             groups: FxMap::default(),
             closed: Vec::new(),
-            recurrences: HashMap::new(),
+            recurrences: FxMap::default(),
             clock: 0,
             processed: 0,
             open_events: 0,
@@ -281,7 +294,9 @@ impl Semantic {
         self.open_events = self.open_events.saturating_sub(members);
         closing.retain(|g| g.incident.events.len() > 1);
         closing.sort_by_key(|g| (g.incident.first_seen, g.incident.id));
-        self.closed.extend(closing.into_iter().map(Group::close));
+        let rules = &self.rules;
+        self.closed
+            .extend(closing.into_iter().map(|group| group.close(rules)));
     }
 
     /// The open group `id`.
@@ -368,9 +383,10 @@ impl Semantic {
     }
 
     fn has_room(&self, group: GroupId) -> bool {
-        self.groups
-            .get(&group)
-            .is_some_and(|g| g.incident.events.len() < self.limits.max_group_events)
+        match self.groups.get(&group) {
+            Some(g) => g.incident.events.len() < self.limits.max_group_events,
+            None => self.seeds.get(&group).is_some(),
+        }
     }
 
     /// The causes of `event` among remembered ones, best first: (rule index, cause).
@@ -524,9 +540,9 @@ impl Semantic {
 
     /// Closes the quietest sixteenth of the open groups when there are `max_groups` of them
     /// or `max_open_events` members: one scan makes room for many new groups.
-    fn make_room(&mut self) {
+    fn make_room(&mut self, events: usize) {
         if self.groups.len() < self.limits.max_groups
-            && self.open_events < self.limits.max_open_events
+            && self.open_events + events <= self.limits.max_open_events
         {
             return;
         }
@@ -549,10 +565,11 @@ impl Semantic {
     /// Adds `event` to the open group `id` and stamps the group on it.
     fn join(&mut self, event: &mut Event, id: GroupId, join: Join) -> GroupId {
         let critical = self.is_critical(event);
+        self.build(id);
         let group = self
             .groups
             .get_mut(&id)
-            .expect("a remembered cause or touch names an open group");
+            .expect("a remembered cause or touch names an open group or a seed");
         let parent = join.parent;
         let links = join.links.clone();
         group.add(event, join, &self.rules, critical);
@@ -569,23 +586,77 @@ impl Semantic {
         id
     }
 
-    /// Opens a provisional group rooted at the cause `event`.
-    fn open(&mut self, event: &mut Event) -> GroupId {
-        self.make_room();
-        let id = group_id_of(event.id);
-        let key = format!(
-            "{}@{}",
-            event.kind,
-            Relation::Workload.key(&event.entities).unwrap_or_default()
-        );
-        let recurrence = {
-            let seen = self.recurrences.entry(key).or_default();
-            *seen += 1;
-            *seen
-        };
+    /// How many groups `event`'s type has opened in its workload, this one included.
+    fn recurrence(&mut self, event: &Event) -> u32 {
+        let key = crate::event::hash_parts(&[
+            event.kind.as_bytes(),
+            &Relation::Workload
+                .key(&event.entities)
+                .unwrap_or_default()
+                .to_le_bytes(),
+        ]);
         if self.recurrences.len() > self.limits.max_groups * 4 {
             self.recurrences.clear();
         }
+        let seen = self.recurrences.entry(key).or_default();
+        *seen += 1;
+        *seen
+    }
+
+    /// Plants the group `event` would root, to be built when another event joins it.
+    fn seed(&mut self, event: &mut Event) -> GroupId {
+        let id = group_id_of(event.id);
+        let recurrence = self.recurrence(event);
+        let critical = self.is_critical(event);
+        if event.trace_id.is_none() {
+            event.trace_id = Some(trace_id_of(id));
+        }
+        let e = &event.entities;
+        let width = usize::from(!e.pod_uid.is_empty() || !e.pod_name.is_empty())
+            + usize::from(
+                event
+                    .attributes
+                    .get(crate::event::keys::SERVICE_NAME)
+                    .is_some(),
+            )
+            + usize::from(!e.unit.is_empty());
+        event.correlation = Some(Correlation {
+            group_id: id,
+            impact: group::impact(event.severity, width, recurrence, critical),
+            causal_links: Vec::new(),
+        });
+        self.seeds.insert(
+            id,
+            Seed {
+                event: event.clone(),
+                recurrence,
+                critical,
+            },
+        );
+        id
+    }
+
+    /// Builds the group `id` from its seed, if it is one.
+    fn build(&mut self, id: GroupId) {
+        if self.groups.contains_key(&id) {
+            return;
+        }
+        let Some(seed) = self.seeds.take(&id) else {
+            return;
+        };
+        // Its root, and the event that joins it.
+        self.make_room(2);
+        let mut group = Group::new(id, &seed.event, seed.recurrence, &self.rules);
+        group.add(&seed.event, Join::default(), &self.rules, seed.critical);
+        self.open_events += 1;
+        self.groups.insert(id, group);
+    }
+
+    /// Opens a provisional group rooted at the cause `event`.
+    fn open(&mut self, event: &mut Event) -> GroupId {
+        self.make_room(1);
+        let id = group_id_of(event.id);
+        let recurrence = self.recurrence(event);
         let critical = self.is_critical(event);
         let mut group = Group::new(id, event, recurrence, &self.rules);
         group.add(event, Join::default(), &self.rules, critical);
@@ -644,7 +715,10 @@ impl Semantic {
             && let Some(query) = self.questions.get(&lookup).cloned()
         {
             self.questions.remove(&lookup);
-            if let Some(g) = self.groups.get_mut(&group) {
+            self.build(group);
+            if self.open_events < self.limits.max_open_events
+                && let Some(g) = self.groups.get_mut(&group)
+            {
                 g.add_question(query);
                 self.open_events += 1;
             }
@@ -655,6 +729,7 @@ impl Semantic {
     /// that group: as its new root when the effect was the root, else as one more cause.
     fn adopt(&mut self, event: &mut Event, i: usize, effect: Waiting) -> GroupId {
         let critical = self.is_critical(event);
+        self.build(effect.group);
         let rule = &self.rules[i];
         let link = CausalLink {
             cause_event_id: event.id,
@@ -664,7 +739,7 @@ impl Semantic {
         let group = self
             .groups
             .get_mut(&effect.group)
-            .expect("a waiting member names an open group");
+            .expect("a waiting member names an open group or a seed");
         group.add_late_cause(event, effect.id, link, &self.rules, critical);
         self.open_events += 1;
         if event.trace_id.is_none() {
@@ -768,7 +843,7 @@ impl Correlator for Semantic {
             self.sweep();
         }
         if self.open_events >= self.limits.max_open_events {
-            self.make_room();
+            self.make_room(1);
         }
 
         self.deps.learn(event);
@@ -805,8 +880,12 @@ impl Correlator for Semantic {
                 ..Join::default()
             };
             Some(self.join(event, touch.group, join))
-        } else if !cause_rules.is_empty() {
+        } else if !cause_rules.is_empty() && event.severity >= Severity::Warning {
             Some(self.open(event))
+        } else if !cause_rules.is_empty() {
+            // An info-level cause (a syscall error, an exit code): most are routine.
+            touches = false;
+            Some(self.seed(event))
         } else if event.severity >= Severity::Warning
             // A type some rule explains was not explained here: it is unrelated.
             && effect_rules.is_empty()
@@ -823,7 +902,7 @@ impl Correlator for Semantic {
             // An effect whose cause has not arrived yet: a provisional group of its own,
             // for a cause that arrives late. Nothing joins it by shared entity until then.
             touches = false;
-            Some(self.open(event))
+            Some(self.seed(event))
         } else {
             None
         };
@@ -862,7 +941,7 @@ impl Correlator for Semantic {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashSet;
+    use std::collections::{HashMap, HashSet};
     use std::fmt::Write as _;
 
     use proptest::prelude::*;
