@@ -284,7 +284,10 @@ impl Group {
             parent: effect_parent,
             ..Join::default()
         };
+        // What comes next leads on from the latest effect, not from a cause reported late.
+        let newest = self.newest;
         self.add(event, join, rules, critical);
+        self.newest = newest;
         if self.incident.root == effect {
             self.incident.root = event.id;
             self.root_kind = known_kind(rules, &event.kind);

@@ -972,8 +972,7 @@ mod tests {
     }
 
     /// Where an event happened, as a reviewer names it: pod, else unit, else node.
-    fn place(event: &Event) -> String {
-        let e = &event.entities;
+    fn place(e: &crate::event::Entities) -> String {
         if !e.pod_name.is_empty() {
             format!("{}/{}", e.pod_namespace, e.pod_name)
         } else if !e.unit.is_empty() {
@@ -996,7 +995,14 @@ mod tests {
                 group.impact,
                 group.cascade_risk,
                 root.kind,
-                place(root),
+                place(
+                    &group.members[group
+                        .events
+                        .iter()
+                        .position(|id| *id == group.root)
+                        .expect("root is a member")]
+                    .entities
+                ),
                 group.summary
             );
             for (id, member) in group.events.iter().zip(&group.members) {
@@ -1006,7 +1012,7 @@ mod tests {
                     "  +{:>6.1}s {:<22} {}",
                     Duration::from_nanos(event.timestamp - group.first_seen).as_secs_f64(),
                     event.kind,
-                    place(event)
+                    place(&member.entities)
                 );
                 for (_, link) in group.chain.iter().filter(|(effect, _)| effect == id) {
                     let _ = write!(
