@@ -6,7 +6,6 @@
 //! or a group the full queue cannot take, is dropped and counted (`spans_dropped` in the
 //! status line), never lost silently.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, UNIX_EPOCH};
@@ -271,7 +270,7 @@ fn spans(group: &Incident, scope: &InstrumentationScope) -> Vec<SpanData> {
                 }),
                 parent_span_is_remote: false,
                 span_kind: SpanKind::Internal,
-                name: Cow::Owned(member.kind.clone()),
+                name: member.kind.clone(),
                 start_time: at,
                 end_time: at,
                 attributes: attributes(group, member, root == Some(member.id)),

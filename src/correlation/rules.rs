@@ -847,6 +847,37 @@ pub fn builtin() -> Vec<Rule> {
             0.9,
         )
         .effect_when(Condition::at_least(Warning)),
+        // A Job's container fails, and with it the pod.
+        rule(
+            "container-exit-fails-pod",
+            "container.exit",
+            "k8s.pod.phase",
+            Pod,
+            120,
+            0.8,
+        )
+        .cause_when(failed_exit())
+        .effect_when(Condition::at_least(Warning)),
+        // A pod that cannot start: the image or its config is wrong; the kubelet's
+        // warnings about it follow.
+        rule(
+            "pull-failure-warns",
+            "k8s.pod.image_pull_backoff",
+            "k8s.event",
+            Pod,
+            600,
+            0.7,
+        )
+        .effect_when(Condition::at_least(Warning)),
+        rule(
+            "waiting-warns",
+            "k8s.container.waiting",
+            "k8s.event",
+            Pod,
+            600,
+            0.7,
+        )
+        .effect_when(Condition::at_least(Warning)),
         // Recovery closes the story: what failed comes back.
         rule(
             "node-recovers",
@@ -1072,7 +1103,7 @@ mod tests {
     fn every_event_type_is_in_a_rule_or_listed_as_needing_none() {
         // Types that are the routine record of normal work, or whose meaning no rule can
         // read: a new collector's type that is in no rule must be added to a rule or here.
-        const NEED_NO_RULE: [&str; 13] = [
+        const NEED_NO_RULE: [&str; 11] = [
             "process.exec",
             "net.tcp.connect",
             "net.tcp.accept",
@@ -1080,8 +1111,6 @@ mod tests {
             "dns.query",
             "journal.entry",
             "k8s.event",
-            "k8s.pod.image_pull_backoff",
-            "k8s.container.waiting",
             "container.created",
             "container.started",
             // An operator's stop or reload, not a failure.

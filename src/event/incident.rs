@@ -40,7 +40,7 @@ pub struct Member {
     /// The event's id.
     pub id: EventId,
     /// Its type: the span's name.
-    pub kind: String,
+    pub kind: std::borrow::Cow<'static, str>,
     /// Event time, Unix nanoseconds.
     pub timestamp: u64,
     /// Its span in the incident's trace.

@@ -633,6 +633,20 @@ def corpus_d():
     for k, pod in enumerate([p["ledger"], p["checkout-0"]]):
         w.tcp(t + (2 + k) * SEC, "net.tcp.connect_failed", pod, NODE_IP, 6432, error="ECONNREFUSED",
               incident=i)
+    # 25. A new version's image cannot be pulled.
+    i = ("image-pull", "a pod that cannot start")
+    pod = p["node-exporter"]
+    t = w.at(560)
+    w.kubeapi(t, "k8s.event", pod, {"reason": "Failed", "count": 1, "involved_kind": "Pod",
+                                    "source": "kubelet"}, "warning",
+              f"Pod {pod.ns}/{pod.name}: Failed: Failed to pull image: not found", incident=i)
+    w.kubeapi(t + 200 * MS, "k8s.pod.image_pull_backoff", pod,
+              {"container": pod.container, "reason": "ErrImagePull"}, "warning",
+              f"container {pod.container} of {pod.ns}/{pod.name} is waiting: ErrImagePull",
+              incident=i, root=True)
+    w.kubeapi(t + 15 * SEC, "k8s.event", pod, {"reason": "BackOff", "count": 3, "involved_kind": "Pod",
+                                               "source": "kubelet"}, "warning",
+              f"Pod {pod.ns}/{pod.name}: BackOff: Back-off pulling image", incident=i)
     # 23. A crash loop with its second round's cause late as well.
     i = ("crashloop-checkout", "missing file, late cause, two rounds")
     pod = p["checkout-1"]

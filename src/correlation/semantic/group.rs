@@ -185,7 +185,7 @@ impl Group {
             .zip(event.parent_span_id.or(event.span_id));
         self.incident.members.push(Member {
             id: event.id,
-            kind: event.kind.to_string(),
+            kind: event.kind.clone(),
             timestamp: event.timestamp,
             span: event.span_id,
             parent,

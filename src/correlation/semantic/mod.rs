@@ -28,7 +28,7 @@ mod predict;
 use super::Correlator;
 use super::deps::Dependencies;
 use super::entities::EntityIndex;
-use super::rules::{Relation, Rule};
+use super::rules::{Condition, Relation, Rule};
 use crate::bounded::{Bounded, FxMap};
 use crate::event::{
     CausalLink, Correlation, Event, EventId, GroupId, Incident, Member, Severity, SpanId, TraceId,
@@ -94,6 +94,23 @@ struct Waiting {
     group: GroupId,
 }
 
+/// The rules an event type takes part in.
+#[derive(Debug, Default)]
+struct KindRules {
+    effects: Vec<usize>,
+    causes: Vec<usize>,
+    /// The distinct conditions of their sides for this type.
+    conditions: Vec<usize>,
+}
+
+impl KindRules {
+    fn uses(&mut self, condition: usize) {
+        if !self.conditions.contains(&condition) {
+            self.conditions.push(condition);
+        }
+    }
+}
+
 /// A group not built yet: its one event, and what building it needs.
 #[derive(Debug, PartialEq)]
 struct Seed {
@@ -101,6 +118,11 @@ struct Seed {
     recurrence: u32,
     critical: bool,
 }
+
+/// How much later than its effect a cause may be stamped: collectors stamp what they see
+/// from different clocks and at different moments (the kubelet's event and the pod's
+/// status change for one failure are a few hundred milliseconds apart either way).
+const SKEW: u64 = 1_000_000_000;
 
 /// An entity's keys under one rule's relation (0: none).
 type Keys = [u64; 3];
@@ -127,8 +149,12 @@ pub struct Semantic {
     touched: FxMap<(Relation, u64), Touch>,
     directory: Option<Arc<crate::metadata::PodDirectory>>,
     rules: Vec<Rule>,
-    by_effect: FxMap<&'static str, Vec<usize>>,
-    by_cause: FxMap<&'static str, Vec<usize>>,
+    // Per event type: the rules it is the effect and the cause of, and their conditions.
+    by_kind: FxMap<&'static str, KindRules>,
+    // The rules' distinct conditions, each side of each rule by index into this.
+    conditions: Vec<Condition>,
+    cause_condition: Vec<usize>,
+    effect_condition: Vec<usize>,
     deps: Dependencies,
     limits: Limits,
     // Remembered causes by (rule, key of the entity the rule's relation names).
@@ -153,11 +179,28 @@ impl Semantic {
     /// An engine with `rules` and `limits`, stamping `node` on events that lack one.
     #[must_use]
     pub fn new(node: &str, rules: Vec<Rule>, limits: Limits) -> Self {
-        let mut by_effect: FxMap<&'static str, Vec<usize>> = FxMap::default();
-        let mut by_cause: FxMap<&'static str, Vec<usize>> = FxMap::default();
+        let mut by_kind: FxMap<&'static str, KindRules> = FxMap::default();
+        let mut conditions: Vec<Condition> = Vec::new();
+        let mut intern = |condition: &Condition| {
+            conditions
+                .iter()
+                .position(|c| c == condition)
+                .unwrap_or_else(|| {
+                    conditions.push(condition.clone());
+                    conditions.len() - 1
+                })
+        };
+        let (mut cause_condition, mut effect_condition) = (Vec::new(), Vec::new());
         for (i, rule) in rules.iter().enumerate() {
-            by_effect.entry(rule.effect).or_default().push(i);
-            by_cause.entry(rule.cause).or_default().push(i);
+            let (cause, effect) = (intern(&rule.cause_when), intern(&rule.effect_when));
+            cause_condition.push(cause);
+            effect_condition.push(effect);
+            let of_effect = by_kind.entry(rule.effect).or_default();
+            of_effect.effects.push(i);
+            of_effect.uses(effect);
+            let of_cause = by_kind.entry(rule.cause).or_default();
+            of_cause.causes.push(i);
+            of_cause.uses(cause);
         }
         Self {
             node: node.into(),
@@ -167,8 +210,10 @@ impl Semantic {
             touched: FxMap::default(),
             directory: None,
             rules,
-            by_effect,
-            by_cause,
+            by_kind,
+            conditions,
+            cause_condition,
+            effect_condition,
             deps: Dependencies::new(limits.entities),
             questions: Bounded::new(limits.entities),
             seeds: Bounded::new(limits.entities / 4),
@@ -354,32 +399,34 @@ impl Semantic {
         }
     }
 
-    /// The rules `event` can be the cause of: its type and their conditions.
-    fn cause_rules(&self, event: &Event) -> Vec<usize> {
-        self.by_cause
-            .get(event.kind.as_ref())
-            .map(|rules| {
-                rules
-                    .iter()
-                    .copied()
-                    .filter(|&i| self.rules[i].cause_when.holds(event))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// The rules `event` can be the effect of.
-    fn effect_rules(&self, event: &Event) -> Vec<usize> {
-        self.by_effect
-            .get(event.kind.as_ref())
-            .map(|rules| {
-                rules
-                    .iter()
-                    .copied()
-                    .filter(|&i| self.rules[i].effect_when.holds(event))
-                    .collect()
-            })
-            .unwrap_or_default()
+    /// The rules `event` can be the effect of, and those it can be the cause of: by its
+    /// type, then by their conditions, each distinct condition tested once.
+    fn rules_of(&self, event: &Event) -> (Vec<usize>, Vec<usize>) {
+        let Some(of) = self.by_kind.get(event.kind.as_ref()) else {
+            return (Vec::new(), Vec::new());
+        };
+        // A handful of distinct conditions per type: tested once each, on the stack.
+        let mut held = [false; 16];
+        for (slot, &c) in held.iter_mut().zip(&of.conditions) {
+            *slot = self.conditions[c].holds(event);
+        }
+        let holds = |c: usize| match of.conditions.iter().position(|&x| x == c) {
+            Some(at) if at < held.len() => held[at],
+            _ => self.conditions[c].holds(event),
+        };
+        let effects = of
+            .effects
+            .iter()
+            .copied()
+            .filter(|&i| holds(self.effect_condition[i]))
+            .collect();
+        let causes = of
+            .causes
+            .iter()
+            .copied()
+            .filter(|&i| holds(self.cause_condition[i]))
+            .collect();
+        (effects, causes)
     }
 
     fn has_room(&self, group: GroupId) -> bool {
@@ -403,8 +450,8 @@ impl Semantic {
                 .flat_map(|causes| causes.iter().rev())
                 .filter(|c| {
                     c.id != event.id
-                        && event.timestamp >= c.timestamp
-                        && event.timestamp - c.timestamp <= max
+                        && event.timestamp + SKEW >= c.timestamp
+                        && event.timestamp.saturating_sub(c.timestamp) <= max
                         && self.has_room(c.group)
                 })
                 .max_by_key(|c| c.timestamp);
@@ -441,8 +488,8 @@ impl Semantic {
                 };
                 for w in waiting {
                     if w.id == event.id
-                        || w.timestamp < event.timestamp
-                        || w.timestamp - event.timestamp > max
+                        || w.timestamp + SKEW < event.timestamp
+                        || w.timestamp.saturating_sub(event.timestamp) > max
                         || !self.has_room(w.group)
                     {
                         continue;
@@ -625,10 +672,28 @@ impl Semantic {
             impact: group::impact(event.severity, width, recurrence, critical),
             causal_links: Vec::new(),
         });
+        // What building the group reads: no attributes but the service (its reach); the
+        // ones evidence reads come only on causes at warning and above, never planted.
+        let mut root = Event::new(
+            event.id,
+            event.timestamp,
+            event.kind.clone(),
+            event.source.clone(),
+        );
+        root.severity = event.severity;
+        root.message.clone_from(&event.message);
+        root.entities = event.entities.clone();
+        root.span_id = event.span_id;
+        root.trace_id = event.trace_id;
+        root.parent_span_id = event.parent_span_id;
+        if let Some(service) = event.attributes.get(crate::event::keys::SERVICE_NAME) {
+            root.attributes
+                .push(crate::event::keys::SERVICE_NAME, service.clone());
+        }
         self.seeds.insert(
             id,
             Seed {
-                event: event.clone(),
+                event: root,
                 recurrence,
                 critical,
             },
@@ -777,7 +842,7 @@ fn lookup_key(event: &Event) -> Option<u64> {
 fn question(event: &Event) -> Member {
     Member {
         id: event.id,
-        kind: event.kind.to_string(),
+        kind: event.kind.clone(),
         timestamp: event.timestamp,
         span: event.span_id,
         parent: None,
@@ -847,8 +912,7 @@ impl Correlator for Semantic {
         }
 
         self.deps.learn(event);
-        let effect_rules = self.effect_rules(event);
-        let cause_rules = self.cause_rules(event);
+        let (effect_rules, cause_rules) = self.rules_of(event);
         let found = self.best_cause(event, &effect_rules);
         // Whether the event's own entities become the group's for shared-entity joins: not
         // for one that joined across entities (a caller of a failed server, a pod of a
