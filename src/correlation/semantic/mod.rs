@@ -127,6 +127,14 @@ const SKEW: u64 = 1_000_000_000;
 /// An entity's keys under one rule's relation (0: none).
 type Keys = [u64; 3];
 
+/// One event's keys under each relation, as a cause and as an effect, each computed once
+/// (a `callee` key looks the server up; many rules share a relation).
+#[derive(Default)]
+struct KeyCache {
+    cause: [Option<Keys>; 8],
+    effect: [Option<Keys>; 8],
+}
+
 /// Where a group last touched an entity, for shared-entity joins.
 #[derive(Clone, Copy, Debug)]
 struct Touch {
@@ -162,7 +170,7 @@ pub struct Semantic {
     // Group members by (rule, key) for which a cause may still arrive late.
     waiting: FxMap<(usize, u64), VecDeque<Waiting>>,
     // DNS queries by lookup (client, transaction, name), until their answer comes.
-    questions: Bounded<u64, Member>,
+    questions: Bounded<u64, Question>,
     groups: FxMap<GroupId, Group>,
     closed: Vec<Incident>,
     // Groups opened per (cause type, workload), for recurrence.
@@ -364,8 +372,12 @@ impl Semantic {
 
     /// The keys of `event` as the cause of rule `i`: the entity its relation names, or for
     /// `callee` the server the event happened to.
-    fn cause_keys(&self, i: usize, event: &Event) -> Keys {
-        match self.rules[i].relation {
+    fn cause_keys(&self, i: usize, event: &Event, cache: &mut KeyCache) -> Keys {
+        let relation = self.rules[i].relation;
+        if let Some(keys) = cache.cause[relation as usize] {
+            return keys;
+        }
+        let keys = match relation {
             Relation::Callee => {
                 let mut keys = [0; 3];
                 for (slot, key) in keys.iter_mut().zip(self.deps.identity(event).keys()) {
@@ -374,13 +386,19 @@ impl Semantic {
                 keys
             }
             relation => [relation.key(&event.entities).unwrap_or(0), 0, 0],
-        }
+        };
+        cache.cause[relation as usize] = Some(keys);
+        keys
     }
 
     /// The keys of `event` as the effect of rule `i`: the entity its relation names, for
     /// `callee` the server the event called, for `node_pods` its node when it is a pod's.
-    fn effect_keys(&self, i: usize, event: &Event) -> Keys {
-        match self.rules[i].relation {
+    fn effect_keys(&self, i: usize, event: &Event, cache: &mut KeyCache) -> Keys {
+        let relation = self.rules[i].relation;
+        if let Some(keys) = cache.effect[relation as usize] {
+            return keys;
+        }
+        let keys = match relation {
             Relation::Callee => {
                 let mut keys = [0; 3];
                 if let Some(server) = self.deps.callee(event) {
@@ -396,7 +414,9 @@ impl Semantic {
                 [0; 3]
             }
             relation => [relation.key(&event.entities).unwrap_or(0), 0, 0],
-        }
+        };
+        cache.effect[relation as usize] = Some(keys);
+        keys
     }
 
     /// The rules `event` can be the effect of, and those it can be the cause of: by its
@@ -437,13 +457,18 @@ impl Semantic {
     }
 
     /// The causes of `event` among remembered ones, best first: (rule index, cause).
-    fn best_cause(&self, event: &Event, effect_rules: &[usize]) -> Vec<(usize, Cause)> {
+    fn best_cause(
+        &self,
+        event: &Event,
+        effect_rules: &[usize],
+        cache: &mut KeyCache,
+    ) -> Vec<(usize, Cause)> {
         let mut found = Vec::new();
         for &i in effect_rules {
             let rule = &self.rules[i];
             let max = rule.max_delay.as_nanos() as u64;
             let latest = self
-                .effect_keys(i, event)
+                .effect_keys(i, event, cache)
                 .into_iter()
                 .filter(|key| *key != 0)
                 .filter_map(|key| self.causes.get(&(i, key)))
@@ -472,7 +497,12 @@ impl Semantic {
     /// The member of an open group that `event`, arriving late, caused: (rule index, it).
     /// The effect happened after the cause within the rule's delay, and the cause is at
     /// most `late_window` behind the newest event seen.
-    fn late_effect(&self, event: &Event, cause_rules: &[usize]) -> Option<(usize, Waiting)> {
+    fn late_effect(
+        &self,
+        event: &Event,
+        cause_rules: &[usize],
+        cache: &mut KeyCache,
+    ) -> Option<(usize, Waiting)> {
         let late = self.limits.late_window.as_nanos() as u64;
         if self.clock.saturating_sub(event.timestamp) > late {
             return None;
@@ -481,7 +511,7 @@ impl Semantic {
         for &i in cause_rules {
             let rule = &self.rules[i];
             let max = rule.max_delay.as_nanos() as u64;
-            for key in self.cause_keys(i, event) {
+            for key in self.cause_keys(i, event, cache) {
                 let Some(waiting) = (key != 0).then(|| self.waiting.get(&(i, key))).flatten()
                 else {
                     continue;
@@ -509,9 +539,15 @@ impl Semantic {
         best
     }
 
-    fn remember(&mut self, event: &Event, group: GroupId, cause_rules: &[usize]) {
+    fn remember(
+        &mut self,
+        event: &Event,
+        group: GroupId,
+        cause_rules: &[usize],
+        cache: &mut KeyCache,
+    ) {
         for &i in cause_rules {
-            for key in self.cause_keys(i, event) {
+            for key in self.cause_keys(i, event, cache) {
                 if key == 0 {
                     continue;
                 }
@@ -533,9 +569,15 @@ impl Semantic {
     }
 
     /// Remembers a member of `group` for causes that may still arrive late.
-    fn wait_for_late_causes(&mut self, event: &Event, group: GroupId, effect_rules: &[usize]) {
+    fn wait_for_late_causes(
+        &mut self,
+        event: &Event,
+        group: GroupId,
+        effect_rules: &[usize],
+        cache: &mut KeyCache,
+    ) {
         for &i in effect_rules {
-            for key in self.effect_keys(i, event) {
+            for key in self.effect_keys(i, event, cache) {
                 if key == 0 {
                     continue;
                 }
@@ -772,19 +814,25 @@ impl Semantic {
     fn pair_question(&mut self, event: &Event, group_id: Option<GroupId>) {
         if event.kind == "dns.query" && group_id.is_none() {
             if let Some(lookup) = lookup_key(event) {
-                self.questions.insert(lookup, question(event));
+                self.questions.insert(
+                    lookup,
+                    Question {
+                        id: event.id,
+                        timestamp: event.timestamp,
+                        span: event.span_id,
+                    },
+                );
             }
         } else if let Some(group) = group_id
             && event.kind == "dns.response"
             && let Some(lookup) = lookup_key(event)
-            && let Some(query) = self.questions.get(&lookup).cloned()
+            && let Some(query) = self.questions.take(&lookup)
         {
-            self.questions.remove(&lookup);
             self.build(group);
             if self.open_events < self.limits.max_open_events
                 && let Some(g) = self.groups.get_mut(&group)
             {
-                g.add_question(query);
+                g.add_question(question(&query, event));
                 self.open_events += 1;
             }
         }
@@ -819,6 +867,15 @@ impl Semantic {
     }
 }
 
+/// A DNS query waiting for its answer: what its member needs besides what the answer
+/// repeats (the process, the name, the server).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Question {
+    id: EventId,
+    timestamp: u64,
+    span: Option<SpanId>,
+}
+
 /// A DNS lookup's key: the client's address and port, the transaction id and the name,
 /// which a query and its answer share.
 fn lookup_key(event: &Event) -> Option<u64> {
@@ -839,19 +896,30 @@ fn lookup_key(event: &Event) -> Option<u64> {
 }
 
 /// A query as the member it becomes if its answer fails.
-fn question(event: &Event) -> Member {
+fn question(query: &Question, answer: &Event) -> Member {
+    use crate::event::AttrValue;
+    let text = |key: &str| match answer.attributes.get(key) {
+        Some(AttrValue::Str(s)) => s.as_str(),
+        _ => "",
+    };
     Member {
-        id: event.id,
-        kind: event.kind.clone(),
-        timestamp: event.timestamp,
-        span: event.span_id,
+        id: query.id,
+        kind: "dns.query".into(),
+        timestamp: query.timestamp,
+        span: query.span,
         parent: None,
         own_context: None,
         cross_links: Vec::new(),
         joined_on: Some("lookup"),
-        severity: event.severity,
-        message: event.message.clone(),
-        entities: event.entities.clone(),
+        severity: crate::event::Severity::Info,
+        message: format!(
+            "{} {} asked {}:53",
+            text("query_type"),
+            text("query_name"),
+            text("server")
+        ),
+        // The same process asked and was answered.
+        entities: answer.entities.clone(),
     }
 }
 
@@ -913,7 +981,8 @@ impl Correlator for Semantic {
 
         self.deps.learn(event);
         let (effect_rules, cause_rules) = self.rules_of(event);
-        let found = self.best_cause(event, &effect_rules);
+        let mut cache = KeyCache::default();
+        let found = self.best_cause(event, &effect_rules, &mut cache);
         // Whether the event's own entities become the group's for shared-entity joins: not
         // for one that joined across entities (a caller of a failed server, a pod of a
         // failed node), whose other warnings are its own business.
@@ -925,7 +994,7 @@ impl Correlator for Semantic {
                 Relation::Process | Relation::Container | Relation::Pod | Relation::Unit
             );
             Some(self.join_causes(event, &found))
-        } else if let Some((i, effect)) = self.late_effect(event, &cause_rules) {
+        } else if let Some((i, effect)) = self.late_effect(event, &cause_rules, &mut cache) {
             Some(self.adopt(event, i, effect))
         } else if !cause_rules.is_empty()
             && event.severity >= Severity::Warning
@@ -975,9 +1044,9 @@ impl Correlator for Semantic {
         }
         self.pair_question(event, group_id);
         if let Some(group) = group_id {
-            self.remember(event, group, &cause_rules);
+            self.remember(event, group, &cause_rules, &mut cache);
             if !related {
-                self.wait_for_late_causes(event, group, &effect_rules);
+                self.wait_for_late_causes(event, group, &effect_rules, &mut cache);
             }
             // The window runs from the group's last causal event on the entity, so a pod
             // that keeps warning does not hold its incident open forever.
