@@ -545,3 +545,69 @@ async fn an_event_past_the_year_2262_is_refused_by_name() {
         [&last[0].id]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corpus_file_replayed_into_the_server_gives_the_groups_the_scorer_sees() {
+    // The path the corpus is scored on in tests/incidents.rs is the engine alone; this is
+    // the whole way: replay with keep_ids -> agent (its late_window default) -> bridge ->
+    // server, then GetSemanticGroups.
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/incidents/d-late.jsonl");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = ServerProcess::start(0, dir.path(), &[]);
+    let yaml = common::config(&format!(
+        "collectors:\n  replay: {{ config: {{ path: {file}, keep_ids: true }} }}\ncorrelation: {{ mode: semantic }}\n"
+    ));
+    let address = server.address();
+    let path = yaml.path().to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(common::COLLECTOR)
+            .arg("--config")
+            .arg(path)
+            .args(["--server", &address, "--otel-endpoint", "none"])
+            .output()
+            .expect("collector runs")
+    })
+    .await
+    .expect("joined");
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    let groups = client(&server)
+        .await
+        .get_semantic_groups(pb::GetSemanticGroupsRequest::default())
+        .await
+        .expect("groups")
+        .into_inner()
+        .groups;
+
+    let text = std::fs::read_to_string(file).expect("corpus file");
+    let mut engine =
+        tapio::correlation::build(&tapio::correlation::CorrelationConfig::default(), "node-a");
+    for line in text.lines() {
+        let mut event: Event = serde_json::from_str(line).expect("an event");
+        engine.process(&mut event);
+    }
+    engine.close_all();
+    let mut expected: Vec<(Vec<u8>, Vec<Vec<u8>>)> = engine
+        .take_closed()
+        .iter()
+        .map(|g| {
+            let mut ids: Vec<Vec<u8>> = g.events.iter().map(|e| e.to_bytes().to_vec()).collect();
+            ids.sort();
+            (g.root.to_bytes().to_vec(), ids)
+        })
+        .collect();
+    let mut stored: Vec<(Vec<u8>, Vec<Vec<u8>>)> = groups
+        .into_iter()
+        .map(|g| {
+            let mut ids = g.event_ids;
+            ids.sort();
+            (g.root_cause_event_id, ids)
+        })
+        .collect();
+    expected.sort();
+    stored.sort();
+    assert!(expected.len() >= 6, "the file's incidents close as groups");
+    assert_eq!(
+        stored, expected,
+        "the server holds the groups the scorer scores"
+    );
+}
