@@ -47,6 +47,23 @@ async fn client(server: &ServerProcess) -> TapioServiceClient<Channel> {
         .max_encoding_message_size(64 * 1024 * 1024)
 }
 
+/// Runs the collector with `yaml` against `server` until it finishes, successfully.
+async fn run_collector(server: &ServerProcess, yaml: &tempfile::NamedTempFile) {
+    let address = server.address();
+    let path = yaml.path().to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(common::COLLECTOR)
+            .arg("--config")
+            .arg(path)
+            .args(["--server", &address, "--otel-endpoint", "none"])
+            .output()
+            .expect("collector runs")
+    })
+    .await
+    .expect("joined");
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+}
+
 /// An open `StreamEvents` call.
 struct Stream {
     tx: mpsc::Sender<pb::TapioStreamEventsRequest>,
@@ -342,19 +359,7 @@ async fn groups_a_collector_closed_arrive_whole_and_are_queryable() {
     let yaml = common::config(
         "collectors:\n  synthetic: { config: { events: 40, scenario: oom-cascade, seed: 9 } }\ncorrelation: { mode: semantic }\n",
     );
-    let address = server.address();
-    let path = yaml.path().to_owned();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(common::COLLECTOR)
-            .arg("--config")
-            .arg(path)
-            .args(["--server", &address, "--otel-endpoint", "none"])
-            .output()
-            .expect("collector runs")
-    })
-    .await
-    .expect("joined");
-    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    run_collector(&server, &yaml).await;
 
     let mut client = client(&server).await;
     let groups = client
@@ -557,19 +562,7 @@ async fn a_corpus_file_replayed_into_the_server_gives_the_groups_the_scorer_sees
     let yaml = common::config(&format!(
         "collectors:\n  replay: {{ config: {{ path: {file}, keep_ids: true }} }}\ncorrelation: {{ mode: semantic }}\n"
     ));
-    let address = server.address();
-    let path = yaml.path().to_owned();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(common::COLLECTOR)
-            .arg("--config")
-            .arg(path)
-            .args(["--server", &address, "--otel-endpoint", "none"])
-            .output()
-            .expect("collector runs")
-    })
-    .await
-    .expect("joined");
-    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    run_collector(&server, &yaml).await;
     let groups = client(&server)
         .await
         .get_semantic_groups(pb::GetSemanticGroupsRequest::default())

@@ -23,6 +23,30 @@ struct Pod {
     workload_name: Arc<str>,
 }
 
+impl Pod {
+    /// The pod the kubeapi collector's directory describes.
+    fn of(meta: &crate::metadata::PodMeta) -> Self {
+        Self {
+            uid: Arc::clone(&meta.uid),
+            namespace: Arc::clone(&meta.namespace),
+            name: Arc::clone(&meta.name),
+            workload_kind: Arc::clone(&meta.workload_kind),
+            workload_name: Arc::clone(&meta.workload_name),
+        }
+    }
+
+    /// The pod an event names.
+    fn named_by(entities: &Entities) -> Self {
+        Self {
+            uid: Arc::clone(&entities.pod_uid),
+            namespace: Arc::clone(&entities.pod_namespace),
+            name: Arc::clone(&entities.pod_name),
+            workload_kind: Arc::clone(&entities.workload_kind),
+            workload_name: Arc::clone(&entities.workload_name),
+        }
+    }
+}
+
 /// What a process runs in.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Process {
@@ -126,13 +150,7 @@ impl EntityIndex {
             if cached.is_some_and(|pod| Arc::ptr_eq(&pod.name, &entities.pod_name)) {
                 return;
             }
-            let pod = Pod {
-                uid: Arc::clone(&entities.pod_uid),
-                namespace: Arc::clone(&entities.pod_namespace),
-                name: Arc::clone(&entities.pod_name),
-                workload_kind: Arc::clone(&entities.workload_kind),
-                workload_name: Arc::clone(&entities.workload_name),
-            };
+            let pod = Pod::named_by(entities);
             let known = self
                 .containers
                 .get(&entities.container_id)
@@ -157,13 +175,7 @@ impl EntityIndex {
                 else {
                     return;
                 };
-                let pod = Pod {
-                    uid: Arc::clone(&meta.uid),
-                    namespace: Arc::clone(&meta.namespace),
-                    name: Arc::clone(&meta.name),
-                    workload_kind: Arc::clone(&meta.workload_kind),
-                    workload_name: Arc::clone(&meta.workload_name),
-                };
+                let pod = Pod::of(&meta);
                 self.containers
                     .insert(Arc::clone(&entities.container_id), pod.clone());
                 pod
@@ -187,16 +199,8 @@ impl EntityIndex {
             .get(&entities.pod_uid)
             .is_none_or(|pod| !Arc::ptr_eq(&pod.name, &entities.pod_name))
         {
-            self.pods.insert(
-                Arc::clone(&entities.pod_uid),
-                Pod {
-                    uid: Arc::clone(&entities.pod_uid),
-                    namespace: Arc::clone(&entities.pod_namespace),
-                    name: Arc::clone(&entities.pod_name),
-                    workload_kind: Arc::clone(&entities.workload_kind),
-                    workload_name: Arc::clone(&entities.workload_name),
-                },
-            );
+            self.pods
+                .insert(Arc::clone(&entities.pod_uid), Pod::named_by(entities));
         }
     }
 
@@ -208,13 +212,7 @@ impl EntityIndex {
         }
         let pod = self.pods.get(&entities.pod_uid).cloned().or_else(|| {
             let meta = self.directory.as_ref()?.pod(&entities.pod_uid)?;
-            Some(Pod {
-                uid: Arc::clone(&meta.uid),
-                namespace: Arc::clone(&meta.namespace),
-                name: Arc::clone(&meta.name),
-                workload_kind: Arc::clone(&meta.workload_kind),
-                workload_name: Arc::clone(&meta.workload_name),
-            })
+            Some(Pod::of(&meta))
         });
         if let Some(pod) = pod {
             entities.pod_namespace = pod.namespace;
