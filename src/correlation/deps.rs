@@ -19,7 +19,7 @@
 //! entries and forgets the oldest first; a new fact about an address replaces the old one.
 
 use crate::bounded::Bounded;
-use crate::event::{AttrValue, Event, hash_parts, keys};
+use crate::event::{Event, hash_parts, keys};
 
 use super::rules::Relation;
 
@@ -62,17 +62,11 @@ fn service_key(namespace: &str, name: &str) -> u64 {
 }
 
 fn text<'a>(event: &'a Event, key: &str) -> Option<&'a str> {
-    match event.attributes.get(key) {
-        Some(AttrValue::Str(s)) if !s.is_empty() => Some(s),
-        _ => None,
-    }
+    event.attributes.text(key).filter(|s| !s.is_empty())
 }
 
 fn port(event: &Event, key: &str) -> Option<u16> {
-    match event.attributes.get(key) {
-        Some(AttrValue::Int(n)) => u16::try_from(*n).ok(),
-        _ => None,
-    }
+    u16::try_from(event.attributes.int(key)?).ok()
 }
 
 fn address_key(address: &str) -> u64 {
@@ -223,7 +217,7 @@ impl Dependencies {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::EventId;
+    use crate::event::{AttrValue, EventId};
 
     fn event(kind: &'static str, attributes: &[(&'static str, AttrValue)]) -> Event {
         let mut e = Event::new(EventId::from_u128(1), 1, kind, "t");

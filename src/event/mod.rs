@@ -261,6 +261,24 @@ impl Attributes {
         self.0.iter().find(|a| a.key == key).map(|a| &a.value)
     }
 
+    /// The text value of `key`, if present and text.
+    #[must_use]
+    pub fn text(&self, key: &str) -> Option<&str> {
+        match self.get(key) {
+            Some(AttrValue::Str(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The integer value of `key`, if present and an integer.
+    #[must_use]
+    pub fn int(&self, key: &str) -> Option<i64> {
+        match self.get(key) {
+            Some(AttrValue::Int(n)) => Some(*n),
+            _ => None,
+        }
+    }
+
     /// Iterates in insertion order.
     pub fn iter(&self) -> std::slice::Iter<'_, Attribute> {
         self.0.iter()

@@ -298,6 +298,18 @@ const TCP: [Attr; 6] = [
     ),
 ];
 
+/// The TCP attributes with the state change, of connects and closes.
+const TCP_STATE: [Attr; 8] = [
+    TCP[0],
+    TCP[1],
+    TCP[2],
+    TCP[3],
+    TCP[4],
+    TCP[5],
+    a("old_state", Str, "TCP state before"),
+    a("new_state", Str, "TCP state after"),
+];
+
 const KERNEL_ENTITIES: &str =
     "node, pid, comm, cgroup_id; container_id and pod_uid (or unit) from the process's cgroup";
 const POD_ENTITIES: &str = "node, pod_uid, pod_namespace, pod_name, workload_kind, workload_name";
@@ -362,6 +374,18 @@ const SERVICE_FAILURE: [Attr; 4] = [
     ),
 ];
 
+/// A service's state change with how its main process ended (stopped, reloading).
+const UNIT_CHANGE: [Attr; 8] = [
+    UNIT_STATE[0],
+    UNIT_STATE[1],
+    UNIT_STATE[2],
+    UNIT_STATE[3],
+    SERVICE_FAILURE[0],
+    SERVICE_FAILURE[1],
+    SERVICE_FAILURE[2],
+    SERVICE_FAILURE[3],
+];
+
 /// Every event type a collector emits.
 pub static SHAPES: &[Shape] = &[
     Shape {
@@ -396,16 +420,7 @@ pub static SHAPES: &[Shape] = &[
         sources: &["network"],
         severities: &[Info],
         severity_rule: "always info",
-        attributes: &[
-            TCP[0],
-            TCP[1],
-            TCP[2],
-            TCP[3],
-            TCP[4],
-            TCP[5],
-            a("old_state", Str, "TCP state before"),
-            a("new_state", Str, "TCP state after"),
-        ],
+        attributes: &TCP_STATE,
         more: More::Nothing,
         entities: "as the kernel collector's; the process that called connect()",
     },
@@ -423,16 +438,7 @@ pub static SHAPES: &[Shape] = &[
         sources: &["network"],
         severities: &[Info],
         severity_rule: "always info",
-        attributes: &[
-            TCP[0],
-            TCP[1],
-            TCP[2],
-            TCP[3],
-            TCP[4],
-            TCP[5],
-            a("old_state", Str, "TCP state before"),
-            a("new_state", Str, "TCP state after"),
-        ],
+        attributes: &TCP_STATE,
         more: More::Nothing,
         entities: "as the kernel collector's",
     },
@@ -936,16 +942,7 @@ pub static SHAPES: &[Shape] = &[
         sources: &["systemd"],
         severities: &[Info],
         severity_rule: "always info",
-        attributes: &[
-            UNIT_STATE[0],
-            UNIT_STATE[1],
-            UNIT_STATE[2],
-            UNIT_STATE[3],
-            SERVICE_FAILURE[0],
-            SERVICE_FAILURE[1],
-            SERVICE_FAILURE[2],
-            SERVICE_FAILURE[3],
-        ],
+        attributes: &UNIT_CHANGE,
         more: More::Nothing,
         entities: "node, unit; pid: the main process, when there is one",
     },
@@ -954,16 +951,7 @@ pub static SHAPES: &[Shape] = &[
         sources: &["systemd"],
         severities: &[Info],
         severity_rule: "always info",
-        attributes: &[
-            UNIT_STATE[0],
-            UNIT_STATE[1],
-            UNIT_STATE[2],
-            UNIT_STATE[3],
-            SERVICE_FAILURE[0],
-            SERVICE_FAILURE[1],
-            SERVICE_FAILURE[2],
-            SERVICE_FAILURE[3],
-        ],
+        attributes: &UNIT_CHANGE,
         more: More::Nothing,
         entities: "node, unit; pid: the main process, when there is one",
     },

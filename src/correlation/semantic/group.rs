@@ -49,9 +49,7 @@ impl Reach {
         if let Some(key) = Relation::Unit.key(e) {
             self.units.insert(key);
         }
-        if let Some(crate::event::AttrValue::Str(service)) =
-            event.attributes.get(keys::SERVICE_NAME)
-        {
+        if let Some(service) = event.attributes.text(keys::SERVICE_NAME) {
             self.services.insert(crate::event::hash_parts(&[
                 e.pod_namespace.as_bytes(),
                 service.as_bytes(),

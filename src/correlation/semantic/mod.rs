@@ -879,29 +879,17 @@ struct Question {
 /// A DNS lookup's key: the client's address and port, the transaction id and the name,
 /// which a query and its answer share.
 fn lookup_key(event: &Event) -> Option<u64> {
-    use crate::event::AttrValue;
-    let text = |key: &str| match event.attributes.get(key) {
-        Some(AttrValue::Str(s)) => Some(s.as_bytes()),
-        _ => None,
-    };
-    let transaction = match event.attributes.get("transaction_id") {
-        Some(AttrValue::Int(n)) => n.to_le_bytes(),
-        _ => return None,
-    };
+    let a = &event.attributes;
     Some(crate::event::hash_parts(&[
-        text("client")?,
-        &transaction,
-        text("query_name")?,
+        a.text("client")?.as_bytes(),
+        &a.int("transaction_id")?.to_le_bytes(),
+        a.text("query_name")?.as_bytes(),
     ]))
 }
 
 /// A query as the member it becomes if its answer fails.
 fn question(query: &Question, answer: &Event) -> Member {
-    use crate::event::AttrValue;
-    let text = |key: &str| match answer.attributes.get(key) {
-        Some(AttrValue::Str(s)) => s.as_str(),
-        _ => "",
-    };
+    let text = |key: &str| answer.attributes.text(key).unwrap_or_default();
     Member {
         id: query.id,
         kind: "dns.query".into(),
