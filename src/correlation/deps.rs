@@ -19,7 +19,7 @@
 //! entries and forgets the oldest first; a new fact about an address replaces the old one.
 
 use crate::bounded::Bounded;
-use crate::event::{Event, hash_parts, keys};
+use crate::event::{Event, key_parts, keys};
 
 use super::rules::Relation;
 
@@ -58,7 +58,7 @@ pub struct Dependencies {
 }
 
 fn service_key(namespace: &str, name: &str) -> u64 {
-    hash_parts(&[b"service", namespace.as_bytes(), name.as_bytes()])
+    key_parts(&[b"service", namespace.as_bytes(), name.as_bytes()])
 }
 
 fn text<'a>(event: &'a Event, key: &str) -> Option<&'a str> {
@@ -70,11 +70,11 @@ fn port(event: &Event, key: &str) -> Option<u16> {
 }
 
 fn address_key(address: &str) -> u64 {
-    hash_parts(&[b"ip", address.as_bytes()])
+    key_parts(&[b"ip", address.as_bytes()])
 }
 
 fn endpoint_key(address: &str, port: u16) -> u64 {
-    hash_parts(&[b"endpoint", address.as_bytes(), &port.to_le_bytes()])
+    key_parts(&[b"endpoint", address.as_bytes(), &port.to_le_bytes()])
 }
 
 fn is_loopback(address: &str) -> bool {
@@ -110,7 +110,7 @@ impl Dependencies {
     /// The key every host unit of `node` shares, for a refused connect to the node on a
     /// port no listener is known for.
     fn host_key(node: &str) -> u64 {
-        hash_parts(&[b"host", node.as_bytes()])
+        key_parts(&[b"host", node.as_bytes()])
     }
 
     /// The keys of the entity `event` happened to, as a server: its pod, the service that
@@ -167,7 +167,7 @@ impl Dependencies {
         if Self::on_host(event) {
             // A host process: it serves the port on the node's addresses.
             self.node_addresses.insert(address_key(address), ());
-            let node = hash_parts(&[
+            let node = key_parts(&[
                 b"node-port",
                 event.entities.node.as_bytes(),
                 &port.to_le_bytes(),
@@ -197,7 +197,7 @@ impl Dependencies {
             return Some(*server);
         }
         if is_loopback(address) || self.node_addresses.get(&address_key(address)).is_some() {
-            let node = hash_parts(&[
+            let node = key_parts(&[
                 b"node-port",
                 event.entities.node.as_bytes(),
                 &port.to_le_bytes(),

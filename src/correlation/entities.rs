@@ -123,12 +123,15 @@ impl EntityIndex {
             entities.container_id = Arc::clone(&known.container);
             entities.unit = Arc::clone(&known.unit);
         }
+        // Only an event that names its pod itself teaches the uid; one the index filled in
+        // would only confirm what the index holds.
+        let named = !entities.pod_name.is_empty();
         if !entities.container_id.is_empty() {
             self.resolve_container(entities);
         }
         if entities.pod_name.is_empty() {
             self.by_uid(entities);
-        } else if !entities.pod_uid.is_empty() && !entities.workload_name.is_empty() {
+        } else if named && !entities.pod_uid.is_empty() && !entities.workload_name.is_empty() {
             self.learn_uid(entities);
         }
         if exited && pid != 0 {

@@ -7,7 +7,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::event::{AttrValue, Entities, Event, Severity, hash_parts};
+use crate::event::{AttrValue, Entities, Event, Severity, key_parts};
 
 /// Which entity a cause and its effect must share.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize)]
@@ -58,7 +58,7 @@ impl Relation {
     pub fn key(self, entities: &Entities) -> Option<u64> {
         let parts: [&[u8]; 3] = match self {
             Self::Process if entities.pid != 0 => {
-                return Some(hash_parts(&[
+                return Some(key_parts(&[
                     entities.node.as_bytes(),
                     &entities.pid.to_le_bytes(),
                 ]));
@@ -83,7 +83,7 @@ impl Relation {
             Self::Unit if !entities.unit.is_empty() => [entities.unit.as_bytes(), b"", b""],
             _ => return None,
         };
-        Some(hash_parts(&parts))
+        Some(key_parts(&parts))
     }
 }
 
@@ -1141,6 +1141,6 @@ mod tests {
         assert_ne!(Relation::Pod.key(&entities), Some(by_name), "the uid wins");
         assert_eq!(Relation::Process.key(&entities), None, "no pid, no process");
         // Parts are separated: ("ab", "c") is not ("a", "bc").
-        assert_ne!(hash_parts(&[b"ab", b"c"]), hash_parts(&[b"a", b"bc"]));
+        assert_ne!(key_parts(&[b"ab", b"c"]), key_parts(&[b"a", b"bc"]));
     }
 }

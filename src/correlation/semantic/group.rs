@@ -1,11 +1,19 @@
 //! A semantic group while it is open: its members (one span each), reach (blast radius),
 //! impact, criticality and summary, until it closes into an incident.
 
-use std::collections::HashSet;
-
 use super::predict::{cascade_risk, evidence, predict};
-use super::{Join, known_kind, trace_id_of};
+use super::{Join, trace_id_of};
 use crate::correlation::rules::{Relation, Rule};
+
+/// A small set, as a list: a group touches a handful of entities and types, where a hash
+/// set per group cost an allocation and a hash per member.
+type Few<T> = Vec<T>;
+
+fn put<T: PartialEq>(set: &mut Few<T>, item: T) {
+    if !set.contains(&item) {
+        set.push(item);
+    }
+}
 use crate::event::{CausalLink, Event, EventId, GroupId, Incident, Member, Severity, keys};
 
 /// A group while it is open: the incident it will become, and what the engine keeps to
@@ -15,7 +23,7 @@ pub(super) struct Group {
     /// The incident as it stands; handed over when the group closes.
     pub(super) incident: Incident,
     pub(super) root_kind: &'static str,
-    pub(super) kinds: HashSet<&'static str>,
+    pub(super) kinds: Few<&'static str>,
     pub(super) reach: Reach,
     pub(super) related: usize,
     pub(super) severity: Severity,
@@ -31,29 +39,29 @@ pub(super) struct Group {
 /// The distinct entities a group touched (by key): its blast radius.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(super) struct Reach {
-    pub(super) pods: HashSet<u64>,
-    pub(super) workloads: HashSet<u64>,
-    pub(super) services: HashSet<u64>,
-    pub(super) units: HashSet<u64>,
+    pub(super) pods: Few<u64>,
+    pub(super) workloads: Few<u64>,
+    pub(super) services: Few<u64>,
+    pub(super) units: Few<u64>,
 }
 
 impl Reach {
     fn add(&mut self, event: &Event) {
         let e = &event.entities;
         if let Some(key) = Relation::Pod.key(e) {
-            self.pods.insert(key);
+            put(&mut self.pods, key);
         }
         if let Some(key) = Relation::Workload.key(e) {
-            self.workloads.insert(key);
+            put(&mut self.workloads, key);
         }
         if let Some(key) = Relation::Unit.key(e) {
-            self.units.insert(key);
+            put(&mut self.units, key);
         }
         if let Some(service) = event.attributes.text(keys::SERVICE_NAME) {
-            self.services.insert(crate::event::hash_parts(&[
-                e.pod_namespace.as_bytes(),
-                service.as_bytes(),
-            ]));
+            put(
+                &mut self.services,
+                crate::event::key_parts(&[e.pod_namespace.as_bytes(), service.as_bytes()]),
+            );
         }
     }
 
@@ -139,15 +147,16 @@ pub(super) fn impact(severity: Severity, width: usize, recurrence: u32, critical
 }
 
 impl Group {
-    pub(super) fn new(id: GroupId, root: &Event, recurrence: u32, rules: &[Rule]) -> Self {
+    pub(super) fn new(id: GroupId, root: &Event, root_kind: &'static str, recurrence: u32) -> Self {
         Self {
-            root_kind: known_kind(rules, &root.kind),
+            root_kind,
             incident: Incident {
                 id,
                 trace_id: trace_id_of(id),
                 root: root.id,
-                events: Vec::new(),
-                members: Vec::new(),
+                // Most incidents are a handful of events: one allocation each, not three.
+                events: Vec::with_capacity(8),
+                members: Vec::with_capacity(8),
                 chain: Vec::new(),
                 impact: 0.0,
                 predictions: Vec::new(),
@@ -156,7 +165,7 @@ impl Group {
                 last_seen: root.timestamp,
                 summary: String::new(),
             },
-            kinds: HashSet::new(),
+            kinds: Few::new(),
             reach: Reach::default(),
             related: 0,
             severity: Severity::Debug,
@@ -168,7 +177,8 @@ impl Group {
         }
     }
 
-    pub(super) fn add(&mut self, event: &Event, join: Join, rules: &[Rule], critical: bool) {
+    /// Adds `event`, of the rule table's type `kind` (see `Semantic::kind`).
+    pub(super) fn add(&mut self, event: &Event, kind: &'static str, join: Join, critical: bool) {
         let Join {
             parent,
             cross_links,
@@ -204,7 +214,7 @@ impl Group {
             self.related += 1;
         } else {
             self.causal_severity = self.causal_severity.max(event.severity);
-            self.kinds.insert(known_kind(rules, &event.kind));
+            put(&mut self.kinds, kind);
         }
         self.reach.add(event);
         if let Some(fact) = evidence(event)
@@ -222,7 +232,7 @@ impl Group {
         if joined_on.is_some() {
             return;
         }
-        self.newest = known_kind(rules, &event.kind);
+        self.newest = kind;
     }
 
     /// Names the pod of members that knew only its uid (a kernel event seen before any
@@ -267,9 +277,9 @@ impl Group {
     pub(super) fn add_late_cause(
         &mut self,
         event: &Event,
+        kind: &'static str,
         effect: EventId,
         link: CausalLink,
-        rules: &[Rule],
         critical: bool,
     ) {
         let effect_parent = self
@@ -284,11 +294,11 @@ impl Group {
         };
         // What comes next leads on from the latest effect, not from a cause reported late.
         let newest = self.newest;
-        self.add(event, join, rules, critical);
+        self.add(event, kind, join, critical);
         self.newest = newest;
         if self.incident.root == effect {
             self.incident.root = event.id;
-            self.root_kind = known_kind(rules, &event.kind);
+            self.root_kind = kind;
             if let Some(member) = self.incident.members.iter_mut().find(|m| m.id == effect) {
                 member.parent = event.span_id;
             }

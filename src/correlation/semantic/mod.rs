@@ -18,9 +18,10 @@
 //! a new member, at most [`Limits::max_groups`] are open (the quietest closes first) and at
 //! most [`Limits::max_group_events`] join one group.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
+
+use smallvec::SmallVec;
 
 mod group;
 mod predict;
@@ -165,10 +166,17 @@ pub struct Semantic {
     effect_condition: Vec<usize>,
     deps: Dependencies,
     limits: Limits,
-    // Remembered causes by (rule, key of the entity the rule's relation names).
-    causes: FxMap<(usize, u64), VecDeque<Cause>>,
-    // Group members by (rule, key) for which a cause may still arrive late.
-    waiting: FxMap<(usize, u64), VecDeque<Waiting>>,
+    // Rules whose cause sides are alike (type, condition, relation) share one class, and
+    // a cause is remembered once per class and key, not once per rule; likewise effects.
+    cause_class: Vec<usize>,
+    effect_class: Vec<usize>,
+    // Per cause class: how long its causes are kept (the longest delay of its rules).
+    class_keep: Vec<u64>,
+    // Remembered causes by (cause class, key of the entity the relation names), newest
+    // last; inline, since most keys see one or two.
+    causes: FxMap<(usize, u64), SmallVec<[Cause; 2]>>,
+    // Group members by (effect class, key) for which a cause may still arrive late.
+    waiting: FxMap<(usize, u64), SmallVec<[Waiting; 2]>>,
     // DNS queries by lookup (client, transaction, name), until their answer comes.
     questions: Bounded<u64, Question>,
     groups: FxMap<GroupId, Group>,
@@ -177,10 +185,13 @@ pub struct Semantic {
     recurrences: FxMap<u64, u32>,
     // Causes at info level and effects still waiting for a cause: the groups they would
     // root, built only when another event joins (most never are).
-    seeds: Bounded<GroupId, Seed>,
+    // Boxed: the map moves its entries as it rehashes, and a seed is an event's size.
+    seeds: Bounded<GroupId, Box<Seed>>,
     clock: u64,
     processed: u64,
     open_events: usize,
+    // The rule lists of the event in hand (effects, causes), kept to reuse their memory.
+    scratch: (Vec<usize>, Vec<usize>),
 }
 
 impl Semantic {
@@ -199,10 +210,29 @@ impl Semantic {
                 })
         };
         let (mut cause_condition, mut effect_condition) = (Vec::new(), Vec::new());
+        let (mut cause_sides, mut effect_sides) = (Vec::new(), Vec::new());
+        let (mut cause_class, mut effect_class, mut class_keep) =
+            (Vec::new(), Vec::new(), Vec::new());
+        let class = |sides: &mut Vec<_>, side| {
+            sides.iter().position(|s| *s == side).unwrap_or_else(|| {
+                sides.push(side);
+                sides.len() - 1
+            })
+        };
         for (i, rule) in rules.iter().enumerate() {
             let (cause, effect) = (intern(&rule.cause_when), intern(&rule.effect_when));
             cause_condition.push(cause);
             effect_condition.push(effect);
+            let c = class(&mut cause_sides, (rule.cause, cause, rule.relation));
+            if c == class_keep.len() {
+                class_keep.push(0);
+            }
+            class_keep[c] = class_keep[c].max(rule.max_delay.as_nanos() as u64);
+            cause_class.push(c);
+            effect_class.push(class(
+                &mut effect_sides,
+                (rule.effect, effect, rule.relation),
+            ));
             let of_effect = by_kind.entry(rule.effect).or_default();
             of_effect.effects.push(i);
             of_effect.uses(effect);
@@ -222,6 +252,9 @@ impl Semantic {
             conditions,
             cause_condition,
             effect_condition,
+            cause_class,
+            effect_class,
+            class_keep,
             deps: Dependencies::new(limits.entities),
             questions: Bounded::new(limits.entities),
             seeds: Bounded::new(limits.entities / 4),
@@ -234,6 +267,7 @@ impl Semantic {
             clock: 0,
             processed: 0,
             open_events: 0,
+            scratch: (Vec::new(), Vec::new()),
         }
     }
 
@@ -361,7 +395,7 @@ impl Semantic {
     /// Remembered causes, over every key: the engine's main memory besides open groups.
     #[must_use]
     pub fn remembered_causes(&self) -> usize {
-        self.causes.values().map(VecDeque::len).sum()
+        self.causes.values().map(SmallVec::len).sum()
     }
 
     /// Open groups, including provisional one-event groups.
@@ -421,9 +455,11 @@ impl Semantic {
 
     /// The rules `event` can be the effect of, and those it can be the cause of: by its
     /// type, then by their conditions, each distinct condition tested once.
-    fn rules_of(&self, event: &Event) -> (Vec<usize>, Vec<usize>) {
+    fn rules_of(&self, event: &Event, effects: &mut Vec<usize>, causes: &mut Vec<usize>) {
+        effects.clear();
+        causes.clear();
         let Some(of) = self.by_kind.get(event.kind.as_ref()) else {
-            return (Vec::new(), Vec::new());
+            return;
         };
         // A handful of distinct conditions per type: tested once each, on the stack.
         let mut held = [false; 16];
@@ -434,19 +470,26 @@ impl Semantic {
             Some(at) if at < held.len() => held[at],
             _ => self.conditions[c].holds(event),
         };
-        let effects = of
-            .effects
-            .iter()
-            .copied()
-            .filter(|&i| holds(self.effect_condition[i]))
-            .collect();
-        let causes = of
-            .causes
-            .iter()
-            .copied()
-            .filter(|&i| holds(self.cause_condition[i]))
-            .collect();
-        (effects, causes)
+        effects.extend(
+            of.effects
+                .iter()
+                .copied()
+                .filter(|&i| holds(self.effect_condition[i])),
+        );
+        causes.extend(
+            of.causes
+                .iter()
+                .copied()
+                .filter(|&i| holds(self.cause_condition[i])),
+        );
+    }
+
+    /// The rule table's own spelling of `kind`, or `other`: group bookkeeping holds only
+    /// `&'static str` kinds, so event types outside the rules cannot grow it.
+    fn kind(&self, kind: &str) -> &'static str {
+        self.by_kind
+            .get_key_value(kind)
+            .map_or("other", |(k, _)| *k)
     }
 
     fn has_room(&self, group: GroupId) -> bool {
@@ -471,7 +514,7 @@ impl Semantic {
                 .effect_keys(i, event, cache)
                 .into_iter()
                 .filter(|key| *key != 0)
-                .filter_map(|key| self.causes.get(&(i, key)))
+                .filter_map(|key| self.causes.get(&(self.cause_class[i], key)))
                 .flat_map(|causes| causes.iter().rev())
                 .filter(|c| {
                     c.id != event.id
@@ -512,7 +555,9 @@ impl Semantic {
             let rule = &self.rules[i];
             let max = rule.max_delay.as_nanos() as u64;
             for key in self.cause_keys(i, event, cache) {
-                let Some(waiting) = (key != 0).then(|| self.waiting.get(&(i, key))).flatten()
+                let Some(waiting) = (key != 0)
+                    .then(|| self.waiting.get(&(self.effect_class[i], key)))
+                    .flatten()
                 else {
                     continue;
                 };
@@ -551,14 +596,14 @@ impl Semantic {
                 if key == 0 {
                     continue;
                 }
-                let causes = self.causes.entry((i, key)).or_default();
+                let causes = self.causes.entry((self.cause_class[i], key)).or_default();
                 if causes.iter().any(|c| c.id == event.id) {
                     continue;
                 }
                 if causes.len() >= self.limits.causes_per_key {
-                    causes.pop_front();
+                    causes.remove(0);
                 }
-                causes.push_back(Cause {
+                causes.push(Cause {
                     id: event.id,
                     timestamp: event.timestamp,
                     span: event.span_id,
@@ -581,11 +626,14 @@ impl Semantic {
                 if key == 0 {
                     continue;
                 }
-                let waiting = self.waiting.entry((i, key)).or_default();
-                if waiting.len() >= self.limits.causes_per_key {
-                    waiting.pop_front();
+                let waiting = self.waiting.entry((self.effect_class[i], key)).or_default();
+                if waiting.iter().any(|w| w.id == event.id) {
+                    continue;
                 }
-                waiting.push_back(Waiting {
+                if waiting.len() >= self.limits.causes_per_key {
+                    waiting.remove(0);
+                }
+                waiting.push(Waiting {
                     id: event.id,
                     timestamp: event.timestamp,
                     group,
@@ -598,9 +646,9 @@ impl Semantic {
     /// often, by event time.
     fn sweep(&mut self) {
         let now = self.clock;
-        let rules = &self.rules;
-        self.causes.retain(|(i, _), causes| {
-            let keep = rules[*i].max_delay.as_nanos() as u64;
+        let class_keep = &self.class_keep;
+        self.causes.retain(|(c, _), causes| {
+            let keep = class_keep[*c];
             causes.retain(|c| now.saturating_sub(c.timestamp) <= keep);
             !causes.is_empty()
         });
@@ -654,6 +702,7 @@ impl Semantic {
     /// Adds `event` to the open group `id` and stamps the group on it.
     fn join(&mut self, event: &mut Event, id: GroupId, join: Join) -> GroupId {
         let critical = self.is_critical(event);
+        let kind = self.kind(&event.kind);
         self.build(id);
         let group = self
             .groups
@@ -661,7 +710,7 @@ impl Semantic {
             .expect("a remembered cause or touch names an open group or a seed");
         let parent = join.parent;
         let links = join.links.clone();
-        group.add(event, join, &self.rules, critical);
+        group.add(event, kind, join, critical);
         self.open_events += 1;
         if event.trace_id.is_none() {
             event.trace_id = Some(group.incident.trace_id);
@@ -677,7 +726,7 @@ impl Semantic {
 
     /// How many groups `event`'s type has opened in its workload, this one included.
     fn recurrence(&mut self, event: &Event) -> u32 {
-        let key = crate::event::hash_parts(&[
+        let key = crate::event::key_parts(&[
             event.kind.as_bytes(),
             &Relation::Workload
                 .key(&event.entities)
@@ -734,11 +783,11 @@ impl Semantic {
         }
         self.seeds.insert(
             id,
-            Seed {
+            Box::new(Seed {
                 event: root,
                 recurrence,
                 critical,
-            },
+            }),
         );
         id
     }
@@ -753,8 +802,9 @@ impl Semantic {
         };
         // Its root, and the event that joins it.
         self.make_room(2);
-        let mut group = Group::new(id, &seed.event, seed.recurrence, &self.rules);
-        group.add(&seed.event, Join::default(), &self.rules, seed.critical);
+        let kind = self.kind(&seed.event.kind);
+        let mut group = Group::new(id, &seed.event, kind, seed.recurrence);
+        group.add(&seed.event, kind, Join::default(), seed.critical);
         self.open_events += 1;
         self.groups.insert(id, group);
     }
@@ -765,8 +815,9 @@ impl Semantic {
         let id = group_id_of(event.id);
         let recurrence = self.recurrence(event);
         let critical = self.is_critical(event);
-        let mut group = Group::new(id, event, recurrence, &self.rules);
-        group.add(event, Join::default(), &self.rules, critical);
+        let kind = self.kind(&event.kind);
+        let mut group = Group::new(id, event, kind, recurrence);
+        group.add(event, kind, Join::default(), critical);
         self.open_events += 1;
         if event.trace_id.is_none() {
             event.trace_id = Some(group.incident.trace_id);
@@ -842,6 +893,7 @@ impl Semantic {
     /// that group: as its new root when the effect was the root, else as one more cause.
     fn adopt(&mut self, event: &mut Event, i: usize, effect: Waiting) -> GroupId {
         let critical = self.is_critical(event);
+        let kind = self.kind(&event.kind);
         self.build(effect.group);
         let rule = &self.rules[i];
         let link = CausalLink {
@@ -853,7 +905,7 @@ impl Semantic {
             .groups
             .get_mut(&effect.group)
             .expect("a waiting member names an open group or a seed");
-        group.add_late_cause(event, effect.id, link, &self.rules, critical);
+        group.add_late_cause(event, kind, effect.id, link, critical);
         self.open_events += 1;
         if event.trace_id.is_none() {
             event.trace_id = Some(group.incident.trace_id);
@@ -880,7 +932,7 @@ struct Question {
 /// which a query and its answer share.
 fn lookup_key(event: &Event) -> Option<u64> {
     let a = &event.attributes;
-    Some(crate::event::hash_parts(&[
+    Some(crate::event::key_parts(&[
         a.text("client")?.as_bytes(),
         &a.int("transaction_id")?.to_le_bytes(),
         a.text("query_name")?.as_bytes(),
@@ -931,23 +983,6 @@ struct Join {
     joined_on: Option<Relation>,
 }
 
-/// The rule table's own spelling of `kind`, or `other`: group bookkeeping holds only
-/// `&'static str` kinds, so event types outside the rules cannot grow it.
-fn known_kind(rules: &[Rule], kind: &str) -> &'static str {
-    rules
-        .iter()
-        .find_map(|r| {
-            if r.cause == kind {
-                Some(r.cause)
-            } else if r.effect == kind {
-                Some(r.effect)
-            } else {
-                None
-            }
-        })
-        .unwrap_or("other")
-}
-
 impl Correlator for Semantic {
     fn process(&mut self, event: &mut Event) {
         if event.entities.node.is_empty() {
@@ -968,7 +1003,9 @@ impl Correlator for Semantic {
         }
 
         self.deps.learn(event);
-        let (effect_rules, cause_rules) = self.rules_of(event);
+        // Two lists reused from event to event: most events match a rule or two.
+        let (mut effect_rules, mut cause_rules) = std::mem::take(&mut self.scratch);
+        self.rules_of(event, &mut effect_rules, &mut cause_rules);
         let mut cache = KeyCache::default();
         let found = self.best_cause(event, &effect_rules, &mut cache);
         // Whether the event's own entities become the group's for shared-entity joins: not
@@ -1042,6 +1079,7 @@ impl Correlator for Semantic {
                 self.touch(event, group);
             }
         }
+        self.scratch = (effect_rules, cause_rules);
     }
 
     fn open_groups(&self) -> usize {
