@@ -50,6 +50,7 @@ impl Pod {
 /// What a process runs in.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Process {
+    pid: u32,
     node: Arc<str>,
     container: Arc<str>,
     unit: Arc<str>,
@@ -59,9 +60,11 @@ struct Process {
 #[derive(Debug)]
 pub struct EntityIndex {
     containers: Bounded<Arc<str>, Pod>,
-    // By pid alone, with the node checked on lookup: hashing the node name per event costs
-    // more than the rare cross-node collision (the agent sees one node).
-    processes: Bounded<u32, Process>,
+    // Direct-mapped by pid (a power of two of slots, at least the capacity): one memory
+    // access per event where a hash map took two, and a pid whose slot another pid takes
+    // is forgotten, which bounds it. The node is checked on lookup: hashing the node name
+    // per event costs more than the rare cross-node collision (the agent sees one node).
+    processes: Vec<Option<Process>>,
     // Pods by uid, for an event whose cgroup named the pod's uid but whose container is
     // not known yet.
     pods: Bounded<Arc<str>, Pod>,
@@ -83,7 +86,7 @@ impl EntityIndex {
     pub fn new(capacity: usize) -> Self {
         Self {
             containers: Bounded::new(capacity),
-            processes: Bounded::new(capacity),
+            processes: vec![None; capacity.next_power_of_two()],
             pods: Bounded::new(capacity),
             confirmed: vec![None; CONFIRMED],
             directory: None,
@@ -100,24 +103,25 @@ impl EntityIndex {
     pub fn resolve(&mut self, entities: &mut Entities, exited: bool) {
         let pid = entities.pid;
         let placed = !entities.container_id.is_empty() || !entities.unit.is_empty();
+        let slot = pid as usize & (self.processes.len() - 1);
         if pid != 0 && placed {
-            let known = self.processes.get(&pid).is_some_and(|p| {
-                Arc::ptr_eq(&p.container, &entities.container_id)
+            let known = self.processes[slot].as_ref().is_some_and(|p| {
+                p.pid == pid
+                    && Arc::ptr_eq(&p.container, &entities.container_id)
                     && Arc::ptr_eq(&p.unit, &entities.unit)
                     && Arc::ptr_eq(&p.node, &entities.node)
             });
             if !known {
-                self.processes.insert(
+                self.processes[slot] = Some(Process {
                     pid,
-                    Process {
-                        node: Arc::clone(&entities.node),
-                        container: Arc::clone(&entities.container_id),
-                        unit: Arc::clone(&entities.unit),
-                    },
-                );
+                    node: Arc::clone(&entities.node),
+                    container: Arc::clone(&entities.container_id),
+                    unit: Arc::clone(&entities.unit),
+                });
             }
         } else if pid != 0
-            && let Some(known) = self.processes.get(&pid)
+            && let Some(known) = self.processes[slot].as_ref()
+            && known.pid == pid
             && known.node == entities.node
         {
             entities.container_id = Arc::clone(&known.container);
@@ -134,8 +138,8 @@ impl EntityIndex {
         } else if named && !entities.pod_uid.is_empty() && !entities.workload_name.is_empty() {
             self.learn_uid(entities);
         }
-        if exited && pid != 0 {
-            self.processes.remove(&pid);
+        if exited && pid != 0 && self.processes[slot].as_ref().is_some_and(|p| p.pid == pid) {
+            self.processes[slot] = None;
         }
     }
 
@@ -230,7 +234,10 @@ impl EntityIndex {
     /// Containers and processes remembered.
     #[must_use]
     pub fn len(&self) -> (usize, usize) {
-        (self.containers.len(), self.processes.len())
+        (
+            self.containers.len(),
+            self.processes.iter().filter(|p| p.is_some()).count(),
+        )
     }
 }
 

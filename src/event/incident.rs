@@ -15,8 +15,11 @@ pub struct Incident {
     pub root: EventId,
     /// Member events, in arrival order.
     pub events: Vec<EventId>,
-    /// The same members with what their spans need.
-    pub members: Vec<Member>,
+    /// The same members with what their spans need. Boxed: a group grows one member at a
+    /// time up to a thousand, and moving whole members on each growth of the list (and
+    /// touching fresh memory for it) was a large share of the engine's time.
+    #[allow(clippy::vec_box, reason = "see above")]
+    pub members: Vec<Box<Member>>,
     /// Every causal link: (effect, link).
     pub chain: Vec<(EventId, CausalLink)>,
     /// 0..1.

@@ -409,7 +409,7 @@ pub struct CausalLink {
     /// The cause.
     pub cause_event_id: EventId,
     /// The rule that matched.
-    pub rule: String,
+    pub rule: Cow<'static, str>,
     /// 0..1.
     pub confidence: f64,
 }

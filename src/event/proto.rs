@@ -306,7 +306,7 @@ impl From<CausalLink> for pb::CausalLink {
     fn from(link: CausalLink) -> Self {
         Self {
             cause_event_id: link.cause_event_id.to_bytes().to_vec(),
-            rule: link.rule,
+            rule: link.rule.into_owned(),
             confidence: link.confidence,
         }
     }
@@ -324,7 +324,7 @@ impl TryFrom<pb::CausalLink> for CausalLink {
                     actual: link.cause_event_id.len(),
                 },
             )?,
-            rule: link.rule,
+            rule: link.rule.into(),
             confidence: link.confidence,
         })
     }
@@ -394,7 +394,7 @@ pub(crate) mod strategies {
                     .into_iter()
                     .map(|(id, rule, confidence)| CausalLink {
                         cause_event_id: EventId::from_u128(id),
-                        rule,
+                        rule: rule.into(),
                         confidence,
                     })
                     .collect(),

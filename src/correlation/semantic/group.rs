@@ -14,7 +14,9 @@ fn put<T: PartialEq>(set: &mut Few<T>, item: T) {
         set.push(item);
     }
 }
-use crate::event::{CausalLink, Event, EventId, GroupId, Incident, Member, Severity, keys};
+use crate::event::{
+    CausalLink, Entities, Event, EventId, GroupId, Incident, Member, Severity, keys,
+};
 
 /// A group while it is open: the incident it will become, and what the engine keeps to
 /// grow it (kinds seen, reach, evidence).
@@ -46,8 +48,7 @@ pub(super) struct Reach {
 }
 
 impl Reach {
-    fn add(&mut self, event: &Event) {
-        let e = &event.entities;
+    fn add(&mut self, e: &Entities, service: Option<&str>) {
         if let Some(key) = Relation::Pod.key(e) {
             put(&mut self.pods, key);
         }
@@ -57,7 +58,7 @@ impl Reach {
         if let Some(key) = Relation::Unit.key(e) {
             put(&mut self.units, key);
         }
-        if let Some(service) = event.attributes.text(keys::SERVICE_NAME) {
+        if let Some(service) = service {
             put(
                 &mut self.services,
                 crate::event::key_parts(&[e.pod_namespace.as_bytes(), service.as_bytes()]),
@@ -147,13 +148,19 @@ pub(super) fn impact(severity: Severity, width: usize, recurrence: u32, critical
 }
 
 impl Group {
-    pub(super) fn new(id: GroupId, root: &Event, root_kind: &'static str, recurrence: u32) -> Self {
+    /// A group rooted at the event `root` of type `root_kind`, seen at `timestamp`.
+    pub(super) fn new(
+        id: GroupId,
+        (root, timestamp): (EventId, u64),
+        root_kind: &'static str,
+        recurrence: u32,
+    ) -> Self {
         Self {
             root_kind,
             incident: Incident {
                 id,
                 trace_id: trace_id_of(id),
-                root: root.id,
+                root,
                 // Most incidents are a handful of events: one allocation each, not three.
                 events: Vec::with_capacity(8),
                 members: Vec::with_capacity(8),
@@ -161,8 +168,8 @@ impl Group {
                 impact: 0.0,
                 predictions: Vec::new(),
                 cascade_risk: 0.0,
-                first_seen: root.timestamp,
-                last_seen: root.timestamp,
+                first_seen: timestamp,
+                last_seen: timestamp,
                 summary: String::new(),
             },
             kinds: Few::new(),
@@ -185,13 +192,11 @@ impl Group {
             links,
             joined_on,
         } = join;
-        self.critical |= critical;
-        self.incident.events.push(event.id);
         let own_context = event
             .trace_id
             .filter(|t| *t != self.incident.trace_id)
             .zip(event.parent_span_id.or(event.span_id));
-        self.incident.members.push(Member {
+        let member = Box::new(Member {
             id: event.id,
             kind: event.kind.clone(),
             timestamp: event.timestamp,
@@ -204,20 +209,41 @@ impl Group {
             message: event.message.clone(),
             entities: event.entities.clone(),
         });
+        let fact = evidence(event);
+        let service = event.attributes.text(keys::SERVICE_NAME);
+        self.add_member(member, kind, links, service, fact, critical);
+    }
+
+    /// Adds `member`, of the rule table's type `kind`, with the links to its causes, the
+    /// service it serves and what it is evidence of.
+    pub(super) fn add_member(
+        &mut self,
+        member: Box<Member>,
+        kind: &'static str,
+        links: Vec<CausalLink>,
+        service: Option<&str>,
+        fact: Option<String>,
+        critical: bool,
+    ) {
+        let (id, timestamp, severity) = (member.id, member.timestamp, member.severity);
+        let related = member.joined_on.is_some();
+        self.critical |= critical;
+        self.incident.events.push(id);
+        self.reach.add(&member.entities, service);
+        self.incident.members.push(member);
         self.incident
             .chain
-            .extend(links.into_iter().map(|l| (event.id, l)));
-        self.incident.first_seen = self.incident.first_seen.min(event.timestamp);
-        self.incident.last_seen = self.incident.last_seen.max(event.timestamp);
-        self.severity = self.severity.max(event.severity);
-        if joined_on.is_some() {
+            .extend(links.into_iter().map(|l| (id, l)));
+        self.incident.first_seen = self.incident.first_seen.min(timestamp);
+        self.incident.last_seen = self.incident.last_seen.max(timestamp);
+        self.severity = self.severity.max(severity);
+        if related {
             self.related += 1;
         } else {
-            self.causal_severity = self.causal_severity.max(event.severity);
+            self.causal_severity = self.causal_severity.max(severity);
             put(&mut self.kinds, kind);
         }
-        self.reach.add(event);
-        if let Some(fact) = evidence(event)
+        if let Some(fact) = fact
             && !self.evidence.contains(&fact)
         {
             self.evidence.push(fact);
@@ -229,10 +255,9 @@ impl Group {
             self.critical,
         );
         // A related member changes neither the causal kinds nor the evidence.
-        if joined_on.is_some() {
-            return;
+        if !related {
+            self.newest = kind;
         }
-        self.newest = kind;
     }
 
     /// Names the pod of members that knew only its uid (a kernel event seen before any
@@ -267,7 +292,7 @@ impl Group {
     pub(super) fn add_question(&mut self, member: Member) {
         self.incident.first_seen = self.incident.first_seen.min(member.timestamp);
         self.incident.events.push(member.id);
-        self.incident.members.push(member);
+        self.incident.members.push(Box::new(member));
         self.related += 1;
     }
 

@@ -115,7 +115,12 @@ impl KindRules {
 /// A group not built yet: its one event, and what building it needs.
 #[derive(Debug, PartialEq)]
 struct Seed {
-    event: Event,
+    /// The member its event becomes, of the rule table's type `kind`.
+    member: Member,
+    kind: &'static str,
+    /// The service its event serves (the group's reach), and what it is evidence of.
+    service: Option<String>,
+    fact: Option<String>,
     recurrence: u32,
     critical: bool,
 }
@@ -763,32 +768,37 @@ impl Semantic {
             impact: group::impact(event.severity, width, recurrence, critical),
             causal_links: Vec::new(),
         });
-        // What building the group reads: no attributes but the service (its reach); the
-        // ones evidence reads come only on causes at warning and above, never planted.
-        let mut root = Event::new(
-            event.id,
-            event.timestamp,
-            event.kind.clone(),
-            event.source.clone(),
-        );
-        root.severity = event.severity;
-        root.message.clone_from(&event.message);
-        root.entities = event.entities.clone();
-        root.span_id = event.span_id;
-        root.trace_id = event.trace_id;
-        root.parent_span_id = event.parent_span_id;
-        if let Some(service) = event.attributes.get(crate::event::keys::SERVICE_NAME) {
-            root.attributes
-                .push(crate::event::keys::SERVICE_NAME, service.clone());
-        }
-        self.seeds.insert(
-            id,
-            Box::new(Seed {
-                event: root,
-                recurrence,
-                critical,
-            }),
-        );
+        // What building the group reads, and no more: the member, the service (its reach)
+        // and the evidence; not the event.
+        let own_context = event
+            .trace_id
+            .filter(|t| *t != trace_id_of(id))
+            .zip(event.parent_span_id.or(event.span_id));
+        let member = Member {
+            id: event.id,
+            kind: event.kind.clone(),
+            timestamp: event.timestamp,
+            span: event.span_id,
+            parent: None,
+            own_context,
+            cross_links: Vec::new(),
+            joined_on: None,
+            severity: event.severity,
+            message: event.message.clone(),
+            entities: event.entities.clone(),
+        };
+        let seed = Seed {
+            member,
+            kind: self.kind(&event.kind),
+            service: event
+                .attributes
+                .text(crate::event::keys::SERVICE_NAME)
+                .map(str::to_owned),
+            fact: predict::evidence(event),
+            recurrence,
+            critical,
+        };
+        self.seeds.insert(id, Box::new(seed));
         id
     }
 
@@ -802,9 +812,18 @@ impl Semantic {
         };
         // Its root, and the event that joins it.
         self.make_room(2);
-        let kind = self.kind(&seed.event.kind);
-        let mut group = Group::new(id, &seed.event, kind, seed.recurrence);
-        group.add(&seed.event, kind, Join::default(), seed.critical);
+        let seed = *seed;
+        let root = (seed.member.id, seed.member.timestamp);
+        let mut group = Group::new(id, root, seed.kind, seed.recurrence);
+        let service = seed.service.as_deref();
+        group.add_member(
+            Box::new(seed.member),
+            seed.kind,
+            Vec::new(),
+            service,
+            seed.fact,
+            seed.critical,
+        );
         self.open_events += 1;
         self.groups.insert(id, group);
     }
@@ -816,7 +835,7 @@ impl Semantic {
         let recurrence = self.recurrence(event);
         let critical = self.is_critical(event);
         let kind = self.kind(&event.kind);
-        let mut group = Group::new(id, event, kind, recurrence);
+        let mut group = Group::new(id, (event.id, event.timestamp), kind, recurrence);
         group.add(event, kind, Join::default(), critical);
         self.open_events += 1;
         if event.trace_id.is_none() {
@@ -842,7 +861,7 @@ impl Semantic {
             .filter(|(_, c)| c.group == best.group)
             .map(|(i, c)| CausalLink {
                 cause_event_id: c.id,
-                rule: self.rules[*i].name.to_owned(),
+                rule: self.rules[*i].name.into(),
                 confidence: self.rules[*i].confidence,
             })
             .collect();
@@ -898,7 +917,7 @@ impl Semantic {
         let rule = &self.rules[i];
         let link = CausalLink {
             cause_event_id: event.id,
-            rule: rule.name.to_owned(),
+            rule: rule.name.into(),
             confidence: rule.confidence,
         };
         let group = self
