@@ -1,7 +1,7 @@
 //! A semantic group while it is open: its members (one span each), reach (blast radius),
 //! impact, criticality and summary, until it closes into an incident.
 
-use super::predict::{cascade_risk, evidence, predict};
+use super::predict::{Evidence, cascade_risk, evidence, predict};
 use super::{Join, trace_id_of};
 use crate::correlation::rules::{Relation, Rule};
 
@@ -33,7 +33,7 @@ pub(super) struct Group {
     pub(super) causal_severity: Severity,
     /// The type of its newest causal member, which the predictions lead on from.
     pub(super) newest: &'static str,
-    pub(super) evidence: Vec<String>,
+    pub(super) evidence: Vec<Evidence>,
     pub(super) recurrence: u32,
     pub(super) critical: bool,
 }
@@ -222,7 +222,7 @@ impl Group {
         kind: &'static str,
         links: Vec<CausalLink>,
         service: Option<&str>,
-        fact: Option<String>,
+        fact: Option<Evidence>,
         critical: bool,
     ) {
         let (id, timestamp, severity) = (member.id, member.timestamp, member.severity);
@@ -264,25 +264,38 @@ impl Group {
     /// Kubernetes event of its pod) from the members that name it: spans are built at
     /// close, so they all carry the pod.
     fn name_pods(&mut self) {
-        let named: Vec<crate::event::Entities> = self
-            .incident
-            .members
+        let members = &mut self.incident.members;
+        // Only when some member lacks its pod's name: a lookup per member, not a copy.
+        if !members
             .iter()
-            .filter(|m| !m.entities.pod_uid.is_empty() && !m.entities.pod_name.is_empty())
-            .map(|m| m.entities.clone())
-            .collect();
-        for member in &mut self.incident.members {
-            let e = &mut member.entities;
+            .any(|m| !m.entities.pod_uid.is_empty() && m.entities.pod_name.is_empty())
+        {
+            return;
+        }
+        let mut named: crate::bounded::FxMap<std::sync::Arc<str>, usize> =
+            crate::bounded::FxMap::default();
+        for (at, m) in members.iter().enumerate() {
+            if !m.entities.pod_uid.is_empty() && !m.entities.pod_name.is_empty() {
+                named
+                    .entry(std::sync::Arc::clone(&m.entities.pod_uid))
+                    .or_insert(at);
+            }
+        }
+        for at in 0..members.len() {
+            let e = &members[at].entities;
             if e.pod_uid.is_empty() || !e.pod_name.is_empty() {
                 continue;
             }
-            if let Some(pod) = named.iter().find(|n| n.pod_uid == e.pod_uid) {
-                e.pod_namespace = std::sync::Arc::clone(&pod.pod_namespace);
-                e.pod_name = std::sync::Arc::clone(&pod.pod_name);
-                if e.workload_name.is_empty() {
-                    e.workload_kind = std::sync::Arc::clone(&pod.workload_kind);
-                    e.workload_name = std::sync::Arc::clone(&pod.workload_name);
-                }
+            let Some(&from) = named.get(&e.pod_uid) else {
+                continue;
+            };
+            let pod = members[from].entities.clone();
+            let e = &mut members[at].entities;
+            e.pod_namespace = pod.pod_namespace;
+            e.pod_name = pod.pod_name;
+            if e.workload_name.is_empty() {
+                e.workload_kind = pod.workload_kind;
+                e.workload_name = pod.workload_name;
             }
         }
     }
@@ -335,11 +348,12 @@ impl Group {
     /// summary before.
     pub(super) fn close(mut self, rules: &[Rule]) -> Incident {
         self.name_pods();
+        let evidence: Vec<String> = self.evidence.iter().map(Evidence::text).collect();
         self.incident.predictions = predict(
             rules,
             self.newest,
             self.root_kind,
-            &self.evidence,
+            &evidence,
             !self.reach.services.is_empty(),
         );
         self.incident.cascade_risk = cascade_risk(&self.incident.predictions);

@@ -120,7 +120,7 @@ struct Seed {
     kind: &'static str,
     /// The service its event serves (the group's reach), and what it is evidence of.
     service: Option<String>,
-    fact: Option<String>,
+    fact: Option<predict::Evidence>,
     recurrence: u32,
     critical: bool,
 }
@@ -182,8 +182,10 @@ pub struct Semantic {
     causes: FxMap<(usize, u64), SmallVec<[Cause; 2]>>,
     // Group members by (effect class, key) for which a cause may still arrive late.
     waiting: FxMap<(usize, u64), SmallVec<[Waiting; 2]>>,
-    // DNS queries by lookup (client, transaction, name), until their answer comes.
-    questions: Bounded<u64, Question>,
+    // DNS queries by lookup (client, transaction, name) until their answer comes,
+    // direct-mapped: an answer follows its query within moments, and most answers are
+    // fine and never ask, so a newer query simply takes an older one's slot.
+    questions: Vec<Option<(u64, Question)>>,
     groups: FxMap<GroupId, Group>,
     closed: Vec<Incident>,
     // Groups opened per (cause type, workload), for recurrence.
@@ -261,7 +263,7 @@ impl Semantic {
             effect_class,
             class_keep,
             deps: Dependencies::new(limits.entities),
-            questions: Bounded::new(limits.entities),
+            questions: vec![None; (limits.entities / 4).max(1).next_power_of_two()],
             seeds: Bounded::new(limits.entities / 4),
             limits,
             causes: FxMap::default(),
@@ -879,24 +881,32 @@ impl Semantic {
         self.join(event, best.group, join)
     }
 
+    fn question_slot(&self, lookup: u64) -> usize {
+        // The key is a mixed hash already: its low bits pick the slot.
+        lookup as usize & (self.questions.len() - 1)
+    }
+
     /// A DNS query waits for its answer; a failed answer that joined a group brings its
     /// query along.
     fn pair_question(&mut self, event: &Event, group_id: Option<GroupId>) {
         if event.kind == "dns.query" && group_id.is_none() {
             if let Some(lookup) = lookup_key(event) {
-                self.questions.insert(
+                let slot = self.question_slot(lookup);
+                self.questions[slot] = Some((
                     lookup,
                     Question {
                         id: event.id,
                         timestamp: event.timestamp,
                         span: event.span_id,
                     },
-                );
+                ));
             }
         } else if let Some(group) = group_id
             && event.kind == "dns.response"
             && let Some(lookup) = lookup_key(event)
-            && let Some(query) = self.questions.take(&lookup)
+            && let slot = self.question_slot(lookup)
+            && self.questions[slot].is_some_and(|(key, _)| key == lookup)
+            && let Some((_, query)) = self.questions[slot].take()
         {
             self.build(group);
             if self.open_events < self.limits.max_open_events

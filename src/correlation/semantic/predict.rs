@@ -1,6 +1,8 @@
 //! What a group predicts: the likely next effects from the rule graph, the cascade risk,
 //! and prevention actions read off the evidence.
 
+use std::sync::Arc;
+
 use crate::correlation::rules::{Relation, Rule};
 use crate::event::{Event, Prediction};
 
@@ -42,8 +44,44 @@ pub(super) fn cascade_risk(predictions: &[Prediction]) -> f64 {
         .product::<f64>()
 }
 
-/// A prevention action read off an event's figures.
-pub(super) fn evidence(event: &Event) -> Option<String> {
+/// A prevention action read off an event's figures; written out only when the group
+/// closes (a crash-looping workload brings the same one a thousand times).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Evidence {
+    /// The workload as (namespace, name), or the process's command when it has none.
+    who: (Arc<str>, Arc<str>),
+    peak: i64,
+    limit: Option<i64>,
+}
+
+impl Evidence {
+    /// The action, in words.
+    pub(super) fn text(&self) -> String {
+        let who = match &self.who {
+            (comm, workload) if workload.is_empty() => comm.to_string(),
+            (namespace, workload) => format!("{namespace}/{workload}"),
+        };
+        let mib = |b: i64| b >> 20;
+        // Head-room of a quarter over the observed peak, rounded up to 64 MiB.
+        let suggested = ((self.peak + self.peak / 4) >> 26) + 1;
+        match self.limit {
+            Some(limit) => format!(
+                "raise the memory limit of {who} from {} MiB to at least {} MiB (peak observed {} MiB)",
+                mib(limit),
+                suggested * 64,
+                mib(self.peak)
+            ),
+            None => format!(
+                "give {who} a memory limit above {} MiB (peak observed {} MiB)",
+                suggested * 64,
+                mib(self.peak)
+            ),
+        }
+    }
+}
+
+/// What an OOM kill says should change, from its figures.
+pub(super) fn evidence(event: &Event) -> Option<Evidence> {
     use crate::event::AttrValue;
     if event.kind != "memory.oom_kill" {
         return None;
@@ -53,28 +91,15 @@ pub(super) fn evidence(event: &Event) -> Option<String> {
         _ => None,
     };
     let peak = int("memory_usage_peak_bytes").or_else(|| int("anon_rss_bytes"))?;
-    let who = if event.entities.workload_name.is_empty() {
-        event.entities.comm.to_string()
+    let e = &event.entities;
+    let who = if e.workload_name.is_empty() {
+        (Arc::clone(&e.comm), Arc::clone(&e.workload_name))
     } else {
-        format!(
-            "{}/{}",
-            event.entities.pod_namespace, event.entities.workload_name
-        )
+        (Arc::clone(&e.pod_namespace), Arc::clone(&e.workload_name))
     };
-    let mib = |b: i64| b >> 20;
-    // Head-room of a quarter over the observed peak, rounded up to 64 MiB.
-    let suggested = ((peak + peak / 4) >> 26) + 1;
-    Some(match int("memory_limit_bytes") {
-        Some(limit) => format!(
-            "raise the memory limit of {who} from {} MiB to at least {} MiB (peak observed {} MiB)",
-            mib(limit),
-            suggested * 64,
-            mib(peak)
-        ),
-        None => format!(
-            "give {who} a memory limit above {} MiB (peak observed {} MiB)",
-            suggested * 64,
-            mib(peak)
-        ),
+    Some(Evidence {
+        who,
+        peak,
+        limit: int("memory_limit_bytes"),
     })
 }
