@@ -7,9 +7,10 @@
 //! Each engine first takes `CORRELATION_WARM` events (default 2 000 000) untimed, so that
 //! its bounded maps are full and it runs as it does after hours on a node; then it takes
 //! `CORRELATION_EVENTS` more (default 1 000 000), timed batch by batch. Events are
-//! generated a batch at a time just before that batch is timed, as the collectors hand them
-//! to the pipeline. A fresh engine's first million events (its maps still growing) are
-//! measured as well.
+//! generated on another thread and handed over a batch at a time through a bounded
+//! channel, as the collectors hand them to the pipeline in the agent; only the engine is
+//! timed. A fresh engine's first million events (its maps still growing) are measured as
+//! well.
 //!
 //! Command: `cargo bench --bench correlation` (`CORRELATION_PODS=N` changes the pods). Under
 //! `cargo test` it runs a small smoke version. Figures: docs/benchmarks.md.
@@ -20,6 +21,7 @@
     reason = "counts far below 2^52 become rates"
 )]
 
+use std::sync::mpsc::{Receiver, sync_channel};
 use std::time::{Duration, Instant};
 
 use tapio::collectors::synthetic::{Scenario, SyntheticConfig, World};
@@ -53,27 +55,42 @@ fn engine(mode: CorrelationMode) -> Box<dyn Correlator> {
     correlation::build(&config, "bench-node")
 }
 
-/// The next batch of `world`'s events.
-fn batch(world: &mut World, n: usize) -> Vec<Event> {
-    (0..n).map(|_| world.next_event()).collect()
+/// The events of a world over `pods`, in batches, produced on a thread of their own.
+fn stream(pods: usize) -> Receiver<Vec<Event>> {
+    let (tx, rx) = sync_channel(4);
+    std::thread::spawn(move || {
+        let mut world = world(pods);
+        while tx
+            .send((0..BATCH).map(|_| world.next_event()).collect())
+            .is_ok()
+        {}
+    });
+    rx
 }
 
-/// Feeds `count` events of `world` to `engine` untimed, taking closed groups per batch.
-fn warm(engine: &mut dyn Correlator, world: &mut World, count: usize) {
+/// The next batch of `n` events.
+fn batch(stream: &Receiver<Vec<Event>>, n: usize) -> Vec<Event> {
+    let mut events = stream.recv().expect("the generator runs until dropped");
+    events.truncate(n);
+    events
+}
+
+/// Feeds `count` events of `stream` to `engine` untimed, taking closed groups per batch.
+fn warm(engine: &mut dyn Correlator, stream: &Receiver<Vec<Event>>, count: usize) {
     for start in (0..count).step_by(BATCH) {
-        for event in &mut batch(world, BATCH.min(count - start)) {
+        for event in &mut batch(stream, BATCH.min(count - start)) {
             engine.process(event);
         }
         drop(engine.take_closed());
     }
 }
 
-/// Events per second through `engine` over the next `count` events of `world`, timing
+/// Events per second through `engine` over the next `count` events of `stream`, timing
 /// only the engine: its `process` calls and the closed groups taken after each batch.
-fn throughput(engine: &mut dyn Correlator, world: &mut World, count: usize) -> f64 {
+fn throughput(engine: &mut dyn Correlator, stream: &Receiver<Vec<Event>>, count: usize) -> f64 {
     let mut spent = Duration::ZERO;
     for start in (0..count).step_by(BATCH) {
-        let mut events = batch(world, BATCH.min(count - start));
+        let mut events = batch(stream, BATCH.min(count - start));
         let started = Instant::now();
         for event in &mut events {
             engine.process(event);
@@ -85,11 +102,15 @@ fn throughput(engine: &mut dyn Correlator, world: &mut World, count: usize) -> f
     count as f64 / spent.as_secs_f64()
 }
 
-/// Each event's own processing time over the next `count` events of `world`, sorted.
-fn latencies(engine: &mut dyn Correlator, world: &mut World, count: usize) -> Vec<Duration> {
+/// Each event's own processing time over the next `count` events of `stream`, sorted.
+fn latencies(
+    engine: &mut dyn Correlator,
+    stream: &Receiver<Vec<Event>>,
+    count: usize,
+) -> Vec<Duration> {
     let mut times = Vec::with_capacity(count);
     for start in (0..count).step_by(BATCH) {
-        let mut events = batch(world, BATCH.min(count - start));
+        let mut events = batch(stream, BATCH.min(count - start));
         for event in &mut events {
             let started = Instant::now();
             engine.process(event);
@@ -127,20 +148,22 @@ fn main() {
     let pods = setting("CORRELATION_PODS", 10_000);
 
     // Each engine sees the same stream: the same warm-up, then the same measured events.
-    let mut world_basic = world(pods);
+    let basic_stream = stream(pods);
     let mut basic = engine(CorrelationMode::Basic);
-    warm(basic.as_mut(), &mut world_basic, warmup);
-    let ceiling = throughput(basic.as_mut(), &mut world_basic, count);
+    warm(basic.as_mut(), &basic_stream, warmup);
+    let ceiling = throughput(basic.as_mut(), &basic_stream, count);
+    drop(basic_stream);
 
-    let mut fresh_world = world(pods);
+    let fresh_stream = stream(pods);
     let mut fresh = engine(CorrelationMode::Semantic);
-    let fresh_rate = throughput(fresh.as_mut(), &mut fresh_world, count);
+    let fresh_rate = throughput(fresh.as_mut(), &fresh_stream, count);
+    drop(fresh_stream);
 
-    let mut world_semantic = world(pods);
+    let semantic_stream = stream(pods);
     let mut semantic = engine(CorrelationMode::Semantic);
-    warm(semantic.as_mut(), &mut world_semantic, warmup);
-    let rate = throughput(semantic.as_mut(), &mut world_semantic, count);
-    let times = latencies(semantic.as_mut(), &mut world_semantic, count);
+    warm(semantic.as_mut(), &semantic_stream, warmup);
+    let rate = throughput(semantic.as_mut(), &semantic_stream, count);
+    let times = latencies(semantic.as_mut(), &semantic_stream, count);
     let groups = semantic.open_groups();
 
     println!("correlation/ceiling basic engine: {ceiling:.0} events/s on one core");
