@@ -868,7 +868,18 @@ pub fn builtin() -> Vec<Rule> {
             600,
             0.7,
         )
-        .effect_when(Condition::at_least(Warning)),
+        // The kubelet's image events; a probe failure needs a container that ran.
+        .effect_when(Condition::at_least(Warning).one_of(
+            "reason",
+            &text(&[
+                "Failed",
+                "BackOff",
+                "ErrImagePull",
+                "ImagePullBackOff",
+                "InspectFailed",
+                "ErrImageNeverPull",
+            ]),
+        )),
         rule(
             "waiting-warns",
             "k8s.container.waiting",

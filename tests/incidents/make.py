@@ -16,6 +16,10 @@ import os
 import random
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# Another draw of the same incidents (names, ids, ports, timings, background) for the
+# scorer's robustness run: CORPUS_SEED=N CORPUS_OUT=dir python3 make.py.
+OFFSET = int(os.environ.get("CORPUS_SEED", "0"))
+OUT = os.environ.get("CORPUS_OUT", HERE)
 NODE = "node-a"
 NODE_IP = "10.0.1.5"
 DNS_IP = "10.96.0.10"
@@ -63,7 +67,7 @@ class Writer:
 
     def __init__(self, name, seed, start_s):
         self.name = name
-        self.rng = random.Random(seed)
+        self.rng = random.Random(seed + 1000 * OFFSET)
         self.start = start_s * SEC
         self.n = 0
         self.out = []  # (arrival, seq, event)
@@ -277,13 +281,13 @@ class Writer:
 
     def write(self):
         self.out.sort(key=lambda t: (t[0], t[1]))
-        with open(os.path.join(HERE, f"{self.name}.jsonl"), "w") as f:
+        with open(os.path.join(OUT, f"{self.name}.jsonl"), "w") as f:
             for _, _, event in self.out:
                 f.write(json.dumps(event, separators=(",", ":")) + "\n")
         truth = [{"incident": name, **entry} for name, entry in sorted(self.truth.items())]
         for entry in truth:
             assert "root" in entry, entry["incident"]
-        with open(os.path.join(HERE, f"{self.name}.truth.json"), "w") as f:
+        with open(os.path.join(OUT, f"{self.name}.truth.json"), "w") as f:
             json.dump(truth, f, indent=1)
             f.write("\n")
         return len(self.out), sum(len(t["events"]) for t in truth)
@@ -370,7 +374,7 @@ def background(w, pods, seconds, per_second=0.7):
 
 
 def file_pods(w):
-    pods = cluster(random.Random(7))
+    pods = cluster(random.Random(7 + 1000 * OFFSET))
     # Every pod was seen ready at start: its IP and service are known.
     for i, pod in enumerate(pods):
         w.pod_state(w.at(0.1 * i), "k8s.pod.ready", pod)

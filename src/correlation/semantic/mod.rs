@@ -499,6 +499,13 @@ impl Semantic {
             .map_or("other", |(k, _)| *k)
     }
 
+    /// Whether some rule takes events of type `kind` as its effect.
+    fn is_effect_type(&self, kind: &str) -> bool {
+        self.by_kind
+            .get(kind)
+            .is_some_and(|of| !of.effects.is_empty())
+    }
+
     fn has_room(&self, group: GroupId) -> bool {
         match self.groups.get(&group) {
             Some(g) => g.incident.events.len() < self.limits.max_group_events,
@@ -1074,8 +1081,10 @@ impl Correlator for Semantic {
             touches = false;
             Some(self.seed(event))
         } else if event.severity >= Severity::Warning
-            // A type some rule explains was not explained here: it is unrelated.
-            && effect_rules.is_empty()
+            // A type the rules explain, unexplained here, is unrelated; so is one whose
+            // type the rules explain only in other forms (an NXDOMAIN, where a failing
+            // server answers SERVFAIL): the rules say which of its kind are symptoms.
+            && !self.is_effect_type(&event.kind)
             && let Some((touch, relation)) = self.shared(event)
         {
             let join = Join {
