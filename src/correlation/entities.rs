@@ -303,6 +303,40 @@ mod tests {
     }
 
     #[test]
+    fn a_pid_reused_after_an_exit_is_learned_again() {
+        let mut index = EntityIndex::new(16);
+        let c1: Arc<str> = "c1".into();
+        let c2: Arc<str> = "c2".into();
+        let kernel = |container: &Arc<str>| Entities {
+            node: "n".into(),
+            pid: 10,
+            container_id: Arc::clone(container),
+            ..Entities::default()
+        };
+        let bare = || Entities {
+            node: "n".into(),
+            pid: 10,
+            ..Entities::default()
+        };
+        index.resolve(&mut pod_event(), false);
+        for _ in 0..3 {
+            index.resolve(&mut kernel(&c1), false);
+        }
+        let mut seen = bare();
+        index.resolve(&mut seen, false);
+        assert_eq!(&*seen.container_id, "c1");
+        index.resolve(&mut kernel(&c1), true);
+        index.resolve(&mut kernel(&c2), false);
+        let mut again = bare();
+        index.resolve(&mut again, false);
+        assert_eq!(&*again.container_id, "c2", "the pid now runs in c2");
+        index.resolve(&mut kernel(&c1), false);
+        let mut back = bare();
+        index.resolve(&mut back, false);
+        assert_eq!(&*back.container_id, "c1");
+    }
+
+    #[test]
     fn an_exit_forgets_the_pid_and_the_maps_stay_bounded() {
         let mut index = EntityIndex::new(4);
         index.resolve(&mut pod_event(), true);
