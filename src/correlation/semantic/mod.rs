@@ -194,6 +194,9 @@ pub struct Semantic {
     // root, built only when another event joins (most never are).
     // Boxed: the map moves its entries as it rehashes, and a seed is an event's size.
     seeds: Bounded<GroupId, Box<Seed>>,
+    // Seeds absorbed into an open group, to the group: what remembered causes and waiting
+    // members of the seed name now lives there.
+    absorbed: Bounded<GroupId, GroupId>,
     clock: u64,
     processed: u64,
     open_events: usize,
@@ -265,6 +268,7 @@ impl Semantic {
             deps: Dependencies::new(limits.entities),
             questions: vec![None; (limits.entities / 4).max(1).next_power_of_two()],
             seeds: Bounded::new(limits.entities / 4),
+            absorbed: Bounded::new(limits.entities / 4),
             limits,
             causes: FxMap::default(),
             waiting: FxMap::default(),
@@ -506,7 +510,13 @@ impl Semantic {
             .is_some_and(|of| !of.effects.is_empty())
     }
 
+    /// Where the group `id` lives now: the group that absorbed it, if it was a seed.
+    fn live(&self, id: GroupId) -> GroupId {
+        self.absorbed.get(&id).copied().unwrap_or(id)
+    }
+
     fn has_room(&self, group: GroupId) -> bool {
+        let group = self.live(group);
         match self.groups.get(&group) {
             Some(g) => g.incident.events.len() < self.limits.max_group_events,
             None => self.seeds.get(&group).is_some(),
@@ -538,7 +548,9 @@ impl Semantic {
                 })
                 .max_by_key(|c| c.timestamp);
             if let Some(cause) = latest {
-                found.push((i, cause.clone()));
+                let mut cause = cause.clone();
+                cause.group = self.live(cause.group);
+                found.push((i, cause));
             }
         }
         // Highest confidence first, then the latest cause.
@@ -590,7 +602,13 @@ impl Semantic {
                             .is_gt()
                     });
                     if better {
-                        best = Some((i, *w));
+                        best = Some((
+                            i,
+                            Waiting {
+                                group: self.live(w.group),
+                                ..*w
+                            },
+                        ));
                     }
                 }
             }
@@ -863,7 +881,8 @@ impl Semantic {
 impl Semantic {
     /// Joins `event` to the group of its best cause in `found`, linked to every cause it
     /// has there and span-linked to those in other groups.
-    fn join_causes(&mut self, event: &mut Event, found: &[(usize, Cause)]) -> GroupId {
+    fn join_causes(&mut self, event: &mut Event, found: &mut [(usize, Cause)]) -> GroupId {
+        self.absorb_seed(found);
         let best = &found[0].1;
         let links: Vec<CausalLink> = found
             .iter()
@@ -886,6 +905,55 @@ impl Semantic {
             joined_on: None,
         };
         self.join(event, best.group, join)
+    }
+
+    /// When the best cause in `found` is a seed (one routine event, no group yet) and
+    /// another cause is in an open incident, the seed joins that incident, under that
+    /// cause, rather than starting a second one: a crash loop's next missing file is the
+    /// same incident as the first. Its event already went out with the seed's trace id,
+    /// which its span keeps as a link.
+    fn absorb_seed(&mut self, found: &mut [(usize, Cause)]) {
+        let seed_id = found[0].1.group;
+        if self.groups.contains_key(&seed_id) {
+            return;
+        }
+        let Some((into, parent)) = found[1..]
+            .iter()
+            .find(|(_, c)| self.groups.contains_key(&c.group))
+            .map(|(_, c)| (c.group, c.span))
+        else {
+            return;
+        };
+        // Room for the seed and then the effect that joins.
+        let room = self.groups.get(&into).is_some_and(|g| {
+            g.incident.events.len() + 2 <= self.limits.max_group_events
+        });
+        if !room || self.open_events + 2 > self.limits.max_open_events {
+            return;
+        }
+        let Some(seed) = self.seeds.take(&seed_id) else {
+            return;
+        };
+        let seed = *seed;
+        let mut member = seed.member;
+        member.parent = parent;
+        member.own_context = member.span.map(|span| (trace_id_of(seed_id), span));
+        let group = self.groups.get_mut(&into).expect("checked above");
+        group.add_member(
+            Box::new(member),
+            seed.kind,
+            Vec::new(),
+            seed.service.as_deref(),
+            seed.fact,
+            seed.critical,
+        );
+        self.open_events += 1;
+        self.absorbed.insert(seed_id, into);
+        for (_, cause) in found.iter_mut() {
+            if cause.group == seed_id {
+                cause.group = into;
+            }
+        }
     }
 
     fn question_slot(&self, lookup: u64) -> usize {
@@ -1043,7 +1111,7 @@ impl Correlator for Semantic {
         let (mut effect_rules, mut cause_rules) = std::mem::take(&mut self.scratch);
         self.rules_of(event, &mut effect_rules, &mut cause_rules);
         let mut cache = KeyCache::default();
-        let found = self.best_cause(event, &effect_rules, &mut cache);
+        let mut found = self.best_cause(event, &effect_rules, &mut cache);
         // Whether the event's own entities become the group's for shared-entity joins: not
         // for one that joined across entities (a caller of a failed server, a pod of a
         // failed node), whose other warnings are its own business.
@@ -1054,7 +1122,7 @@ impl Correlator for Semantic {
                 self.rules[*i].relation,
                 Relation::Process | Relation::Container | Relation::Pod | Relation::Unit
             );
-            Some(self.join_causes(event, &found))
+            Some(self.join_causes(event, &mut found))
         } else if let Some((i, effect)) = self.late_effect(event, &cause_rules, &mut cache) {
             Some(self.adopt(event, i, effect))
         } else if !cause_rules.is_empty()
@@ -1371,6 +1439,12 @@ mod tests {
             let mut e = Event::new(EventId::from_u128(n), at(secs), kind.to_owned(), "t");
             e.entities.pod_uid = "pod-1".into();
             e.entities.container_id = "ctr-1".into();
+            // As the collectors report them (docs/event-types.md).
+            e.severity = match kind {
+                "memory.oom_kill" => Severity::Critical,
+                "container.exit" => Severity::Error,
+                _ => Severity::Warning,
+            };
             e
         };
         // A crash loop: exit -> restart -> back-off (group 1) ...
@@ -1462,6 +1536,62 @@ mod tests {
 
         let (_, off) = run(Duration::ZERO);
         assert!(off.is_empty(), "with joins off the OOM kill stays alone");
+    }
+
+    #[test]
+    fn a_crash_loops_next_missing_file_stays_in_its_incident_in_time_order() {
+        // Each round: the process fails to open its config (reported in time order here,
+        // before the exit), exits 1, its container exits, the pod restarts.
+        let mut engine = Semantic::new("node-a", builtin(), Limits::default());
+        let at = |ms: u64| 1_000_000_000_000 + ms * 1_000_000;
+        let mut n = 0u128;
+        let mut next = |kind: &str, ms: u64, severity: Severity, pid: u32| {
+            n += 1;
+            let mut e = Event::new(EventId::from_u128(n), at(ms), kind.to_owned(), "t");
+            e.entities.pod_uid = "pod-1".into();
+            e.entities.container_id = format!("c-{pid}").into();
+            e.entities.pid = pid;
+            e.severity = severity;
+            e
+        };
+        let mut events = Vec::new();
+        for (round, pid) in [100u32, 107, 114].into_iter().enumerate() {
+            let t = round as u64 * 11_000;
+            let mut missing = next("syscall.error", t, Severity::Info, pid);
+            missing
+                .attributes
+                .push("errno", crate::event::AttrValue::Str("ENOENT".into()));
+            let mut exit = next("process.exit", t + 3, Severity::Info, pid);
+            exit.attributes
+                .push("exit_code", crate::event::AttrValue::Int(1));
+            exit.attributes
+                .push("signal", crate::event::AttrValue::Int(0));
+            let mut container = next("container.exit", t + 4, Severity::Error, pid);
+            container
+                .attributes
+                .push("exit_code", crate::event::AttrValue::Int(1));
+            let restart = next("k8s.pod.restart", t + 700, Severity::Warning, 0);
+            events.extend([missing, exit, container, restart]);
+        }
+        for e in &mut events {
+            engine.process(e);
+        }
+        engine.close_all();
+        let groups = engine.take_closed();
+        assert_eq!(groups.len(), 1, "one incident, not one per round");
+        assert_eq!(groups[0].root, events[0].id);
+        assert_eq!(groups[0].events.len(), events.len());
+        // The second round's missing file went out with a trace of its own: its span
+        // keeps it as a link.
+        let second = groups[0]
+            .members
+            .iter()
+            .find(|m| m.id == events[4].id)
+            .expect("the second round's missing file");
+        assert_eq!(
+            second.own_context.map(|(t, _)| Some(t)),
+            Some(events[4].trace_id)
+        );
     }
 
     #[test]
