@@ -925,9 +925,10 @@ impl Semantic {
             return;
         };
         // Room for the seed and then the effect that joins.
-        let room = self.groups.get(&into).is_some_and(|g| {
-            g.incident.events.len() + 2 <= self.limits.max_group_events
-        });
+        let room = self
+            .groups
+            .get(&into)
+            .is_some_and(|g| g.incident.events.len() + 2 <= self.limits.max_group_events);
         if !room || self.open_events + 2 > self.limits.max_open_events {
             return;
         }
