@@ -57,6 +57,24 @@ impl Hasher for Fx {
 /// A `HashMap` hashed with [`Fx`].
 pub type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<Fx>>;
 
+/// An in-memory key over `parts`: [`Fx`] over each part and its length (so ("ab", "c")
+/// and ("a", "bc") differ), mixed with the `SplitMix64` finaliser so that every bit is
+/// usable. Not stable across versions: for maps that live in one process (correlation
+/// keys), where byte-wise FNV on 64-character container ids was a large share of the
+/// engine's time.
+#[must_use]
+pub fn key_parts(parts: &[&[u8]]) -> u64 {
+    let mut hasher = Fx(0xcbf2_9ce4_8422_2325);
+    for part in parts {
+        hasher.write(part);
+        hasher.write_usize(part.len());
+    }
+    let mut h = hasher.finish();
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
 /// A map that forgets its oldest entries beyond a capacity.
 #[derive(Debug)]
 pub struct Bounded<K, V> {

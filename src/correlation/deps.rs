@@ -19,7 +19,8 @@
 //! entries and forgets the oldest first; a new fact about an address replaces the old one.
 
 use crate::bounded::Bounded;
-use crate::event::{Event, key_parts, keys};
+use crate::bounded::key_parts;
+use crate::event::{Event, keys};
 
 use super::rules::Relation;
 

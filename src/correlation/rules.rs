@@ -7,7 +7,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::event::{AttrValue, Entities, Event, Severity, key_parts};
+use crate::bounded::key_parts;
+use crate::event::{AttrValue, Entities, Event, Severity};
 
 /// Which entity a cause and its effect must share.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize)]

@@ -170,35 +170,6 @@ fn unix_millis_now() -> u64 {
     unix_nanos_now() / 1_000_000
 }
 
-/// A fast in-memory key over `parts`, eight bytes at a time, each part closed by its length
-/// so ("ab", "c") and ("a", "bc") differ, then mixed (`SplitMix64` finaliser). Not stable
-/// across versions: for maps that live in one process (correlation keys), where byte-wise
-/// FNV on 64-character container ids was a large share of the engine's time.
-#[must_use]
-pub fn key_parts(parts: &[&[u8]]) -> u64 {
-    const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut add = |word: u64| h = (h.rotate_left(5) ^ word).wrapping_mul(K);
-    for part in parts {
-        let mut chunks = part.chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0; 8];
-            word.copy_from_slice(chunk);
-            add(u64::from_le_bytes(word));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut word = [0; 8];
-            word[..rest.len()].copy_from_slice(rest);
-            add(u64::from_le_bytes(word));
-        }
-        add(part.len() as u64);
-    }
-    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^ (h >> 31)
-}
-
 /// FNV-1a over `parts`, each followed by a separator so ("ab", "c") and ("a", "bc") differ,
 /// then mixed (`SplitMix64` finaliser) so the high bits are as good as the low ones.
 #[must_use]

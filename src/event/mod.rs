@@ -16,7 +16,7 @@ mod wire;
 use std::borrow::Cow;
 use std::sync::Arc;
 
-pub use id::{EventId, IdGenerator, ParseIdError, hash_parts, key_parts, unix_nanos_now};
+pub use id::{EventId, IdGenerator, ParseIdError, hash_parts, unix_nanos_now};
 pub use incident::{Incident, Member, Prediction};
 pub use proto::{ProtoError, check};
 use serde::{Deserialize, Serialize};

@@ -61,7 +61,7 @@ impl Reach {
         if let Some(service) = service {
             put(
                 &mut self.services,
-                crate::event::key_parts(&[e.pod_namespace.as_bytes(), service.as_bytes()]),
+                crate::bounded::key_parts(&[e.pod_namespace.as_bytes(), service.as_bytes()]),
             );
         }
     }

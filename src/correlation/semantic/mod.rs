@@ -628,19 +628,14 @@ impl Semantic {
                 if key == 0 {
                     continue;
                 }
-                let causes = self.causes.entry((self.cause_class[i], key)).or_default();
-                if causes.iter().any(|c| c.id == event.id) {
-                    continue;
-                }
-                if causes.len() >= self.limits.causes_per_key {
-                    causes.remove(0);
-                }
-                causes.push(Cause {
+                let cause = Cause {
                     id: event.id,
                     timestamp: event.timestamp,
                     span: event.span_id,
                     group,
-                });
+                };
+                let causes = self.causes.entry((self.cause_class[i], key)).or_default();
+                keep_newest(causes, cause, self.limits.causes_per_key, |c| c.id);
             }
         }
     }
@@ -658,18 +653,13 @@ impl Semantic {
                 if key == 0 {
                     continue;
                 }
-                let waiting = self.waiting.entry((self.effect_class[i], key)).or_default();
-                if waiting.iter().any(|w| w.id == event.id) {
-                    continue;
-                }
-                if waiting.len() >= self.limits.causes_per_key {
-                    waiting.remove(0);
-                }
-                waiting.push(Waiting {
+                let member = Waiting {
                     id: event.id,
                     timestamp: event.timestamp,
                     group,
-                });
+                };
+                let waiting = self.waiting.entry((self.effect_class[i], key)).or_default();
+                keep_newest(waiting, member, self.limits.causes_per_key, |w| w.id);
             }
         }
     }
@@ -758,7 +748,7 @@ impl Semantic {
 
     /// How many groups `event`'s type has opened in its workload, this one included.
     fn recurrence(&mut self, event: &Event) -> u32 {
-        let key = crate::event::key_parts(&[
+        let key = crate::bounded::key_parts(&[
             event.kind.as_bytes(),
             &Relation::Workload
                 .key(&event.entities)
@@ -1024,6 +1014,23 @@ impl Semantic {
     }
 }
 
+/// Appends `item` to `list` (newest last) unless the list holds its event already,
+/// forgetting the oldest beyond `cap`.
+fn keep_newest<T>(
+    list: &mut SmallVec<[T; 2]>,
+    item: T,
+    cap: usize,
+    event_of: impl Fn(&T) -> EventId,
+) {
+    if list.iter().any(|known| event_of(known) == event_of(&item)) {
+        return;
+    }
+    if list.len() >= cap {
+        list.remove(0);
+    }
+    list.push(item);
+}
+
 /// A DNS query waiting for its answer: what its member needs besides what the answer
 /// repeats (the process, the name, the server).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -1037,7 +1044,7 @@ struct Question {
 /// which a query and its answer share.
 fn lookup_key(event: &Event) -> Option<u64> {
     let a = &event.attributes;
-    Some(crate::event::key_parts(&[
+    Some(crate::bounded::key_parts(&[
         a.text("client")?.as_bytes(),
         &a.int("transaction_id")?.to_le_bytes(),
         a.text("query_name")?.as_bytes(),

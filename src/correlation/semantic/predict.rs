@@ -48,18 +48,24 @@ pub(super) fn cascade_risk(predictions: &[Prediction]) -> f64 {
 /// closes (a crash-looping workload brings the same one a thousand times).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Evidence {
-    /// The workload as (namespace, name), or the process's command when it has none.
-    who: (Arc<str>, Arc<str>),
+    who: Who,
     peak: i64,
     limit: Option<i64>,
+}
+
+/// Whose memory: a workload's, or a process's outside any.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Who {
+    Workload { namespace: Arc<str>, name: Arc<str> },
+    Process(Arc<str>),
 }
 
 impl Evidence {
     /// The action, in words.
     pub(super) fn text(&self) -> String {
         let who = match &self.who {
-            (comm, workload) if workload.is_empty() => comm.to_string(),
-            (namespace, workload) => format!("{namespace}/{workload}"),
+            Who::Workload { namespace, name } => format!("{namespace}/{name}"),
+            Who::Process(comm) => comm.to_string(),
         };
         let mib = |b: i64| b >> 20;
         // Head-room of a quarter over the observed peak, rounded up to 64 MiB.
@@ -93,9 +99,12 @@ pub(super) fn evidence(event: &Event) -> Option<Evidence> {
     let peak = int("memory_usage_peak_bytes").or_else(|| int("anon_rss_bytes"))?;
     let e = &event.entities;
     let who = if e.workload_name.is_empty() {
-        (Arc::clone(&e.comm), Arc::clone(&e.workload_name))
+        Who::Process(Arc::clone(&e.comm))
     } else {
-        (Arc::clone(&e.pod_namespace), Arc::clone(&e.workload_name))
+        Who::Workload {
+            namespace: Arc::clone(&e.pod_namespace),
+            name: Arc::clone(&e.workload_name),
+        }
     };
     Some(Evidence {
         who,
