@@ -243,10 +243,8 @@ impl Group {
             self.causal_severity = self.causal_severity.max(severity);
             put(&mut self.kinds, kind);
         }
-        if let Some(fact) = fact
-            && !self.evidence.contains(&fact)
-        {
-            self.evidence.push(fact);
+        if let Some(fact) = fact {
+            Evidence::merge(&mut self.evidence, fact);
         }
         self.incident.impact = impact(
             self.severity,

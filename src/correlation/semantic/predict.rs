@@ -61,6 +61,16 @@ enum Who {
 }
 
 impl Evidence {
+    /// Adds `fact` to `facts`, one per workload (or process): a crash loop brings one per
+    /// OOM kill, and the action is about the highest peak seen.
+    pub(super) fn merge(facts: &mut Vec<Self>, fact: Self) {
+        match facts.iter_mut().find(|known| known.who.same(&fact.who)) {
+            Some(known) if fact.peak > known.peak => *known = fact,
+            Some(_) => {}
+            None => facts.push(fact),
+        }
+    }
+
     /// The action, in words.
     pub(super) fn text(&self) -> String {
         let who = match &self.who {
@@ -82,6 +92,24 @@ impl Evidence {
                 suggested * 64,
                 mib(self.peak)
             ),
+        }
+    }
+}
+
+impl Who {
+    fn same(&self, other: &Self) -> bool {
+        // The index hands out one `Arc` per name, so the pointers decide most comparisons.
+        let eq = |a: &Arc<str>, b: &Arc<str>| Arc::ptr_eq(a, b) || a == b;
+        match (self, other) {
+            (
+                Self::Workload { namespace, name },
+                Self::Workload {
+                    namespace: other_namespace,
+                    name: other_name,
+                },
+            ) => eq(name, other_name) && eq(namespace, other_namespace),
+            (Self::Process(comm), Self::Process(other)) => eq(comm, other),
+            _ => false,
         }
     }
 }
@@ -111,4 +139,38 @@ pub(super) fn evidence(event: &Event) -> Option<Evidence> {
         peak,
         limit: int("memory_limit_bytes"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn oom(workload: &str, peak_mib: i64) -> Evidence {
+        let mut event = Event::new(
+            crate::event::EventId::from_u128(1),
+            1,
+            "memory.oom_kill",
+            "memory",
+        );
+        event.entities.pod_namespace = "shop".into();
+        event.entities.workload_name = workload.into();
+        event.attributes.set("anon_rss_bytes", peak_mib << 20);
+        evidence(&event).expect("an OOM kill with a peak is evidence")
+    }
+
+    #[test]
+    fn a_workload_killed_again_keeps_one_action_at_its_highest_peak() {
+        let mut facts = Vec::new();
+        for (workload, peak) in [("cart", 300), ("cart", 500), ("web", 100), ("cart", 400)] {
+            Evidence::merge(&mut facts, oom(workload, peak));
+        }
+        let text: Vec<String> = facts.iter().map(Evidence::text).collect();
+        assert_eq!(
+            text,
+            [
+                "give shop/cart a memory limit above 640 MiB (peak observed 500 MiB)",
+                "give shop/web a memory limit above 128 MiB (peak observed 100 MiB)",
+            ]
+        );
+    }
 }
