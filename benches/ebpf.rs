@@ -4,6 +4,8 @@
 //!   with `tapio-collector --enable-ebpf` (the default probe set) running, with the default
 //!   set plus `syscall-errors`, and with bpftrace counting failing syscalls the way
 //!   `syscall-errors` does;
+//! - signals: a million `kill(self, SIGURG)` (a signal nothing handles) with no probes and
+//!   with `runtime-signals` alone, which sees each one and filters it out in the kernel;
 //! - drain: how many DNS packets per second the `dns` collector's user-space side takes
 //!   from its ring buffer, and how many it loses, against the rate the sender reaches with
 //!   no probe attached (the ceiling).
@@ -129,7 +131,7 @@ fn overhead(count: u64, rounds: usize) {
     };
     println!("ebpf/overhead dd bs=1 count={count}: no probes {base:.3} s");
     println!(
-        "ebpf/overhead tapio-collector --enable-ebpf (default set: kernel, network, dns, memory): {}",
+        "ebpf/overhead tapio-collector --enable-ebpf (default set: kernel, network, dns, memory, runtime-signals): {}",
         with(tapio)
     );
     println!(
@@ -144,6 +146,47 @@ fn overhead(count: u64, rounds: usize) {
     } else {
         println!("ebpf/overhead bpftrace: not installed (scripts/setup installs it)");
     }
+}
+
+/// Sends this process `count` SIGURGs (ignored by default, so nothing runs on delivery):
+/// each passes the `signal_generate` tracepoint, where `runtime-signals` filters it out in
+/// the kernel. Returns how long the sending took.
+fn signal_storm(count: u64) -> Duration {
+    let me = rustix::process::getpid();
+    let started = Instant::now();
+    for _ in 0..count {
+        rustix::process::kill_process(me, rustix::process::Signal::URG).expect("signals self");
+    }
+    started.elapsed()
+}
+
+/// `runtime-signals`' own cost on a signal storm, against no probes in the same run.
+fn signals(count: u64, rounds: usize) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("runtime-signals.yaml");
+    std::fs::write(&config, "collectors:\n  runtime-signals: {}\n").expect("writes config");
+    let (mut none, mut with) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        none.push(signal_storm(count));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tapio-collector"));
+        command
+            .args([
+                "--server",
+                "none",
+                "--stdout",
+                "--correlation",
+                "basic",
+                "--config",
+            ])
+            .arg(&config);
+        let _collector = observe(command, "Agent started", true);
+        with.push(signal_storm(count));
+    }
+    let (base, probed) = (median(none).as_secs_f64(), median(with).as_secs_f64());
+    println!(
+        "ebpf/signals kill(self, SIGURG) x{count}: no probes {base:.3} s; runtime-signals {probed:.3} s ({:+.1}%)",
+        (probed / base - 1.0) * 100.0
+    );
 }
 
 /// A DNS query for `name`, type A.
@@ -236,10 +279,12 @@ fn main() {
     }
     if measuring {
         overhead(4 << 20, 3);
+        signals(1_000_000, 3);
         drain(200_000, 256 << 10);
         drain(200_000, 4 << 20);
     } else {
         overhead(20_000, 1);
+        signals(10_000, 1);
         drain(2_000, 256 << 10);
     }
 }

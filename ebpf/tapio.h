@@ -130,6 +130,8 @@ static __always_inline void fill_header(struct header *h, __u32 kind)
 #define KIND_TCP_CLOSE 12
 #define KIND_TCP_FAILED 13
 #define KIND_OOM_KILL 30
+#define KIND_SIGNAL 40
+#define KIND_CORE_DUMP 41
 
 char LICENSE[] SEC("license") = "GPL";
 

@@ -320,6 +320,124 @@ async fn memory_reports_the_oom_kill_of_a_child_past_its_cgroup_limit() {
     drop(cgroup);
 }
 
+fn flag(event: &Event, key: &str) -> Option<bool> {
+    match event.attributes.get(key) {
+        Some(AttrValue::Bool(b)) => Some(*b),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_signals_names_the_sibling_that_sent_sigkill() {
+    if !can_run("runtime_signals_names_the_sibling_that_sent_sigkill") {
+        return;
+    }
+    let mut pipeline = Pipeline::start("collectors:\n  runtime-signals: {}\n  kernel: {}\n").await;
+    let mut victim = Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .expect("spawns sleep");
+    let victim_pid = victim.id();
+    // The sibling: a second child of this test, not the victim's parent.
+    let mut sibling = Command::new("/bin/sh")
+        .args(["-c", &format!("kill -KILL {victim_pid}")])
+        .spawn()
+        .expect("spawns sh");
+    let sibling_pid = sibling.id();
+    assert!(sibling.wait().expect("waits").success(), "kill succeeded");
+    let status = victim.wait().expect("waits");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9)
+    );
+    let signal = pipeline
+        .wait_for("SIGKILL of the victim", WAIT, |e| {
+            e.kind == "process.signal" && e.entities.pid == victim_pid
+        })
+        .await;
+    tapio::event::schema::check(&signal).expect("the documented shape");
+    assert_eq!(&*signal.entities.comm, "sleep");
+    assert_eq!(text(&signal, "signal_name"), Some("SIGKILL"));
+    assert_eq!(int(&signal, "signal"), Some(9));
+    assert_eq!(int(&signal, "sender_pid"), Some(i64::from(sibling_pid)));
+    assert_eq!(text(&signal, "sender_comm"), Some("sh"));
+    assert_eq!(flag(&signal, "from_kernel"), Some(false));
+    assert_eq!(signal.severity, tapio::event::Severity::Warning);
+
+    // The built-in rules make the signal the root of the victim's exit.
+    let exit = pipeline
+        .wait_for("exit of the victim", WAIT, |e| {
+            e.kind == "process.exit" && e.entities.pid == victim_pid
+        })
+        .await;
+    let mut engine =
+        tapio::correlation::build(&tapio::config::CorrelationConfig::default(), "test-node");
+    let mut events = [signal, exit];
+    events.sort_by_key(|e| e.timestamp);
+    for event in &mut events {
+        engine.process(event);
+    }
+    engine.close_all();
+    let incidents = engine.take_closed();
+    assert_eq!(incidents.len(), 1, "one incident: {incidents:?}");
+    let root = events
+        .iter()
+        .find(|e| e.kind == "process.signal")
+        .expect("the signal");
+    assert_eq!(incidents[0].root, root.id, "the signal is the root");
+    assert_eq!(incidents[0].events.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_signals_reports_a_segfault_from_the_kernel_and_its_core_dump() {
+    if !can_run("runtime_signals_reports_a_segfault_from_the_kernel_and_its_core_dump") {
+        return;
+    }
+    let mut pipeline = Pipeline::start("collectors:\n  runtime-signals: {}\n").await;
+    // The core lands in the child's working directory (core_pattern `core` here; with a
+    // pipe to a handler the kernel still marks the exit as dumped).
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut child = Command::new("/bin/sh")
+        .args([
+            "-c",
+            "ulimit -c unlimited && exec python3 -c 'import ctypes; ctypes.string_at(0)'",
+        ])
+        .current_dir(dir.path())
+        .spawn()
+        .expect("spawns sh");
+    let pid = child.id();
+    let status = child.wait().expect("waits");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(11),
+        "python3 segfaulted: {status:?}"
+    );
+    assert!(
+        std::os::unix::process::ExitStatusExt::core_dumped(&status),
+        "the child dumped core: {status:?}"
+    );
+    let signal = pipeline
+        .wait_for("SIGSEGV of the child", WAIT, |e| {
+            e.kind == "process.signal" && e.entities.pid == pid
+        })
+        .await;
+    assert_eq!(text(&signal, "signal_name"), Some("SIGSEGV"));
+    assert_eq!(
+        flag(&signal, "from_kernel"),
+        Some(true),
+        "a fault: {signal:?}"
+    );
+    assert_eq!(int(&signal, "sender_pid"), Some(i64::from(pid)));
+    let core = pipeline
+        .wait_for("core dump of the child", WAIT, |e| {
+            e.kind == "process.core_dump" && e.entities.pid == pid
+        })
+        .await;
+    tapio::event::schema::check(&core).expect("the documented shape");
+    assert_eq!(int(&core, "signal"), Some(11));
+    assert_eq!(&*core.entities.comm, "python3");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn syscall_errors_counts_a_childs_failing_opens_in_the_kernel() {
     if !can_run("syscall_errors_counts_a_childs_failing_opens_in_the_kernel") {

@@ -329,6 +329,8 @@ registry! {
     "dns" => dns: ebpf::dns::DnsConfig,
     /// OOM kills from the kernel (`--enable-ebpf`).
     "memory" => memory: ebpf::memory::MemoryConfig,
+    /// Fatal signals with their sender, and core dumps, from the kernel (`--enable-ebpf`).
+    "runtime-signals" => runtime_signals: ebpf::signals::RuntimeSignalsConfig,
     /// Failing syscalls, counted in the kernel (YAML only: not in `--enable-ebpf`'s set).
     "syscall-errors" => syscall_errors: ebpf::syscalls::SyscallErrorsConfig,
     /// Pods, the node and Warning events from the Kubernetes API (`--enable-k8s`).
@@ -402,7 +404,10 @@ mod tests {
             .iter()
             .map(|b| b.name)
             .collect();
-        assert_eq!(names, ["kernel", "network", "dns", "memory"]);
+        assert_eq!(
+            names,
+            ["kernel", "network", "dns", "memory", "runtime-signals"]
+        );
         let dns = config.dns.expect("dns entry");
         assert_eq!(dns.config.max_pending, 7, "configured options are kept");
         assert_eq!(dns.when_full, WhenFull::DropNewest);

@@ -521,6 +521,53 @@ pub static SHAPES: &[Shape] = &[
         entities: "the victim's, as the kernel collector's",
     },
     Shape {
+        kind: "process.signal",
+        sources: &["runtime-signals"],
+        severities: &[Info, Warning],
+        severity_rule: "info for SIGTERM (how a stop begins), warning for the other watched signals",
+        attributes: &[
+            a("signal", Int, "the signal's number"),
+            a("signal_name", Str, "its name, e.g. `SIGKILL`"),
+            a(
+                "code",
+                Int,
+                "`si_code`: 0 or below sent by a process (kill, tgkill, sigqueue), above 0 by the kernel",
+            ),
+            a(
+                "from_kernel",
+                Bool,
+                "the kernel sent it (a fault, the OOM killer), not a process",
+            ),
+            a(
+                "sender_pid",
+                Int,
+                "the process running when the signal was sent",
+            ),
+            a("sender_comm", Str, "its command"),
+            a("sender_cgroup_id", Int, "its cgroup v2 id"),
+            opt(
+                "sender_container_id",
+                Str,
+                "it runs in a container",
+                "its container",
+            ),
+        ],
+        more: More::Nothing,
+        entities: "the target's (pid, comm, cgroup, container), as the kernel collector's",
+    },
+    Shape {
+        kind: "process.core_dump",
+        sources: &["runtime-signals"],
+        severities: &[Warning],
+        severity_rule: "always warning",
+        attributes: &[
+            a("signal", Int, "the signal that dumped core"),
+            a("signal_name", Str, "its name"),
+        ],
+        more: More::Nothing,
+        entities: KERNEL_ENTITIES,
+    },
+    Shape {
         kind: "syscall.error",
         sources: &["syscall-errors"],
         severities: &[Info],

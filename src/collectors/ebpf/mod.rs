@@ -20,6 +20,7 @@ pub mod kernel;
 pub mod memory;
 mod names;
 pub mod network;
+pub mod signals;
 pub mod syscalls;
 
 use std::path::Path;
@@ -350,6 +351,15 @@ impl Stamp {
             entities.unit = Arc::clone(&found.unit);
         }
         event
+    }
+
+    /// The container of process `pid` in cgroup `cgroup_id`, for an event that names a
+    /// second process besides its own.
+    pub(crate) fn container_of(&mut self, pid: u32, cgroup_id: u64) -> Option<Arc<str>> {
+        self.containers
+            .resolve(pid, cgroup_id)
+            .map(|found| Arc::clone(&found.container_id))
+            .filter(|id| !id.is_empty())
     }
 
     /// Unix nanoseconds of a kernel timestamp.

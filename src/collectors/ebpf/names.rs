@@ -636,6 +636,69 @@ pub fn syscall_number(name: &str) -> Option<u32> {
     number_in(&SYSCALLS, name)
 }
 
+/// Signal names by number: the same on x86_64 and arm64 (asm-generic), 1 to 31.
+const SIGNALS: [&str; 32] = [
+    "",
+    "SIGHUP",
+    "SIGINT",
+    "SIGQUIT",
+    "SIGILL",
+    "SIGTRAP",
+    "SIGABRT",
+    "SIGBUS",
+    "SIGFPE",
+    "SIGKILL",
+    "SIGUSR1",
+    "SIGSEGV",
+    "SIGUSR2",
+    "SIGPIPE",
+    "SIGALRM",
+    "SIGTERM",
+    "SIGSTKFLT",
+    "SIGCHLD",
+    "SIGCONT",
+    "SIGSTOP",
+    "SIGTSTP",
+    "SIGTTIN",
+    "SIGTTOU",
+    "SIGURG",
+    "SIGXCPU",
+    "SIGXFSZ",
+    "SIGVTALRM",
+    "SIGPROF",
+    "SIGWINCH",
+    "SIGIO",
+    "SIGPWR",
+    "SIGSYS",
+];
+
+/// Highest signal number (the last real-time signal).
+pub const MAX_SIGNAL: u32 = 64;
+
+/// The name of signal `n`, e.g. `SIGKILL`; real-time signals as `SIGRTMIN+k`.
+#[must_use]
+pub fn signal_name(n: u32) -> String {
+    match SIGNALS.get(n as usize) {
+        Some(name) if !name.is_empty() => (*name).to_owned(),
+        _ if (34..=MAX_SIGNAL).contains(&n) => format!("SIGRTMIN+{}", n - 34),
+        _ => format!("signal_{n}"),
+    }
+}
+
+/// The number of signal `name` (`SIGKILL`, `KILL`) or of a plain number (`9`), from 1 to
+/// [`MAX_SIGNAL`].
+#[must_use]
+pub fn signal_number(name: &str) -> Option<u32> {
+    let full = if name.starts_with("SIG") {
+        name.to_owned()
+    } else {
+        format!("SIG{name}")
+    };
+    number_in(&SIGNALS, name)
+        .or_else(|| number_in(&SIGNALS, &full))
+        .filter(|n| (1..=MAX_SIGNAL).contains(n))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -654,5 +717,13 @@ mod tests {
         }
         assert_eq!(syscall_number("7"), Some(7));
         assert_eq!(syscall_name(100_000), "syscall_100000");
+        assert_eq!(signal_name(9), "SIGKILL");
+        assert_eq!(signal_name(36), "SIGRTMIN+2");
+        assert_eq!(signal_number("SIGSEGV"), Some(11));
+        assert_eq!(signal_number("TERM"), Some(15));
+        assert_eq!(signal_number("6"), Some(6));
+        assert_eq!(signal_number("SIGNOPE"), None);
+        assert_eq!(signal_number("0"), None);
+        assert_eq!(signal_number("65"), None);
     }
 }
