@@ -6,6 +6,8 @@
 //!   `syscall-errors` does;
 //! - signals: a million `kill(self, SIGURG)` (a signal nothing handles) with no probes and
 //!   with `runtime-signals` alone, which sees each one and filters it out in the kernel;
+//! - block: `dd bs=4k oflag=direct` (one block request per write) with no probes and with
+//!   `storage-io` alone;
 //! - drain: how many DNS packets per second the `dns` collector's user-space side takes
 //!   from its ring buffer, and how many it loses, against the rate the sender reaches with
 //!   no probe attached (the ceiling).
@@ -189,6 +191,49 @@ fn signals(count: u64, rounds: usize) {
     );
 }
 
+/// Writes `count` 4 KiB blocks with `O_DIRECT` into a file in `dir`: one block request each.
+fn direct_writes(dir: &std::path::Path, count: u64) -> Duration {
+    let started = Instant::now();
+    let status = Command::new("dd")
+        .args(["if=/dev/zero", "bs=4k", "oflag=direct"])
+        .arg(format!("of={}", dir.join("direct").display()))
+        .arg(format!("count={count}"))
+        .stderr(Stdio::null())
+        .status()
+        .expect("dd runs");
+    assert!(status.success());
+    started.elapsed()
+}
+
+/// `storage-io`'s own cost on direct writes, against no probes in the same run.
+fn block(count: u64, rounds: usize) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("storage-io.yaml");
+    std::fs::write(&config, "collectors:\n  storage-io: {}\n").expect("writes config");
+    let (mut none, mut with) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        none.push(direct_writes(dir.path(), count));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tapio-collector"));
+        command
+            .args([
+                "--server",
+                "none",
+                "--stdout",
+                "--correlation",
+                "basic",
+                "--config",
+            ])
+            .arg(&config);
+        let _collector = observe(command, "Agent started", true);
+        with.push(direct_writes(dir.path(), count));
+    }
+    let (base, probed) = (median(none).as_secs_f64(), median(with).as_secs_f64());
+    println!(
+        "ebpf/block dd bs=4k oflag=direct count={count}: no probes {base:.3} s; storage-io {probed:.3} s ({:+.1}%)",
+        (probed / base - 1.0) * 100.0
+    );
+}
+
 /// A DNS query for `name`, type A.
 fn query(id: u16) -> Vec<u8> {
     let mut message = Vec::new();
@@ -280,11 +325,13 @@ fn main() {
     if measuring {
         overhead(4 << 20, 3);
         signals(1_000_000, 3);
+        block(20_000, 3);
         drain(200_000, 256 << 10);
         drain(200_000, 4 << 20);
     } else {
         overhead(20_000, 1);
         signals(10_000, 1);
+        block(200, 1);
         drain(2_000, 256 << 10);
     }
 }

@@ -132,6 +132,8 @@ static __always_inline void fill_header(struct header *h, __u32 kind)
 #define KIND_OOM_KILL 30
 #define KIND_SIGNAL 40
 #define KIND_CORE_DUMP 41
+#define KIND_IO_ERROR 50
+#define KIND_SLOW_FSYNC 51
 
 char LICENSE[] SEC("license") = "GPL";
 

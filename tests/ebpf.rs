@@ -438,6 +438,173 @@ async fn runtime_signals_reports_a_segfault_from_the_kernel_and_its_core_dump() 
     assert_eq!(&*core.entities.comm, "python3");
 }
 
+/// A mount, unmounted on drop.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A loop device over a file, detached on drop: a disk only the test writes to.
+struct LoopDevice {
+    path: String,
+}
+
+impl LoopDevice {
+    fn over(file: &std::path::Path, bytes: u64) -> Self {
+        std::fs::File::create(file)
+            .and_then(|f| f.set_len(bytes))
+            .unwrap_or_else(|e| panic!("creates {}: {e}", file.display()));
+        let out = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(file)
+            .output()
+            .expect("runs losetup");
+        assert!(
+            out.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self {
+            path: String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        }
+    }
+
+    /// Its name as the kernel's block layer knows it, e.g. `loop3`.
+    fn name(&self) -> &str {
+        self.path.trim_start_matches("/dev/")
+    }
+
+    /// Writes `blocks` of 64 KiB with `O_DIRECT`; whether dd succeeded.
+    fn write(&self, blocks: u32) -> bool {
+        Command::new("dd")
+            .args(["if=/dev/zero", "bs=64k", "oflag=direct"])
+            .arg(format!("of={}", self.path))
+            .arg(format!("count={blocks}"))
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("runs dd")
+            .success()
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.path]).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_io_reports_a_latency_spike_once_and_its_recovery() {
+    if !can_run("storage_io_reports_a_latency_spike_once_and_its_recovery") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let device = LoopDevice::over(&dir.path().join("disk"), 16 << 20);
+    // A line every request crosses (they take microseconds), on this device alone.
+    let yaml = format!(
+        "collectors:\n  storage-io: {{ config: {{ interval: 200ms, latency_threshold: 0.001ms, min_requests: 1, devices: [{}] }} }}\n",
+        device.name()
+    );
+    let mut pipeline = Pipeline::start(&yaml).await;
+    assert!(device.write(64), "dd wrote to {}", device.path);
+    let spike = pipeline
+        .wait_for("latency spike on the loop device", WAIT, |e| {
+            e.kind == "block.latency_spike" && text(e, "op") == Some("write")
+        })
+        .await;
+    tapio::event::schema::check(&spike).expect("the documented shape");
+    assert_eq!(text(&spike, "device"), Some(device.name()));
+    assert!(int(&spike, "requests").is_some_and(|n| n >= 1), "{spike:?}");
+    assert!(int(&spike, "p99_us").is_some_and(|us| us >= 1), "{spike:?}");
+    assert_eq!(spike.severity, tapio::event::Severity::Warning);
+    // Idle from here: the next reading is back under the line, said once.
+    let recovered = pipeline
+        .wait_for("recovery of the loop device", WAIT, |e| {
+            e.kind == "block.latency_recovered" && text(e, "op") == Some("write")
+        })
+        .await;
+    assert_eq!(text(&recovered, "device"), Some(device.name()));
+    assert!(
+        !pipeline
+            .backlog
+            .iter()
+            .any(|e| e.kind == "block.latency_spike"),
+        "one spike per crossing: {:?}",
+        pipeline.backlog
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_io_reports_failed_writes_of_a_device_out_of_space() {
+    if !can_run("storage_io_reports_failed_writes_of_a_device_out_of_space") {
+        return;
+    }
+    // A 16 MiB loop device over a file on a 1 MiB tmpfs: writes past 1 MiB fail.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tapio-test"])
+        .arg(dir.path())
+        .status()
+        .expect("runs mount");
+    assert!(status.success(), "mounts a tmpfs");
+    let _unmount = Unmount(dir.path().to_owned());
+    let device = LoopDevice::over(&dir.path().join("disk"), 16 << 20);
+    let yaml = format!(
+        "collectors:\n  storage-io: {{ config: {{ interval: 200ms, devices: [{}] }} }}\n",
+        device.name()
+    );
+    let mut pipeline = Pipeline::start(&yaml).await;
+    assert!(!device.write(64), "writes past the tmpfs's size fail");
+    let error = pipeline
+        .wait_for("I/O error on the loop device", WAIT, |e| {
+            e.kind == "block.io_error" && text(e, "device") == Some(device.name())
+        })
+        .await;
+    tapio::event::schema::check(&error).expect("the documented shape");
+    assert_eq!(text(&error, "op"), Some("write"));
+    assert!(
+        text(&error, "error").is_some_and(|e| e.starts_with('E')),
+        "an errno: {error:?}"
+    );
+    assert_eq!(error.severity, tapio::event::Severity::Error);
+    drop(device);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_io_reports_an_fsync_over_its_line() {
+    if !can_run("storage_io_reports_an_fsync_over_its_line") {
+        return;
+    }
+    let mut pipeline = Pipeline::start(
+        "collectors:\n  storage-io: { config: { interval: 200ms, fsync_threshold: 0.001ms } }\n",
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut child = Command::new("dd")
+        .args(["if=/dev/zero", "bs=4k", "count=64", "conv=fsync"])
+        .arg(format!("of={}", dir.path().join("synced").display()))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawns dd");
+    let pid = child.id();
+    assert!(child.wait().expect("waits").success());
+    let fsync = pipeline
+        .wait_for("slow fsync of dd", WAIT, |e| {
+            e.kind == "fs.slow_fsync" && e.entities.pid == pid
+        })
+        .await;
+    tapio::event::schema::check(&fsync).expect("the documented shape");
+    assert_eq!(&*fsync.entities.comm, "dd");
+    assert!(
+        int(&fsync, "duration_us").is_some_and(|us| us >= 1),
+        "{fsync:?}"
+    );
+    assert_eq!(int(&fsync, "result"), Some(0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn syscall_errors_counts_a_childs_failing_opens_in_the_kernel() {
     if !can_run("syscall_errors_counts_a_childs_failing_opens_in_the_kernel") {

@@ -331,6 +331,8 @@ registry! {
     "memory" => memory: ebpf::memory::MemoryConfig,
     /// Fatal signals with their sender, and core dumps, from the kernel (`--enable-ebpf`).
     "runtime-signals" => runtime_signals: ebpf::signals::RuntimeSignalsConfig,
+    /// Block I/O latency spikes and errors, slow fsyncs, from the kernel (YAML only).
+    "storage-io" => storage_io: ebpf::storage::StorageIoConfig,
     /// Failing syscalls, counted in the kernel (YAML only: not in `--enable-ebpf`'s set).
     "syscall-errors" => syscall_errors: ebpf::syscalls::SyscallErrorsConfig,
     /// Pods, the node and Warning events from the Kubernetes API (`--enable-k8s`).

@@ -310,6 +310,34 @@ const TCP_STATE: [Attr; 8] = [
     a("new_state", Str, "TCP state after"),
 ];
 
+const BLOCK_LATENCY: [Attr; 11] = [
+    a("device", Str, "the block device, e.g. `vda`"),
+    a("op", Str, "`read`, `write`, `flush`, `discard` or `other`"),
+    a(
+        "p50_us",
+        Int,
+        "the interval's median request latency (lower edge of its log2 bucket: the true value is under twice it)",
+    ),
+    a("p99_us", Int, "its 99th percentile, likewise"),
+    a("p999_us", Int, "its 99.9th percentile, likewise"),
+    a("max_us", Int, "its slowest request's bucket, likewise"),
+    a("requests", Int, "requests completed in the interval"),
+    a("bytes", Int, "their bytes"),
+    a("threshold_us", Int, "`latency_threshold`"),
+    opt(
+        "top_cgroup_id",
+        Int,
+        "a spike whose slow requests came from a known cgroup",
+        "the cgroup that issued most of them",
+    ),
+    opt(
+        "top_container_id",
+        Str,
+        "that cgroup is a container's",
+        "its container",
+    ),
+];
+
 const KERNEL_ENTITIES: &str =
     "node, pid, comm, cgroup_id; container_id and pod_uid (or unit) from the process's cgroup";
 const POD_ENTITIES: &str = "node, pod_uid, pod_namespace, pod_name, workload_kind, workload_name";
@@ -563,6 +591,63 @@ pub static SHAPES: &[Shape] = &[
         attributes: &[
             a("signal", Int, "the signal that dumped core"),
             a("signal_name", Str, "its name"),
+        ],
+        more: More::Nothing,
+        entities: KERNEL_ENTITIES,
+    },
+    Shape {
+        kind: "block.latency_spike",
+        sources: &["storage-io"],
+        severities: &[Warning],
+        severity_rule: "always warning",
+        attributes: &BLOCK_LATENCY,
+        more: More::Nothing,
+        entities: "node (a device's)",
+    },
+    Shape {
+        kind: "block.latency_recovered",
+        sources: &["storage-io"],
+        severities: &[Info],
+        severity_rule: "always info",
+        attributes: &BLOCK_LATENCY,
+        more: More::Nothing,
+        entities: "node (a device's)",
+    },
+    Shape {
+        kind: "block.io_error",
+        sources: &["storage-io"],
+        severities: &[Error],
+        severity_rule: "always error",
+        attributes: &[
+            a("device", Str, "the block device, e.g. `vda`"),
+            a("op", Str, "`read`, `write`, `flush`, `discard` or `other`"),
+            a("sector", Int, "the request's first sector"),
+            a("bytes", Int, "the request's size"),
+            a(
+                "error",
+                Str,
+                "the errno the block layer returned, e.g. `EIO`",
+            ),
+            a(
+                "issuer_cgroup_id",
+                Int,
+                "the cgroup of the task that issued the request (0 when unknown)",
+            ),
+        ],
+        more: More::Nothing,
+        entities: "node (a device's)",
+    },
+    Shape {
+        kind: "fs.slow_fsync",
+        sources: &["storage-io"],
+        severities: &[Warning],
+        severity_rule: "always warning",
+        attributes: &[
+            a("device", Str, "the file system's device"),
+            a("inode", Int, "the file's inode"),
+            a("datasync", Bool, "fdatasync (data only) rather than fsync"),
+            a("duration_us", Int, "how long it took"),
+            a("result", Int, "its return value (0 or a negative errno)"),
         ],
         more: More::Nothing,
         entities: KERNEL_ENTITIES,

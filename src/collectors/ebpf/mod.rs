@@ -21,6 +21,7 @@ pub mod memory;
 mod names;
 pub mod network;
 pub mod signals;
+pub mod storage;
 pub mod syscalls;
 
 use std::path::Path;
@@ -362,6 +363,14 @@ impl Stamp {
             .filter(|id| !id.is_empty())
     }
 
+    /// A new event of `kind` at Unix time `timestamp` about the node itself (a device, not
+    /// a process).
+    pub(crate) fn node_event(&mut self, timestamp: u64, kind: &'static str) -> Event {
+        let mut event = Event::new(self.ids.next_id(), timestamp, kind, self.source);
+        event.entities.node = Arc::clone(&self.node);
+        event
+    }
+
     /// Unix nanoseconds of a kernel timestamp.
     pub(crate) fn unix_nanos(&self, ktime: u64) -> u64 {
         self.clock.unix_nanos(ktime)
@@ -417,29 +426,67 @@ impl Ring {
 
     /// Runs until shutdown: every record goes through `decode`, and every event it makes
     /// goes to the pipeline.
-    pub(crate) async fn pump<F>(mut self, context: Context, mut decode: F) -> Result<(), Error>
+    pub(crate) async fn pump<F>(self, context: Context, decode: F) -> Result<(), Error>
     where
         F: FnMut(&[u8]) -> Option<Event> + Send,
     {
-        let mut ticker = tokio::time::interval(LOST_POLL);
+        let mut decode = decode;
+        self.pump_every(
+            context,
+            LOST_POLL,
+            (),
+            |(), record| decode(record),
+            |()| Vec::new(),
+        )
+        .await
+    }
+
+    /// [`Ring::pump`], and every `every` the events `tick` makes from what the probe
+    /// aggregates in its maps; once more on shutdown, so the last interval is not lost.
+    /// Both work on `state`.
+    pub(crate) async fn pump_every<S, F, T>(
+        mut self,
+        context: Context,
+        every: Duration,
+        mut state: S,
+        mut decode: F,
+        mut tick: T,
+    ) -> Result<(), Error>
+    where
+        S: Send,
+        F: FnMut(&mut S, &[u8]) -> Option<Event> + Send,
+        T: FnMut(&mut S) -> Vec<Event> + Send,
+    {
+        let mut lost_ticker = tokio::time::interval(LOST_POLL);
+        lost_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticker = tokio::time::interval(every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
         let mut batch = Vec::new();
         loop {
+            let mut stopping = false;
             tokio::select! {
                 biased;
-                () = context.shutdown.cancelled() => break,
-                _ = ticker.tick() => self.lost.report(&context),
+                () = context.shutdown.cancelled() => stopping = true,
+                _ = lost_ticker.tick() => self.lost.report(&context),
+                _ = ticker.tick() => batch.extend(tick(&mut state)),
                 ready = self.records.readable_mut() => {
                     let mut guard = ready.map_err(|error| Error::unavailable_by("ring buffer", error))?;
                     let ring = guard.get_inner_mut();
                     while let Some(record) = ring.next() {
-                        batch.extend(decode(&record));
+                        batch.extend(decode(&mut state, &record));
                     }
                     guard.clear_ready();
                 }
             }
+            if stopping {
+                batch.extend(tick(&mut state));
+            }
             for event in batch.drain(..) {
                 context.out.send(event).await?;
+            }
+            if stopping {
+                break;
             }
         }
         self.lost.report(&context);
