@@ -8,6 +8,8 @@
 //!   with `runtime-signals` alone, which sees each one and filters it out in the kernel;
 //! - block: `dd bs=4k oflag=direct` (one block request per write) with no probes and with
 //!   `storage-io` alone;
+//! - sampling: `memory-leak-hunter`'s CPU time over 500 container cgroups sampled every
+//!   100 ms;
 //! - drain: how many DNS packets per second the `dns` collector's user-space side takes
 //!   from its ring buffer, and how many it loses, against the rate the sender reaches with
 //!   no probe attached (the ceiling).
@@ -234,6 +236,71 @@ fn block(count: u64, rounds: usize) {
     );
 }
 
+/// CPU seconds (user + system) process `pid` has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("reads stat");
+    // Fields after the command's closing parenthesis; utime and stime are the 12th and 13th.
+    let rest = &stat[stat.rfind(')').expect("a command") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    let hz = rustix::param::clock_ticks_per_second();
+    ticks as f64 / hz as f64
+}
+
+/// `memory-leak-hunter`'s cost: CPU per cgroup sampled, over `cgroups` container cgroups
+/// sampled every 100 ms for `seconds`.
+fn sampling(cgroups: usize, seconds: u64) {
+    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let root = std::path::Path::new(if v2 {
+        "/sys/fs/cgroup"
+    } else {
+        "/sys/fs/cgroup/memory"
+    })
+    .join(format!("tapio-bench-{}", std::process::id()));
+    std::fs::create_dir(&root).expect("creates the bench's cgroup");
+    let dirs: Vec<std::path::PathBuf> = (0..cgroups)
+        .map(|n| root.join(format!("docker-{n:064x}.scope")))
+        .collect();
+    for dir in &dirs {
+        std::fs::create_dir(dir).expect("creates a cgroup");
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("memory-leak-hunter.yaml");
+    std::fs::write(
+        &config,
+        "collectors:\n  memory-leak-hunter: { config: { interval: 100ms, window: 1s } }\n",
+    )
+    .expect("writes config");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tapio-collector"));
+    command
+        .args([
+            "--server",
+            "none",
+            "--stdout",
+            "--correlation",
+            "basic",
+            "--config",
+        ])
+        .arg(&config);
+    let collector = observe(command, "Agent started", true);
+    let pid = collector.0.id();
+    let before = cpu_seconds(pid);
+    std::thread::sleep(Duration::from_secs(seconds));
+    let used = cpu_seconds(pid) - before;
+    drop(collector);
+    for dir in dirs.iter().rev() {
+        let _ = std::fs::remove_dir(dir);
+    }
+    let _ = std::fs::remove_dir(&root);
+    let samples = seconds as f64 * 10.0;
+    println!(
+        "ebpf/sampling memory-leak-hunter, {cgroups} container cgroups every 100 ms for {seconds} s: {used:.2} CPU s ({:.1}% of a core), {:.1} µs per container cgroup per sample",
+        used / seconds as f64 * 100.0,
+        used / samples / cgroups as f64 * 1e6
+    );
+}
+
 /// A DNS query for `name`, type A.
 fn query(id: u16) -> Vec<u8> {
     let mut message = Vec::new();
@@ -326,12 +393,14 @@ fn main() {
         overhead(4 << 20, 3);
         signals(1_000_000, 3);
         block(20_000, 3);
+        sampling(500, 10);
         drain(200_000, 256 << 10);
         drain(200_000, 4 << 20);
     } else {
         overhead(20_000, 1);
         signals(10_000, 1);
         block(200, 1);
+        sampling(20, 1);
         drain(2_000, 256 << 10);
     }
 }

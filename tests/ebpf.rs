@@ -606,6 +606,139 @@ async fn storage_io_reports_an_fsync_over_its_line() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_leak_hunter_sees_the_growth_that_ends_in_an_oom_kill_and_roots_it() {
+    if !can_run("memory_leak_hunter_sees_the_growth_that_ends_in_an_oom_kill_and_roots_it") {
+        return;
+    }
+    let mut pipeline = Pipeline::start(
+        "collectors:\n  memory: {}\n  memory-leak-hunter: { config: { interval: 100ms, window: 1s } }\n",
+    )
+    .await;
+    // Named as a container runtime names its scope, so both collectors resolve the
+    // container from the cgroup.
+    let container = format!("{:064x}", u64::from(std::process::id()) << 12 | 0xea5);
+    let cgroup = MemoryCgroup::create(&format!("docker-{container}.scope"), 64 << 20);
+    // 2 MiB more every 50 ms, written so that it is resident: about 1.6 s to the limit.
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec python3 -c 'import time\nheld = []\nwhile True:\n    held.append(b\"x\" * (2 << 20))\n    time.sleep(0.05)'",
+        cgroup.dir.display()
+    );
+    let mut child = Command::new("/bin/sh")
+        .args(["-c", &script])
+        .spawn()
+        .expect("spawns sh");
+    let pid = child.id();
+    let growth = pipeline
+        .wait_for("memory growth of the container", WAIT, |e| {
+            e.kind == "memory.growth" && &*e.entities.container_id == container.as_str()
+        })
+        .await;
+    tapio::event::schema::check(&growth).expect("the documented shape");
+    assert_eq!(int(&growth, "limit_bytes"), Some(64 << 20));
+    assert!(
+        int(&growth, "growth_bytes_per_minute").is_some_and(|b| b > 100 << 20),
+        "about 2.4 GiB a minute: {growth:?}"
+    );
+    assert!(
+        int(&growth, "seconds_to_limit").is_some_and(|s| (0..60).contains(&s)),
+        "{growth:?}"
+    );
+    // Reaped only after its OOM kill was read, so the kill still finds its cgroup.
+    let oom = pipeline
+        .wait_for("OOM kill of the child", WAIT, |e| {
+            e.kind == "memory.oom_kill" && e.entities.pid == pid
+        })
+        .await;
+    let status = child.wait().expect("waits");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "OOM-killed: {status:?}"
+    );
+    assert_eq!(&*oom.entities.container_id, container.as_str());
+    let mut engine =
+        tapio::correlation::build(&tapio::config::CorrelationConfig::default(), "test-node");
+    let root = growth.id;
+    let mut events = [growth, oom];
+    events.sort_by_key(|e| e.timestamp);
+    for event in &mut events {
+        engine.process(event);
+    }
+    engine.close_all();
+    let incidents = engine.take_closed();
+    assert_eq!(incidents.len(), 1, "one incident: {incidents:?}");
+    assert_eq!(incidents[0].root, root, "the growth is the root");
+    let prevention: Vec<&String> = incidents[0]
+        .predictions
+        .iter()
+        .flat_map(|p| &p.prevention)
+        .collect();
+    assert!(
+        prevention
+            .iter()
+            .any(|p| p.contains("reaches its 64 MiB limit in")),
+        "the time to the limit is in the predictions: {prevention:?}"
+    );
+    drop(cgroup);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_leak_hunter_reports_a_storm_of_major_page_faults_and_its_end() {
+    if !can_run("memory_leak_hunter_reports_a_storm_of_major_page_faults_and_its_end") {
+        return;
+    }
+    let mut pipeline = Pipeline::start(
+        "collectors:\n  memory-leak-hunter: { config: { interval: 100ms, window: 1s, major_faults_per_second: 100 } }\n",
+    )
+    .await;
+    let container = format!("{:064x}", u64::from(std::process::id()) << 12 | 0xfa7);
+    let cgroup = MemoryCgroup::create(&format!("docker-{container}.scope"), 256 << 20);
+    // A 32 MiB file, synced so that its pages can be dropped, then read back through a
+    // mapping with readahead off: one major fault per page. The reader first waits for
+    // the collector to have sampled its cgroup once, the baseline of the rate.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("pages");
+    std::fs::write(&file, vec![1u8; 32 << 20]).expect("writes the file");
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec python3 -c '\
+import mmap, os, time\n\
+time.sleep(0.3)\n\
+fd = os.open(\"{}\", os.O_RDONLY)\n\
+os.fsync(fd)\n\
+os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)\n\
+m = mmap.mmap(fd, 0, prot=mmap.PROT_READ)\n\
+m.madvise(mmap.MADV_RANDOM)\n\
+print(sum(m[i] for i in range(0, len(m), 4096)))'",
+        cgroup.dir.display(),
+        file.display()
+    );
+    let status = Command::new("/bin/sh")
+        .args(["-c", &script])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("runs sh");
+    assert!(status.success(), "the reader ran: {status:?}");
+    let storm = pipeline
+        .wait_for("page fault storm of the container", WAIT, |e| {
+            e.kind == "memory.page_fault_storm" && &*e.entities.container_id == container.as_str()
+        })
+        .await;
+    tapio::event::schema::check(&storm).expect("the documented shape");
+    assert!(
+        int(&storm, "major_faults_per_second").is_some_and(|n| n >= 100),
+        "{storm:?}"
+    );
+    let ended = pipeline
+        .wait_for("end of the storm", WAIT, |e| {
+            e.kind == "memory.page_fault_storm_ended"
+                && &*e.entities.container_id == container.as_str()
+        })
+        .await;
+    assert!(int(&ended, "major_faults_per_second").is_some_and(|n| n < 100));
+    drop(cgroup);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn syscall_errors_counts_a_childs_failing_opens_in_the_kernel() {
     if !can_run("syscall_errors_counts_a_childs_failing_opens_in_the_kernel") {
         return;

@@ -13,6 +13,7 @@ pub mod etcd;
 pub mod journald;
 pub mod kubeapi;
 pub mod kubelet;
+pub mod leak;
 pub mod replay;
 pub mod synthetic;
 pub mod systemd;
@@ -333,6 +334,8 @@ registry! {
     "runtime-signals" => runtime_signals: ebpf::signals::RuntimeSignalsConfig,
     /// Block I/O latency spikes and errors, slow fsyncs, from the kernel (YAML only).
     "storage-io" => storage_io: ebpf::storage::StorageIoConfig,
+    /// Steady memory growth and major-fault storms per cgroup, sampled (YAML only).
+    "memory-leak-hunter" => memory_leak_hunter: leak::MemoryLeakHunterConfig,
     /// Failing syscalls, counted in the kernel (YAML only: not in `--enable-ebpf`'s set).
     "syscall-errors" => syscall_errors: ebpf::syscalls::SyscallErrorsConfig,
     /// Pods, the node and Warning events from the Kubernetes API (`--enable-k8s`).

@@ -547,6 +547,15 @@ pub fn builtin() -> Vec<Rule> {
             3600,
             0.7,
         ),
+        // Thrashing: pages read back from disk as fast as they are dropped, near the end.
+        rule(
+            "fault-storm-before-oom",
+            "memory.page_fault_storm",
+            "memory.oom_kill",
+            Container,
+            900,
+            0.5,
+        ),
         rule(
             "near-limit-ends-in-oom",
             "kubelet.pod.memory_near_limit",
@@ -1115,7 +1124,7 @@ mod tests {
     fn every_event_type_is_in_a_rule_or_listed_as_needing_none() {
         // Types that are the routine record of normal work, or whose meaning no rule can
         // read: a new collector's type that is in no rule must be added to a rule or here.
-        const NEED_NO_RULE: [&str; 12] = [
+        const NEED_NO_RULE: [&str; 14] = [
             "process.exec",
             "net.tcp.connect",
             "net.tcp.accept",
@@ -1130,6 +1139,8 @@ mod tests {
             "systemd.unit.reloading",
             // The end of a spike: good news, the cause of nothing.
             "block.latency_recovered",
+            "memory.growth_stopped",
+            "memory.page_fault_storm_ended",
         ];
         let rules = builtin();
         let unruled: Vec<&str> = crate::event::schema::SHAPES

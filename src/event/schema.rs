@@ -338,6 +338,42 @@ const BLOCK_LATENCY: [Attr; 11] = [
     ),
 ];
 
+const CGROUP_ENTITIES: &str =
+    "node; container_id and pod_uid, or unit, from the cgroup's path (no process)";
+const MEMORY_GROWTH: [Attr; 8] = [
+    a("cgroup", Str, "the cgroup's path in the memory hierarchy"),
+    a(
+        "growth_bytes_per_minute",
+        Int,
+        "the slope of the line fitted through the window's anonymous memory",
+    ),
+    a("r_squared", Float, "how well the line fits, 0 to 1"),
+    a("anon_bytes", Int, "anonymous memory now"),
+    a("usage_bytes", Int, "all memory charged to the cgroup now"),
+    a("window_seconds", Int, "how far back the line is fitted"),
+    opt(
+        "limit_bytes",
+        Int,
+        "the cgroup has a memory limit",
+        "the limit",
+    ),
+    opt(
+        "seconds_to_limit",
+        Int,
+        "it has a limit and grows",
+        "when usage reaches the limit at this slope",
+    ),
+];
+const PAGE_FAULTS: [Attr; 3] = [
+    a("cgroup", Str, "the cgroup's path in the memory hierarchy"),
+    a(
+        "major_faults_per_second",
+        Int,
+        "major page faults per second over the last interval",
+    ),
+    a("threshold", Int, "`major_faults_per_second` of the options"),
+];
+
 const KERNEL_ENTITIES: &str =
     "node, pid, comm, cgroup_id; container_id and pod_uid (or unit) from the process's cgroup";
 const POD_ENTITIES: &str = "node, pod_uid, pod_namespace, pod_name, workload_kind, workload_name";
@@ -651,6 +687,42 @@ pub static SHAPES: &[Shape] = &[
         ],
         more: More::Nothing,
         entities: KERNEL_ENTITIES,
+    },
+    Shape {
+        kind: "memory.growth",
+        sources: &["memory-leak-hunter"],
+        severities: &[Warning],
+        severity_rule: "always warning",
+        attributes: &MEMORY_GROWTH,
+        more: More::Nothing,
+        entities: CGROUP_ENTITIES,
+    },
+    Shape {
+        kind: "memory.growth_stopped",
+        sources: &["memory-leak-hunter"],
+        severities: &[Info],
+        severity_rule: "always info",
+        attributes: &MEMORY_GROWTH,
+        more: More::Nothing,
+        entities: CGROUP_ENTITIES,
+    },
+    Shape {
+        kind: "memory.page_fault_storm",
+        sources: &["memory-leak-hunter"],
+        severities: &[Warning],
+        severity_rule: "always warning",
+        attributes: &PAGE_FAULTS,
+        more: More::Nothing,
+        entities: CGROUP_ENTITIES,
+    },
+    Shape {
+        kind: "memory.page_fault_storm_ended",
+        sources: &["memory-leak-hunter"],
+        severities: &[Info],
+        severity_rule: "always info",
+        attributes: &PAGE_FAULTS,
+        more: More::Nothing,
+        entities: CGROUP_ENTITIES,
     },
     Shape {
         kind: "syscall.error",

@@ -51,6 +51,8 @@ pub(super) struct Evidence {
     who: Who,
     peak: i64,
     limit: Option<i64>,
+    /// Steady growth (`memory.growth`): bytes per minute and seconds until the limit.
+    growth: Option<(i64, Option<i64>)>,
 }
 
 /// Whose memory: a workload's, or a process's outside any.
@@ -64,7 +66,10 @@ impl Evidence {
     /// Adds `fact` to `facts`, one per workload (or process): a crash loop brings one per
     /// OOM kill, and the action is about the highest peak seen.
     pub(super) fn merge(facts: &mut Vec<Self>, fact: Self) {
-        match facts.iter_mut().find(|known| known.who.same(&fact.who)) {
+        let alike = |known: &Self| {
+            known.who.same(&fact.who) && known.growth.is_some() == fact.growth.is_some()
+        };
+        match facts.iter_mut().find(|known| alike(known)) {
             Some(known) if fact.peak > known.peak => *known = fact,
             Some(_) => {}
             None => facts.push(fact),
@@ -78,6 +83,19 @@ impl Evidence {
             Who::Process(comm) => comm.to_string(),
         };
         let mib = |b: i64| b >> 20;
+        if let Some((per_minute, to_limit)) = self.growth {
+            return match (to_limit, self.limit) {
+                (Some(seconds), Some(limit)) => format!(
+                    "the memory of {who} grows {} MiB/min: at this rate it reaches its {} MiB limit in {seconds} s; find what holds it, or raise the limit",
+                    mib(per_minute),
+                    mib(limit)
+                ),
+                _ => format!(
+                    "the memory of {who} grows {} MiB/min with no limit to stop it; find what holds it, and give it a limit",
+                    mib(per_minute)
+                ),
+            };
+        }
         // Head-room of a quarter over the observed peak, rounded up to 64 MiB.
         let suggested = ((self.peak + self.peak / 4) >> 26) + 1;
         match self.limit {
@@ -114,31 +132,49 @@ impl Who {
     }
 }
 
-/// What an OOM kill says should change, from its figures.
+/// What an OOM kill or a steady memory growth says should change, from its figures.
 pub(super) fn evidence(event: &Event) -> Option<Evidence> {
     use crate::event::AttrValue;
-    if event.kind != "memory.oom_kill" {
+    // Called for every member: most are neither.
+    if event.kind != "memory.oom_kill" && event.kind != "memory.growth" {
         return None;
     }
     let int = |key: &str| match event.attributes.get(key) {
         Some(AttrValue::Int(n)) => Some(*n),
         _ => None,
     };
-    let peak = int("memory_usage_peak_bytes").or_else(|| int("anon_rss_bytes"))?;
     let e = &event.entities;
-    let who = if e.workload_name.is_empty() {
-        Who::Process(Arc::clone(&e.comm))
-    } else {
+    let who = if !e.workload_name.is_empty() {
         Who::Workload {
             namespace: Arc::clone(&e.pod_namespace),
             name: Arc::clone(&e.workload_name),
         }
+    } else if !e.comm.is_empty() {
+        Who::Process(Arc::clone(&e.comm))
+    } else if !e.container_id.is_empty() {
+        // A cgroup's event names no process: its container (short id) or unit.
+        Who::Process(Arc::from(format!(
+            "container {}",
+            &e.container_id[..12.min(e.container_id.len())]
+        )))
+    } else {
+        Who::Process(Arc::clone(&e.unit))
     };
-    Some(Evidence {
-        who,
-        peak,
-        limit: int("memory_limit_bytes"),
-    })
+    match &*event.kind {
+        "memory.oom_kill" => Some(Evidence {
+            who,
+            peak: int("memory_usage_peak_bytes").or_else(|| int("anon_rss_bytes"))?,
+            limit: int("memory_limit_bytes"),
+            growth: None,
+        }),
+        "memory.growth" => Some(Evidence {
+            who,
+            peak: int("usage_bytes")?,
+            limit: int("limit_bytes"),
+            growth: Some((int("growth_bytes_per_minute")?, int("seconds_to_limit"))),
+        }),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -156,6 +192,28 @@ mod tests {
         event.entities.workload_name = workload.into();
         event.attributes.set("anon_rss_bytes", peak_mib << 20);
         evidence(&event).expect("an OOM kill with a peak is evidence")
+    }
+
+    #[test]
+    fn a_steady_growth_says_when_the_limit_is_reached() {
+        let mut event = Event::new(
+            crate::event::EventId::from_u128(2),
+            1,
+            "memory.growth",
+            "memory-leak-hunter",
+        );
+        event.entities.container_id = "3f4a1c2b9d8e7f60a1b2c3d4".into();
+        event.attributes.set("usage_bytes", 40i64 << 20);
+        event.attributes.set("limit_bytes", 64i64 << 20);
+        event
+            .attributes
+            .set("growth_bytes_per_minute", 120i64 << 20);
+        event.attributes.set("seconds_to_limit", 12i64);
+        let fact = evidence(&event).expect("growth is evidence");
+        assert_eq!(
+            fact.text(),
+            "the memory of container 3f4a1c2b9d8e grows 120 MiB/min: at this rate it reaches its 64 MiB limit in 12 s; find what holds it, or raise the limit"
+        );
     }
 
     #[test]
