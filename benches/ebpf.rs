@@ -10,6 +10,8 @@
 //!   `storage-io` alone;
 //! - sampling: `memory-leak-hunter`'s CPU time over 500 container cgroups sampled every
 //!   100 ms;
+//! - sched: 200 000 round trips between two threads over pipes (`perf bench sched pipe`'s
+//!   workload) with no probes and with `resource-starvation` alone;
 //! - drain: how many DNS packets per second the `dns` collector's user-space side takes
 //!   from its ring buffer, and how many it loses, against the rate the sender reaches with
 //!   no probe attached (the ceiling).
@@ -236,6 +238,61 @@ fn block(count: u64, rounds: usize) {
     );
 }
 
+/// `rounds` round trips of one byte between two threads over two pipes, the
+/// `perf bench sched pipe` workload: every trip is two wakeups and two context switches.
+fn ping_pong(rounds: u32) -> Duration {
+    use std::io::{Read as _, Write as _};
+    let (mut out_read, mut out_write) = std::io::pipe().expect("a pipe");
+    let (mut back_read, mut back_write) = std::io::pipe().expect("a pipe");
+    let echo = std::thread::spawn(move || {
+        let mut byte = [0u8];
+        while out_read.read_exact(&mut byte).is_ok() {
+            if back_write.write_all(&byte).is_err() {
+                break;
+            }
+        }
+    });
+    let started = Instant::now();
+    let mut byte = [1u8];
+    for _ in 0..rounds {
+        out_write.write_all(&byte).expect("writes");
+        back_read.read_exact(&mut byte).expect("reads");
+    }
+    let elapsed = started.elapsed();
+    drop(out_write);
+    echo.join().expect("the echo thread ends");
+    elapsed
+}
+
+/// `resource-starvation`'s own cost on context switches, against no probes in the same run.
+fn sched(rounds: u32, repeats: usize) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("resource-starvation.yaml");
+    std::fs::write(&config, "collectors:\n  resource-starvation: {}\n").expect("writes config");
+    let (mut none, mut with) = (Vec::new(), Vec::new());
+    for _ in 0..repeats {
+        none.push(ping_pong(rounds));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tapio-collector"));
+        command
+            .args([
+                "--server",
+                "none",
+                "--stdout",
+                "--correlation",
+                "basic",
+                "--config",
+            ])
+            .arg(&config);
+        let _collector = observe(command, "Agent started", true);
+        with.push(ping_pong(rounds));
+    }
+    let (base, probed) = (median(none).as_secs_f64(), median(with).as_secs_f64());
+    println!(
+        "ebpf/sched pipe ping-pong x{rounds}: no probes {base:.3} s; resource-starvation {probed:.3} s ({:+.1}%)",
+        (probed / base - 1.0) * 100.0
+    );
+}
+
 /// CPU seconds (user + system) process `pid` has used.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("reads stat");
@@ -394,6 +451,7 @@ fn main() {
         signals(1_000_000, 3);
         block(20_000, 3);
         sampling(500, 10);
+        sched(200_000, 3);
         drain(200_000, 256 << 10);
         drain(200_000, 4 << 20);
     } else {
@@ -401,6 +459,7 @@ fn main() {
         signals(10_000, 1);
         block(200, 1);
         sampling(20, 1);
+        sched(2_000, 1);
         drain(2_000, 256 << 10);
     }
 }

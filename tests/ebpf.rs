@@ -738,6 +738,172 @@ print(sum(m[i] for i in range(0, len(m), 4096)))'",
     drop(cgroup);
 }
 
+/// A cgroup created for a test in the hierarchy at `root`, with its processes killed and
+/// the directory removed on drop.
+struct TestCgroup {
+    dir: std::path::PathBuf,
+    children: Vec<std::process::Child>,
+}
+
+impl TestCgroup {
+    fn create(root: &std::path::Path, name: &str) -> Self {
+        let dir = root.join(name);
+        let _ = std::fs::remove_dir(&dir);
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("creates {}: {e}", dir.display()));
+        Self {
+            dir,
+            children: Vec::new(),
+        }
+    }
+
+    fn write(&self, file: &str, value: &str) {
+        std::fs::write(self.dir.join(file), value).unwrap_or_else(|e| panic!("writes {file}: {e}"));
+    }
+
+    /// Starts a busy loop in the cgroup, on CPU `cpu` when one is given.
+    fn spin(&mut self, cpu: Option<u32>) -> u32 {
+        let script = format!(
+            "echo $$ > {}/cgroup.procs && while :; do :; done",
+            self.dir.display()
+        );
+        let mut command = if let Some(cpu) = cpu {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &cpu.to_string(), "/bin/sh", "-c", &script]);
+            c
+        } else {
+            let mut c = Command::new("/bin/sh");
+            c.args(["-c", &script]);
+            c
+        };
+        let child = command.spawn().expect("spawns a spinner");
+        let pid = child.id();
+        self.children.push(child);
+        pid
+    }
+
+    fn stop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.children.clear();
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        self.stop();
+        // The kernel takes a moment to release the cgroup of processes just reaped.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Where cgroup v2 is mounted: `/sys/fs/cgroup`, or beside v1 on a hybrid host.
+fn cgroup2_root() -> std::path::PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("reads mounts");
+    mounts
+        .lines()
+        .find_map(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            (fields.get(2) == Some(&"cgroup2")).then(|| fields[1].into())
+        })
+        .expect("cgroup v2 is mounted")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_starvation_reports_a_throttled_container_and_its_end() {
+    if !can_run("resource_starvation_reports_a_throttled_container_and_its_end") {
+        return;
+    }
+    let mut pipeline = Pipeline::start(
+        "collectors:\n  resource-starvation: { config: { interval: 300ms, throttled_ratio: 0.5 } }\n",
+    )
+    .await;
+    let container = format!("{:064x}", u64::from(std::process::id()) << 12 | 0xc90);
+    let name = format!("docker-{container}.scope");
+    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let mut cgroup = if v2 {
+        let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+cpu");
+        let cgroup = TestCgroup::create(std::path::Path::new("/sys/fs/cgroup"), &name);
+        cgroup.write("cpu.max", "10000 100000");
+        cgroup
+    } else {
+        let cgroup = TestCgroup::create(std::path::Path::new("/sys/fs/cgroup/cpu"), &name);
+        cgroup.write("cpu.cfs_period_us", "100000");
+        cgroup.write("cpu.cfs_quota_us", "10000");
+        cgroup
+    };
+    // 10% of a CPU for a loop that wants all of one: throttled every period.
+    cgroup.spin(None);
+    let throttled = pipeline
+        .wait_for("throttling of the container", WAIT, |e| {
+            e.kind == "cpu.throttled" && &*e.entities.container_id == container.as_str()
+        })
+        .await;
+    tapio::event::schema::check(&throttled).expect("the documented shape");
+    assert_eq!(int(&throttled, "quota_us"), Some(10_000));
+    assert_eq!(int(&throttled, "period_us"), Some(100_000));
+    assert!(
+        int(&throttled, "throttled_periods").is_some_and(|n| n >= 1),
+        "{throttled:?}"
+    );
+    cgroup.stop();
+    pipeline
+        .wait_for("end of the throttling", WAIT, |e| {
+            e.kind == "cpu.throttled_ended" && &*e.entities.container_id == container.as_str()
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_starvation_reports_run_queue_waits_and_pressure_of_a_crowded_cpu() {
+    if !can_run("resource_starvation_reports_run_queue_waits_and_pressure_of_a_crowded_cpu") {
+        return;
+    }
+    let mut pipeline = Pipeline::start(
+        "collectors:\n  resource-starvation: { config: { interval: 200ms, runqueue_threshold: 1ms, min_wakeups: 1, pressure_threshold: 0.5 } }\n",
+    )
+    .await;
+    let mut cgroup = TestCgroup::create(
+        &cgroup2_root(),
+        &format!("tapio-crowd-{}", std::process::id()),
+    );
+    let cgroup_id = std::os::unix::fs::MetadataExt::ino(
+        &std::fs::metadata(&cgroup.dir).expect("the cgroup exists"),
+    );
+    // Three loops on one CPU: each waits while the others run.
+    for _ in 0..3 {
+        cgroup.spin(Some(0));
+    }
+    let waits = pipeline
+        .wait_for("run-queue waits of the crowded cgroup", WAIT, |e| {
+            e.kind == "cpu.runqueue_latency" && e.entities.cgroup_id == cgroup_id
+        })
+        .await;
+    tapio::event::schema::check(&waits).expect("the documented shape");
+    assert!(
+        int(&waits, "p99_us").is_some_and(|us| us >= 1000),
+        "{waits:?}"
+    );
+    let pressure = pipeline
+        .wait_for("CPU pressure", WAIT, |e| {
+            e.kind == "pressure.high" && text(e, "resource") == Some("cpu")
+        })
+        .await;
+    tapio::event::schema::check(&pressure).expect("the documented shape");
+    cgroup.stop();
+    pipeline
+        .wait_for("the cgroup's waits back under the line", WAIT, |e| {
+            e.kind == "cpu.runqueue_latency_recovered" && e.entities.cgroup_id == cgroup_id
+        })
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn syscall_errors_counts_a_childs_failing_opens_in_the_kernel() {
     if !can_run("syscall_errors_counts_a_childs_failing_opens_in_the_kernel") {

@@ -397,7 +397,7 @@ impl Hunter {
             .limit
             .filter(|_| fit.slope > 0.0)
             .map(|limit| (limit.saturating_sub(reading.usage) as f64 / fit.slope).round() as i64);
-        let name = who(identity);
+        let name = identity.describe();
         if kind == "memory.growth" {
             event.severity = Severity::Warning;
             event.message = match to_limit {
@@ -453,7 +453,7 @@ impl Hunter {
     ) -> Event {
         let mut event = self.event(now, kind, cgroup, identity);
         let rate = per_second.round() as i64;
-        let name = who(identity);
+        let name = identity.describe();
         if kind == "memory.page_fault_storm" {
             event.severity = Severity::Warning;
             event.message = format!("{name}: {rate} major page faults/s");
@@ -466,20 +466,6 @@ impl Hunter {
             i64::try_from(self.config.major_faults_per_second).unwrap_or(i64::MAX),
         );
         event
-    }
-}
-
-/// How a message names the cgroup: its container (short id), pod or unit.
-fn who(identity: &Identity) -> String {
-    if !identity.container_id.is_empty() {
-        format!(
-            "container {}",
-            &identity.container_id[..12.min(identity.container_id.len())]
-        )
-    } else if !identity.pod_uid.is_empty() {
-        format!("pod {}", identity.pod_uid)
-    } else {
-        format!("unit {}", identity.unit)
     }
 }
 

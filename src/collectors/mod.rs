@@ -334,6 +334,8 @@ registry! {
     "runtime-signals" => runtime_signals: ebpf::signals::RuntimeSignalsConfig,
     /// Block I/O latency spikes and errors, slow fsyncs, from the kernel (YAML only).
     "storage-io" => storage_io: ebpf::storage::StorageIoConfig,
+    /// Run-queue waits from the kernel, CFS throttling and PSI (YAML only).
+    "resource-starvation" => resource_starvation: ebpf::starvation::ResourceStarvationConfig,
     /// Steady memory growth and major-fault storms per cgroup, sampled (YAML only).
     "memory-leak-hunter" => memory_leak_hunter: leak::MemoryLeakHunterConfig,
     /// Failing syscalls, counted in the kernel (YAML only: not in `--enable-ebpf`'s set).

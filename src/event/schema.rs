@@ -374,6 +374,52 @@ const PAGE_FAULTS: [Attr; 3] = [
     a("threshold", Int, "`major_faults_per_second` of the options"),
 ];
 
+const RUNQUEUE_ENTITIES: &str =
+    "node and cgroup_id (cgroup v2), with container_id when the cgroup is a container's";
+const RUNQUEUE: [Attr; 5] = [
+    a(
+        "p50_us",
+        Int,
+        "the interval's median wait on a run queue (lower edge of its log2 bucket: the true value is under twice it)",
+    ),
+    a("p99_us", Int, "its 99th percentile, likewise"),
+    a("max_us", Int, "its longest wait's bucket, likewise"),
+    a("waits", Int, "waits measured in the interval"),
+    a("threshold_us", Int, "`runqueue_threshold`"),
+];
+const THROTTLING: [Attr; 7] = [
+    a("cgroup", Str, "the cgroup's path in the cpu hierarchy"),
+    a(
+        "throttled_ratio",
+        Float,
+        "share of the interval's CFS periods in which it was throttled",
+    ),
+    a(
+        "throttled_periods",
+        Int,
+        "periods throttled in the interval",
+    ),
+    a("periods", Int, "periods in the interval"),
+    a("throttled_ms", Int, "time it was held back in the interval"),
+    a("quota_us", Int, "its CPU limit per period"),
+    a("period_us", Int, "the period"),
+];
+const PRESSURE: [Attr; 5] = [
+    a("resource", Str, "`cpu`, `memory` or `io`"),
+    a(
+        "some_avg10",
+        Float,
+        "percent of the last 10 s in which some task stalled on it",
+    ),
+    a("some_avg60", Float, "the same over 60 s"),
+    a(
+        "full_avg10",
+        Float,
+        "percent of the last 10 s in which all tasks stalled on it",
+    ),
+    a("threshold", Float, "`pressure_threshold`"),
+];
+
 const KERNEL_ENTITIES: &str =
     "node, pid, comm, cgroup_id; container_id and pod_uid (or unit) from the process's cgroup";
 const POD_ENTITIES: &str = "node, pod_uid, pod_namespace, pod_name, workload_kind, workload_name";
@@ -723,6 +769,60 @@ pub static SHAPES: &[Shape] = &[
         attributes: &PAGE_FAULTS,
         more: More::Nothing,
         entities: CGROUP_ENTITIES,
+    },
+    Shape {
+        kind: "cpu.runqueue_latency",
+        sources: &["resource-starvation"],
+        severities: &[Warning],
+        severity_rule: "always warning",
+        attributes: &RUNQUEUE,
+        more: More::Nothing,
+        entities: RUNQUEUE_ENTITIES,
+    },
+    Shape {
+        kind: "cpu.runqueue_latency_recovered",
+        sources: &["resource-starvation"],
+        severities: &[Info],
+        severity_rule: "always info",
+        attributes: &RUNQUEUE,
+        more: More::Nothing,
+        entities: RUNQUEUE_ENTITIES,
+    },
+    Shape {
+        kind: "cpu.throttled",
+        sources: &["resource-starvation"],
+        severities: &[Warning],
+        severity_rule: "always warning",
+        attributes: &THROTTLING,
+        more: More::Nothing,
+        entities: CGROUP_ENTITIES,
+    },
+    Shape {
+        kind: "cpu.throttled_ended",
+        sources: &["resource-starvation"],
+        severities: &[Info],
+        severity_rule: "always info",
+        attributes: &THROTTLING,
+        more: More::Nothing,
+        entities: CGROUP_ENTITIES,
+    },
+    Shape {
+        kind: "pressure.high",
+        sources: &["resource-starvation"],
+        severities: &[Warning],
+        severity_rule: "always warning",
+        attributes: &PRESSURE,
+        more: More::Nothing,
+        entities: "node",
+    },
+    Shape {
+        kind: "pressure.relieved",
+        sources: &["resource-starvation"],
+        severities: &[Info],
+        severity_rule: "always info",
+        attributes: &PRESSURE,
+        more: More::Nothing,
+        entities: "node",
     },
     Shape {
         kind: "syscall.error",

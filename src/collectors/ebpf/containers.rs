@@ -34,6 +34,23 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// How a message names it: its container (short id), pod or unit; empty when none.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        if !self.container_id.is_empty() {
+            format!(
+                "container {}",
+                &self.container_id[..12.min(self.container_id.len())]
+            )
+        } else if !self.pod_uid.is_empty() {
+            format!("pod {}", self.pod_uid)
+        } else if !self.unit.is_empty() {
+            format!("unit {}", self.unit)
+        } else {
+            String::new()
+        }
+    }
+
     /// Whether no container, pod or unit was found.
     #[must_use]
     pub fn is_empty(&self) -> bool {

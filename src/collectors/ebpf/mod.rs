@@ -16,11 +16,13 @@ macro_rules! object {
 
 pub mod containers;
 pub mod dns;
+mod histogram;
 pub mod kernel;
 pub mod memory;
 mod names;
 pub mod network;
 pub mod signals;
+pub mod starvation;
 pub mod storage;
 pub mod syscalls;
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 use aya::maps::{Array, HashMap as BpfHashMap, MapData};
 use serde::Deserialize;
 
+use super::histogram::{Crossing, Lines, Log2, SLOTS, first_slot_over};
 use super::names::errno_name;
 use super::{Header, Reader, Ring, Stamp, attach_tracepoint, load};
 use crate::collectors::{BuildContext, BuildFuture, CollectorConfig, Context, Error, Running};
@@ -25,10 +26,6 @@ pub const NAME: &str = "storage-io";
 // Record kinds of ebpf/tapio.h, and the histogram's shape in ebpf/storage.bpf.c.
 pub(super) const KIND_IO_ERROR: u32 = 50;
 pub(super) const KIND_SLOW_FSYNC: u32 = 51;
-const SLOTS: usize = 24;
-
-/// Requests an interval must have before its p999 counts: fewer, and it is the maximum.
-const P999_MIN_REQUESTS: u64 = 1000;
 
 /// Options of the `storage-io` collector.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -188,99 +185,20 @@ fn op_name(op: u32) -> &'static str {
 /// The interval's merged histogram of one (device, operation).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Interval {
-    slots: [u64; SLOTS],
-    requests: u64,
+    latency: Log2,
     bytes: u64,
     /// The issuing cgroup with the most requests at or over the line, and how many.
     top: Option<(u64, u64)>,
-}
-
-impl Interval {
-    /// The `per_mille`-th quantile's bucket, as its lower edge in microseconds: the true
-    /// value is at least this and under twice it.
-    fn quantile_us(&self, per_mille: u64) -> u64 {
-        if self.requests == 0 {
-            return 0;
-        }
-        let rank = (self.requests * per_mille).div_ceil(1000).max(1);
-        let mut seen = 0;
-        for (slot, n) in self.slots.iter().enumerate() {
-            seen += n;
-            if seen >= rank {
-                return lower_edge_us(slot);
-            }
-        }
-        lower_edge_us(SLOTS - 1)
-    }
-
-    fn max_us(&self) -> u64 {
-        self.slots
-            .iter()
-            .rposition(|n| *n > 0)
-            .map_or(0, lower_edge_us)
-    }
-
-    /// Whether this interval is over `threshold_us`: its p99, or its p999 over enough
-    /// requests, reaches it, with at least `min_requests` requests.
-    fn over(&self, threshold_us: u64, min_requests: u64) -> bool {
-        self.requests >= min_requests
-            && (self.quantile_us(990) >= threshold_us
-                || (self.requests >= P999_MIN_REQUESTS && self.quantile_us(999) >= threshold_us))
-    }
-}
-
-fn lower_edge_us(slot: usize) -> u64 {
-    if slot == 0 { 0 } else { 1 << slot }
 }
 
 /// Reads the kernel's histograms and decides crossings.
 struct Latency {
     hists: BpfHashMap<MapData, Key, Totals>,
     reported: HashMap<Key, Totals>,
-    lines: Lines,
-    threshold_us: u64,
-    devices: Vec<String>,
-}
-
-/// Which (device, operation) pairs are over the line, so that each crossing is reported
-/// once each way.
-#[derive(Debug, Default)]
-struct Lines {
-    over: std::collections::HashSet<(u32, u32)>,
+    lines: Lines<(u32, u32)>,
     threshold_us: u64,
     min_requests: u64,
-}
-
-impl Lines {
-    /// The crossings of this interval, in (device, operation) order: `block.latency_spike`
-    /// for a pair that went over, `block.latency_recovered` for one that came back under or
-    /// went idle.
-    fn cross(
-        &mut self,
-        mut intervals: HashMap<(u32, u32), Interval>,
-    ) -> Vec<((u32, u32), &'static str, Interval)> {
-        let mut pairs: Vec<(u32, u32)> = intervals.keys().copied().collect();
-        pairs.extend(self.over.iter().filter(|p| !intervals.contains_key(p)));
-        pairs.sort_unstable();
-        let mut crossings = Vec::new();
-        for pair in pairs {
-            let interval = intervals.remove(&pair).unwrap_or_default();
-            let over = interval.over(self.threshold_us, self.min_requests);
-            let kind = match (self.over.contains(&pair), over) {
-                (false, true) => {
-                    self.over.insert(pair);
-                    "block.latency_spike"
-                }
-                (true, false) => {
-                    self.over.remove(&pair);
-                    "block.latency_recovered"
-                }
-                _ => continue,
-            };
-            crossings.push((pair, kind, interval));
-        }
-        crossings
-    }
+    devices: Vec<String>,
 }
 
 impl Latency {
@@ -291,12 +209,9 @@ impl Latency {
         Self {
             hists,
             reported: HashMap::new(),
-            lines: Lines {
-                over: std::collections::HashSet::new(),
-                threshold_us,
-                min_requests: config.min_requests,
-            },
+            lines: Lines::default(),
             threshold_us,
+            min_requests: config.min_requests,
             devices: config.devices.clone(),
         }
     }
@@ -306,9 +221,7 @@ impl Latency {
         let entries: Vec<(Key, Totals)> = self.hists.iter().filter_map(Result::ok).collect();
         let mut intervals: HashMap<(u32, u32), Interval> = HashMap::new();
         let mut idle = Vec::new();
-        let line_slot = (0..SLOTS)
-            .find(|s| lower_edge_us(*s) >= self.threshold_us)
-            .unwrap_or(SLOTS);
+        let line_slot = first_slot_over(self.threshold_us);
         for (key, totals) in entries {
             let before = self.reported.get(&key).copied().unwrap_or([0; SLOTS + 2]);
             let grown: Vec<u64> = totals
@@ -322,10 +235,7 @@ impl Latency {
             }
             self.reported.insert(key, totals);
             let interval = intervals.entry((key[0], key[1])).or_default();
-            for (slot, n) in grown[..SLOTS].iter().enumerate() {
-                interval.slots[slot] += n;
-            }
-            interval.requests += grown[SLOTS];
+            interval.latency.add(&grown);
             interval.bytes += grown[SLOTS + 1];
             let slow: u64 = grown[line_slot.min(SLOTS)..SLOTS].iter().sum();
             let cgroup = u64::from(key[2]) | (u64::from(key[3]) << 32);
@@ -340,7 +250,16 @@ impl Latency {
         }
         let now = crate::event::unix_nanos_now();
         let mut events = Vec::new();
-        for ((dev, op), kind, interval) in self.lines.cross(intervals) {
+        let readings: Vec<((u32, u32), bool)> = intervals
+            .iter()
+            .map(|(pair, i)| (*pair, i.latency.over(self.threshold_us, self.min_requests)))
+            .collect();
+        for ((dev, op), crossing) in self.lines.cross(readings) {
+            let interval = intervals.remove(&(dev, op)).unwrap_or_default();
+            let kind = match crossing {
+                Crossing::Over => "block.latency_spike",
+                Crossing::Back => "block.latency_recovered",
+            };
             let device = names.name(dev);
             if self.devices.is_empty() || self.devices.contains(&device) {
                 events.push(self.event(stamp, now, kind, &device, op, &interval));
@@ -360,9 +279,9 @@ impl Latency {
     ) -> Event {
         let mut event = stamp.node_event(now, kind);
         let (p50, p99, p999) = (
-            interval.quantile_us(500),
-            interval.quantile_us(990),
-            interval.quantile_us(999),
+            interval.latency.quantile_us(500),
+            interval.latency.quantile_us(990),
+            interval.latency.quantile_us(999),
         );
         let op = op_name(op);
         let threshold = self.threshold_us;
@@ -370,7 +289,7 @@ impl Latency {
             event.severity = Severity::Warning;
             event.message = format!(
                 "{device} {op} latency p99 {p99} µs over {threshold} µs ({} requests)",
-                interval.requests
+                interval.latency.count
             );
         } else {
             event.message = format!("{device} {op} latency back under {threshold} µs");
@@ -382,8 +301,8 @@ impl Latency {
         a.set("p50_us", as_int(p50));
         a.set("p99_us", as_int(p99));
         a.set("p999_us", as_int(p999));
-        a.set("max_us", as_int(interval.max_us()));
-        a.set("requests", as_int(interval.requests));
+        a.set("max_us", as_int(interval.latency.max_us()));
+        a.set("requests", as_int(interval.latency.count));
         a.set("bytes", as_int(interval.bytes));
         a.set("threshold_us", as_int(threshold));
         if let Some((cgroup, _)) = interval.top.filter(|(cgroup, _)| *cgroup != 0) {
@@ -474,60 +393,6 @@ fn slow_fsync(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn interval(slots: &[(usize, u64)]) -> Interval {
-        let mut i = Interval::default();
-        for &(slot, n) in slots {
-            i.slots[slot] = n;
-            i.requests += n;
-        }
-        i
-    }
-
-    #[test]
-    fn percentiles_are_bucket_lower_edges() {
-        // 98 requests at [8, 16) µs, 2 at [2^17, 2^18) µs (131-262 ms).
-        let i = interval(&[(3, 98), (17, 2)]);
-        assert_eq!(i.quantile_us(500), 8);
-        assert_eq!(i.quantile_us(990), 131_072);
-        assert_eq!(i.max_us(), 131_072);
-        assert!(i.over(100_000, 10), "p99 at least 131 ms is over 100 ms");
-        assert!(!i.over(100_000, 101), "too few requests to count");
-        assert!(!interval(&[(3, 100)]).over(100_000, 10));
-    }
-
-    #[test]
-    fn p999_counts_only_over_a_thousand_requests() {
-        let few = interval(&[(3, 998), (17, 1)]);
-        assert!(!few.over(100_000, 10), "999 requests: p99 rules");
-        let many = interval(&[(3, 1997), (17, 3)]);
-        assert_eq!(many.quantile_us(990), 8);
-        assert!(many.over(100_000, 10), "3 of 2000 slow: p999 over the line");
-    }
-
-    #[test]
-    fn each_crossing_is_reported_once_each_way() {
-        let mut lines = Lines {
-            threshold_us: 100_000,
-            min_requests: 10,
-            ..Lines::default()
-        };
-        let slow = || HashMap::from([((1, 1), interval(&[(17, 20)]))]);
-        let fine = || HashMap::from([((1, 1), interval(&[(3, 20)]))]);
-        let kinds = |c: Vec<((u32, u32), &'static str, Interval)>| {
-            c.into_iter().map(|(_, k, _)| k).collect::<Vec<_>>()
-        };
-        assert_eq!(kinds(lines.cross(slow())), ["block.latency_spike"]);
-        assert!(lines.cross(slow()).is_empty(), "still over: nothing new");
-        assert_eq!(kinds(lines.cross(fine())), ["block.latency_recovered"]);
-        assert!(lines.cross(fine()).is_empty());
-        assert_eq!(kinds(lines.cross(slow())), ["block.latency_spike"]);
-        assert_eq!(
-            kinds(lines.cross(HashMap::new())),
-            ["block.latency_recovered"],
-            "an idle device is back under the line"
-        );
-    }
 
     #[test]
     fn slow_fsyncs_and_failed_requests_are_decoded() {
