@@ -614,6 +614,25 @@ pub fn builtin() -> Vec<Rule> {
             120,
             0.6,
         ),
+        // The same, seen first as the kubelet's failed probes.
+        rule(
+            "throttling-fails-probes",
+            "cpu.throttled",
+            "k8s.event",
+            Pod,
+            120,
+            0.6,
+        )
+        .effect_when(Condition::default().one_of("reason", &text(&["Unhealthy"]))),
+        rule(
+            "runqueue-fails-probes",
+            "cpu.runqueue_latency",
+            "k8s.event",
+            Pod,
+            120,
+            0.5,
+        )
+        .effect_when(Condition::default().one_of("reason", &text(&["Unhealthy"]))),
         rule(
             "runqueue-unreadies-pod",
             "cpu.runqueue_latency",
@@ -663,15 +682,16 @@ pub fn builtin() -> Vec<Rule> {
             120,
             0.7,
         ),
+        // Not every unit error on a node with a slow disk is the disk's: the unit whose
+        // fsync stalled is.
         rule(
-            "disk-latency-unit-errors",
-            "block.latency_spike",
+            "slow-fsync-unit-errors",
+            "fs.slow_fsync",
             "journal.unit_error",
-            Node,
+            Unit,
             300,
-            0.5,
-        )
-        .cause_when(Condition::at_least(Warning)),
+            0.6,
+        ),
         rule(
             "disk-errors-unit-errors",
             "block.io_error",

@@ -279,6 +279,85 @@ class Writer:
                             f"{pod.ns}/{pod.name} was evicted: The node was low on resource",
                             incident=incident)
 
+    # The newer kernel and cgroup collectors.
+
+    def signal(self, when, pod, number, name, sender_pid, sender_comm, sender_pod=None,
+               incident=None, root=False):
+        attrs = {"signal": number, "signal_name": name, "code": 0, "from_kernel": False,
+                 "sender_pid": sender_pid, "sender_comm": sender_comm,
+                 "sender_cgroup_id": sender_pod.cgroup if sender_pod else 1}
+        if sender_pod:
+            attrs["sender_container_id"] = sender_pod.container_id
+        severity = "info" if name == "SIGTERM" else "warning"
+        return self.kernel(when, "process.signal", "runtime-signals", pod, attrs, severity,
+                           f"{sender_comm} (pid {sender_pid}) sent {name} to {pod.comm} (pid {pod.pid})",
+                           incident=incident, root=root)
+
+    def cgroup_event(self, when, kind, source, pod, attributes, severity, message, **kw):
+        """An event about a pod's container cgroup: no process."""
+        entities = {"container_id": pod.container_id, "pod_uid": pod.uid}
+        return self.emit(when, kind, source, severity, message, entities, attributes, **kw)
+
+    def growth(self, when, pod, per_minute_mib, usage_mib, limit_mib, incident=None, root=False):
+        path = f"/kubepods.slice/kubepods-pod{pod.uid.replace('-', '_')}.slice/cri-containerd-{pod.container_id}.scope"
+        per_minute = per_minute_mib << 20
+        to_limit = (limit_mib - usage_mib) * 60 // per_minute_mib
+        attrs = {"cgroup": path, "growth_bytes_per_minute": per_minute, "r_squared": 0.97,
+                 "anon_bytes": (usage_mib - 8) << 20, "usage_bytes": usage_mib << 20,
+                 "window_seconds": 600, "limit_bytes": limit_mib << 20, "seconds_to_limit": to_limit}
+        return self.cgroup_event(when, "memory.growth", "memory-leak-hunter", pod, attrs, "warning",
+                                 f"container {pod.container_id[:12]}: memory grows {per_minute_mib} MiB/min "
+                                 f"(R² 0.97); its limit is {to_limit} s away",
+                                 incident=incident, root=root)
+
+    def throttled(self, when, pod, ratio, arrive, kind="cpu.throttled", incident=None, root=False):
+        path = f"/kubepods.slice/kubepods-pod{pod.uid.replace('-', '_')}.slice/cri-containerd-{pod.container_id}.scope"
+        attrs = {"cgroup": path, "throttled_ratio": ratio, "throttled_periods": int(ratio * 100),
+                 "periods": 100, "throttled_ms": int(ratio * 6000), "quota_us": 20000,
+                 "period_us": 100000}
+        if kind == "cpu.throttled":
+            severity = "warning"
+            message = (f"container {pod.container_id[:12]} was throttled in {int(ratio * 100)}% of its "
+                       f"CPU periods ({int(ratio * 6000)} ms refused, limit 20000 µs per 100000 µs)")
+        else:
+            severity = "info"
+            message = f"container {pod.container_id[:12]} is no longer throttled"
+        return self.cgroup_event(when, kind, "resource-starvation", pod, attrs, severity, message,
+                                 arrive=arrive, incident=incident, root=root)
+
+    def block(self, when, kind, device, op, p99_us, arrive, incident=None, root=False):
+        attrs = {"device": device, "op": op, "p50_us": 512, "p99_us": p99_us, "p999_us": p99_us,
+                 "max_us": p99_us * 2, "requests": 1800, "bytes": 1800 * 16384,
+                 "threshold_us": 100000}
+        if kind == "block.latency_spike":
+            severity = "warning"
+            message = f"{device} {op} latency p99 {p99_us} µs over 100000 µs (1800 requests)"
+        else:
+            severity = "info"
+            message = f"{device} {op} latency back under 100000 µs"
+        return self.emit(when, kind, "storage-io", severity, message, {}, attrs, arrive=arrive,
+                         incident=incident, root=root)
+
+    def slow_fsync(self, when, pid, comm, unit, ms, incident=None, root=False):
+        attrs = {"device": "vda", "inode": 131075, "datasync": True, "duration_us": ms * 1000,
+                 "result": 0}
+        return self.emit(when, "fs.slow_fsync", "storage-io", "warning",
+                         f"{comm} (pid {pid}) waited {ms} ms for fdatasync of inode 131075 on vda",
+                         {"pid": pid, "comm": comm, "cgroup_id": 4242, "unit": unit}, attrs,
+                         incident=incident, root=root)
+
+    def pressure(self, when, kind, resource, avg10, arrive, incident=None, root=False):
+        attrs = {"resource": resource, "some_avg10": avg10, "some_avg60": round(avg10 / 2, 2),
+                 "full_avg10": round(avg10 / 3, 2), "threshold": 20.0}
+        if kind == "pressure.high":
+            severity = "warning"
+            message = f"{resource} pressure: some task stalled {avg10:.1f}% of the last 10 s"
+        else:
+            severity = "info"
+            message = f"{resource} pressure back under 20%"
+        return self.emit(when, kind, "resource-starvation", severity, message, {}, attrs,
+                         arrive=arrive, incident=incident, root=root)
+
     def write(self):
         self.out.sort(key=lambda t: (t[0], t[1]))
         with open(os.path.join(OUT, f"{self.name}.jsonl"), "w") as f:
@@ -663,9 +742,79 @@ def corpus_d():
     return w
 
 
+def corpus_e():
+    """The classes the kernel and cgroup collectors of the second wave make observable."""
+    w = Writer("e-kernel", 15, 1_790_040_000)
+    p = file_pods(w)
+    pods = list(p.values())
+    background(w, pods, 2400, per_second=0.5)
+    rng = w.rng
+    # Routine: a rolling update stops pods with SIGTERM from the kubelet, and they exit 0.
+    for k, start in enumerate([150, 1500]):
+        pod = p["frontend"] if k == 0 else p["node-exporter"]
+        t = w.at(start)
+        w.signal(t, pod, 15, "SIGTERM", 811, "kubelet")
+        w.process_exit(t + 300 * MS, pod, code=0)
+        w.container_exit(t + 350 * MS, pod, 0, "Completed", arrive=t + 2 * SEC)
+    # Routine: a short spike on the node's second disk during a backup, nothing follows.
+    t = w.at(1300)
+    w.block(t, "block.latency_spike", "vdb", "read", 131072, arrive=t + 10 * SEC)
+    w.block(t + 10 * SEC, "block.latency_recovered", "vdb", "read", 2048, arrive=t + 20 * SEC)
+    # 26. The disk under etcd turns slow: its fsyncs stall, then etcd reports them.
+    i = ("slow-disk-etcd", "slow disk behind a failing database")
+    t = w.at(300)
+    w.block(t, "block.latency_spike", "vda", "write", 262144, arrive=t + 10 * SEC, incident=i,
+            root=True)
+    w.slow_fsync(t + 3 * SEC, 1200, "etcd", "etcd.service", 1800, incident=i)
+    w.slow_fsync(t + 6 * SEC, 1200, "etcd", "etcd.service", 2400, incident=i)
+    w.node(t + 15 * SEC, "etcd.slow_fsync", {"endpoint": "https://127.0.0.1:2379",
+                                             "p99_seconds": 2.1, "limit_seconds": 0.5},
+           "warning", "WAL fsync p99 2.1 s over 0.5 s", source="etcd-metrics", incident=i)
+    w.block(t + 40 * SEC, "block.latency_recovered", "vda", "write", 4096, arrive=t + 50 * SEC)
+    # 27. A CPU limit too tight: the readiness probe times out, the pod turns not ready.
+    i = ("throttled-search", "CPU-throttled container")
+    pod = p["search"]
+    t = w.at(600)
+    w.throttled(t, pod, 0.82, arrive=t + 10 * SEC, incident=i, root=True)
+    w.kubeapi(t + 18 * SEC, "k8s.event", pod, {"reason": "Unhealthy", "count": 3,
+                                               "involved_kind": "Pod", "source": "kubelet"},
+              "warning", f"Pod {pod.ns}/{pod.name}: Unhealthy: Readiness probe failed: timeout",
+              incident=i)
+    w.pod_state(t + 20 * SEC, "k8s.pod.not_ready", pod, i)
+    w.throttled(t + 90 * SEC, pod, 0.05, arrive=t + 100 * SEC, kind="cpu.throttled_ended")
+    # 28. A sidecar in another pod kills the database's process with SIGKILL.
+    i = ("sigkill-postgres", "a process killed by a signal from another")
+    pod = p["postgres"]
+    t = w.at(900)
+    w.signal(t, pod, 9, "SIGKILL", p["report-nightly"].pid + 3, "pkill", sender_pod=p["report-nightly"],
+             incident=i, root=True)
+    w.process_exit(t + 2 * MS, pod, signal=9, incident=i)
+    w.crash(t + 5 * MS, pod, 137, "Error", i, backoff=False)
+    # 29. Memory that grows for minutes before the OOM kill.
+    i = ("leak-ledger", "memory growth before an OOM")
+    pod = p["ledger"]
+    t = w.at(1100)
+    w.growth(t, pod, 24, 330, 512, incident=i, root=True)
+    t += 7 * 60 * SEC + rng.randrange(0, 30) * SEC
+    w.oom(t, pod, i, limit_mib=512)
+    w.process_exit(t + 2 * MS, pod, signal=9, incident=i)
+    w.crash(t + 5 * MS, pod, 137, "OOMKilled", i, backoff=False)
+    # 30. Memory pressure on the node: the kubelet sees it, then evicts pods.
+    i = ("memory-pressure", "node memory pressure")
+    t = w.at(1800)
+    w.pressure(t, "pressure.high", "memory", 34.5, arrive=t + 10 * SEC, incident=i, root=True)
+    w.emit(t + 12 * SEC, "kubelet.node.pressure", "kubelet", "warning",
+           f"node {NODE} memory at 0.95 of capacity, over 0.90",
+           {}, {"resource": "memory", "ratio": 0.95, "limit_ratio": 0.9}, incident=i)
+    for k, name in enumerate(["report-nightly", "frontend"]):
+        w.evicted(t + (20 + k) * SEC, p[name], incident=i)
+    w.pressure(t + 120 * SEC, "pressure.relieved", "memory", 4.0, arrive=t + 130 * SEC)
+    return w
+
+
 def main():
     total_events = total_incident = incidents = 0
-    for make in (corpus_a, corpus_b, corpus_c, corpus_d):
+    for make in (corpus_a, corpus_b, corpus_c, corpus_d, corpus_e):
         w = make()
         events, incident_events = w.write()
         total_events += events

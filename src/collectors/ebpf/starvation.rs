@@ -138,6 +138,7 @@ impl CollectorConfig for ResourceStarvationConfig {
                     .max(1),
                 root,
                 v2,
+                last_read: None,
                 config: self,
             };
             let interval = starvation.config.interval;
@@ -173,14 +174,19 @@ struct Starvation {
     threshold_us: u64,
     root: PathBuf,
     v2: bool,
+    last_read: Option<u64>,
 }
 
 impl Starvation {
+    /// Every event is stamped at the start of the interval its figures cover: what the
+    /// starvation caused during it must not come before it.
     fn read(&mut self) -> Vec<Event> {
         let now = unix_nanos_now();
-        let mut events = self.run_queues(now);
-        events.extend(self.throttling(now));
-        events.extend(self.pressure(now));
+        let interval = u64::try_from(self.config.interval.as_nanos()).unwrap_or(u64::MAX);
+        let started = self.last_read.replace(now).unwrap_or(now - interval);
+        let mut events = self.run_queues(started);
+        events.extend(self.throttling(started));
+        events.extend(self.pressure(started));
         events
     }
 

@@ -198,6 +198,8 @@ struct Latency {
     lines: Lines<(u32, u32)>,
     threshold_us: u64,
     min_requests: u64,
+    interval_ns: u64,
+    last_read: Option<u64>,
     devices: Vec<String>,
 }
 
@@ -212,6 +214,8 @@ impl Latency {
             lines: Lines::default(),
             threshold_us,
             min_requests: config.min_requests,
+            interval_ns: u64::try_from(config.interval.as_nanos()).unwrap_or(u64::MAX),
+            last_read: None,
             devices: config.devices.clone(),
         }
     }
@@ -248,7 +252,13 @@ impl Latency {
             let _ = self.hists.remove(&key);
             self.reported.remove(&key);
         }
+        // Stamped at the start of the interval the figures cover: a slow fsync recorded
+        // during it must not come before its cause.
         let now = crate::event::unix_nanos_now();
+        let started = self
+            .last_read
+            .replace(now)
+            .unwrap_or(now - self.interval_ns);
         let mut events = Vec::new();
         let readings: Vec<((u32, u32), bool)> = intervals
             .iter()
@@ -262,7 +272,7 @@ impl Latency {
             };
             let device = names.name(dev);
             if self.devices.is_empty() || self.devices.contains(&device) {
-                events.push(self.event(stamp, now, kind, &device, op, &interval));
+                events.push(self.event(stamp, started, kind, &device, op, &interval));
             }
         }
         events
@@ -271,13 +281,13 @@ impl Latency {
     fn event(
         &self,
         stamp: &mut Stamp,
-        now: u64,
+        started: u64,
         kind: &'static str,
         device: &str,
         op: u32,
         interval: &Interval,
     ) -> Event {
-        let mut event = stamp.node_event(now, kind);
+        let mut event = stamp.node_event(started, kind);
         let (p50, p99, p999) = (
             interval.latency.quantile_us(500),
             interval.latency.quantile_us(990),

@@ -15,7 +15,8 @@
 //!
 //! Bounded: causes are remembered per (type, entity) for their rules' longest delay, at most
 //! [`Limits::causes_per_key`] each; groups close after [`Limits::quiet`] of event time without
-//! a new member, at most [`Limits::max_groups`] are open (the quietest closes first) and at
+//! a new member (or the longest delay of the rules their newest causal member is the cause
+//! of, when that is longer: a memory growth waits for its OOM kill), at most [`Limits::max_groups`] are open (the quietest closes first) and at
 //! most [`Limits::max_group_events`] join one group.
 
 use std::sync::Arc;
@@ -40,7 +41,8 @@ use group::Group;
 /// The engine's bounds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// A group with no new member for this long (event time) closes.
+    /// A group with no new member for this long (event time) closes, unless its newest
+    /// causal member is the cause of a rule with a longer delay: then it waits that long.
     pub quiet: Duration,
     /// Open groups at most.
     pub max_groups: usize,
@@ -102,6 +104,10 @@ struct KindRules {
     causes: Vec<usize>,
     /// The distinct conditions of their sides for this type.
     conditions: Vec<usize>,
+    /// The longest delay of the rules it is the cause of (nanoseconds): a group whose
+    /// newest causal member is of this type stays open that long, so that a memory growth
+    /// still roots the OOM kill it predicts half an hour later.
+    hold: u64,
 }
 
 impl KindRules {
@@ -247,6 +253,7 @@ impl Semantic {
             of_effect.effects.push(i);
             of_effect.uses(effect);
             let of_cause = by_kind.entry(rule.cause).or_default();
+            of_cause.hold = of_cause.hold.max(rule.max_delay.as_nanos() as u64);
             of_cause.causes.push(i);
             of_cause.uses(cause);
         }
@@ -683,10 +690,14 @@ impl Semantic {
         self.touched
             .retain(|_, t| now.saturating_sub(t.timestamp) <= window);
         let quiet = self.limits.quiet.as_nanos() as u64;
+        let by_kind = &self.by_kind;
         let done: Vec<GroupId> = self
             .groups
             .values()
-            .filter(|g| now.saturating_sub(g.incident.last_seen) > quiet)
+            .filter(|g| {
+                let hold = by_kind.get(g.newest).map_or(0, |k| k.hold);
+                now.saturating_sub(g.incident.last_seen) > quiet.max(hold)
+            })
             .map(|g| g.incident.id)
             .collect();
         self.close(&done);
