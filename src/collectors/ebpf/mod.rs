@@ -135,10 +135,16 @@ pub(crate) fn attach_btf_tracepoint(
     program: &str,
     name: &str,
 ) -> Result<(), Error> {
+    // Parsed once for the process: the kernel's BTF is megabytes, and the collectors attach
+    // seven BTF tracepoints between them.
+    static BTF: std::sync::OnceLock<Result<aya::Btf, String>> = std::sync::OnceLock::new();
     let at = format!("BTF tracepoint {name}");
-    let btf = aya::Btf::from_sys_fs().map_err(|error| {
-        Error::unavailable_by(format!("{at}: cannot read the kernel's BTF"), error)
-    })?;
+    let btf = BTF
+        .get_or_init(|| aya::Btf::from_sys_fs().map_err(|error| error.to_string()))
+        .as_ref()
+        .map_err(|error| {
+            Error::unavailable(format!("{at}: cannot read the kernel's BTF: {error}"))
+        })?;
     let program: &mut aya::programs::BtfTracePoint = ebpf
         .program_mut(program)
         .ok_or_else(|| {
@@ -148,7 +154,7 @@ pub(crate) fn attach_btf_tracepoint(
         })?
         .try_into()
         .map_err(|error| Error::unavailable_by(at.clone(), error))?;
-    program.load(name, &btf).map_err(|error| {
+    program.load(name, btf).map_err(|error| {
         Error::unavailable_by(format!("{at}: the verifier refused the program"), error)
     })?;
     program
