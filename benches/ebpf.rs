@@ -12,6 +12,7 @@
 //!   100 ms;
 //! - sched: 200 000 round trips between two threads over pipes (`perf bench sched pipe`'s
 //!   workload) with no probes and with `resource-starvation` alone;
+//! - exits: 5 000 `/bin/true` started and reaped, with no probes and with `cri-ebpf` alone;
 //! - drain: how many DNS packets per second the `dns` collector's user-space side takes
 //!   from its ring buffer, and how many it loses, against the rate the sender reaches with
 //!   no probe attached (the ceiling).
@@ -293,6 +294,46 @@ fn sched(rounds: u32, repeats: usize) {
     );
 }
 
+/// Starts and reaps `count` processes that exit at once (`/bin/true`).
+fn spawn_exit(count: u32) -> Duration {
+    let started = Instant::now();
+    for _ in 0..count {
+        let status = Command::new("/bin/true").status().expect("runs true");
+        assert!(status.success());
+    }
+    started.elapsed()
+}
+
+/// `cri-ebpf`'s own cost on process exits (its exit probe looks each one up), against no
+/// probes in the same run.
+fn exits(count: u32, repeats: usize) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("cri-ebpf.yaml");
+    std::fs::write(&config, "collectors:\n  cri-ebpf: {}\n").expect("writes config");
+    let (mut none, mut with) = (Vec::new(), Vec::new());
+    for _ in 0..repeats {
+        none.push(spawn_exit(count));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tapio-collector"));
+        command
+            .args([
+                "--server",
+                "none",
+                "--stdout",
+                "--correlation",
+                "basic",
+                "--config",
+            ])
+            .arg(&config);
+        let _collector = observe(command, "Agent started", true);
+        with.push(spawn_exit(count));
+    }
+    let (base, probed) = (median(none).as_secs_f64(), median(with).as_secs_f64());
+    println!(
+        "ebpf/exits /bin/true x{count}: no probes {base:.3} s; cri-ebpf {probed:.3} s ({:+.1}%)",
+        (probed / base - 1.0) * 100.0
+    );
+}
+
 /// CPU seconds (user + system) process `pid` has used.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("reads stat");
@@ -452,6 +493,7 @@ fn main() {
         block(20_000, 3);
         sampling(500, 10);
         sched(200_000, 3);
+        exits(5_000, 3);
         drain(200_000, 256 << 10);
         drain(200_000, 4 << 20);
     } else {
@@ -460,6 +502,7 @@ fn main() {
         block(200, 1);
         sampling(20, 1);
         sched(2_000, 1);
+        exits(100, 1);
         drain(2_000, 256 << 10);
     }
 }

@@ -134,6 +134,8 @@ static __always_inline void fill_header(struct header *h, __u32 kind)
 #define KIND_CORE_DUMP 41
 #define KIND_IO_ERROR 50
 #define KIND_SLOW_FSYNC 51
+#define KIND_CGROUP_MKDIR 60
+#define KIND_CGROUP_RMDIR 61
 
 char LICENSE[] SEC("license") = "GPL";
 

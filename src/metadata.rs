@@ -47,6 +47,18 @@ struct Maps {
 #[derive(Debug, Default)]
 pub struct PodDirectory {
     maps: RwLock<Maps>,
+    reported: std::sync::Mutex<Reported>,
+}
+
+/// Container lifecycle events reported lately, by (type, container id): the collectors
+/// that see containers (`cri-ebpf`, `cri`, `kubeapi`) report each one once between them.
+#[derive(Debug)]
+struct Reported(crate::bounded::Bounded<u64, ()>);
+
+impl Default for Reported {
+    fn default() -> Self {
+        Self(crate::bounded::Bounded::new(16_384))
+    }
 }
 
 impl PodDirectory {
@@ -60,6 +72,19 @@ impl PodDirectory {
     #[must_use]
     pub fn pod_of_container(&self, id: &str) -> Option<Arc<PodMeta>> {
         self.read().by_container.get(id).cloned()
+    }
+
+    /// Whether `kind` (`container.created`, `container.exit`) of container `id` is reported
+    /// here for the first time; a collector that is not first counts its event as a
+    /// `duplicate` drop instead of sending it.
+    pub fn first_report(&self, kind: &str, id: &str) -> bool {
+        let key = crate::bounded::key_parts(&[kind.as_bytes(), id.as_bytes()]);
+        self.reported
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .0
+            .insert(key, ())
+            .is_none()
     }
 
     /// The pod with UID `uid`.
@@ -118,6 +143,18 @@ impl PodDirectory {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_containers_creation_and_exit_is_reported_once() {
+        let directory = PodDirectory::new();
+        assert!(directory.first_report("container.exit", "c1"));
+        assert!(
+            !directory.first_report("container.exit", "c1"),
+            "a second collector's"
+        );
+        assert!(directory.first_report("container.created", "c1"));
+        assert!(directory.first_report("container.exit", "c2"));
+    }
 
     #[test]
     fn containers_map_to_their_pod_until_it_changes_or_goes() {

@@ -33,11 +33,14 @@ pub enum DropCause {
     TooLarge,
     /// A task of the agent failed (a bug): what it held when it did.
     Internal,
+    /// A container's creation or exit that another collector had already reported
+    /// (`cri-ebpf`, `cri`, `kubeapi`): one exit is one event.
+    Duplicate,
 }
 
 impl DropCause {
     /// Every cause, in reporting order.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::QueueFull,
         Self::Rejected,
         Self::Undelivered,
@@ -48,6 +51,7 @@ impl DropCause {
         Self::SpoolCorrupt,
         Self::TooLarge,
         Self::Internal,
+        Self::Duplicate,
     ];
 
     /// The label used in logs, the status line and metrics.
@@ -64,6 +68,7 @@ impl DropCause {
             Self::SpoolCorrupt => "spool_corrupt",
             Self::TooLarge => "too_large",
             Self::Internal => "internal_error",
+            Self::Duplicate => "duplicate",
         }
     }
 
@@ -79,6 +84,7 @@ impl DropCause {
             Self::SpoolCorrupt => 7,
             Self::TooLarge => 8,
             Self::Internal => 9,
+            Self::Duplicate => 10,
         }
     }
 }

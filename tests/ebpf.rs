@@ -617,10 +617,11 @@ async fn memory_leak_hunter_sees_the_growth_that_ends_in_an_oom_kill_and_roots_i
     // Named as a container runtime names its scope, so both collectors resolve the
     // container from the cgroup.
     let container = format!("{:064x}", u64::from(std::process::id()) << 12 | 0xea5);
-    let cgroup = MemoryCgroup::create(&format!("docker-{container}.scope"), 64 << 20);
-    // 2 MiB more every 50 ms, written so that it is resident: about 1.6 s to the limit.
+    let cgroup = MemoryCgroup::create(&format!("docker-{container}.scope"), 96 << 20);
+    // 2 MiB more every 100 ms, written so that it is resident: about 4 s to the limit, long
+    // enough for a loaded machine to sample it many times.
     let script = format!(
-        "echo $$ > {}/cgroup.procs && exec python3 -c 'import time\nheld = []\nwhile True:\n    held.append(b\"x\" * (2 << 20))\n    time.sleep(0.05)'",
+        "echo $$ > {}/cgroup.procs && exec python3 -c 'import time\nheld = []\nwhile True:\n    held.append(b\"x\" * (2 << 20))\n    time.sleep(0.1)'",
         cgroup.dir.display()
     );
     let mut child = Command::new("/bin/sh")
@@ -634,10 +635,10 @@ async fn memory_leak_hunter_sees_the_growth_that_ends_in_an_oom_kill_and_roots_i
         })
         .await;
     tapio::event::schema::check(&growth).expect("the documented shape");
-    assert_eq!(int(&growth, "limit_bytes"), Some(64 << 20));
+    assert_eq!(int(&growth, "limit_bytes"), Some(96 << 20));
     assert!(
         int(&growth, "growth_bytes_per_minute").is_some_and(|b| b > 100 << 20),
-        "about 2.4 GiB a minute: {growth:?}"
+        "about 1.2 GiB a minute: {growth:?}"
     );
     assert!(
         int(&growth, "seconds_to_limit").is_some_and(|s| (0..60).contains(&s)),
@@ -676,7 +677,7 @@ async fn memory_leak_hunter_sees_the_growth_that_ends_in_an_oom_kill_and_roots_i
     assert!(
         prevention
             .iter()
-            .any(|p| p.contains("reaches its 64 MiB limit in")),
+            .any(|p| p.contains("reaches its 96 MiB limit in")),
         "the time to the limit is in the predictions: {prevention:?}"
     );
     drop(cgroup);
@@ -902,6 +903,50 @@ async fn resource_starvation_reports_run_queue_waits_and_pressure_of_a_crowded_c
             e.kind == "cpu.runqueue_latency_recovered" && e.entities.cgroup_id == cgroup_id
         })
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cri_ebpf_reports_a_containers_creation_and_exit_code_from_its_cgroup() {
+    if !can_run("cri_ebpf_reports_a_containers_creation_and_exit_code_from_its_cgroup") {
+        return;
+    }
+    let mut pipeline = Pipeline::start("collectors:\n  cri-ebpf: {}\n").await;
+    // A container as a runtime would make one: a scope named after its id, a process in
+    // it, and the scope removed once the process is gone.
+    let container = format!("{:064x}", u64::from(std::process::id()) << 12 | 0xc71);
+    let dir = cgroup2_root().join(format!("cri-containerd-{container}.scope"));
+    let _ = std::fs::remove_dir(&dir);
+    std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("creates {}: {e}", dir.display()));
+    let created = pipeline
+        .wait_for("creation of the container", WAIT, |e| {
+            e.kind == "container.created" && &*e.entities.container_id == container.as_str()
+        })
+        .await;
+    tapio::event::schema::check(&created).expect("the documented shape");
+    let script = format!("echo $$ > {}/cgroup.procs && exit 3", dir.display());
+    let status = Command::new("/bin/sh")
+        .args(["-c", &script])
+        .status()
+        .expect("runs sh");
+    assert_eq!(status.code(), Some(3));
+    let mut removed = false;
+    for _ in 0..50 {
+        if std::fs::remove_dir(&dir).is_ok() {
+            removed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(removed, "the container's cgroup is removed");
+    let exit = pipeline
+        .wait_for("exit of the container", WAIT, |e| {
+            e.kind == "container.exit" && &*e.entities.container_id == container.as_str()
+        })
+        .await;
+    tapio::event::schema::check(&exit).expect("the documented shape");
+    assert_eq!(int(&exit, "exit_code"), Some(3), "{exit:?}");
+    assert_eq!(text(&exit, "reason"), Some("Error"));
+    assert_eq!(exit.severity, tapio::event::Severity::Error);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

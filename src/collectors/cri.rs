@@ -105,7 +105,12 @@ impl CollectorConfig for CriConfig {
                         Error::unavailable(format!("no CRI socket at {}", SOCKETS.join(", ")))
                     })?,
             };
-            Ok::<Running, Error>(Box::pin(run(self, socket, cx.node_name.into(), context)))
+            Ok::<Running, Error>(Box::pin(run(
+                self,
+                socket,
+                (cx.node_name.into(), cx.directory),
+                context,
+            )))
         })
     }
 }
@@ -138,6 +143,8 @@ struct Lifecycle {
     ids: IdGenerator,
     node: Arc<str>,
     known: HashMap<String, Known>,
+    // Shared with the other collectors that see containers: each is reported once.
+    directory: Arc<crate::metadata::PodDirectory>,
 }
 
 impl Lifecycle {
@@ -229,7 +236,7 @@ fn status_known(status: &ContainerStatus) -> Known {
 async fn run(
     config: CriConfig,
     socket: PathBuf,
-    node: Arc<str>,
+    (node, directory): (Arc<str>, Arc<crate::metadata::PodDirectory>),
     context: Context,
 ) -> Result<(), Error> {
     let unavailable = |what: &str, e: super::Cause| {
@@ -248,6 +255,7 @@ async fn run(
         ids: IdGenerator::new(),
         node,
         known: HashMap::new(),
+        directory,
     };
     for container in list(&mut client)
         .await
@@ -311,7 +319,9 @@ async fn follow_events(
         };
         let Some(status) = status else { continue };
         for out in lifecycle.changed(&event.container_id, &status_known(&status), Some(&status)) {
-            context.out.send(out).await?;
+            if super::first_report(&lifecycle.directory, &context.stats, &out) {
+                context.out.send(out).await?;
+            }
         }
     }
 }
@@ -351,7 +361,9 @@ async fn poll(
                 None
             };
             for out in lifecycle.changed(&container.id, &known_of(&container), status.as_ref()) {
-                context.out.send(out).await?;
+                if super::first_report(&lifecycle.directory, &context.stats, &out) {
+                    context.out.send(out).await?;
+                }
             }
         }
     }

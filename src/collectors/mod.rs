@@ -141,6 +141,30 @@ pub struct BuildContext {
     pub directory: Arc<crate::metadata::PodDirectory>,
 }
 
+/// Whether `event` goes out: a container's creation or exit that another collector
+/// (`cri-ebpf`, `cri`, `kubeapi`) already reported is counted as a `duplicate` drop
+/// instead, so that one exit is one event.
+pub(crate) fn first_report(
+    directory: &crate::metadata::PodDirectory,
+    stats: &CollectorStats,
+    event: &crate::event::Event,
+) -> bool {
+    if !matches!(&*event.kind, "container.created" | "container.exit")
+        || event.entities.container_id.is_empty()
+        || directory.first_report(&event.kind, &event.entities.container_id)
+    {
+        return true;
+    }
+    crate::internal_events::EventsDropped {
+        component: stats.name(),
+        counters: stats.drop_counters(),
+        cause: crate::telemetry::DropCause::Duplicate,
+        count: 1,
+    }
+    .emit();
+    false
+}
+
 /// One collector's YAML entry: `{ enabled, when_full, config }`.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -344,6 +368,8 @@ registry! {
     "kubeapi" => kubeapi: kubeapi::KubeApiConfig,
     /// The node's kubelet: pressure, pod memory near limits, restarts (`--enable-k8s`).
     "kubelet" => kubelet: kubelet::KubeletConfig,
+    /// Container lifecycle from the kernel's cgroups, no CRI socket (YAML only).
+    "cri-ebpf" => cri_ebpf: ebpf::lifecycle::CriEbpfConfig,
     /// Container lifecycle from the runtime's CRI socket (YAML only).
     "cri" => cri: cri::CriConfig,
     /// An etcd member's health and metrics (YAML only).

@@ -840,13 +840,45 @@ pub static SHAPES: &[Shape] = &[
     },
     Shape {
         kind: "container.exit",
-        sources: &["kubeapi", "cri"],
+        sources: &["kubeapi", "cri", "cri-ebpf"],
         severities: &[Info, Error],
         severity_rule: "error when the exit code is not 0",
         attributes: &[
-            a("container", Str, "the container's name in the pod"),
-            a("exit_code", Int, "its exit code"),
-            a("reason", Str, "e.g. `Error`, `OOMKilled`, `Completed`"),
+            opt(
+                "container",
+                Str,
+                "from `kubeapi` and `cri`",
+                "the container's name in the pod",
+            ),
+            opt(
+                "exit_code",
+                Int,
+                "always, except from `cri-ebpf` when it did not see the last process exit",
+                "its exit code (128 + the signal for a killed one)",
+            ),
+            a(
+                "reason",
+                Str,
+                "e.g. `Error`, `OOMKilled`, `Completed` (`Unknown` when the exit was not seen)",
+            ),
+            opt(
+                "cgroup",
+                Str,
+                "from `cri-ebpf`",
+                "the container's cgroup v2 path",
+            ),
+            opt(
+                "runtime_comm",
+                Str,
+                "from `cri-ebpf`",
+                "the process that removed the cgroup",
+            ),
+            opt(
+                "exit_pid",
+                Int,
+                "from `cri-ebpf`, when the exit was seen",
+                "the container's last process",
+            ),
             opt(
                 "attempt",
                 Int,
@@ -1086,15 +1118,32 @@ pub static SHAPES: &[Shape] = &[
     },
     Shape {
         kind: "container.created",
-        sources: &["cri"],
+        sources: &["cri", "cri-ebpf"],
         severities: &[Info],
         severity_rule: "always info",
         attributes: &[
-            a("container", Str, "the container's name"),
-            a("attempt", Int, "the runtime's restart attempt"),
+            opt("container", Str, "from `cri`", "the container's name"),
+            opt(
+                "attempt",
+                Int,
+                "from `cri`",
+                "the runtime's restart attempt",
+            ),
+            opt(
+                "cgroup",
+                Str,
+                "from `cri-ebpf`",
+                "the container's cgroup v2 path",
+            ),
+            opt(
+                "runtime_comm",
+                Str,
+                "from `cri-ebpf`",
+                "the process that made the cgroup, e.g. `runc`",
+            ),
         ],
         more: More::Nothing,
-        entities: "node, container_id, pod_uid, pod_namespace, pod_name",
+        entities: "node, container_id, pod_uid; pod_namespace, pod_name from `cri`; cgroup_id from `cri-ebpf`",
     },
     Shape {
         kind: "container.started",

@@ -18,6 +18,7 @@ pub mod containers;
 pub mod dns;
 mod histogram;
 pub mod kernel;
+pub mod lifecycle;
 pub mod memory;
 mod names;
 pub mod network;

@@ -229,6 +229,9 @@ async fn run(collector: Watching, client: Client, context: Context) -> Result<()
             },
         };
         for event in out {
+            if !crate::collectors::first_report(&state.directory, &context.stats, &event) {
+                continue;
+            }
             context.out.send(event).await?;
         }
     }
