@@ -870,9 +870,10 @@ async fn resource_starvation_reports_run_queue_waits_and_pressure_of_a_crowded_c
         "collectors:\n  resource-starvation: { config: { interval: 200ms, runqueue_threshold: 1ms, min_wakeups: 1, pressure_threshold: 0.5 } }\n",
     )
     .await;
+    let container = format!("{:064x}", u64::from(std::process::id()) << 12 | 0xc90d);
     let mut cgroup = TestCgroup::create(
         &cgroup2_root(),
-        &format!("tapio-crowd-{}", std::process::id()),
+        &format!("cri-containerd-{container}.scope"),
     );
     let cgroup_id = std::os::unix::fs::MetadataExt::ino(
         &std::fs::metadata(&cgroup.dir).expect("the cgroup exists"),
@@ -897,6 +898,15 @@ async fn resource_starvation_reports_run_queue_waits_and_pressure_of_a_crowded_c
         })
         .await;
     tapio::event::schema::check(&pressure).expect("the documented shape");
+    let own = pipeline
+        .wait_for("CPU pressure of the crowded container", WAIT, |e| {
+            e.kind == "pressure.high"
+                && text(e, "resource") == Some("cpu")
+                && &*e.entities.container_id == container.as_str()
+        })
+        .await;
+    tapio::event::schema::check(&own).expect("the documented shape");
+    assert!(text(&own, "cgroup").is_some_and(|c| c.contains(&container)));
     cgroup.stop();
     pipeline
         .wait_for("the cgroup's waits back under the line", WAIT, |e| {

@@ -404,8 +404,14 @@ const THROTTLING: [Attr; 7] = [
     a("quota_us", Int, "its CPU limit per period"),
     a("period_us", Int, "the period"),
 ];
-const PRESSURE: [Attr; 5] = [
+const PRESSURE: [Attr; 6] = [
     a("resource", Str, "`cpu`, `memory` or `io`"),
+    opt(
+        "cgroup",
+        Str,
+        "a cgroup's pressure, not the node's",
+        "the cgroup's path in the cgroup v2 hierarchy",
+    ),
     a(
         "some_avg10",
         Float,
@@ -813,7 +819,7 @@ pub static SHAPES: &[Shape] = &[
         severity_rule: "always warning",
         attributes: &PRESSURE,
         more: More::Nothing,
-        entities: "node",
+        entities: "node; for a cgroup's pressure, its container_id and pod_uid, or unit, from its path",
     },
     Shape {
         kind: "pressure.relieved",
@@ -822,7 +828,7 @@ pub static SHAPES: &[Shape] = &[
         severity_rule: "always info",
         attributes: &PRESSURE,
         more: More::Nothing,
-        entities: "node",
+        entities: "node; for a cgroup's pressure, its container_id and pod_uid, or unit, from its path",
     },
     Shape {
         kind: "syscall.error",

@@ -7,8 +7,9 @@
 //! - CFS throttling: every cgroup with a CPU limit, from its `cpu.stat` (v2 `cpu.max`, or
 //!   v1's cpu hierarchy). `cpu.throttled` once when the share of periods throttled reaches
 //!   `throttled_ratio`, and `cpu.throttled_ended` once when it is back under.
-//! - Pressure (PSI): the node's `/proc/pressure/{cpu,memory,io}`. `pressure.high` once when
-//!   a resource's `some avg10` reaches `pressure_threshold` percent, and `pressure.relieved`
+//! - Pressure (PSI): the node's `/proc/pressure/{cpu,memory,io}`, and each container, pod
+//!   and unit cgroup's `{cpu,memory,io}.pressure` (cgroup v2). `pressure.high` once when a
+//!   resource's `some avg10` reaches `pressure_threshold` percent, and `pressure.relieved`
 //!   once when it is back under.
 
 use std::collections::HashMap;
@@ -139,6 +140,7 @@ impl CollectorConfig for ResourceStarvationConfig {
                 root,
                 v2,
                 last_read: None,
+                v2_root: cgroup2_root(),
                 config: self,
             };
             let interval = starvation.config.interval;
@@ -169,7 +171,9 @@ struct Starvation {
     reported: HashMap<u64, Totals>,
     queue_lines: Lines<u64>,
     throttle_lines: Lines<PathBuf>,
-    pressure_lines: Lines<&'static str>,
+    // By (cgroup v2 path, or none for the node; resource).
+    pressure_lines: Lines<(Option<String>, String)>,
+    v2_root: Option<PathBuf>,
     throttling: HashMap<PathBuf, CfsStat>,
     threshold_us: u64,
     root: PathBuf,
@@ -394,36 +398,93 @@ impl Starvation {
         events
     }
 
+    /// The container, pod and unit cgroups of the cgroup v2 hierarchy, by path below it.
+    fn v2_cgroups(&self) -> Vec<(PathBuf, String)> {
+        let Some(root) = &self.v2_root else {
+            return Vec::new();
+        };
+        let mut found = Vec::new();
+        let mut pending = vec![root.clone()];
+        let mut seen = 0;
+        while let Some(dir) = pending.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.filter_map(Result::ok) {
+                if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                seen += 1;
+                if seen > self.config.max_cgroups {
+                    return found;
+                }
+                let path = entry.path();
+                let relative = format!("/{}", path.strip_prefix(root).unwrap_or(&path).display());
+                if !from_path(&relative).is_empty() {
+                    found.push((path.clone(), relative));
+                }
+                pending.push(path);
+            }
+        }
+        found
+    }
+
+    /// The node's PSI, and each container, pod and unit cgroup's (cgroup v2).
     fn pressure(&mut self, now: u64) -> Vec<Event> {
         let mut readings = Vec::new();
         let mut figures = HashMap::new();
-        for resource in RESOURCES {
-            let Ok(text) = std::fs::read_to_string(self.config.pressure_dir.join(resource)) else {
+        let mut sources: Vec<(Option<String>, PathBuf, String)> = RESOURCES
+            .iter()
+            .map(|r| (None, self.config.pressure_dir.join(r), (*r).to_owned()))
+            .collect();
+        for (dir, relative) in self.v2_cgroups() {
+            for resource in RESOURCES {
+                sources.push((
+                    Some(relative.clone()),
+                    dir.join(format!("{resource}.pressure")),
+                    resource.to_owned(),
+                ));
+            }
+        }
+        for (cgroup, file, resource) in sources {
+            let Some(psi) = std::fs::read_to_string(&file)
+                .ok()
+                .and_then(|text| Psi::parse(&text))
+            else {
                 continue;
             };
-            let Some(psi) = Psi::parse(&text) else {
-                continue;
-            };
-            readings.push((resource, psi.some_avg10 >= self.config.pressure_threshold));
-            figures.insert(resource, psi);
+            let key = (cgroup, resource);
+            readings.push((
+                key.clone(),
+                psi.some_avg10 >= self.config.pressure_threshold,
+            ));
+            figures.insert(key, psi);
         }
         let mut events = Vec::new();
-        for (resource, crossing) in self.pressure_lines.cross(readings) {
-            let psi = figures.remove(resource).unwrap_or_default();
+        for (key, crossing) in self.pressure_lines.cross(readings) {
+            let psi = figures.remove(&key).unwrap_or_default();
+            let (cgroup, resource) = key;
             let kind = match crossing {
                 Crossing::Over => "pressure.high",
                 Crossing::Back => "pressure.relieved",
             };
-            let mut event = self.stamp.node_event(now, kind);
+            let (mut event, whose) = match &cgroup {
+                Some(path) => {
+                    let identity = from_path(path);
+                    let whose = format!("{}: ", identity.describe());
+                    (self.cgroup_event(now, kind, &identity), whose)
+                }
+                None => (self.stamp.node_event(now, kind), String::new()),
+            };
             if crossing == Crossing::Over {
                 event.severity = Severity::Warning;
                 event.message = format!(
-                    "{resource} pressure: some task stalled {:.1}% of the last 10 s",
+                    "{whose}{resource} pressure: some task stalled {:.1}% of the last 10 s",
                     psi.some_avg10
                 );
             } else {
                 event.message = format!(
-                    "{resource} pressure back under {}%",
+                    "{whose}{resource} pressure back under {}%",
                     self.config.pressure_threshold
                 );
             }
@@ -433,6 +494,9 @@ impl Starvation {
             a.set("some_avg60", psi.some_avg60);
             a.set("full_avg10", psi.full_avg10);
             a.set("threshold", self.config.pressure_threshold);
+            if let Some(path) = cgroup {
+                a.set("cgroup", path);
+            }
             events.push(event);
         }
         events
@@ -446,6 +510,16 @@ impl Starvation {
         e.unit = std::sync::Arc::clone(&identity.unit);
         event
     }
+}
+
+/// Where cgroup v2 is mounted: `/sys/fs/cgroup`, or beside v1 on a hybrid host.
+fn cgroup2_root() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let mut fields = l.split_whitespace();
+        let (_, at, kind) = (fields.next()?, fields.next()?, fields.next()?);
+        (kind == "cgroup2").then(|| PathBuf::from(at))
+    })
 }
 
 /// One `/proc/pressure` file's averages.
