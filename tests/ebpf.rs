@@ -926,13 +926,26 @@ async fn cri_ebpf_reports_a_containers_creation_and_exit_code_from_its_cgroup() 
     let container = format!("{:064x}", u64::from(std::process::id()) << 12 | 0xc71);
     let dir = cgroup2_root().join(format!("cri-containerd-{container}.scope"));
     let _ = std::fs::remove_dir(&dir);
-    std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("creates {}: {e}", dir.display()));
+    // Made by a process under a runtime shim's name, as containerd's shim would.
+    let bin = tempfile::tempdir().expect("temp dir");
+    let shim = bin.path().join("containerd-shim-runc-v2");
+    std::os::unix::fs::symlink("/usr/bin/python3", &shim).expect("links python3");
+    let status = Command::new(&shim)
+        .args([
+            "-c",
+            &format!("import os; os.mkdir({:?})", dir.display().to_string()),
+        ])
+        .status()
+        .expect("runs the fake shim");
+    assert!(status.success(), "the fake shim made the cgroup");
     let created = pipeline
         .wait_for("creation of the container", WAIT, |e| {
             e.kind == "container.created" && &*e.entities.container_id == container.as_str()
         })
         .await;
     tapio::event::schema::check(&created).expect("the documented shape");
+    // The kernel keeps 15 characters of a command's name.
+    assert_eq!(text(&created, "runtime_comm"), Some("containerd-shim"));
     let script = format!("echo $$ > {}/cgroup.procs && exit 3", dir.display());
     let status = Command::new("/bin/sh")
         .args(["-c", &script])
