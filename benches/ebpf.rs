@@ -167,35 +167,6 @@ fn signal_storm(count: u64) -> Duration {
     started.elapsed()
 }
 
-/// `runtime-signals`' own cost on a signal storm, against no probes in the same run.
-fn signals(count: u64, rounds: usize) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("runtime-signals.yaml");
-    std::fs::write(&config, "collectors:\n  runtime-signals: {}\n").expect("writes config");
-    let (mut none, mut with) = (Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        none.push(signal_storm(count));
-        let mut command = Command::new(env!("CARGO_BIN_EXE_tapio-collector"));
-        command
-            .args([
-                "--server",
-                "none",
-                "--stdout",
-                "--correlation",
-                "basic",
-                "--config",
-            ])
-            .arg(&config);
-        let _collector = observe(command, "Agent started", true);
-        with.push(signal_storm(count));
-    }
-    let (base, probed) = (median(none).as_secs_f64(), median(with).as_secs_f64());
-    println!(
-        "ebpf/signals kill(self, SIGURG) x{count}: no probes {base:.3} s; runtime-signals {probed:.3} s ({:+.1}%)",
-        (probed / base - 1.0) * 100.0
-    );
-}
-
 /// Writes `count` 4 KiB blocks with `O_DIRECT` into a file in `dir`: one block request each.
 fn direct_writes(dir: &std::path::Path, count: u64) -> Duration {
     let started = Instant::now();
@@ -208,35 +179,6 @@ fn direct_writes(dir: &std::path::Path, count: u64) -> Duration {
         .expect("dd runs");
     assert!(status.success());
     started.elapsed()
-}
-
-/// `storage-io`'s own cost on direct writes, against no probes in the same run.
-fn block(count: u64, rounds: usize) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("storage-io.yaml");
-    std::fs::write(&config, "collectors:\n  storage-io: {}\n").expect("writes config");
-    let (mut none, mut with) = (Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        none.push(direct_writes(dir.path(), count));
-        let mut command = Command::new(env!("CARGO_BIN_EXE_tapio-collector"));
-        command
-            .args([
-                "--server",
-                "none",
-                "--stdout",
-                "--correlation",
-                "basic",
-                "--config",
-            ])
-            .arg(&config);
-        let _collector = observe(command, "Agent started", true);
-        with.push(direct_writes(dir.path(), count));
-    }
-    let (base, probed) = (median(none).as_secs_f64(), median(with).as_secs_f64());
-    println!(
-        "ebpf/block dd bs=4k oflag=direct count={count}: no probes {base:.3} s; storage-io {probed:.3} s ({:+.1}%)",
-        (probed / base - 1.0) * 100.0
-    );
 }
 
 /// `rounds` round trips of one byte between two threads over two pipes, the
@@ -265,35 +207,6 @@ fn ping_pong(rounds: u32) -> Duration {
     elapsed
 }
 
-/// `resource-starvation`'s own cost on context switches, against no probes in the same run.
-fn sched(rounds: u32, repeats: usize) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("resource-starvation.yaml");
-    std::fs::write(&config, "collectors:\n  resource-starvation: {}\n").expect("writes config");
-    let (mut none, mut with) = (Vec::new(), Vec::new());
-    for _ in 0..repeats {
-        none.push(ping_pong(rounds));
-        let mut command = Command::new(env!("CARGO_BIN_EXE_tapio-collector"));
-        command
-            .args([
-                "--server",
-                "none",
-                "--stdout",
-                "--correlation",
-                "basic",
-                "--config",
-            ])
-            .arg(&config);
-        let _collector = observe(command, "Agent started", true);
-        with.push(ping_pong(rounds));
-    }
-    let (base, probed) = (median(none).as_secs_f64(), median(with).as_secs_f64());
-    println!(
-        "ebpf/sched pipe ping-pong x{rounds}: no probes {base:.3} s; resource-starvation {probed:.3} s ({:+.1}%)",
-        (probed / base - 1.0) * 100.0
-    );
-}
-
 /// Starts and reaps `count` processes that exit at once (`/bin/true`).
 fn spawn_exit(count: u32) -> Duration {
     let started = Instant::now();
@@ -304,15 +217,15 @@ fn spawn_exit(count: u32) -> Duration {
     started.elapsed()
 }
 
-/// `cri-ebpf`'s own cost on process exits (its exit probe looks each one up), against no
-/// probes in the same run.
-fn exits(count: u32, repeats: usize) {
+/// One collector's own cost: `workload` timed `repeats` times with no probes and with
+/// `tapio-collector` running only `collector`, alternating; the medians, as a ratio.
+fn own_cost(collector: &str, what: &str, repeats: usize, mut workload: impl FnMut() -> Duration) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("cri-ebpf.yaml");
-    std::fs::write(&config, "collectors:\n  cri-ebpf: {}\n").expect("writes config");
+    let config = dir.path().join("collector.yaml");
+    std::fs::write(&config, format!("collectors:\n  {collector}: {{}}\n")).expect("writes config");
     let (mut none, mut with) = (Vec::new(), Vec::new());
     for _ in 0..repeats {
-        none.push(spawn_exit(count));
+        none.push(workload());
         let mut command = Command::new(env!("CARGO_BIN_EXE_tapio-collector"));
         command
             .args([
@@ -325,12 +238,41 @@ fn exits(count: u32, repeats: usize) {
             ])
             .arg(&config);
         let _collector = observe(command, "Agent started", true);
-        with.push(spawn_exit(count));
+        with.push(workload());
     }
     let (base, probed) = (median(none).as_secs_f64(), median(with).as_secs_f64());
     println!(
-        "ebpf/exits /bin/true x{count}: no probes {base:.3} s; cri-ebpf {probed:.3} s ({:+.1}%)",
+        "ebpf/{what}: no probes {base:.3} s; {collector} {probed:.3} s ({:+.1}%)",
         (probed / base - 1.0) * 100.0
+    );
+}
+
+/// The new collectors' own costs, each on the workload that exercises its probes.
+fn measure_own_costs(signals: u64, writes: u64, trips: u32, exits: u32, repeats: usize) {
+    own_cost(
+        "runtime-signals",
+        &format!("signals kill(self, SIGURG) x{signals}"),
+        repeats,
+        || signal_storm(signals),
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    own_cost(
+        "storage-io",
+        &format!("block dd bs=4k oflag=direct count={writes}"),
+        repeats,
+        || direct_writes(dir.path(), writes),
+    );
+    own_cost(
+        "resource-starvation",
+        &format!("sched pipe ping-pong x{trips}"),
+        repeats,
+        || ping_pong(trips),
+    );
+    own_cost(
+        "cri-ebpf",
+        &format!("exits /bin/true x{exits}"),
+        repeats,
+        || spawn_exit(exits),
     );
 }
 
@@ -489,20 +431,14 @@ fn main() {
     }
     if measuring {
         overhead(4 << 20, 3);
-        signals(1_000_000, 3);
-        block(20_000, 3);
+        measure_own_costs(1_000_000, 20_000, 200_000, 5_000, 3);
         sampling(500, 10);
-        sched(200_000, 3);
-        exits(5_000, 3);
         drain(200_000, 256 << 10);
         drain(200_000, 4 << 20);
     } else {
         overhead(20_000, 1);
-        signals(10_000, 1);
-        block(200, 1);
+        measure_own_costs(10_000, 200, 2_000, 100, 1);
         sampling(20, 1);
-        sched(2_000, 1);
-        exits(100, 1);
         drain(2_000, 256 << 10);
     }
 }

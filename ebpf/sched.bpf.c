@@ -4,7 +4,6 @@
  * histograms every interval; nothing is sent per context switch. */
 #include "tapio.h"
 
-#define SLOTS 24 /* log2 buckets of microseconds, as in storage.bpf.c */
 #define TASK_RUNNING 0
 
 /* Tasks waiting on a run queue, by thread id: when they were queued. */
@@ -37,17 +36,6 @@ static __always_inline void enqueue(struct task_struct *task)
 	__u64 now = bpf_ktime_get_ns();
 	if (bpf_map_update_elem(&queued, &tid, &now, BPF_ANY) != 0)
 		count_lost();
-}
-
-static __always_inline __u32 slot_of(__u64 ns)
-{
-	__u64 us = ns / 1000;
-	__u32 slot = 0;
-#pragma unroll
-	for (int i = 1; i < SLOTS; i++)
-		if (us >= (1ULL << i))
-			slot = i;
-	return slot;
 }
 
 SEC("tp_btf/sched_wakeup")

@@ -5,7 +5,6 @@
  * update per request and produces no records. */
 #include "tapio.h"
 
-#define SLOTS 24 /* log2 buckets of microseconds: [0,2), [2,4), ... [2^23, inf) */
 #define RWBS_LEN 10
 
 #define OP_READ 0
@@ -151,18 +150,6 @@ static __always_inline __u32 op_of(const char *rwbs)
 	default:
 		return OP_OTHER;
 	}
-}
-
-static __always_inline __u32 slot_of(__u64 ns)
-{
-	__u64 us = ns / 1000;
-	__u32 slot = 0;
-	/* Unrolled: the verifier on older kernels wants a bounded loop it can see. */
-#pragma unroll
-	for (int i = 1; i < SLOTS; i++)
-		if (us >= (1ULL << i))
-			slot = i;
-	return slot;
 }
 
 SEC("tracepoint/block/block_rq_issue")

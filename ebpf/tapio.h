@@ -122,6 +122,22 @@ static __always_inline void fill_header(struct header *h, __u32 kind)
 	bpf_get_current_comm(h->comm, sizeof(h->comm));
 }
 
+/* Latency histograms (storage.bpf.c, sched.bpf.c): log2 buckets of microseconds, [0, 2),
+ * [2, 4), ... [2^23, inf); src/collectors/ebpf/histogram.rs reads them. */
+#define SLOTS 24
+
+static __always_inline __u32 slot_of(__u64 ns)
+{
+	__u64 us = ns / 1000;
+	__u32 slot = 0;
+	/* Unrolled: the verifier wants a bounded loop it can see. */
+#pragma unroll
+	for (int i = 1; i < SLOTS; i++)
+		if (us >= (1ULL << i))
+			slot = i;
+	return slot;
+}
+
 /* Record kinds, one number space across all probes. */
 #define KIND_EXEC 1
 #define KIND_EXIT 2
