@@ -804,16 +804,9 @@ impl Drop for TestCgroup {
     }
 }
 
-/// Where cgroup v2 is mounted: `/sys/fs/cgroup`, or beside v1 on a hybrid host.
+/// Where cgroup v2 is mounted; these tests need it.
 fn cgroup2_root() -> std::path::PathBuf {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("reads mounts");
-    mounts
-        .lines()
-        .find_map(|l| {
-            let fields: Vec<&str> = l.split_whitespace().collect();
-            (fields.get(2) == Some(&"cgroup2")).then(|| fields[1].into())
-        })
-        .expect("cgroup v2 is mounted")
+    tapio::collectors::ebpf::containers::cgroup2_root().expect("cgroup v2 is mounted")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

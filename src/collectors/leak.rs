@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::ebpf::containers::{Identity, from_path};
+use super::ebpf::containers::{Identity, cgroup_dirs, from_path, hierarchy};
 use super::{BuildContext, BuildFuture, CollectorConfig, Context, Error, Running};
 use crate::event::{Event, IdGenerator, Severity, unix_nanos_now};
 
@@ -96,13 +96,7 @@ impl CollectorConfig for MemoryLeakHunterConfig {
 
     fn build(self, cx: BuildContext, context: Context) -> BuildFuture {
         Box::pin(async move {
-            let (root, v2) = match &self.root {
-                Some(root) => (root.clone(), root.join("cgroup.controllers").exists()),
-                None if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() => {
-                    ("/sys/fs/cgroup".into(), true)
-                }
-                None => ("/sys/fs/cgroup/memory".into(), false),
-            };
+            let (root, v2) = hierarchy(self.root.as_deref(), "memory");
             if !root
                 .join(if v2 {
                     "memory.stat"
@@ -222,32 +216,15 @@ impl Hunter {
         }
     }
 
-    /// The cgroups that name a container, a pod or a systemd unit.
+    /// The cgroups to sample; says once when there are more than `max_cgroups`.
     fn cgroups(&mut self, context: &Context) -> Vec<PathBuf> {
-        let mut found = Vec::new();
-        let mut pending = vec![self.root.clone()];
-        while let Some(dir) = pending.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for entry in entries.filter_map(Result::ok) {
-                if !entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    continue;
-                }
-                let path = entry.path();
-                pending.push(path.clone());
-                if found.len() >= self.config.max_cgroups {
-                    if !self.said_full {
-                        self.said_full = true;
-                        context.degraded(format!(
-                            "more than max_cgroups ({}) cgroups; the rest are not sampled",
-                            self.config.max_cgroups
-                        ));
-                    }
-                    return found;
-                }
-                found.push(path);
-            }
+        let (found, more) = cgroup_dirs(&self.root, self.config.max_cgroups);
+        if more && !self.said_full {
+            self.said_full = true;
+            context.degraded(format!(
+                "more than max_cgroups ({}) cgroups; the rest are not sampled",
+                self.config.max_cgroups
+            ));
         }
         found
     }

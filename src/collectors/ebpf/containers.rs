@@ -220,6 +220,55 @@ fn pod_uid(segment: &str) -> Option<String> {
     shaped.then_some(uid)
 }
 
+/// The cgroup directories below `root`, at most `max` of them; the second value says
+/// whether there were more.
+#[must_use]
+pub fn cgroup_dirs(root: &Path, max: usize) -> (Vec<std::path::PathBuf>, bool) {
+    let mut found = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if found.len() >= max {
+                return (found, true);
+            }
+            let path = entry.path();
+            pending.push(path.clone());
+            found.push(path);
+        }
+    }
+    (found, false)
+}
+
+/// The hierarchy a cgroup collector reads: `configured`, else `/sys/fs/cgroup` on a
+/// cgroup v2 host, else v1's `/sys/fs/cgroup/<controller>`; and whether it is v2.
+#[must_use]
+pub fn hierarchy(configured: Option<&Path>, controller: &str) -> (std::path::PathBuf, bool) {
+    match configured {
+        Some(root) => (root.to_path_buf(), root.join("cgroup.controllers").exists()),
+        None if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() => {
+            ("/sys/fs/cgroup".into(), true)
+        }
+        None => (Path::new("/sys/fs/cgroup").join(controller), false),
+    }
+}
+
+/// Where cgroup v2 is mounted: `/sys/fs/cgroup`, or beside v1 on a hybrid host.
+#[must_use]
+pub fn cgroup2_root() -> Option<std::path::PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let mut fields = l.split_whitespace();
+        let (_, at, kind) = (fields.next()?, fields.next()?, fields.next()?);
+        (kind == "cgroup2").then(|| at.into())
+    })
+}
+
 /// The path below `root` of the cgroup directory whose inode is `cgroup_id`.
 fn find_cgroup(root: &Path, cgroup_id: u64) -> Option<String> {
     let mut pending = vec![root.to_path_buf()];

@@ -2,7 +2,7 @@
 //! running totals (`storage.bpf.c`, `sched.bpf.c`), read as per-interval growth, and lines
 //! that are reported once when crossed and once when crossed back.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 
 /// Buckets of a histogram: [0, 2) µs, [2, 4) µs, ... [2^23 µs, inf).
@@ -10,6 +10,43 @@ pub(crate) const SLOTS: usize = 24;
 
 /// Requests an interval must have before its p999 counts: fewer, and it is the maximum.
 const P999_MIN_COUNT: u64 = 1000;
+
+/// A histogram's running totals as the kernel keeps them: the buckets, the count, and one
+/// more sum (bytes, or nanoseconds waited).
+pub(crate) type Totals = [u64; SLOTS + 2];
+
+/// What each key's running totals grew by since they were last read.
+#[derive(Debug)]
+pub(crate) struct Growth<K> {
+    reported: HashMap<K, Totals>,
+}
+
+impl<K> Default for Growth<K> {
+    fn default() -> Self {
+        Self {
+            reported: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Copy + Eq + Hash> Growth<K> {
+    /// How much `totals` of `key` grew since the last call. `None` when nothing more was
+    /// counted: the key is forgotten, and the caller deletes it from the kernel's map,
+    /// knowing that everything it counted was reported.
+    pub(crate) fn since(&mut self, key: K, totals: Totals) -> Option<Totals> {
+        let before = self.reported.get(&key).copied().unwrap_or([0; SLOTS + 2]);
+        let mut grown = [0; SLOTS + 2];
+        for ((g, now), then) in grown.iter_mut().zip(totals).zip(before) {
+            *g = now.saturating_sub(then);
+        }
+        if grown[SLOTS] == 0 {
+            self.reported.remove(&key);
+            return None;
+        }
+        self.reported.insert(key, totals);
+        Some(grown)
+    }
+}
 
 /// One interval's histogram.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

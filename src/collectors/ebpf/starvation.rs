@@ -19,8 +19,8 @@ use std::time::Duration;
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use serde::Deserialize;
 
-use super::containers::{Identity, from_path};
-use super::histogram::{Crossing, Lines, Log2, SLOTS};
+use super::containers::{Identity, cgroup_dirs, cgroup2_root, from_path, hierarchy};
+use super::histogram::{Crossing, Growth, Lines, Log2, Totals};
 use super::{Ring, Stamp, attach_btf_tracepoint, load};
 use crate::collectors::{BuildContext, BuildFuture, CollectorConfig, Context, Error, Running};
 use crate::event::{Event, Severity, unix_nanos_now};
@@ -70,8 +70,6 @@ impl Default for ResourceStarvationConfig {
     }
 }
 
-type Totals = [u64; SLOTS + 2];
-
 impl CollectorConfig for ResourceStarvationConfig {
     const NAME: &'static str = NAME;
 
@@ -119,17 +117,11 @@ impl CollectorConfig for ResourceStarvationConfig {
             )
             .map_err(|e| Error::unavailable_by("map waits", e))?;
             let ring = Ring::new(NAME, ebpf)?;
-            let (root, v2) = match &self.cgroup_root {
-                Some(root) => (root.clone(), root.join("cgroup.controllers").exists()),
-                None if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() => {
-                    ("/sys/fs/cgroup".into(), true)
-                }
-                None => ("/sys/fs/cgroup/cpu".into(), false),
-            };
+            let (root, v2) = hierarchy(self.cgroup_root.as_deref(), "cpu");
             let starvation = Starvation {
                 stamp: Stamp::new(NAME, &cx.node_name),
                 waits,
-                reported: HashMap::new(),
+                growth: Growth::default(),
                 queue_lines: Lines::default(),
                 throttle_lines: Lines::default(),
                 pressure_lines: Lines::default(),
@@ -168,7 +160,7 @@ struct Starvation {
     config: ResourceStarvationConfig,
     stamp: Stamp,
     waits: BpfHashMap<MapData, u64, Totals>,
-    reported: HashMap<u64, Totals>,
+    growth: Growth<u64>,
     queue_lines: Lines<u64>,
     throttle_lines: Lines<PathBuf>,
     // By (cgroup v2 path, or none for the node; resource).
@@ -199,27 +191,15 @@ impl Starvation {
         let mut intervals: HashMap<u64, Log2> = HashMap::new();
         let mut idle = Vec::new();
         for (cgroup, totals) in entries {
-            let before = self
-                .reported
-                .get(&cgroup)
-                .copied()
-                .unwrap_or([0; SLOTS + 2]);
-            let grown: Vec<u64> = totals
-                .iter()
-                .zip(before)
-                .map(|(now, then)| now.saturating_sub(then))
-                .collect();
-            if grown[SLOTS] == 0 {
+            let Some(grown) = self.growth.since(cgroup, totals) else {
                 idle.push(cgroup);
                 continue;
-            }
-            self.reported.insert(cgroup, totals);
+            };
             intervals.entry(cgroup).or_default().add(&grown);
         }
         for cgroup in idle {
             // Deleted only after everything it counted was reported.
             let _ = self.waits.remove(&cgroup);
-            self.reported.remove(&cgroup);
         }
         let readings: Vec<(u64, bool)> = intervals
             .iter()
@@ -264,29 +244,12 @@ impl Starvation {
     /// The cgroups under the cpu hierarchy that have a CPU limit, with it: (quota, period)
     /// in microseconds.
     fn limited(&self) -> Vec<(PathBuf, (u64, u64))> {
-        let mut found = Vec::new();
-        let mut pending = vec![self.root.clone()];
-        let mut seen = 0;
-        while let Some(dir) = pending.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for entry in entries.filter_map(Result::ok) {
-                if !entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    continue;
-                }
-                seen += 1;
-                if seen > self.config.max_cgroups {
-                    return found;
-                }
-                let path = entry.path();
-                if let Some(limit) = self.limit(&path) {
-                    found.push((path.clone(), limit));
-                }
-                pending.push(path);
-            }
-        }
-        found
+        cgroup_dirs(&self.root, self.config.max_cgroups)
+            .0
+            .into_iter()
+            .filter_map(|dir| Some((self.limit(&dir)?, dir)))
+            .map(|(limit, dir)| (dir, limit))
+            .collect()
     }
 
     fn limit(&self, dir: &Path) -> Option<(u64, u64)> {
@@ -403,30 +366,15 @@ impl Starvation {
         let Some(root) = &self.v2_root else {
             return Vec::new();
         };
-        let mut found = Vec::new();
-        let mut pending = vec![root.clone()];
-        let mut seen = 0;
-        while let Some(dir) = pending.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for entry in entries.filter_map(Result::ok) {
-                if !entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    continue;
-                }
-                seen += 1;
-                if seen > self.config.max_cgroups {
-                    return found;
-                }
-                let path = entry.path();
-                let relative = format!("/{}", path.strip_prefix(root).unwrap_or(&path).display());
-                if !from_path(&relative).is_empty() {
-                    found.push((path.clone(), relative));
-                }
-                pending.push(path);
-            }
-        }
-        found
+        cgroup_dirs(root, self.config.max_cgroups)
+            .0
+            .into_iter()
+            .map(|dir| {
+                let relative = format!("/{}", dir.strip_prefix(root).unwrap_or(&dir).display());
+                (dir, relative)
+            })
+            .filter(|(_, relative)| !from_path(relative).is_empty())
+            .collect()
     }
 
     /// The node's PSI, and each container, pod and unit cgroup's (cgroup v2).
@@ -510,16 +458,6 @@ impl Starvation {
         e.unit = std::sync::Arc::clone(&identity.unit);
         event
     }
-}
-
-/// Where cgroup v2 is mounted: `/sys/fs/cgroup`, or beside v1 on a hybrid host.
-fn cgroup2_root() -> Option<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
-    mounts.lines().find_map(|l| {
-        let mut fields = l.split_whitespace();
-        let (_, at, kind) = (fields.next()?, fields.next()?, fields.next()?);
-        (kind == "cgroup2").then(|| PathBuf::from(at))
-    })
 }
 
 /// One `/proc/pressure` file's averages.

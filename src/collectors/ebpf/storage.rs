@@ -14,7 +14,7 @@ use std::time::Duration;
 use aya::maps::{Array, HashMap as BpfHashMap, MapData};
 use serde::Deserialize;
 
-use super::histogram::{Crossing, Lines, Log2, SLOTS, first_slot_over};
+use super::histogram::{Crossing, Growth, Lines, Log2, SLOTS, Totals, first_slot_over};
 use super::names::errno_name;
 use super::{Header, Reader, Ring, Stamp, attach_tracepoint, load};
 use crate::collectors::{BuildContext, BuildFuture, CollectorConfig, Context, Error, Running};
@@ -63,7 +63,6 @@ impl Default for StorageIoConfig {
 }
 
 type Key = [u32; 4];
-type Totals = [u64; SLOTS + 2];
 
 impl CollectorConfig for StorageIoConfig {
     const NAME: &'static str = NAME;
@@ -194,7 +193,7 @@ struct Interval {
 /// Reads the kernel's histograms and decides crossings.
 struct Latency {
     hists: BpfHashMap<MapData, Key, Totals>,
-    reported: HashMap<Key, Totals>,
+    growth: Growth<Key>,
     lines: Lines<(u32, u32)>,
     threshold_us: u64,
     min_requests: u64,
@@ -210,7 +209,7 @@ impl Latency {
             .max(1);
         Self {
             hists,
-            reported: HashMap::new(),
+            growth: Growth::default(),
             lines: Lines::default(),
             threshold_us,
             min_requests: config.min_requests,
@@ -227,17 +226,10 @@ impl Latency {
         let mut idle = Vec::new();
         let line_slot = first_slot_over(self.threshold_us);
         for (key, totals) in entries {
-            let before = self.reported.get(&key).copied().unwrap_or([0; SLOTS + 2]);
-            let grown: Vec<u64> = totals
-                .iter()
-                .zip(before)
-                .map(|(now, then)| now.saturating_sub(then))
-                .collect();
-            if grown[SLOTS] == 0 {
+            let Some(grown) = self.growth.since(key, totals) else {
                 idle.push(key);
                 continue;
-            }
-            self.reported.insert(key, totals);
+            };
             let interval = intervals.entry((key[0], key[1])).or_default();
             interval.latency.add(&grown);
             interval.bytes += grown[SLOTS + 1];
@@ -250,7 +242,6 @@ impl Latency {
         for key in idle {
             // An idle key is only deleted after everything it counted was reported.
             let _ = self.hists.remove(&key);
-            self.reported.remove(&key);
         }
         // Stamped at the start of the interval the figures cover: a slow fsync recorded
         // during it must not come before its cause.
