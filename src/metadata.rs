@@ -93,6 +93,22 @@ impl PodDirectory {
         self.read().by_uid.get(uid).map(|(pod, _)| Arc::clone(pod))
     }
 
+    /// The pod with IP `ip`: a scan, for callers that cache the answer (a node runs about
+    /// a hundred pods). Host-network pods share the node's IP and are never the answer.
+    #[must_use]
+    pub fn pod_by_ip(&self, ip: &str) -> Option<Arc<PodMeta>> {
+        let maps = self.read();
+        let mut found = maps
+            .by_uid
+            .values()
+            .filter(|(pod, _)| !ip.is_empty() && &*pod.ip == ip)
+            .map(|(pod, _)| pod);
+        match (found.next(), found.next()) {
+            (Some(pod), None) => Some(Arc::clone(pod)),
+            _ => None,
+        }
+    }
+
     /// Pods known.
     #[must_use]
     pub fn len(&self) -> usize {

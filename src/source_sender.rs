@@ -82,6 +82,106 @@ impl EventSender {
     }
 }
 
+/// What [`EventSender::send_all`] could not do.
+#[derive(Debug, thiserror::Error)]
+pub enum SendAllError {
+    /// The queue had no room for the first of them within the wait: none was accepted,
+    /// and the producer gets them back to answer with back-pressure.
+    #[error("the queue is full")]
+    Full(Vec<Event>),
+    /// The pipeline is gone.
+    #[error(transparent)]
+    Closed(#[from] Closed),
+}
+
+impl EventSender {
+    /// Sends `events` as one unit for a producer that can answer back-pressure (an OTLP
+    /// request): under `block`, room for the first queue's worth is waited for at most
+    /// `wait`, and when it does not come none is accepted ([`SendAllError::Full`]); once
+    /// some are in, the rest wait for room, so a request is never half accepted. Under
+    /// `drop_newest`, what does not fit is dropped and counted as `queue_full`; returns how
+    /// many were dropped.
+    ///
+    /// # Panics
+    /// In debug builds, when shapes are checked and an event is unlike its documented shape.
+    pub async fn send_all(
+        &self,
+        mut events: Vec<Event>,
+        wait: std::time::Duration,
+    ) -> Result<u64, SendAllError> {
+        #[cfg(debug_assertions)]
+        if self.check_shapes {
+            for event in &events {
+                if let Err(mismatch) = crate::event::schema::check(event) {
+                    panic!(
+                        "the {} collector sent an event unlike docs/event-types.md: {mismatch}",
+                        self.stats.name()
+                    );
+                }
+            }
+        }
+        let total = events.len();
+        if total == 0 {
+            return Ok(0);
+        }
+        let chunk = self.tx.max_capacity().min(total);
+        if self.when_full == WhenFull::DropNewest {
+            let room = match self.tx.try_reserve_many(chunk) {
+                Ok(permits) => permits,
+                Err(TrySendError::Closed(())) => return Err(Closed.into()),
+                Err(TrySendError::Full(())) => {
+                    // Less room than a queue's worth: as many as fit, one by one.
+                    let mut sent = 0;
+                    for event in events {
+                        match self.tx.try_send(event) {
+                            Ok(()) => sent += 1,
+                            Err(TrySendError::Full(_)) => break,
+                            Err(TrySendError::Closed(_)) => return Err(Closed.into()),
+                        }
+                    }
+                    self.stats.add_accepted(sent as u64);
+                    let dropped = (total - sent) as u64;
+                    EventsDropped {
+                        component: self.stats.name(),
+                        counters: self.stats.drop_counters(),
+                        cause: DropCause::QueueFull,
+                        count: dropped,
+                    }
+                    .emit();
+                    return Ok(dropped);
+                }
+            };
+            let rest = events.split_off(chunk);
+            for (permit, event) in room.zip(events) {
+                permit.send(event);
+            }
+            self.stats.add_accepted(chunk as u64);
+            return Box::pin(self.send_all(rest, wait)).await;
+        }
+        let first = match tokio::time::timeout(wait, self.tx.reserve_many(chunk)).await {
+            Ok(Ok(permits)) => permits,
+            Ok(Err(_)) => return Err(Closed.into()),
+            Err(_) => return Err(SendAllError::Full(events)),
+        };
+        let mut rest = events.split_off(chunk);
+        for (permit, event) in first.zip(events) {
+            permit.send(event);
+        }
+        self.stats.add_accepted(chunk as u64);
+        while !rest.is_empty() {
+            let next = rest.split_off(self.tx.max_capacity().min(rest.len()));
+            let n = rest.len();
+            let permits = self.tx.reserve_many(n).await.map_err(|_| Closed)?;
+            for (permit, event) in permits.zip(rest) {
+                permit.send(event);
+            }
+            self.stats.add_accepted(n as u64);
+            rest = next;
+        }
+        Ok(0)
+    }
+}
+
 /// Creates a queue of `capacity` events for one collector.
 #[must_use]
 pub fn queue(

@@ -36,11 +36,15 @@ pub enum DropCause {
     /// A container's creation or exit that another collector had already reported
     /// (`cri-ebpf`, `cri`, `kubeapi`): one exit is one event.
     Duplicate,
+    /// A span or log record the `otel` collector's keep policy passed over: a span that
+    /// is neither an error nor slow and fell outside `sample_ratio`, a log record under
+    /// `min_severity`.
+    SampledOut,
 }
 
 impl DropCause {
     /// Every cause, in reporting order.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::QueueFull,
         Self::Rejected,
         Self::Undelivered,
@@ -52,6 +56,7 @@ impl DropCause {
         Self::TooLarge,
         Self::Internal,
         Self::Duplicate,
+        Self::SampledOut,
     ];
 
     /// The label used in logs, the status line and metrics.
@@ -69,6 +74,7 @@ impl DropCause {
             Self::TooLarge => "too_large",
             Self::Internal => "internal_error",
             Self::Duplicate => "duplicate",
+            Self::SampledOut => "sampled_out",
         }
     }
 
@@ -85,6 +91,7 @@ impl DropCause {
             Self::TooLarge => 8,
             Self::Internal => 9,
             Self::Duplicate => 10,
+            Self::SampledOut => 11,
         }
     }
 }

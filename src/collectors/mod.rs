@@ -14,6 +14,7 @@ pub mod journald;
 pub mod kubeapi;
 pub mod kubelet;
 pub mod leak;
+pub mod otel;
 pub mod replay;
 pub mod synthetic;
 pub mod systemd;
@@ -372,6 +373,8 @@ registry! {
     "cri-ebpf" => cri_ebpf: ebpf::lifecycle::CriEbpfConfig,
     /// Container lifecycle from the runtime's CRI socket (YAML only).
     "cri" => cri: cri::CriConfig,
+    /// Applications' spans and logs over OTLP/gRPC and OTLP/HTTP (YAML only).
+    "otel" => otel: otel::OtelReceiverConfig,
     /// An etcd member's health and metrics (YAML only).
     "etcd-metrics" => etcd_metrics: etcd::EtcdConfig,
     /// Unit lifecycle from the systemd manager over D-Bus (`--enable-systemd`).

@@ -187,6 +187,7 @@ impl Dependencies {
     #[must_use]
     pub fn callee(&self, event: &Event) -> Option<Server> {
         let (address, port) = match event.kind.as_ref() {
+            "app.span" => return self.span_callee(event),
             "dns.query" | "dns.response" => (text(event, "server")?, 53),
             kind if kind.starts_with("net.tcp.") => (text(event, "daddr")?, port(event, "dport")?),
             _ => return None,
@@ -212,6 +213,38 @@ impl Dependencies {
         // A pod's lookups go to the cluster DNS, whatever address it answers on.
         let in_pod = !event.entities.pod_uid.is_empty() || !event.entities.pod_name.is_empty();
         (port == 53 && in_pod).then(|| Server([0, service_key("kube-system", DNS_SERVICE), 0]))
+    }
+}
+
+impl Dependencies {
+    /// The server an application's client span called: its `server.address` and
+    /// `server.port` (or the older `net.peer.name`/`net.peer.port`) as a connection's
+    /// destination, else the service its `peer.service` or a cluster DNS name
+    /// (`cart.shop.svc.cluster.local`, `cart.shop`, `cart`) names.
+    fn span_callee(&self, event: &Event) -> Option<Server> {
+        let address = text(event, "server.address").or_else(|| text(event, "net.peer.name"));
+        let port = port(event, "server.port").or_else(|| port(event, "net.peer.port"));
+        if let Some(address) = address
+            && address.parse::<std::net::IpAddr>().is_ok()
+        {
+            let port = port?;
+            if let Some(server) = self.listeners.get(&endpoint_key(address, port)) {
+                return Some(*server);
+            }
+            return self.by_ip.get(&address_key(address)).copied();
+        }
+        let own = &*event.entities.pod_namespace;
+        let (name, namespace) = match (text(event, "peer.service"), address) {
+            (Some(service), _) => (service, own),
+            (None, Some(host)) => {
+                let mut labels = host.split('.');
+                let name = labels.next()?;
+                (name, labels.next().filter(|ns| *ns != "svc").unwrap_or(own))
+            }
+            (None, None) => return None,
+        };
+        (!name.is_empty() && !namespace.is_empty())
+            .then(|| Server([0, service_key(namespace, name), 0]))
     }
 }
 
@@ -302,6 +335,41 @@ mod tests {
             None,
             "another host's port is not this unit's"
         );
+    }
+
+    #[test]
+    fn a_client_span_calls_the_pod_or_the_service_it_names() {
+        let mut deps = Dependencies::new(16);
+        let mut ready = event(
+            "k8s.pod.ready",
+            &[("pod_ip", s("10.244.0.7")), (keys::SERVICE_NAME, s("cart"))],
+        );
+        ready.entities.pod_uid = "u-cart".into();
+        ready.entities.pod_namespace = "shop".into();
+        deps.learn(&ready);
+        let cart = deps.identity(&ready);
+        let span = |attributes: &[(&'static str, AttrValue)]| {
+            let mut e = event("app.span", attributes);
+            e.entities.pod_namespace = "shop".into();
+            e
+        };
+        for called in [
+            span(&[
+                ("server.address", s("10.244.0.7")),
+                ("server.port", AttrValue::Int(8080)),
+            ]),
+            span(&[("peer.service", s("cart"))]),
+            span(&[("server.address", s("cart.shop.svc.cluster.local"))]),
+            span(&[("server.address", s("cart"))]),
+        ] {
+            let callee = deps.callee(&called).expect("a callee");
+            assert!(
+                callee.keys().any(|k| cart.keys().any(|c| c == k)),
+                "{:?}",
+                called.attributes
+            );
+        }
+        assert_eq!(deps.callee(&span(&[])), None, "a span that names no peer");
     }
 
     #[test]

@@ -960,6 +960,73 @@ pub fn builtin() -> Vec<Rule> {
             900,
             0.6,
         ),
+        // An application's own requests (the otel collector): the kernel kills what served
+        // them, and they fail; the same for its error logs.
+        rule(
+            "oom-fails-request",
+            "memory.oom_kill",
+            "app.span",
+            Container,
+            60,
+            0.8,
+        )
+        .effect_when(failed_request()),
+        rule(
+            "oom-fails-pod-request",
+            "memory.oom_kill",
+            "app.span",
+            Pod,
+            60,
+            0.7,
+        )
+        .effect_when(failed_request()),
+        rule(
+            "oom-fails-unit-request",
+            "memory.oom_kill",
+            "app.span",
+            Unit,
+            60,
+            0.7,
+        )
+        .effect_when(failed_request()),
+        rule(
+            "kill-fails-request",
+            "process.signal",
+            "app.span",
+            Container,
+            30,
+            0.7,
+        )
+        .cause_when(Condition::at_least(Warning))
+        .effect_when(failed_request()),
+        rule(
+            "exit-fails-request",
+            "container.exit",
+            "app.span",
+            Pod,
+            30,
+            0.6,
+        )
+        .cause_when(failed_exit())
+        .effect_when(failed_request()),
+        rule(
+            "throttling-slows-requests",
+            "cpu.throttled",
+            "app.span",
+            Container,
+            120,
+            0.6,
+        )
+        .effect_when(Condition::default().one_of("kept", &text(&["slow"]))),
+        rule(
+            "oom-logs-errors",
+            "memory.oom_kill",
+            "app.log",
+            Container,
+            60,
+            0.6,
+        )
+        .effect_when(Condition::at_least(Severity::Error)),
         rule(
             "etcd-recovers",
             "etcd.unhealthy",
@@ -1006,10 +1073,28 @@ pub fn builtin() -> Vec<Rule> {
                 300,
                 0.8,
             )
-            .cause_when(when),
+            .cause_when(when.clone()),
+        );
+        // An application's client span that failed, toward that server.
+        rules.push(
+            rule(
+                "server-down-fails-requests",
+                cause,
+                "app.span",
+                Callee,
+                300,
+                0.75,
+            )
+            .cause_when(when)
+            .effect_when(failed_request().one_of("span.kind", &text(&["client", "producer"]))),
         );
     }
     rules
+}
+
+/// An application span whose status is an error.
+fn failed_request() -> Condition {
+    Condition::default().one_of("otel.status_code", &text(&["error"]))
 }
 
 impl fmt::Display for Condition {

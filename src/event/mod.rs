@@ -306,6 +306,12 @@ impl From<&str> for AttrValue {
     }
 }
 
+impl From<Cow<'_, str>> for AttrValue {
+    fn from(value: Cow<'_, str>) -> Self {
+        Self::Str(value.into_owned())
+    }
+}
+
 impl From<i64> for AttrValue {
     fn from(value: i64) -> Self {
         Self::Int(value)

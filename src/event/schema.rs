@@ -63,6 +63,8 @@ pub enum More {
     Prefixed(&'static str),
     /// Any text attribute (the journal's fields).
     AnyText,
+    /// Any attribute of any type (an application's own span and log attributes).
+    Any,
 }
 
 /// How an event differs from its type's shape.
@@ -170,6 +172,7 @@ pub fn check(event: &Event) -> Result<(), Mismatch> {
         let (key, value) = (attribute.key.as_ref(), &attribute.value);
         let expected = match shape.attributes.iter().find(|a| a.key == key) {
             Some(attr) => attr.kind,
+            None if shape.more == More::Any => continue,
             None => match shape.more {
                 More::Prefixed(prefix) if key.starts_with(prefix) => Kind::Str,
                 More::AnyText => Kind::Str,
@@ -235,6 +238,12 @@ pub fn render() -> String {
                 }
                 More::AnyText => {
                     let _ = writeln!(out, "- also any text attribute");
+                }
+                More::Any => {
+                    let _ = writeln!(
+                        out,
+                        "- also the application's own attributes, under their own names and types"
+                    );
                 }
             }
             if shape.attributes.is_empty() {
@@ -1364,6 +1373,79 @@ pub static SHAPES: &[Shape] = &[
         attributes: &[],
         more: More::AnyText,
         entities: "as `journal.entry`'s; always a unit",
+    },
+    Shape {
+        kind: "app.span",
+        sources: &["otel"],
+        severities: &[Info, Warning, Error],
+        severity_rule: "error for a span whose status is an error, warning for one kept as slow (`slow_threshold`), info for one kept by `sample_ratio`",
+        attributes: &[
+            a("span.name", Str, "the span's name, e.g. `GET /cart`"),
+            a(
+                "span.kind",
+                Str,
+                "`server`, `client`, `producer`, `consumer` or `internal`",
+            ),
+            a("otel.status_code", Str, "`error`, `ok` or `unset`"),
+            opt(
+                "otel.status_description",
+                Str,
+                "the status has a message",
+                "the status message",
+            ),
+            a(
+                "service.name",
+                Str,
+                "the resource's `service.name` (`unknown_service` when it has none)",
+            ),
+            a(
+                "duration_ms",
+                Float,
+                "from start to end; the event's time is the end",
+            ),
+            a(
+                "kept",
+                Str,
+                "why it became an event: `error`, `slow` or `sampled`",
+            ),
+            opt(
+                "attributes_dropped",
+                Int,
+                "some were not kept",
+                "the span's own attributes not kept: past `max_attributes`, or named like one above",
+            ),
+        ],
+        more: More::Any,
+        entities: "the sender's: node, pid, comm and cgroup id from `process.pid` or the client socket's process, container and pod from the resource (`container.id`, `k8s.pod.uid`, `k8s.pod.name`, `k8s.namespace.name`), the process's cgroup or the pod IP; the trace id, span id and parent span id are the span's own",
+    },
+    Shape {
+        kind: "app.log",
+        sources: &["otel"],
+        severities: &[Debug, Info, Warning, Error, Critical],
+        severity_rule: "from the severity number: TRACE and DEBUG debug, INFO (or none) info, WARN warning, ERROR error, FATAL critical; records under `min_severity` are not kept",
+        attributes: &[
+            a(
+                "service.name",
+                Str,
+                "the resource's `service.name` (`unknown_service` when it has none)",
+            ),
+            a("severity_number", Int, "OpenTelemetry's 0-24"),
+            opt(
+                "severity_text",
+                Str,
+                "the record has one",
+                "as the application wrote it, e.g. `ERROR`",
+            ),
+            opt("event.name", Str, "the record is a named event", "its name"),
+            opt(
+                "attributes_dropped",
+                Int,
+                "some were not kept",
+                "the record's own attributes not kept",
+            ),
+        ],
+        more: More::Any,
+        entities: "as `app.span`'s; the message is the body, and the trace id and parent span id are the record's trace context when it has one",
     },
 ];
 

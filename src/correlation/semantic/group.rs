@@ -344,7 +344,9 @@ impl Group {
 
     /// The incident, summarised: once, when the group closes, since nothing reads the
     /// summary before.
-    pub(super) fn close(mut self, rules: &[Rule]) -> Incident {
+    /// `apps`: whether applications' spans reach the engine, so their failures can be
+    /// predicted.
+    pub(super) fn close(mut self, rules: &[Rule], apps: bool) -> Incident {
         self.name_pods();
         let evidence: Vec<String> = self.evidence.iter().map(Evidence::text).collect();
         self.incident.predictions = predict(
@@ -353,6 +355,7 @@ impl Group {
             self.root_kind,
             &evidence,
             !self.reach.services.is_empty(),
+            apps,
         );
         self.incident.cascade_risk = cascade_risk(&self.incident.predictions);
         let mut effects: Vec<&str> = self

@@ -206,6 +206,8 @@ pub struct Semantic {
     clock: u64,
     processed: u64,
     open_events: usize,
+    // Whether applications' spans or logs (the otel collector's) have been seen.
+    apps: bool,
     // The rule lists of the event in hand (effects, causes), kept to reuse their memory.
     scratch: (Vec<usize>, Vec<usize>),
 }
@@ -285,6 +287,7 @@ impl Semantic {
             clock: 0,
             processed: 0,
             open_events: 0,
+            apps: false,
             scratch: (Vec::new(), Vec::new()),
         }
     }
@@ -399,9 +402,9 @@ impl Semantic {
         self.open_events = self.open_events.saturating_sub(members);
         closing.retain(|g| g.incident.events.len() > 1);
         closing.sort_by_key(|g| (g.incident.first_seen, g.incident.id));
-        let rules = &self.rules;
+        let (rules, apps) = (&self.rules, self.apps);
         self.closed
-            .extend(closing.into_iter().map(|group| group.close(rules)));
+            .extend(closing.into_iter().map(|group| group.close(rules, apps)));
     }
 
     /// The open group `id`.
@@ -1112,6 +1115,7 @@ impl Correlator for Semantic {
             event.entities.node = Arc::clone(&self.node);
         }
         let exited = event.kind == "process.exit";
+        self.apps |= event.source == "otel";
         self.index.resolve(&mut event.entities, exited);
         if event.span_id.is_none() {
             event.span_id = SpanId::new(super::basic::span_bits(event.id.as_u128()).to_be_bytes());

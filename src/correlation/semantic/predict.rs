@@ -9,17 +9,20 @@ use crate::event::{Event, Prediction};
 /// What comes next: the rules leading on from the newest causal member (`newest`), and
 /// the spread of the root cause across its workload while the group is open; most likely
 /// first, one per event type. Failures of callers (`callee` rules) are predicted only for
-/// a group that touched a service (`serves`): only then are there callers to fail.
+/// a group that touched a service (`serves`): only then are there callers to fail; and
+/// failures of applications' requests only where their spans reach the engine (`apps`).
 pub(super) fn predict(
     rules: &[Rule],
     newest: &str,
     root_kind: &str,
     evidence: &[String],
     serves: bool,
+    apps: bool,
 ) -> Vec<Prediction> {
     let mut predictions: Vec<Prediction> = rules
         .iter()
         .filter(|r| serves || r.relation != Relation::Callee)
+        .filter(|r| apps || !r.effect.starts_with("app."))
         .filter(|r| r.cause == newest || (r.cause == root_kind && r.relation == Relation::Workload))
         .map(|r| Prediction {
             event_type: r.effect,
