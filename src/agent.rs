@@ -316,6 +316,7 @@ fn take_closed(
 /// The `correlation:` settings with the defaults that depend on the collectors filled in.
 fn correlation_settings(config: &Config) -> correlation::CorrelationConfig {
     let mut correlation = config.correlation.clone();
+    correlation.app_spans = config.collectors.otel.as_ref().is_some_and(|e| e.enabled);
     // A report can arrive up to an interval after what it saw, and be compared with an
     // effect seen up to another interval early: twice the longest, at least the default.
     correlation.late_window.get_or_insert_with(|| {

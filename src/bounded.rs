@@ -126,6 +126,11 @@ impl<K: Clone + Eq + Hash, V: PartialEq> Bounded<K, V> {
         self.map.get(key)
     }
 
+    /// The value of `key` to change in place, if it is remembered.
+    pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        self.map.get_mut(key)
+    }
+
     /// Forgets `key`.
     pub fn remove(&mut self, key: &K) {
         self.map.remove(key);

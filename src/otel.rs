@@ -228,64 +228,114 @@ async fn export(
     );
 }
 
-/// The spans of one group: one per member, parent = causal predecessor.
+/// A link to a span of another trace.
+fn link(trace: crate::event::TraceId, span: crate::event::SpanId, remote: bool) -> Link {
+    Link::with_context(SpanContext::new(
+        OtelTraceId::from_bytes(trace.to_bytes()),
+        OtelSpanId::from_bytes(span.to_bytes()),
+        TraceFlags::SAMPLED,
+        remote,
+        TraceState::default(),
+    ))
+}
+
+/// The spans of one group: one per member, parent = causal predecessor; and for a member
+/// that happened inside an application's span (or is one), a span in that application's
+/// trace too, a child of the application span, each linked to the other.
 fn spans(group: &Incident, scope: &InstrumentationScope) -> Vec<SpanData> {
     let trace = OtelTraceId::from_bytes(group.trace_id.to_bytes());
     let root = group.members.first().map(|m| m.id);
-    group
-        .members
-        .iter()
-        .filter_map(|member| {
-            let span = OtelSpanId::from_bytes(member.span?.to_bytes());
-            let at = UNIX_EPOCH + Duration::from_nanos(member.timestamp);
-            let mut links = SpanLinks::default();
-            for (trace_id, span_id) in &member.cross_links {
-                links.links.push(Link::with_context(SpanContext::new(
-                    OtelTraceId::from_bytes(trace_id.to_bytes()),
-                    OtelSpanId::from_bytes(span_id.to_bytes()),
-                    TraceFlags::SAMPLED,
-                    false,
-                    TraceState::default(),
-                )));
-            }
-            if let Some((trace_id, span_id)) = member.own_context {
-                links.links.push(Link::with_context(SpanContext::new(
-                    OtelTraceId::from_bytes(trace_id.to_bytes()),
-                    OtelSpanId::from_bytes(span_id.to_bytes()),
-                    TraceFlags::SAMPLED,
-                    true,
-                    TraceState::default(),
-                )));
-            }
-            Some(SpanData {
+    let mut out = Vec::with_capacity(group.members.len());
+    for member in &group.members {
+        let Some(own) = member.span else {
+            continue;
+        };
+        let span = OtelSpanId::from_bytes(own.to_bytes());
+        let at = UNIX_EPOCH + Duration::from_nanos(member.timestamp);
+        let mut links = SpanLinks::default();
+        for (trace_id, span_id) in &member.cross_links {
+            links.links.push(link(*trace_id, *span_id, false));
+        }
+        if let Some((trace_id, span_id)) = member.own_context {
+            links.links.push(link(trace_id, span_id, true));
+        }
+        if let Some((trace_id, span_id)) = member.app {
+            links.links.push(link(trace_id, span_id, true));
+        }
+        let attributes = attributes(group, member, root == Some(member.id));
+        let status = if member.severity >= Severity::Error {
+            Status::error(member.message.clone())
+        } else {
+            Status::Unset
+        };
+        if let Some((app_trace, app_span)) = member.app {
+            // An application's own span is in its trace already: what goes there is the
+            // incident it belongs to; anything else is what happened inside the request.
+            let name = if member.kind == "app.span" {
+                format!("tapio incident: {}", group.summary)
+            } else {
+                member.kind.to_string()
+            };
+            let mut back = SpanLinks::default();
+            back.links.push(link(group.trace_id, own, false));
+            let mut mirrored = attributes.clone();
+            mirrored.push(KeyValue::new(
+                "tapio.incident.trace_id",
+                to_hex(&group.trace_id.to_bytes()),
+            ));
+            out.push(SpanData {
                 span_context: SpanContext::new(
-                    trace,
-                    span,
+                    OtelTraceId::from_bytes(app_trace.to_bytes()),
+                    mirror_id(own),
                     TraceFlags::SAMPLED,
                     false,
                     TraceState::default(),
                 ),
-                parent_span_id: member.parent.map_or(OtelSpanId::INVALID, |p| {
-                    OtelSpanId::from_bytes(p.to_bytes())
-                }),
-                parent_span_is_remote: false,
+                parent_span_id: OtelSpanId::from_bytes(app_span.to_bytes()),
+                parent_span_is_remote: true,
                 span_kind: SpanKind::Internal,
-                name: member.kind.clone(),
+                name: name.into(),
                 start_time: at,
                 end_time: at,
-                attributes: attributes(group, member, root == Some(member.id)),
+                attributes: mirrored,
                 dropped_attributes_count: 0,
                 events: SpanEvents::default(),
-                links,
-                status: if member.severity >= Severity::Error {
-                    Status::error(member.message.clone())
-                } else {
-                    Status::Unset
-                },
+                links: back,
+                status: status.clone(),
                 instrumentation_scope: scope.clone(),
-            })
-        })
-        .collect()
+            });
+        }
+        out.push(SpanData {
+            span_context: SpanContext::new(
+                trace,
+                span,
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::default(),
+            ),
+            parent_span_id: member.parent.map_or(OtelSpanId::INVALID, |p| {
+                OtelSpanId::from_bytes(p.to_bytes())
+            }),
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Internal,
+            name: member.kind.clone(),
+            start_time: at,
+            end_time: at,
+            attributes,
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links,
+            status,
+            instrumentation_scope: scope.clone(),
+        });
+    }
+    out
+}
+
+/// The id of a member's span in an application's trace: derived from its own, never zero.
+fn mirror_id(own: crate::event::SpanId) -> OtelSpanId {
+    let id = crate::event::hash_parts(&[b"tapio-app-join", &own.to_bytes()]);
+    OtelSpanId::from_bytes(id.max(1).to_be_bytes())
 }
 
 /// Span attributes: OpenTelemetry semantic conventions for the entities (`k8s.*`,

@@ -1252,3 +1252,210 @@ async fn records_lost_in_a_full_ring_buffer_are_counted_and_shown() {
         .expect("dropped=");
     assert!(dropped >= lost, "the total counts the lost records: {line}");
 }
+
+/// How the application's worker dies under its request.
+#[derive(Clone, Copy, Debug)]
+enum Kill {
+    /// Past its memory cgroup's limit.
+    Oom,
+    /// Killed (`SIGKILL`) by a sibling process.
+    Sibling,
+}
+
+/// The collector binary with the kernel collectors, the `otel` receiver on `grpc` and
+/// semantic correlation, exporting incidents to `receiver`; its log is kept.
+fn collector_with_apps(grpc: u16, receiver: u16) -> (common::Guard, Arc<std::sync::Mutex<String>>) {
+    use std::io::BufRead as _;
+    let yaml = common::config(&format!(
+        "collectors:\n  kernel: {{}}\n  memory: {{}}\n  runtime-signals: {{}}\n  otel:\n    config: {{ grpc_listen: \"127.0.0.1:{grpc}\", http_listen: none }}\ncorrelation:\n  mode: semantic\n"
+    ));
+    let mut child = Command::new(common::COLLECTOR)
+        .arg("--config")
+        .arg(yaml.path())
+        .args([
+            "--server",
+            "none",
+            "--stdout",
+            "--otel-endpoint",
+            &format!("127.0.0.1:{receiver}"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("collector starts");
+    // The file is read at start; it may go once the collector has read it.
+    let stderr = child.stderr.take().expect("stderr");
+    let log = Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = Arc::clone(&log);
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            sink.lock().expect("lock").push_str(&(line + "\n"));
+        }
+    });
+    // Collectors start in registry order: once the receiver listens, the probes are in.
+    let started = Instant::now();
+    while !log
+        .lock()
+        .expect("lock")
+        .contains("OTLP receiver listening")
+    {
+        assert!(
+            started.elapsed() < Duration::from_mins(1),
+            "the collector did not start: {}",
+            log.lock().expect("lock")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(yaml);
+    (common::Guard(child), log)
+}
+
+/// An application request (a span of the real OpenTelemetry Python SDK) whose worker
+/// process dies under it: the kill must reach the OTLP receiver inside the application's
+/// trace, as a child of the request's span, and the incident's own trace must link to it.
+fn a_killed_worker_is_inside_the_apps_trace(test: &str, kill: Kill) {
+    if !can_run(test) {
+        return;
+    }
+    let receiver = common::OtlpReceiver::start();
+    let grpc = common::free_port();
+    let (collector, log) = collector_with_apps(grpc, receiver.port);
+    let me = std::process::id();
+    // The app and its worker share a cgroup, as a container's processes do.
+    let app_cgroup = TestCgroup::create(&cgroup2_root(), &format!("tapio-app-{me}-{kill:?}"));
+    let memory = matches!(kill, Kill::Oom)
+        .then(|| MemoryCgroup::create(&format!("tapio-app-oom-{me}"), 32 << 20));
+    let worker = match &memory {
+        Some(cgroup) => format!(
+            "echo $$ > {}/cgroup.procs && exec tail /dev/zero",
+            cgroup.dir.display()
+        ),
+        None => "exec sleep 30".to_owned(),
+    };
+    let ready = std::env::temp_dir().join(format!("tapio-app-{me}-{kill:?}.pid"));
+    let _ = std::fs::remove_file(&ready);
+    let app_script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/otel_app.py");
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec python3 {app_script} worker --protocol grpc --endpoint http://127.0.0.1:{grpc} --ready {} -- /bin/sh -c '{worker}'",
+        app_cgroup.dir.display(),
+        ready.display()
+    );
+    let app = Command::new("/bin/sh")
+        .args(["-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the app starts");
+    if matches!(kill, Kill::Sibling) {
+        let started = Instant::now();
+        let pid = loop {
+            if let Ok(pid) = std::fs::read_to_string(&ready) {
+                break pid;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the worker never ran"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        let status = Command::new("/bin/sh")
+            .args(["-c", &format!("kill -9 {pid}")])
+            .status()
+            .expect("the sibling runs");
+        assert!(status.success());
+    }
+    let out = app.wait_with_output().expect("the app ends");
+    let _ = std::fs::remove_file(&ready);
+    assert!(out.status.success(), "the app failed");
+    let request: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("the app prints its span's ids");
+    assert_eq!(
+        request["status"], "error",
+        "the request failed with its worker"
+    );
+    let (app_trace, app_span) = (
+        request["trace_id"].as_str().expect("trace id").to_owned(),
+        request["span_id"].as_str().expect("span id").to_owned(),
+    );
+    // The span reaches the collector, then the agent stops and exports its incidents.
+    std::thread::sleep(Duration::from_secs(1));
+    let stopped = common::terminate(collector);
+    assert!(stopped.status.success(), "{}", log.lock().expect("lock"));
+    drop(memory);
+    drop(app_cgroup);
+    let kind = match kill {
+        Kill::Oom => "memory.oom_kill",
+        Kill::Sibling => "process.signal",
+    };
+    let log = log.lock().expect("lock").clone();
+    assert_inside(&receiver, kind, (&app_trace, &app_span), &log);
+}
+
+/// Asserts that `receiver` got a `kind` span in the application's trace, a child of its
+/// span, linked to the incident's own span of `kind`, which links back.
+fn assert_inside(
+    receiver: &common::OtlpReceiver,
+    kind: &str,
+    (app_trace, app_span): (&str, &str),
+    log: &str,
+) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (inside, spans) = loop {
+        let spans = receiver.wait_for(1, Duration::from_secs(1));
+        let inside = spans
+            .iter()
+            .find(|s| s["trace_id"] == app_trace && s["name"] == kind);
+        if let Some(inside) = inside {
+            break (inside.clone(), spans);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {kind} in the app's trace {app_trace}; spans: {spans:#?}\nlog: {log}"
+        );
+    };
+    assert_eq!(
+        inside["parent_span_id"], app_span,
+        "a child of the request: {inside:#}"
+    );
+    let back = inside["links"]
+        .as_array()
+        .and_then(|l| l.first())
+        .unwrap_or_else(|| panic!("linked to its incident: {inside:#}"));
+    let incident = spans
+        .iter()
+        .find(|s| s["trace_id"] == back["trace_id"] && s["span_id"] == back["span_id"])
+        .unwrap_or_else(|| panic!("the incident's span {back} was exported: {spans:#?}"));
+    assert_eq!(incident["name"], kind);
+    assert_ne!(
+        incident["trace_id"], app_trace,
+        "the incident has its own trace"
+    );
+    let links_to_app = incident["links"].as_array().is_some_and(|links| {
+        links
+            .iter()
+            .any(|l| l["trace_id"] == app_trace && l["span_id"] == app_span)
+    });
+    assert!(
+        links_to_app,
+        "the incident links to the request: {incident:#}"
+    );
+}
+
+#[test]
+fn an_oom_killed_worker_is_inside_the_apps_trace() {
+    a_killed_worker_is_inside_the_apps_trace(
+        "an_oom_killed_worker_is_inside_the_apps_trace",
+        Kill::Oom,
+    );
+}
+
+#[test]
+fn a_worker_sigkilled_by_a_sibling_is_inside_the_apps_trace() {
+    a_killed_worker_is_inside_the_apps_trace(
+        "a_worker_sigkilled_by_a_sibling_is_inside_the_apps_trace",
+        Kill::Sibling,
+    );
+}

@@ -5,70 +5,13 @@
 //! dropped.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{COLLECTOR, config, free_port, last_status, text};
+use common::{COLLECTOR, OtlpReceiver, config, free_port, last_status, text};
 use serde_json::Value;
 
 mod common;
-
-/// The receiver process; killed on drop.
-struct Receiver {
-    child: Child,
-    port: u16,
-    spans: Arc<Mutex<Vec<Value>>>,
-}
-
-impl Receiver {
-    fn start() -> Self {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/otlp_receiver.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 runs (scripts/setup installs the receiver's packages)");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let first = lines
-            .next()
-            .and_then(Result::ok)
-            .expect("the receiver says where it listens (did scripts/setup run?)");
-        let port = first
-            .strip_prefix("listening ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
-        let spans = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&spans);
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                let span: Value = serde_json::from_str(&line).expect("a JSON span");
-                sink.lock().expect("lock").push(span);
-            }
-        });
-        Self { child, port, spans }
-    }
-
-    /// The spans received once at least `count` have arrived (or after `limit`).
-    fn wait_for(&self, count: usize, limit: Duration) -> Vec<Value> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let spans = self.spans.lock().expect("lock").clone();
-            if spans.len() >= count || Instant::now() > deadline {
-                return spans;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn run_cascade(endpoint: &str) -> (std::process::Output, Duration) {
     let file = config(
@@ -86,7 +29,7 @@ fn run_cascade(endpoint: &str) -> (std::process::Output, Duration) {
 
 #[test]
 fn each_oom_cascade_arrives_as_one_trace_with_causal_parents() {
-    let receiver = Receiver::start();
+    let receiver = OtlpReceiver::start();
     let (out, _) = run_cascade(&format!("127.0.0.1:{}", receiver.port));
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr}");
@@ -184,7 +127,7 @@ fn with_the_endpoint_down_the_run_ends_and_counts_what_it_dropped() {
 
 #[test]
 fn the_agents_own_spans_are_exported_only_when_asked_for() {
-    let receiver = Receiver::start();
+    let receiver = OtlpReceiver::start();
     let file = config("collectors:\n  synthetic: { config: { events: 3000, rate: 0 } }\n");
     let out = Command::new(COLLECTOR)
         .args(["--config", file.path().to_str().expect("utf-8")])

@@ -45,6 +45,11 @@ pub struct CorrelationConfig {
     pub critical_units: Vec<String>,
     /// Causal rules added to the built-in ones (docs/correlation.md).
     pub rules: Vec<RuleConfig>,
+    /// Whether applications' spans will come (the `otel` collector is on): incident
+    /// members are then kept for the join with them from the start. Set by the agent, not
+    /// the YAML file; without it the join starts at the first application event.
+    #[serde(skip)]
+    pub app_spans: bool,
 }
 
 impl Default for CorrelationConfig {
@@ -61,6 +66,7 @@ impl Default for CorrelationConfig {
             critical_labels: Vec::new(),
             critical_units: Vec::new(),
             rules: Vec::new(),
+            app_spans: false,
         }
     }
 }

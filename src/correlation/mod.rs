@@ -63,6 +63,7 @@ pub fn build_with(
                 late_window: config
                     .late_window
                     .unwrap_or(semantic::Limits::default().late_window),
+                app_join: config.app_spans,
                 ..semantic::Limits::default()
             };
             let critical = semantic::Criticality {

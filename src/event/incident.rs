@@ -54,6 +54,9 @@ pub struct Member {
     pub own_context: Option<(TraceId, SpanId)>,
     /// Causes that matched in other incidents: span links across traces.
     pub cross_links: Vec<(TraceId, SpanId)>,
+    /// The application span it happened in (the `otel` collector's), or that it is: the
+    /// trace export also puts it in that trace, as a child of that span, linked both ways.
+    pub app: Option<(TraceId, SpanId)>,
     /// For a related (not causally linked) member, the entity it shares with the
     /// incident, by name (`pod`, `workload`, ...).
     pub joined_on: Option<&'static str>,

@@ -333,3 +333,59 @@ pub fn terminate(guard: Guard) -> Output {
     assert!(kill.success());
     guard.wait_for(Duration::from_secs(30))
 }
+
+/// A real OTLP/gRPC trace receiver (`tests/peers/otlp_receiver.py`, on `PyPI`'s
+/// opentelemetry-proto and grpcio) printing each span it gets as JSON; killed on drop.
+pub struct OtlpReceiver {
+    child: Child,
+    pub port: u16,
+    spans: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl OtlpReceiver {
+    pub fn start() -> Self {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/otlp_receiver.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs (scripts/setup installs the receiver's packages)");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let first = lines
+            .next()
+            .and_then(Result::ok)
+            .expect("the receiver says where it listens (did scripts/setup run?)");
+        let port = first
+            .strip_prefix("listening ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
+        let spans = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&spans);
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let span: serde_json::Value = serde_json::from_str(&line).expect("a JSON span");
+                sink.lock().expect("lock").push(span);
+            }
+        });
+        Self { child, port, spans }
+    }
+
+    /// The spans received once at least `count` have arrived (or after `limit`).
+    pub fn wait_for(&self, count: usize, limit: Duration) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let spans = self.spans.lock().expect("lock").clone();
+            if spans.len() >= count || Instant::now() > deadline {
+                return spans;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for OtlpReceiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

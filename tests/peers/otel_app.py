@@ -127,8 +127,13 @@ def main():
     parser.add_argument("--endpoint", required=True)
     parser.add_argument("--protocol", choices=["grpc", "http"], required=True)
     parser.add_argument("--ready")
-    parser.add_argument("command", nargs="*")
-    args = parser.parse_args()
+    argv = sys.argv[1:]
+    command = []
+    if "--" in argv:
+        at = argv.index("--")
+        argv, command = argv[:at], argv[at + 1 :]
+    args = parser.parse_args(argv)
+    args.command = command
     if args.mode == "requests":
         requests(args)
     else:

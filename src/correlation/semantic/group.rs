@@ -15,7 +15,8 @@ fn put<T: PartialEq>(set: &mut Few<T>, item: T) {
     }
 }
 use crate::event::{
-    CausalLink, Entities, Event, EventId, GroupId, Incident, Member, Severity, keys,
+    CausalLink, Entities, Event, EventId, GroupId, Incident, Member, Severity, SpanId, TraceId,
+    keys,
 };
 
 /// A group while it is open: the incident it will become, and what the engine keeps to
@@ -147,6 +148,23 @@ pub(super) fn impact(severity: Severity, width: usize, recurrence: u32, critical
     (severity_weight(severity) * (0.6 + 0.4 * blast) * recurring * criticality).clamp(0.0, 1.0)
 }
 
+/// A span of some trace.
+type Context = (TraceId, SpanId);
+
+/// The trace context `event` arrived with, linked from its span in the group's trace
+/// `group_trace`, and the application span it is (an `app.span`'s own), which the export
+/// joins both ways instead.
+pub(super) fn contexts(event: &Event, group_trace: TraceId) -> (Option<Context>, Option<Context>) {
+    if event.kind == "app.span" {
+        return (None, event.trace_id.zip(event.span_id));
+    }
+    let own = event
+        .trace_id
+        .filter(|t| *t != group_trace)
+        .zip(event.parent_span_id.or(event.span_id));
+    (own, None)
+}
+
 impl Group {
     /// A group rooted at the event `root` of type `root_kind`, seen at `timestamp`.
     pub(super) fn new(
@@ -192,10 +210,7 @@ impl Group {
             links,
             joined_on,
         } = join;
-        let own_context = event
-            .trace_id
-            .filter(|t| *t != self.incident.trace_id)
-            .zip(event.parent_span_id.or(event.span_id));
+        let (own_context, app) = contexts(event, self.incident.trace_id);
         let member = Box::new(Member {
             id: event.id,
             kind: event.kind.clone(),
@@ -204,6 +219,7 @@ impl Group {
             parent,
             own_context,
             cross_links,
+            app,
             joined_on: joined_on.map(Relation::name),
             severity: event.severity,
             message: event.message.clone(),

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use smallvec::SmallVec;
 
+mod app;
 mod group;
 mod predict;
 
@@ -63,6 +64,9 @@ pub struct Limits {
     /// How late (in event time behind the newest event seen) a cause may arrive and still
     /// join the group of its effect, as its new root when the effect was the root.
     pub late_window: Duration,
+    /// Keep incident members for the join with applications' spans from the start (the
+    /// `otel` collector is on), not only from the first application event.
+    pub app_join: bool,
 }
 
 impl Default for Limits {
@@ -76,6 +80,7 @@ impl Default for Limits {
             entities: 65_536,
             join_window: Duration::from_mins(1),
             late_window: Duration::from_mins(1),
+            app_join: false,
         }
     }
 }
@@ -208,6 +213,8 @@ pub struct Semantic {
     open_events: usize,
     // Whether applications' spans or logs (the otel collector's) have been seen.
     apps: bool,
+    // Application spans and the incident members on their entities, for the join.
+    app: app::AppJoin,
     // The rule lists of the event in hand (effects, causes), kept to reuse their memory.
     scratch: (Vec<usize>, Vec<usize>),
 }
@@ -216,6 +223,7 @@ impl Semantic {
     /// An engine with `rules` and `limits`, stamping `node` on events that lack one.
     #[must_use]
     pub fn new(node: &str, rules: Vec<Rule>, limits: Limits) -> Self {
+        let app_join = limits.app_join;
         let mut by_kind: FxMap<&'static str, KindRules> = FxMap::default();
         let mut conditions: Vec<Condition> = Vec::new();
         let mut intern = |condition: &Condition| {
@@ -288,6 +296,7 @@ impl Semantic {
             processed: 0,
             open_events: 0,
             apps: false,
+            app: app::AppJoin::new(app_join),
             scratch: (Vec::new(), Vec::new()),
         }
     }
@@ -692,6 +701,9 @@ impl Semantic {
         let window = self.limits.join_window.as_nanos() as u64;
         self.touched
             .retain(|_, t| now.saturating_sub(t.timestamp) <= window);
+        if self.app.is_on() {
+            self.app.sweep(now, late);
+        }
         let quiet = self.limits.quiet.as_nanos() as u64;
         let by_kind = &self.by_kind;
         let done: Vec<GroupId> = self
@@ -801,10 +813,7 @@ impl Semantic {
         });
         // What building the group reads, and no more: the member, the service (its reach)
         // and the evidence; not the event.
-        let own_context = event
-            .trace_id
-            .filter(|t| *t != trace_id_of(id))
-            .zip(event.parent_span_id.or(event.span_id));
+        let (own_context, app) = group::contexts(event, trace_id_of(id));
         let member = Member {
             id: event.id,
             kind: event.kind.clone(),
@@ -813,6 +822,7 @@ impl Semantic {
             parent: None,
             own_context,
             cross_links: Vec::new(),
+            app,
             joined_on: None,
             severity: event.severity,
             message: event.message.clone(),
@@ -1028,6 +1038,52 @@ impl Semantic {
     }
 }
 
+impl Semantic {
+    /// The join with applications' traces: an application span marks the members it
+    /// holds; a member takes the known span that holds it.
+    fn join_app(&mut self, event: &Event, group: Option<GroupId>) {
+        if event.source == "otel" {
+            self.app.turn_on();
+        }
+        if event.kind == "app.span" && event.source == "otel" {
+            if let Some(span) = app::AppSpan::of(event) {
+                for seen in self.app.span(span, &event.entities) {
+                    self.mark_app(seen.id, seen.group, span.context);
+                }
+            }
+        } else if let Some(group) = group
+            && event.source != "otel"
+            && let Some(context) = self.app.member(event, group)
+        {
+            self.mark_app(event.id, group, context);
+        }
+    }
+
+    /// Records on member `id` of `group` (open, or still a seed) the application span it
+    /// happened in, unless it knows one already.
+    fn mark_app(&mut self, id: EventId, group: GroupId, context: (TraceId, SpanId)) {
+        let group = self.live(group);
+        let member = match self.groups.get_mut(&group) {
+            Some(g) => g
+                .incident
+                .members
+                .iter_mut()
+                .find(|m| m.id == id)
+                .map(|m| &mut **m),
+            None => self
+                .seeds
+                .get_mut(&group)
+                .map(|seed| &mut seed.member)
+                .filter(|m| m.id == id),
+        };
+        if let Some(member) = member
+            && member.app.is_none()
+        {
+            member.app = Some(context);
+        }
+    }
+}
+
 /// Appends `item` to `list` (newest last) unless the list holds its event already,
 /// forgetting the oldest beyond `cap`.
 fn keep_newest<T>(
@@ -1076,6 +1132,7 @@ fn question(query: &Question, answer: &Event) -> Member {
         parent: None,
         own_context: None,
         cross_links: Vec::new(),
+        app: None,
         joined_on: Some("lookup"),
         severity: crate::event::Severity::Info,
         message: format!(
@@ -1197,6 +1254,7 @@ impl Correlator for Semantic {
             event.trace_id = TraceId::new(event.id.as_u128().to_be_bytes());
         }
         self.pair_question(event, group_id);
+        self.join_app(event, group_id);
         if let Some(group) = group_id {
             self.remember(event, group, &cause_rules, &mut cache);
             if !related {
@@ -1779,7 +1837,7 @@ mod tests {
 
         #[test]
         fn no_group_exceeds_its_caps(events in arbitrary_events()) {
-            let limits = Limits { quiet: Duration::from_mins(2), max_groups: 3, max_group_events: 4, max_open_events: 7, causes_per_key: 2, entities: 8, join_window: Duration::from_mins(1), late_window: Duration::from_mins(1) };
+            let limits = Limits { quiet: Duration::from_mins(2), max_groups: 3, max_group_events: 4, max_open_events: 7, causes_per_key: 2, entities: 8, join_window: Duration::from_mins(1), late_window: Duration::from_mins(1), app_join: true };
             let mut engine = Semantic::new("node-a", builtin(), limits.clone());
             for mut event in events {
                 engine.process(&mut event);
@@ -1795,5 +1853,86 @@ mod tests {
             engine.close_all();
             prop_assert!(engine.take_closed().iter().all(|g| g.events.len() <= limits.max_group_events && g.events.len() > 1));
         }
+    }
+    #[test]
+    fn a_kill_inside_an_application_request_is_marked_with_that_request() {
+        let base = 1_790_000_000_000_000_000u64;
+        let on = |id: u128, kind: &'static str, source: &'static str, ms: u64, pid: u32| {
+            let mut e = Event::new(EventId::from_u128(id), base + ms * 1_000_000, kind, source);
+            e.entities.pid = pid;
+            e.entities.cgroup_id = 4242;
+            e.entities.comm = "python3".into();
+            e
+        };
+        let trace = TraceId::new([7; 16]).expect("id");
+        let span = SpanId::new([8; 8]).expect("id");
+        // The request: its app first says something (so the engine keeps members), the
+        // worker is OOM-killed 300 ms into it and exits, then the span arrives, failed.
+        let mut log = on(1, "app.log", "otel", 0, 10);
+        log.severity = Severity::Warning;
+        log.attributes.push("service.name", "resizer");
+        log.attributes.push("severity_number", 13i64);
+        let oom_kill = |id: u128, ms: u64, pid: u32| {
+            let mut e = on(id, "memory.oom_kill", "memory", ms, pid);
+            e.severity = Severity::Critical;
+            for (key, value) in [
+                ("victim_pid", i64::from(pid)),
+                ("uid", 0),
+                ("total_vm_bytes", 1 << 30),
+                ("anon_rss_bytes", 60 << 20),
+                ("file_rss_bytes", 0),
+                ("shmem_rss_bytes", 0),
+                ("oom_score_adj", 0),
+                ("killer_pid", i64::from(pid)),
+            ] {
+                e.attributes.push(key, value);
+            }
+            e.attributes.push("killer_comm", "python3");
+            e
+        };
+        let oom = oom_kill(2, 300, 11);
+        let mut exit = on(3, "process.exit", "kernel", 301, 11);
+        exit.severity = Severity::Warning;
+        exit.attributes.push("ppid", 10i64);
+        exit.attributes.push("exit_code", 0i64);
+        exit.attributes.push("signal", 9i64);
+        let mut request = on(4, "app.span", "otel", 320, 10);
+        request.severity = Severity::Error;
+        request.trace_id = Some(trace);
+        request.span_id = Some(span);
+        for (key, value) in [
+            ("span.name", "POST /resize"),
+            ("span.kind", "server"),
+            ("otel.status_code", "error"),
+            ("service.name", "resizer"),
+            ("kept", "error"),
+        ] {
+            request.attributes.push(key, value);
+        }
+        request.attributes.push("duration_ms", 320.0);
+        // Another process's exit, in another cgroup, during the same request: not inside it.
+        let mut elsewhere = oom_kill(5, 100, 99);
+        elsewhere.entities.cgroup_id = 5151;
+        let mut events = vec![log, elsewhere, oom, exit, request];
+        for e in &events {
+            crate::event::schema::check(e).expect("documented shapes");
+        }
+        let groups = correlate(&mut events, Limits::default());
+        let kill = groups
+            .iter()
+            .flat_map(|g| &g.members)
+            .find(|m| m.id == EventId::from_u128(2))
+            .expect("the kill is an incident's member");
+        assert_eq!(
+            kill.app,
+            Some((trace, span)),
+            "it happened inside the request"
+        );
+        let unrelated = groups
+            .iter()
+            .flat_map(|g| &g.members)
+            .filter(|m| m.id == EventId::from_u128(5))
+            .all(|m| m.app.is_none());
+        assert!(unrelated, "another cgroup's kill is not inside it");
     }
 }
