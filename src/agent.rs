@@ -12,7 +12,7 @@ use crate::collectors::BuildContext;
 use crate::config::Config;
 use crate::event::Incident;
 use crate::manager::Manager;
-use crate::otel::Exporter;
+use crate::otel::{EventExporter, Exporter};
 use crate::output::JsonLines;
 use crate::server::{self, ServeArgs, Server};
 use crate::telemetry::Telemetry;
@@ -174,6 +174,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Arc<Tele
     let mut correlator =
         correlation::build_with(&correlation_settings(&config), &node_name, Some(directory));
     let exporter = start_export(&config, &node_name, &telemetry);
+    let event_exporter = start_event_export(&config, &node_name, &telemetry);
     let mut stdout = config
         .output
         .stdout
@@ -198,6 +199,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Arc<Tele
             shutdown.cancel();
             break Err(Error::Output(e));
         }
+        if let Some(events) = &event_exporter {
+            events.offer(&batch);
+        }
         telemetry.add_processed(n as u64);
         telemetry.set_open_groups(correlator.open_groups() as u64);
         let closed = take_closed(correlator.as_mut(), exporter.as_ref());
@@ -216,7 +220,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Arc<Tele
     let export_timeout = config.otel.shutdown_timeout;
     let export_done = close_groups(
         correlator.as_mut(),
-        exporter,
+        (exporter, event_exporter),
         bridge.as_ref(),
         &telemetry,
         export_timeout,
@@ -226,16 +230,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Arc<Tele
         Some(bridge) => Some(bridge.finish().await),
         None => None,
     };
-    if let Some(done) = export_done {
+    for done in export_done {
         let _ = done.await;
     }
     crate::otel::finish_self_tracing(export_timeout).await;
-    if let Some((stop, task)) = embedded {
-        stop.cancel();
-        if let Ok(Err(e)) = task.await {
-            tracing::error!(error = %e, "Embedded server failed.");
-        }
-    }
+    stop_embedded(embedded).await;
     stop_status.cancel();
     let _ = status.await;
     if let Some(health) = health {
@@ -279,15 +278,34 @@ fn start_export(config: &Config, node: &str, telemetry: &Telemetry) -> Option<Ex
     }
 }
 
+/// The export of events as OTLP log records, when `otel.export_events` asks for it and
+/// there is an endpoint.
+fn start_event_export(config: &Config, node: &str, telemetry: &Telemetry) -> Option<EventExporter> {
+    if !config.otel.export_events || config.otel.endpoint.eq_ignore_ascii_case("none") {
+        return None;
+    }
+    match EventExporter::start(
+        &config.otel.endpoint,
+        node,
+        telemetry.register_event_exporter(),
+    ) {
+        Ok(exporter) => Some(exporter),
+        Err(error) => {
+            tracing::error!(error = %error, "Events will not be exported as OTLP logs.");
+            None
+        }
+    }
+}
+
 /// The input has ended: closes every open group, sends them to the server and the trace
-/// exporter, and starts the exporter's last flush.
+/// exporter, and starts both exporters' last flush.
 async fn close_groups(
     correlator: &mut dyn correlation::Correlator,
-    exporter: Option<Exporter>,
+    (exporter, events): (Option<Exporter>, Option<EventExporter>),
     bridge: Option<&Bridge>,
     telemetry: &Telemetry,
     export_timeout: Duration,
-) -> Option<tokio::task::JoinHandle<()>> {
+) -> Vec<tokio::task::JoinHandle<()>> {
     correlator.close_all();
     let closed = take_closed(correlator, exporter.as_ref());
     if let Some(bridge) = bridge
@@ -296,7 +314,24 @@ async fn close_groups(
         tracing::warn!("The bridge closed before the last incident groups could be sent.");
     }
     telemetry.set_open_groups(0);
-    exporter.map(|e| tokio::spawn(e.finish(export_timeout)))
+    let traces = exporter.map(|e| tokio::spawn(e.finish(export_timeout)));
+    let logs = events.map(|e| tokio::spawn(e.finish(export_timeout)));
+    traces.into_iter().chain(logs).collect()
+}
+
+/// Stops the embedded server, if there is one, and logs how it ended.
+async fn stop_embedded(
+    embedded: Option<(
+        CancellationToken,
+        tokio::task::JoinHandle<Result<(), crate::server::Error>>,
+    )>,
+) {
+    if let Some((stop, task)) = embedded {
+        stop.cancel();
+        if let Ok(Err(e)) = task.await {
+            tracing::error!(error = %e, "Embedded server failed.");
+        }
+    }
 }
 
 /// Takes the incidents closed since the last call and hands each to the exporter, if any.

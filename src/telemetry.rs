@@ -262,6 +262,7 @@ pub struct Telemetry {
     open_groups: AtomicU64,
     bridge: Mutex<Option<Arc<BridgeStats>>>,
     exporter: Mutex<Option<Arc<ExportStats>>>,
+    event_exporter: Mutex<Option<Arc<ExportStats>>>,
 }
 
 impl Telemetry {
@@ -288,6 +289,16 @@ impl Telemetry {
     pub fn register_bridge(&self) -> Arc<BridgeStats> {
         let stats = Arc::new(BridgeStats::default());
         *self.bridge.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&stats));
+        stats
+    }
+
+    /// Registers the export of events as OTLP log records and returns its stats.
+    pub fn register_event_exporter(&self) -> Arc<ExportStats> {
+        let stats = Arc::new(ExportStats::default());
+        *self
+            .event_exporter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&stats));
         stats
     }
 
@@ -367,6 +378,19 @@ impl Telemetry {
             let _ = write!(
                 line,
                 " spans_exported={} spans_dropped={}",
+                exporter.exported.load(Ordering::Relaxed),
+                exporter.dropped.load(Ordering::Relaxed)
+            );
+        }
+        if let Some(exporter) = self
+            .event_exporter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            let _ = write!(
+                line,
+                " logs_exported={} logs_dropped={}",
                 exporter.exported.load(Ordering::Relaxed),
                 exporter.dropped.load(Ordering::Relaxed)
             );

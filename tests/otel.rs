@@ -13,7 +13,7 @@ use serde_json::Value;
 
 mod common;
 
-fn run_cascade(endpoint: &str) -> (std::process::Output, Duration) {
+fn run_cascade(endpoint: &str, extra: &[&str]) -> (std::process::Output, Duration) {
     let file = config(
         "collectors:\n  synthetic: { config: { events: 40, scenario: oom-cascade, seed: 9 } }\n",
     );
@@ -22,6 +22,7 @@ fn run_cascade(endpoint: &str) -> (std::process::Output, Duration) {
         .args(["--config", file.path().to_str().expect("utf-8")])
         .args(["--server", "none", "--stdout", "--correlation", "semantic"])
         .args(["--otel-endpoint", endpoint])
+        .args(extra)
         .output()
         .expect("collector runs");
     (out, started.elapsed())
@@ -30,7 +31,7 @@ fn run_cascade(endpoint: &str) -> (std::process::Output, Duration) {
 #[test]
 fn each_oom_cascade_arrives_as_one_trace_with_causal_parents() {
     let receiver = OtlpReceiver::start();
-    let (out, _) = run_cascade(&format!("127.0.0.1:{}", receiver.port));
+    let (out, _) = run_cascade(&format!("127.0.0.1:{}", receiver.port), &[]);
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert_eq!(last_status(&stderr, "spans_dropped"), 0, "{stderr}");
@@ -108,7 +109,7 @@ fn each_oom_cascade_arrives_as_one_trace_with_causal_parents() {
 fn with_the_endpoint_down_the_run_ends_and_counts_what_it_dropped() {
     // A port where nothing listens.
     let port = free_port();
-    let (out, took) = run_cascade(&format!("127.0.0.1:{port}"));
+    let (out, took) = run_cascade(&format!("127.0.0.1:{port}"), &["--otel-export-events"]);
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
@@ -117,6 +118,12 @@ fn with_the_endpoint_down_the_run_ends_and_counts_what_it_dropped() {
     );
     assert_eq!(last_status(&stderr, "spans_exported"), 0);
     assert_eq!(last_status(&stderr, "spans_dropped"), 10, "{stderr}");
+    assert_eq!(last_status(&stderr, "logs_exported"), 0);
+    assert_eq!(
+        last_status(&stderr, "logs_dropped"),
+        40,
+        "every event's record is counted"
+    );
     assert_eq!(
         last_status(&stderr, "dropped"),
         0,
@@ -162,6 +169,52 @@ fn the_agents_own_spans_are_exported_only_when_asked_for() {
 
 /// A run of the oom-cascade scenario with `endpoint` as the OTLP endpoint: its last status
 /// line and how long it took.
+#[test]
+fn with_export_events_every_event_arrives_as_a_log_record_with_its_trace_context() {
+    let receiver = OtlpReceiver::start();
+    let (out, _) = run_cascade(
+        &format!("127.0.0.1:{}", receiver.port),
+        &["--otel-export-events"],
+    );
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let printed: Vec<Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON event"))
+        .collect();
+    assert_eq!(printed.len(), 40);
+    assert_eq!(last_status(&stderr, "logs_exported"), 40, "{stderr}");
+    assert_eq!(last_status(&stderr, "logs_dropped"), 0, "{stderr}");
+    // 40 log records and the 10 spans of the two incidents.
+    let arrived = receiver.wait_for(50, Duration::from_secs(10));
+    let logs: Vec<&Value> = arrived.iter().filter(|r| r["log"] == true).collect();
+    assert_eq!(logs.len(), 40, "one record per event");
+    for event in &printed {
+        let id = event["id"].as_str().expect("id");
+        let record = logs
+            .iter()
+            .find(|r| r["attributes"]["tapio.event.id"] == id)
+            .unwrap_or_else(|| panic!("no record for {event:#}"));
+        assert_eq!(record["event_name"], event["type"]);
+        assert_eq!(record["trace_id"], event["trace_id"], "its trace context");
+        assert_eq!(record["span_id"], event["span_id"]);
+        assert_eq!(record["time"], event["timestamp_unix_nano"]);
+        assert_eq!(record["body"], event["message"]);
+        let severity = match event["severity"].as_str().expect("severity") {
+            "debug" => 5,
+            "info" => 9,
+            "warning" => 13,
+            "error" => 17,
+            _ => 21,
+        };
+        assert_eq!(record["severity_number"], severity);
+        if let Some(pod) = event["entities"]["pod_name"].as_str() {
+            assert_eq!(record["attributes"]["k8s.pod.name"], pod);
+        }
+        assert_eq!(record["resource"]["service.name"], "tapio-collector");
+    }
+}
+
 fn run_against(endpoint: &str, extra: &[&str]) -> (String, Duration) {
     let yaml = config(
         "collectors:\n  synthetic: { config: { events: 3000, scenario: oom-cascade, seed: 11 } }\n",

@@ -60,6 +60,10 @@ pub struct RunArgs {
     /// Also export the agent's own spans to the OTLP endpoint (off by default).
     #[arg(long)]
     pub otel_self_tracing: bool,
+    /// Also export every enriched event as an OTLP log record to the OTLP endpoint (off by
+    /// default).
+    #[arg(long)]
+    pub otel_export_events: bool,
     /// At shutdown, how long the last spans may take to reach the OTLP endpoint; the rest
     /// are counted as dropped [default: 2s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -147,6 +151,9 @@ impl RunArgs {
         }
         if self.otel_self_tracing {
             config.otel.self_tracing = true;
+        }
+        if self.otel_export_events {
+            config.otel.export_events = true;
         }
         if let Some(v) = self.otel_shutdown_timeout {
             config.otel.shutdown_timeout = v;

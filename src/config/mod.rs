@@ -106,6 +106,10 @@ pub struct OtelConfig {
     pub endpoint: String,
     /// Also export the agent's own spans (service `tapio-collector-agent`); off by default.
     pub self_tracing: bool,
+    /// Also export every enriched event as an OTLP log record (its trace context,
+    /// severity, entities under the semantic conventions), so an OpenTelemetry Collector,
+    /// Loki or Elastic pipeline takes the events without a Tapio server; off by default.
+    pub export_events: bool,
     /// At shutdown, how long the last spans may take to reach the endpoint; what is still
     /// unsent then is dropped and counted (`spans_dropped`).
     #[serde(deserialize_with = "deserialize_duration")]
@@ -117,6 +121,7 @@ impl Default for OtelConfig {
         Self {
             endpoint: "localhost:4317".into(),
             self_tracing: false,
+            export_events: false,
             shutdown_timeout: Duration::from_secs(2),
         }
     }

@@ -26,26 +26,121 @@ use crate::event::{Incident, Member};
 use crate::event::{Severity, to_hex};
 use crate::telemetry::ExportStats;
 
-/// Groups waiting for export at most; beyond it they are dropped and counted.
+mod events;
+pub use events::EventExporter;
+
+/// Offers (a group's spans, a batch of events) waiting for export at most; beyond it
+/// they are dropped and counted.
 const QUEUE: usize = 1024;
-/// Spans per export call at most.
-const BATCH_SPANS: usize = 512;
-/// Longest a span waits for its batch to fill.
+/// Records per export call at most.
+const BATCH_ITEMS: usize = 512;
+/// Longest a record waits for its batch to fill.
 const BATCH_AGE: Duration = Duration::from_secs(1);
 /// Attempts per batch before it is dropped.
 const ATTEMPTS: u32 = 3;
 
-/// A running exporter.
+/// Where batches of one kind of OTLP record go: spans, or log records.
+trait Sink: Send + Sync + 'static {
+    /// One record.
+    type Item: Clone + Send + 'static;
+    /// What a drop is logged as.
+    const DROPPED: &'static str;
+    /// Sends one batch: how many of it the endpoint rejected, or why it failed.
+    fn send(
+        &self,
+        batch: Vec<Self::Item>,
+    ) -> impl std::future::Future<Output = Result<u64, String>> + Send;
+}
+
+/// Spans, through the OpenTelemetry SDK's OTLP exporter.
+struct Spans(opentelemetry_otlp::SpanExporter);
+
+impl Sink for Spans {
+    type Item = SpanData;
+    const DROPPED: &'static str = "Trace spans dropped.";
+
+    async fn send(&self, batch: Vec<SpanData>) -> Result<u64, String> {
+        self.0
+            .export(batch)
+            .await
+            .map(|()| 0)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// A bounded queue in front of a sink, drained by a task that batches and retries; what
+/// it cannot take or deliver is dropped and counted in `stats`, never lost silently.
 #[derive(Debug)]
-pub struct Exporter {
-    groups: mpsc::Sender<Vec<SpanData>>,
-    scope: InstrumentationScope,
+struct Queue<T> {
+    items: mpsc::Sender<Vec<T>>,
     closing: CancellationToken,
     task: JoinHandle<()>,
     stats: Arc<ExportStats>,
+    dropped: &'static str,
 }
 
-/// Why the exporter could not start.
+impl<T: Clone + Send + 'static> Queue<T> {
+    fn start<S: Sink<Item = T>>(sink: S, stats: Arc<ExportStats>) -> Self {
+        let (items, queue) = mpsc::channel(QUEUE);
+        let closing = CancellationToken::new();
+        let task = tokio::spawn(run(sink, queue, closing.clone(), Arc::clone(&stats)));
+        Self {
+            items,
+            closing,
+            task,
+            stats,
+            dropped: S::DROPPED,
+        }
+    }
+
+    /// Queues records for export; when the queue is full they are dropped and counted.
+    fn offer(&self, items: Vec<T>) {
+        let count = items.len() as u64;
+        // Counted before the send: the task may export them before this returns.
+        self.stats.pending.fetch_add(count, Ordering::Relaxed);
+        if self.items.try_send(items).is_err() {
+            self.stats.pending.fetch_sub(count, Ordering::Relaxed);
+            count_dropped(&self.stats, count, "the export queue is full", self.dropped);
+        }
+    }
+
+    /// Exports what is queued (one attempt each, no more retries) and stops, within
+    /// `limit`; what is still unexported then is dropped and counted.
+    async fn finish(self, limit: Duration) {
+        drop(self.items);
+        self.closing.cancel();
+        let mut task = self.task;
+        if tokio::time::timeout(limit, &mut task).await.is_err() {
+            task.abort();
+            let _ = task.await;
+            let lost = self.stats.pending.swap(0, Ordering::Relaxed);
+            count_dropped(
+                &self.stats,
+                lost,
+                "the OTLP endpoint did not answer within otel.shutdown_timeout",
+                self.dropped,
+            );
+        }
+    }
+}
+
+/// The URL of an endpoint given as `host:port` or a URL.
+fn url_of(endpoint: &str) -> String {
+    if endpoint.contains("://") {
+        endpoint.to_owned()
+    } else {
+        format!("http://{endpoint}")
+    }
+}
+
+/// A running exporter of incidents as traces.
+#[derive(Debug)]
+pub struct Exporter {
+    queue: Queue<SpanData>,
+    scope: InstrumentationScope,
+}
+
+/// Why an exporter could not start.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot build the OTLP exporter for {endpoint}: {reason}")]
 pub struct StartError {
@@ -61,11 +156,7 @@ impl Exporter {
         service: &'static str,
         stats: Arc<ExportStats>,
     ) -> Result<Self, StartError> {
-        let url = if endpoint.contains("://") {
-            endpoint.to_owned()
-        } else {
-            format!("http://{endpoint}")
-        };
+        let url = url_of(endpoint);
         let mut exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .with_endpoint(url.clone())
@@ -84,112 +175,83 @@ impl Exporter {
                 ])
                 .build(),
         );
-        let (groups, queue) = mpsc::channel(QUEUE);
-        let closing = CancellationToken::new();
-        let task = tokio::spawn(run(exporter, queue, closing.clone(), Arc::clone(&stats)));
         Ok(Self {
-            groups,
+            queue: Queue::start(Spans(exporter), stats),
             scope: InstrumentationScope::builder("tapio-collector")
                 .with_version(env!("CARGO_PKG_VERSION"))
                 .build(),
-            closing,
-            task,
-            stats,
         })
     }
 
     /// Queues a closed group for export; when the queue is full it is dropped and counted.
     pub fn offer(&self, group: &Incident) {
-        self.offer_spans(spans(group, &self.scope));
+        self.queue.offer(spans(group, &self.scope));
     }
 
     /// Queues finished spans for export; when the queue is full they are dropped and counted.
     pub fn offer_spans(&self, spans: Vec<SpanData>) {
-        let count = spans.len() as u64;
-        // Counted before the send: the task may export them before this returns.
-        self.stats.pending.fetch_add(count, Ordering::Relaxed);
-        if let Err(refused) = self.groups.try_send(spans) {
-            self.stats.pending.fetch_sub(count, Ordering::Relaxed);
-            let spans = match refused {
-                mpsc::error::TrySendError::Full(s) | mpsc::error::TrySendError::Closed(s) => {
-                    s.len()
-                }
-            };
-            count_dropped(&self.stats, spans as u64, "the export queue is full");
-        }
+        self.queue.offer(spans);
     }
 
     /// Exports what is queued (one attempt each, no more retries) and stops, within `limit`;
     /// what is still unexported then is dropped and counted.
     pub async fn finish(self, limit: Duration) {
-        drop(self.groups);
-        self.closing.cancel();
-        let mut task = self.task;
-        if tokio::time::timeout(limit, &mut task).await.is_err() {
-            task.abort();
-            let _ = task.await;
-            let lost = self.stats.pending.swap(0, Ordering::Relaxed);
-            count_dropped(
-                &self.stats,
-                lost,
-                "the OTLP endpoint did not answer within otel.shutdown_timeout",
-            );
-        }
+        self.queue.finish(limit).await;
     }
 }
 
-fn count_dropped(stats: &ExportStats, spans: u64, why: &str) {
-    if spans == 0 {
+fn count_dropped(stats: &ExportStats, count: u64, why: &str, what: &'static str) {
+    if count == 0 {
         return;
     }
-    let before = stats.dropped.fetch_add(spans, Ordering::Relaxed);
-    let total = before + spans;
+    let before = stats.dropped.fetch_add(count, Ordering::Relaxed);
+    let total = before + count;
     // The first drop, then at each power of two: visible without flooding the log.
     if before == 0 || before.leading_zeros() != total.leading_zeros() {
-        tracing::warn!(total, reason = why, "Trace spans dropped.");
+        tracing::warn!(total, reason = why, "{what}");
     }
 }
 
-async fn run(
-    exporter: opentelemetry_otlp::SpanExporter,
-    mut queue: mpsc::Receiver<Vec<SpanData>>,
+async fn run<S: Sink>(
+    sink: S,
+    mut queue: mpsc::Receiver<Vec<S::Item>>,
     closing: CancellationToken,
     stats: Arc<ExportStats>,
 ) {
-    let mut pending: Vec<SpanData> = Vec::new();
+    let mut pending: Vec<S::Item> = Vec::new();
     let mut ticker = tokio::time::interval(BATCH_AGE);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            group = queue.recv() => {
-                let Some(spans) = group else {
+            items = queue.recv() => {
+                let Some(items) = items else {
                     // Closed and drained: the last batch, then stop.
-                    export(&exporter, std::mem::take(&mut pending), &closing, &stats).await;
+                    export(&sink, std::mem::take(&mut pending), &closing, &stats).await;
                     return;
                 };
-                pending.extend(spans);
-                if pending.len() >= BATCH_SPANS {
-                    export(&exporter, std::mem::take(&mut pending), &closing, &stats).await;
+                pending.extend(items);
+                if pending.len() >= BATCH_ITEMS {
+                    export(&sink, std::mem::take(&mut pending), &closing, &stats).await;
                 }
             }
             _ = ticker.tick() => {
-                export(&exporter, std::mem::take(&mut pending), &closing, &stats).await;
+                export(&sink, std::mem::take(&mut pending), &closing, &stats).await;
             }
         }
     }
 }
 
 /// Exports `batch`, retrying with backoff unless the exporter is closing; counts the result.
-async fn export(
-    exporter: &opentelemetry_otlp::SpanExporter,
-    batch: Vec<SpanData>,
+async fn export<S: Sink>(
+    sink: &S,
+    batch: Vec<S::Item>,
     closing: &CancellationToken,
     stats: &ExportStats,
 ) {
     if batch.is_empty() {
         return;
     }
-    let spans = batch.len() as u64;
+    let count = batch.len() as u64;
     // 1 s, then 2 s, ... between the attempts.
     let mut delays = {
         use backon::BackoffBuilder as _;
@@ -200,14 +262,23 @@ async fn export(
     };
     let mut last_error = String::new();
     for attempt in 1..=ATTEMPTS {
-        match exporter.export(batch.clone()).await {
-            Ok(()) => {
-                stats.exported.fetch_add(spans, Ordering::Relaxed);
-                stats.pending.fetch_sub(spans, Ordering::Relaxed);
+        match sink.send(batch.clone()).await {
+            Ok(rejected) => {
+                let rejected = rejected.min(count);
+                stats
+                    .exported
+                    .fetch_add(count - rejected, Ordering::Relaxed);
+                stats.pending.fetch_sub(count, Ordering::Relaxed);
+                count_dropped(
+                    stats,
+                    rejected,
+                    "the OTLP endpoint rejected them",
+                    S::DROPPED,
+                );
                 return;
             }
             Err(error) => {
-                last_error = error.to_string();
+                last_error = error;
                 if attempt == ATTEMPTS || closing.is_cancelled() {
                     break;
                 }
@@ -220,11 +291,12 @@ async fn export(
             }
         }
     }
-    stats.pending.fetch_sub(spans, Ordering::Relaxed);
+    stats.pending.fetch_sub(count, Ordering::Relaxed);
     count_dropped(
         stats,
-        spans,
+        count,
         &format!("the OTLP endpoint failed: {last_error}"),
+        S::DROPPED,
     );
 }
 
@@ -338,10 +410,47 @@ fn mirror_id(own: crate::event::SpanId) -> OtelSpanId {
     OtelSpanId::from_bytes(id.max(1).to_be_bytes())
 }
 
+/// One entity field's value.
+enum Field<'a> {
+    Text(&'a str),
+    Int(i64),
+}
+
+/// The entities that are known, under the OpenTelemetry semantic conventions' names.
+fn entity_fields(e: &crate::event::Entities) -> Vec<(&'static str, Field<'_>)> {
+    let mut out = Vec::with_capacity(8);
+    for (key, value) in [
+        ("k8s.node.name", &e.node),
+        ("k8s.namespace.name", &e.pod_namespace),
+        ("k8s.pod.name", &e.pod_name),
+        ("k8s.pod.uid", &e.pod_uid),
+        ("container.id", &e.container_id),
+        ("process.command", &e.comm),
+        ("systemd.unit", &e.unit),
+    ] {
+        if !value.is_empty() {
+            out.push((key, Field::Text(value)));
+        }
+    }
+    if !e.workload_name.is_empty() {
+        let key = match e.workload_kind.as_ref() {
+            "Deployment" => "k8s.deployment.name",
+            "StatefulSet" => "k8s.statefulset.name",
+            "DaemonSet" => "k8s.daemonset.name",
+            "Job" => "k8s.job.name",
+            _ => "k8s.workload.name",
+        };
+        out.push((key, Field::Text(&e.workload_name)));
+    }
+    if e.pid != 0 {
+        out.push(("process.pid", Field::Int(i64::from(e.pid))));
+    }
+    out
+}
+
 /// Span attributes: OpenTelemetry semantic conventions for the entities (`k8s.*`,
 /// `container.*`, `process.*`), `tapio.*` for what the correlation found.
 fn attributes(group: &Incident, member: &Member, is_root: bool) -> Vec<KeyValue> {
-    let e = &member.entities;
     let mut out = vec![
         KeyValue::new("tapio.event.id", member.id.to_string()),
         KeyValue::new(
@@ -352,31 +461,11 @@ fn attributes(group: &Incident, member: &Member, is_root: bool) -> Vec<KeyValue>
         KeyValue::new("tapio.impact", group.impact),
         KeyValue::new("tapio.root_cause", is_root),
     ];
-    let mut text = |key: &'static str, value: &str| {
-        if !value.is_empty() {
-            out.push(KeyValue::new(key, value.to_owned()));
-        }
-    };
-    text("tapio.message", &member.message);
-    text("k8s.node.name", &e.node);
-    text("k8s.namespace.name", &e.pod_namespace);
-    text("k8s.pod.name", &e.pod_name);
-    text("k8s.pod.uid", &e.pod_uid);
-    text("container.id", &e.container_id);
-    text("process.command", &e.comm);
-    text("systemd.unit", &e.unit);
-    if !e.workload_name.is_empty() {
-        let key = match e.workload_kind.as_ref() {
-            "Deployment" => "k8s.deployment.name",
-            "StatefulSet" => "k8s.statefulset.name",
-            "DaemonSet" => "k8s.daemonset.name",
-            "Job" => "k8s.job.name",
-            _ => "k8s.workload.name",
-        };
-        out.push(KeyValue::new(key, e.workload_name.to_string()));
-    }
-    if e.pid != 0 {
-        out.push(KeyValue::new("process.pid", i64::from(e.pid)));
+    for (key, field) in entity_fields(&member.entities) {
+        out.push(match field {
+            Field::Text(text) => KeyValue::new(key, text.to_owned()),
+            Field::Int(n) => KeyValue::new(key, n),
+        });
     }
     if let Some(relation) = member.joined_on {
         out.push(KeyValue::new("tapio.related_on", relation));
