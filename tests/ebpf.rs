@@ -1264,7 +1264,14 @@ enum Kill {
 
 /// The collector binary with the kernel collectors, the `otel` receiver on `grpc` and
 /// semantic correlation, exporting incidents to `receiver`; its log is kept.
-fn collector_with_apps(grpc: u16, receiver: u16) -> (common::Guard, Arc<std::sync::Mutex<String>>) {
+fn collector_with_apps(
+    grpc: u16,
+    receiver: u16,
+) -> (
+    common::Guard,
+    Arc<std::sync::Mutex<String>>,
+    Arc<std::sync::atomic::AtomicBool>,
+) {
     use std::io::BufRead as _;
     let yaml = common::config(&format!(
         "collectors:\n  kernel: {{}}\n  memory: {{}}\n  runtime-signals: {{}}\n  otel:\n    config: {{ grpc_listen: \"127.0.0.1:{grpc}\", http_listen: none }}\ncorrelation:\n  mode: semantic\n"
@@ -1279,10 +1286,24 @@ fn collector_with_apps(grpc: u16, receiver: u16) -> (common::Guard, Arc<std::syn
             "--otel-endpoint",
             &format!("127.0.0.1:{receiver}"),
         ])
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("collector starts");
+    // Whether an application span has come out of the pipeline yet.
+    let app_span = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = Arc::clone(&app_span);
+    let stdout = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("\"app.span\"") {
+                seen.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
     // The file is read at start; it may go once the collector has read it.
     let stderr = child.stderr.take().expect("stderr");
     let log = Arc::new(std::sync::Mutex::new(String::new()));
@@ -1310,7 +1331,7 @@ fn collector_with_apps(grpc: u16, receiver: u16) -> (common::Guard, Arc<std::syn
         std::thread::sleep(Duration::from_millis(50));
     }
     drop(yaml);
-    (common::Guard(child), log)
+    (common::Guard(child), log, app_span)
 }
 
 /// An application request (a span of the real OpenTelemetry Python SDK) whose worker
@@ -1322,7 +1343,7 @@ fn a_killed_worker_is_inside_the_apps_trace(test: &str, kill: Kill) {
     }
     let receiver = common::OtlpReceiver::start();
     let grpc = common::free_port();
-    let (collector, log) = collector_with_apps(grpc, receiver.port);
+    let (collector, log, span_out) = collector_with_apps(grpc, receiver.port);
     let me = std::process::id();
     // The app and its worker share a cgroup, as a container's processes do.
     let app_cgroup = TestCgroup::create(&cgroup2_root(), &format!("tapio-app-{me}-{kill:?}"));
@@ -1381,7 +1402,15 @@ fn a_killed_worker_is_inside_the_apps_trace(test: &str, kill: Kill) {
         request["span_id"].as_str().expect("span id").to_owned(),
     );
     // The span reaches the collector, then the agent stops and exports its incidents.
-    std::thread::sleep(Duration::from_secs(1));
+    let waiting = Instant::now();
+    while !span_out.load(std::sync::atomic::Ordering::Relaxed) {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(30),
+            "the request's span never came through the pipeline: {}",
+            log.lock().expect("lock")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let stopped = common::terminate(collector);
     assert!(stopped.status.success(), "{}", log.lock().expect("lock"));
     drop(memory);
@@ -1442,6 +1471,21 @@ fn assert_inside(
         links_to_app,
         "the incident links to the request: {incident:#}"
     );
+    // What the two traces hold, for the log (and the README's example).
+    for span in spans
+        .iter()
+        .filter(|s| s["trace_id"] == app_trace || s["trace_id"] == back["trace_id"])
+    {
+        eprintln!(
+            "trace {} span {} parent {} {}: {} links {}",
+            span["trace_id"],
+            span["span_id"],
+            span["parent_span_id"],
+            span["name"],
+            span["attributes"]["tapio.message"],
+            span["links"]
+        );
+    }
 }
 
 #[test]

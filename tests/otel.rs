@@ -96,6 +96,10 @@ fn each_oom_cascade_arrives_as_one_trace_with_causal_parents() {
                     .is_some_and(|i| i > 0.0)
             );
             assert_eq!(span["resource"]["service.name"], "tapio-collector");
+            assert!(
+                span["attributes"]["tapio.message"].is_string(),
+                "the event's message: {span:#}"
+            );
         }
         let kill = printed
             .iter()

@@ -231,10 +231,22 @@ pub enum AttrValue {
 }
 
 impl Attributes {
+    /// Room for `n` attributes without growing.
+    #[must_use]
+    pub fn with_capacity(n: usize) -> Self {
+        Self(Vec::with_capacity(n))
+    }
+
     /// True when there are none.
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// How many there are.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.0.len()
     }
 
     /// Sets `key` to `value`, replacing an earlier value of the same key.

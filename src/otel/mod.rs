@@ -461,6 +461,9 @@ fn attributes(group: &Incident, member: &Member, is_root: bool) -> Vec<KeyValue>
         KeyValue::new("tapio.impact", group.impact),
         KeyValue::new("tapio.root_cause", is_root),
     ];
+    if !member.message.is_empty() {
+        out.push(KeyValue::new("tapio.message", member.message.clone()));
+    }
     for (key, field) in entity_fields(&member.entities) {
         out.push(match field {
             Field::Text(text) => KeyValue::new(key, text.to_owned()),

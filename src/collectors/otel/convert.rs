@@ -91,6 +91,13 @@ pub fn spans(
     node: &Arc<str>,
 ) -> Converted {
     let mut out = Converted::default();
+    let spans: usize = request
+        .resource_spans
+        .iter()
+        .flat_map(|r| &r.scope_spans)
+        .map(|s| s.spans.len())
+        .sum();
+    out.events.reserve_exact(spans);
     for resource_spans in request.resource_spans {
         let resource = resource_spans
             .resource
@@ -160,7 +167,7 @@ fn span_event(
         span.end_time_unix_nano
     };
     let duration = end.saturating_sub(span.start_time_unix_nano);
-    let event_id = derived_id(end, &[&trace.to_bytes(), &id.to_bytes()]);
+    let event_id = span_event_id(end, trace, id);
     let mut event = Event::new(event_id, end, "app.span", SOURCE);
     let (code, message) = span.status.as_ref().map_or((StatusCode::Unset, ""), |s| {
         (
@@ -187,19 +194,29 @@ fn span_event(
     };
     #[allow(clippy::cast_precision_loss)]
     let millis = duration as f64 / 1e6;
-    event.message = format!(
-        "{service} {kind} span {:?} {status} after {millis:.1}ms",
-        span.name
-    );
-    if !message.is_empty() {
-        let _ = write!(event.message, ": {}", clip(message));
+    // Built by hand: formatting a float and a quoted name costs more than the rest of the
+    // conversion together.
+    let tenths = duration / 100_000;
+    let mut text = String::with_capacity(service.len() + span.name.len() + kind.len() + 48);
+    for part in [
+        service, " ", kind, " span \"", &span.name, "\" ", status, " after ",
+    ] {
+        text.push_str(part);
     }
+    let _ = write!(text, "{}.{}ms", tenths / 10, tenths % 10);
+    if !message.is_empty() {
+        text.push_str(": ");
+        text.push_str(&clip(message));
+    }
+    event.message = text;
     event.trace_id = Some(trace);
     event.span_id = Some(id);
     event.parent_span_id = span_id(&span.parent_span_id);
     event.entities = entities;
+    event.attributes =
+        Attributes::with_capacity(OWN + span.attributes.len().min(policy.max_attributes));
     let a = &mut event.attributes;
-    a.push("span.name", clip(&span.name));
+    a.push("span.name", clipped(span.name));
     a.push("span.kind", kind);
     a.push("otel.status_code", status);
     if !message.is_empty() {
@@ -294,10 +311,10 @@ fn log_event(
     a.push("service.name", service);
     a.push("severity_number", i64::from(record.severity_number));
     if !record.severity_text.is_empty() {
-        a.push("severity_text", clip(&record.severity_text));
+        a.push("severity_text", clipped(record.severity_text));
     }
     if !record.event_name.is_empty() {
-        a.push("event.name", clip(&record.event_name));
+        a.push("event.name", clipped(record.event_name));
     }
     own_attributes(a, record.attributes, policy.max_attributes);
     event
@@ -319,10 +336,33 @@ pub fn severity_of(number: i32) -> Severity {
 /// An id in the event id layout (milliseconds, then 80 bits) from the record's own
 /// identity, so the same record sent twice is the same event.
 fn derived_id(at: u64, parts: &[&[u8]]) -> EventId {
-    let high = u128::from(hash_parts(parts));
-    let low = u128::from(hash_parts(&[b"tapio-otel", &high.to_le_bytes()]) & 0xffff);
+    let high = hash_parts(parts);
+    let low = hash_parts(&[b"tapio-otel", &high.to_le_bytes()]);
+    id_at(at, high, low)
+}
+
+/// A span's event id from its trace and span ids: word-wise mixing (multiply and
+/// xor-shift), since those ids are random already and byte-wise hashing is most of what
+/// building the event would cost.
+fn span_event_id(at: u64, trace: TraceId, span: SpanId) -> EventId {
+    let mix = |x: u64| {
+        let x = (x ^ (x >> 32)).wrapping_mul(0xd6e8_feb8_6659_fd93);
+        x ^ (x >> 32)
+    };
+    let t = trace.to_bytes();
+    let (hi, lo) = (
+        u64::from_le_bytes(t[..8].try_into().expect("8 bytes")),
+        u64::from_le_bytes(t[8..].try_into().expect("8 bytes")),
+    );
+    let s = u64::from_le_bytes(span.to_bytes());
+    let high = mix(s ^ mix(lo ^ mix(hi)));
+    id_at(at, high, mix(high ^ 0x9e37_79b9_7f4a_7c15))
+}
+
+/// The id of something at `at` (Unix nanoseconds) with 80 bits from `high` and `low`.
+fn id_at(at: u64, high: u64, low: u64) -> EventId {
     let millis = u128::from(at / 1_000_000) & ((1 << 48) - 1);
-    EventId::from_u128((millis << 80) | (high << 16) | low)
+    EventId::from_u128((millis << 80) | (u128::from(high) << 16) | u128::from(low & 0xffff))
 }
 
 fn trace_id(bytes: &[u8]) -> Option<TraceId> {
@@ -344,28 +384,36 @@ fn service_name(resource: &[KeyValue]) -> String {
         .unwrap_or_else(|| "unknown_service".to_owned())
 }
 
-/// Keys the event's own attributes use; an application attribute of the same name is
-/// not copied over them.
-const OWN_KEYS: [&str; 11] = [
-    "span.name",
-    "span.kind",
-    "otel.status_code",
-    "otel.status_description",
-    "service.name",
-    "duration_ms",
-    "kept",
-    "severity_number",
-    "severity_text",
-    "event.name",
-    "attributes_dropped",
-];
+/// Whether `key` is one the event's own attributes use: an application attribute of the
+/// same name is not copied over it.
+fn is_own_key(key: &str) -> bool {
+    matches!(
+        key,
+        "span.name"
+            | "span.kind"
+            | "otel.status_code"
+            | "otel.status_description"
+            | "service.name"
+            | "duration_ms"
+            | "kept"
+            | "severity_number"
+            | "severity_text"
+            | "event.name"
+            | "attributes_dropped"
+    )
+}
+
+/// Attributes of its own an event has at most.
+const OWN: usize = 8;
 
 /// Appends the application's own attributes, at most `max`; counts the rest.
 fn own_attributes(a: &mut Attributes, attributes: Vec<KeyValue>, max: usize) {
     let mut dropped = 0i64;
     let mut kept = 0;
+    let own = a.len();
     for kv in attributes {
-        if OWN_KEYS.contains(&kv.key.as_str()) || a.get(&kv.key).is_some() {
+        // OTLP requires unique keys; a client that repeats one keeps its first.
+        if is_own_key(&kv.key) || a.iter().skip(own).any(|x| x.key == kv.key) {
             dropped += 1;
             continue;
         }
@@ -373,15 +421,15 @@ fn own_attributes(a: &mut Attributes, attributes: Vec<KeyValue>, max: usize) {
             dropped += 1;
             continue;
         }
-        let Some(value) = kv.value.as_ref().and_then(|v| v.value.as_ref()) else {
+        let Some(value) = kv.value.and_then(|v| v.value) else {
             continue;
         };
         let value = match value {
-            any_value::Value::StringValue(s) => AttrValue::Str(clip(s).into_owned()),
-            any_value::Value::BoolValue(b) => AttrValue::Bool(*b),
-            any_value::Value::IntValue(n) => AttrValue::Int(*n),
-            any_value::Value::DoubleValue(f) => AttrValue::Float(*f),
-            _ => AttrValue::Str(clip(&text_of(kv.value.as_ref().expect("checked"))).into_owned()),
+            any_value::Value::StringValue(s) => AttrValue::Str(clipped(s)),
+            any_value::Value::BoolValue(b) => AttrValue::Bool(b),
+            any_value::Value::IntValue(n) => AttrValue::Int(n),
+            any_value::Value::DoubleValue(f) => AttrValue::Float(f),
+            other => AttrValue::Str(clipped(text_of(&AnyValue { value: Some(other) }))),
         };
         a.push(kv.key, value);
         kept += 1;
@@ -441,6 +489,18 @@ fn write_value(value: &AnyValue, out: &mut String) {
         // A string-table index only profiles use: no text of its own.
         Some(any_value::Value::StringValueStrindex(_)) | None => {}
     }
+}
+
+/// `text`, owned, cut to [`MAX_TEXT`] bytes at a character boundary.
+fn clipped(mut text: String) -> String {
+    if text.len() > MAX_TEXT {
+        let mut end = MAX_TEXT;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
 }
 
 /// `text` cut to [`MAX_TEXT`] bytes at a character boundary.

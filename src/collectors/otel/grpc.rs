@@ -39,6 +39,11 @@ pub(super) async fn serve(
         .max_decoding_message_size(limit);
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
+        // Requests are tens of kilobytes: let clients send each in few frames and keep
+        // several in flight per connection.
+        .max_frame_size(Some(256 * 1024))
+        .initial_stream_window_size(Some(4 << 20))
+        .initial_connection_window_size(Some(16 << 20))
         .add_service(traces)
         .add_service(logs)
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
