@@ -204,7 +204,10 @@ async fn load(port: u16, seconds: f64) -> (f64, u64) {
                             .into_inner()
                             .partial_success
                             .map_or(0, |p| p.rejected_spans);
-                        acked.fetch_add(SPANS as u64 - u64::try_from(rejected).unwrap_or(0), Ordering::Relaxed);
+                        acked.fetch_add(
+                            SPANS as u64 - u64::try_from(rejected).unwrap_or(0),
+                            Ordering::Relaxed,
+                        );
                     }
                     // Back-pressure: the receiver is at its limit; ask again.
                     Err(status) if status.code() == tonic::Code::ResourceExhausted => {

@@ -82,6 +82,37 @@ impl Converted {
     }
 }
 
+/// One resource's sender: its service, and its entities, resolved when a record of it
+/// is first kept.
+struct Sender {
+    resource: Vec<KeyValue>,
+    service: String,
+    entities: Option<Entities>,
+}
+
+impl Sender {
+    fn new(resource: Option<opentelemetry_proto::tonic::resource::v1::Resource>) -> Self {
+        let resource = resource.map(|r| r.attributes).unwrap_or_default();
+        Self {
+            service: service_name(&resource),
+            resource,
+            entities: None,
+        }
+    }
+
+    fn entities(
+        &mut self,
+        who: &mut Who,
+        connection: Option<Connection>,
+        node: &Arc<str>,
+    ) -> Entities {
+        let resource = &self.resource;
+        self.entities
+            .get_or_insert_with(|| who.entities(resource, connection, node))
+            .clone()
+    }
+}
+
 /// The spans of `request` as `app.span` events, resolved to their senders by `who`.
 pub fn spans(
     request: ExportTraceServiceRequest,
@@ -99,12 +130,7 @@ pub fn spans(
         .sum();
     out.events.reserve_exact(spans);
     for resource_spans in request.resource_spans {
-        let resource = resource_spans
-            .resource
-            .map(|r| r.attributes)
-            .unwrap_or_default();
-        let mut entities: Option<Entities> = None;
-        let service = service_name(&resource);
+        let mut sender = Sender::new(resource_spans.resource);
         for scope_spans in resource_spans.scope_spans {
             for span in scope_spans.spans {
                 let (Some(trace), Some(id)) = (trace_id(&span.trace_id), span_id(&span.span_id))
@@ -121,11 +147,15 @@ pub fn spans(
                     out.sampled_out += 1;
                     continue;
                 };
-                let entities = entities
-                    .get_or_insert_with(|| who.entities(&resource, connection, node))
-                    .clone();
+                let entities = sender.entities(who, connection, node);
                 out.events.push(span_event(
-                    span, trace, id, kept, &service, entities, policy,
+                    span,
+                    trace,
+                    id,
+                    kept,
+                    &sender.service,
+                    entities,
+                    policy,
                 ));
             }
         }
@@ -239,12 +269,7 @@ pub fn logs(
 ) -> Converted {
     let mut out = Converted::default();
     for resource_logs in request.resource_logs {
-        let resource = resource_logs
-            .resource
-            .map(|r| r.attributes)
-            .unwrap_or_default();
-        let mut entities: Option<Entities> = None;
-        let service = service_name(&resource);
+        let mut sender = Sender::new(resource_logs.resource);
         for scope_logs in resource_logs.scope_logs {
             for record in scope_logs.log_records {
                 let trace = trace_id(&record.trace_id);
@@ -263,11 +288,15 @@ pub fn logs(
                     out.sampled_out += 1;
                     continue;
                 }
-                let entities = entities
-                    .get_or_insert_with(|| who.entities(&resource, connection, node))
-                    .clone();
+                let entities = sender.entities(who, connection, node);
                 out.events.push(log_event(
-                    record, trace, span, severity, &service, entities, policy,
+                    record,
+                    trace,
+                    span,
+                    severity,
+                    &sender.service,
+                    entities,
+                    policy,
                 ));
             }
         }
