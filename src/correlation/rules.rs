@@ -564,6 +564,21 @@ pub fn builtin() -> Vec<Rule> {
             900,
             0.8,
         ),
+        // The OOM killer kills with a SIGKILL of its own (`from_kernel`): the kill's
+        // effect, not a second cause beside it.
+        rule(
+            "oom-sends-kill",
+            "memory.oom_kill",
+            "process.signal",
+            Process,
+            5,
+            0.95,
+        )
+        .effect_when(
+            Condition::default()
+                .one_of("from_kernel", &[Scalar::Bool(true)])
+                .one_of("signal_name", &text(&["SIGKILL"])),
+        ),
         // A signal from another process ends its target.
         rule(
             "signal-kills-process",

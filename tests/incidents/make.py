@@ -192,6 +192,11 @@ class Writer:
                            pid=pid, arrive=arrive, incident=incident, root=root)
 
     def oom(self, when, pod, incident=None, root=False, limit_mib=512):
+        # The OOM killer's own SIGKILL, as runtime-signals reports it: sent a moment before
+        # the victim is marked, from the kernel, in the allocating (here: the victim's)
+        # context.
+        self.signal(when - 2000, pod, 9, "SIGKILL", pod.pid, pod.comm, sender_pod=pod,
+                    incident=incident, from_kernel=True)
         rss = (limit_mib - 6) << 20
         attrs = {"victim_pid": pod.pid, "uid": 1000, "total_vm_bytes": rss * 3,
                  "anon_rss_bytes": rss, "file_rss_bytes": 3 << 20, "shmem_rss_bytes": 0,
@@ -282,15 +287,18 @@ class Writer:
     # The newer kernel and cgroup collectors.
 
     def signal(self, when, pod, number, name, sender_pid, sender_comm, sender_pod=None,
-               incident=None, root=False):
-        attrs = {"signal": number, "signal_name": name, "code": 0, "from_kernel": False,
+               incident=None, root=False, from_kernel=False):
+        # si_code: SI_KERNEL (0x80) for the kernel's own, SI_USER (0) for kill(2).
+        attrs = {"signal": number, "signal_name": name, "code": 128 if from_kernel else 0,
+                 "from_kernel": from_kernel,
                  "sender_pid": sender_pid, "sender_comm": sender_comm,
                  "sender_cgroup_id": sender_pod.cgroup if sender_pod else 1}
         if sender_pod:
             attrs["sender_container_id"] = sender_pod.container_id
         severity = "info" if name == "SIGTERM" else "warning"
+        sender = "the kernel" if from_kernel else f"{sender_comm} (pid {sender_pid})"
         return self.kernel(when, "process.signal", "runtime-signals", pod, attrs, severity,
-                           f"{sender_comm} (pid {sender_pid}) sent {name} to {pod.comm} (pid {pod.pid})",
+                           f"{sender} sent {name} to {pod.comm} (pid {pod.pid})",
                            incident=incident, root=root)
 
     def cgroup_event(self, when, kind, source, pod, attributes, severity, message, **kw):

@@ -1039,6 +1039,62 @@ impl Semantic {
 }
 
 impl Semantic {
+    /// An event that joined a group through its own cause may also be the late cause of
+    /// an effect that arrived before it and is still alone (the OOM killer's SIGKILL,
+    /// reported a moment before the kill it is part of, when the kill itself has a cause
+    /// such as a memory growth): that effect moves into the group, under this event. An
+    /// effect already in an incident of its own is left there.
+    fn pull_lone_effect(
+        &mut self,
+        event: &Event,
+        into: GroupId,
+        cause_rules: &[usize],
+        cache: &mut KeyCache,
+    ) {
+        let Some((i, effect)) = self.late_effect(event, cause_rules, cache) else {
+            return;
+        };
+        let from = effect.group;
+        if from == into {
+            return;
+        }
+        let (member, kind, critical) = if let Some(group) = self.groups.get(&from) {
+            if group.incident.events.len() != 1 {
+                return;
+            }
+            let critical = group.critical;
+            let Some(group) = self.groups.remove(&from) else {
+                return;
+            };
+            let kind = group.root_kind;
+            let Some(member) = group.incident.members.into_iter().next() else {
+                return;
+            };
+            (member, kind, critical)
+        } else if let Some(seed) = self.seeds.take(&from) {
+            // A seed is no member yet; it becomes one now.
+            self.open_events += 1;
+            let seed = *seed;
+            (Box::new(seed.member), seed.kind, seed.critical)
+        } else {
+            return;
+        };
+        let mut member = member;
+        member.parent = event.span_id;
+        // It went out with its own group's trace id: its span links there.
+        member.own_context = member.span.map(|span| (trace_id_of(from), span));
+        let rule = &self.rules[i];
+        let link = CausalLink {
+            cause_event_id: event.id,
+            rule: rule.name.into(),
+            confidence: rule.confidence,
+        };
+        if let Some(group) = self.groups.get_mut(&into) {
+            group.add_member(member, kind, vec![link], None, None, critical);
+            self.absorbed.insert(from, into);
+        }
+    }
+
     /// The join with applications' traces: an application span marks the members it
     /// holds; a member takes the known span that holds it.
     fn join_app(&mut self, event: &Event, group: Option<GroupId>) {
@@ -1202,7 +1258,9 @@ impl Correlator for Semantic {
                 self.rules[*i].relation,
                 Relation::Process | Relation::Container | Relation::Pod | Relation::Unit
             );
-            Some(self.join_causes(event, &mut found))
+            let group = self.join_causes(event, &mut found);
+            self.pull_lone_effect(event, group, &cause_rules, &mut cache);
+            Some(group)
         } else if let Some((i, effect)) = self.late_effect(event, &cause_rules, &mut cache) {
             Some(self.adopt(event, i, effect))
         } else if !cause_rules.is_empty()
@@ -1854,16 +1912,100 @@ mod tests {
             prop_assert!(engine.take_closed().iter().all(|g| g.events.len() <= limits.max_group_events && g.events.len() > 1));
         }
     }
-    #[test]
-    fn a_kill_inside_an_application_request_is_marked_with_that_request() {
+    /// A kernel event of process `pid` in cgroup 4242, `ms` after a fixed start.
+    fn on(id: u128, kind: &'static str, source: &'static str, ms: u64, pid: u32) -> Event {
         let base = 1_790_000_000_000_000_000u64;
-        let on = |id: u128, kind: &'static str, source: &'static str, ms: u64, pid: u32| {
-            let mut e = Event::new(EventId::from_u128(id), base + ms * 1_000_000, kind, source);
-            e.entities.pid = pid;
-            e.entities.cgroup_id = 4242;
-            e.entities.comm = "python3".into();
+        let mut e = Event::new(EventId::from_u128(id), base + ms * 1_000_000, kind, source);
+        e.entities.pid = pid;
+        e.entities.cgroup_id = 4242;
+        e.entities.comm = "python3".into();
+        e
+    }
+
+    /// The memory collector's OOM kill of `pid`, as it reports one.
+    fn oom_kill(id: u128, ms: u64, pid: u32) -> Event {
+        let mut e = on(id, "memory.oom_kill", "memory", ms, pid);
+        e.severity = Severity::Critical;
+        for (key, value) in [
+            ("victim_pid", i64::from(pid)),
+            ("uid", 0),
+            ("total_vm_bytes", 1 << 30),
+            ("anon_rss_bytes", 60 << 20),
+            ("file_rss_bytes", 0),
+            ("shmem_rss_bytes", 0),
+            ("oom_score_adj", 0),
+            ("killer_pid", i64::from(pid)),
+        ] {
+            e.attributes.push(key, value);
+        }
+        e.attributes.push("killer_comm", "python3");
+        e
+    }
+
+    /// The kernel collector's exit of `pid`, killed by SIGKILL.
+    fn killed_exit(id: u128, ms: u64, pid: u32) -> Event {
+        let mut exit = on(id, "process.exit", "kernel", ms, pid);
+        exit.severity = Severity::Warning;
+        exit.attributes.push("ppid", 10i64);
+        exit.attributes.push("exit_code", 0i64);
+        exit.attributes.push("signal", 9i64);
+        exit
+    }
+
+    #[test]
+    fn the_oom_killers_own_sigkill_is_its_effect_in_either_order() {
+        // runtime-signals reports the OOM killer's SIGKILL (from the kernel) as the kernel
+        // sends it, just before it marks the victim: either may arrive first.
+        let signal = |id: u128, ms: u64| {
+            let mut e = on(id, "process.signal", "runtime-signals", ms, 11);
+            e.severity = Severity::Warning;
+            for (key, value) in [
+                ("signal", 9i64),
+                ("code", 1),
+                ("sender_pid", 11),
+                ("sender_cgroup_id", 4242),
+            ] {
+                e.attributes.push(key, value);
+            }
+            e.attributes.push("signal_name", "SIGKILL");
+            e.attributes.push("from_kernel", true);
+            e.attributes.push("sender_comm", "python3");
             e
         };
+        for signal_first in [true, false] {
+            let mut events = if signal_first {
+                vec![
+                    signal(1, 100),
+                    oom_kill(2, 100, 11),
+                    killed_exit(3, 101, 11),
+                ]
+            } else {
+                vec![
+                    oom_kill(2, 100, 11),
+                    signal(1, 100),
+                    killed_exit(3, 101, 11),
+                ]
+            };
+            for e in &events {
+                crate::event::schema::check(e).expect("documented shapes");
+            }
+            let groups = correlate(&mut events, Limits::default());
+            assert_eq!(
+                groups.len(),
+                1,
+                "one incident (signal first: {signal_first}): {groups:#?}"
+            );
+            assert_eq!(
+                groups[0].root,
+                EventId::from_u128(2),
+                "rooted at the OOM kill (signal first: {signal_first})"
+            );
+            assert_eq!(groups[0].members.len(), 3);
+        }
+    }
+
+    #[test]
+    fn a_kill_inside_an_application_request_is_marked_with_that_request() {
         let trace = TraceId::new([7; 16]).expect("id");
         let span = SpanId::new([8; 8]).expect("id");
         // The request: its app first says something (so the engine keeps members), the
@@ -1872,30 +2014,8 @@ mod tests {
         log.severity = Severity::Warning;
         log.attributes.push("service.name", "resizer");
         log.attributes.push("severity_number", 13i64);
-        let oom_kill = |id: u128, ms: u64, pid: u32| {
-            let mut e = on(id, "memory.oom_kill", "memory", ms, pid);
-            e.severity = Severity::Critical;
-            for (key, value) in [
-                ("victim_pid", i64::from(pid)),
-                ("uid", 0),
-                ("total_vm_bytes", 1 << 30),
-                ("anon_rss_bytes", 60 << 20),
-                ("file_rss_bytes", 0),
-                ("shmem_rss_bytes", 0),
-                ("oom_score_adj", 0),
-                ("killer_pid", i64::from(pid)),
-            ] {
-                e.attributes.push(key, value);
-            }
-            e.attributes.push("killer_comm", "python3");
-            e
-        };
         let oom = oom_kill(2, 300, 11);
-        let mut exit = on(3, "process.exit", "kernel", 301, 11);
-        exit.severity = Severity::Warning;
-        exit.attributes.push("ppid", 10i64);
-        exit.attributes.push("exit_code", 0i64);
-        exit.attributes.push("signal", 9i64);
+        let exit = killed_exit(3, 301, 11);
         let mut request = on(4, "app.span", "otel", 320, 10);
         request.severity = Severity::Error;
         request.trace_id = Some(trace);
