@@ -223,6 +223,7 @@ fn semantic_mode_puts_each_cascade_in_one_trace_with_causal_parents() {
         kinds,
         [
             "memory.oom_kill",
+            "process.signal",
             "process.exit",
             "container.exit",
             "k8s.pod.restart",

@@ -35,9 +35,9 @@ fn each_oom_cascade_arrives_as_one_trace_with_causal_parents() {
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert_eq!(last_status(&stderr, "spans_dropped"), 0, "{stderr}");
-    assert_eq!(last_status(&stderr, "spans_exported"), 10, "{stderr}");
-    let spans = receiver.wait_for(10, Duration::from_secs(10));
-    assert_eq!(spans.len(), 10, "two cascades of five events: {spans:#?}");
+    assert_eq!(last_status(&stderr, "spans_exported"), 12, "{stderr}");
+    let spans = receiver.wait_for(12, Duration::from_secs(10));
+    assert_eq!(spans.len(), 12, "two cascades of six events: {spans:#?}");
 
     let mut traces: HashMap<String, Vec<&Value>> = HashMap::new();
     for span in &spans {
@@ -52,23 +52,30 @@ fn each_oom_cascade_arrives_as_one_trace_with_causal_parents() {
         .lines()
         .map(|l| serde_json::from_str(l).expect("a JSON event"))
         .collect();
-    for (trace, mut members) in traces {
-        members.sort_by_key(|s| s["start"].as_u64());
-        let names: Vec<&str> = members
+    for (trace, members) in traces {
+        let by_name = |name: &str| {
+            *members
+                .iter()
+                .find(|s| s["name"] == name)
+                .unwrap_or_else(|| panic!("no {name} in {members:#?}"))
+        };
+        let mut names: Vec<&str> = members
             .iter()
             .map(|s| s["name"].as_str().expect("name"))
             .collect();
+        names.sort_unstable();
         assert_eq!(
             names,
             [
+                "container.exit",
+                "k8s.pod.backoff",
+                "k8s.pod.restart",
                 "memory.oom_kill",
                 "process.exit",
-                "container.exit",
-                "k8s.pod.restart",
-                "k8s.pod.backoff"
+                "process.signal"
             ]
         );
-        let root = members[0];
+        let root = by_name("memory.oom_kill");
         assert_eq!(root["parent_span_id"], "", "the OOM kill is the root span");
         assert_eq!(root["attributes"]["tapio.root_cause"], true);
         assert!(
@@ -76,12 +83,19 @@ fn each_oom_cascade_arrives_as_one_trace_with_causal_parents() {
                 .as_str()
                 .is_some_and(|p| p.contains("memory limit"))
         );
-        // The kill ends the process and the container; the exit restarts the pod, which
-        // backs off.
-        for (effect, cause) in [(1, 0), (2, 0), (3, 2), (4, 3)] {
-            assert_eq!(
-                members[effect]["parent_span_id"], members[cause]["span_id"],
-                "parent = causal predecessor"
+        // The kill sends its SIGKILL and ends the process and the container; the exit
+        // restarts the pod, which backs off.
+        for (effect, causes) in [
+            ("process.signal", &["memory.oom_kill"][..]),
+            ("process.exit", &["memory.oom_kill", "process.signal"][..]),
+            ("container.exit", &["memory.oom_kill", "process.signal"][..]),
+            ("k8s.pod.restart", &["container.exit"][..]),
+            ("k8s.pod.backoff", &["k8s.pod.restart"][..]),
+        ] {
+            let parent = &by_name(effect)["parent_span_id"];
+            assert!(
+                causes.iter().any(|c| by_name(c)["span_id"] == *parent),
+                "{effect}'s parent is one of its causes {causes:?}"
             );
         }
         let pod = root["attributes"]["k8s.pod.name"]
@@ -121,7 +135,7 @@ fn with_the_endpoint_down_the_run_ends_and_counts_what_it_dropped() {
         "the exporter does not hold the exit: {took:?}"
     );
     assert_eq!(last_status(&stderr, "spans_exported"), 0);
-    assert_eq!(last_status(&stderr, "spans_dropped"), 10, "{stderr}");
+    assert_eq!(last_status(&stderr, "spans_dropped"), 12, "{stderr}");
     assert_eq!(last_status(&stderr, "logs_exported"), 0);
     assert_eq!(
         last_status(&stderr, "logs_dropped"),
@@ -189,8 +203,8 @@ fn with_export_events_every_event_arrives_as_a_log_record_with_its_trace_context
     assert_eq!(printed.len(), 40);
     assert_eq!(last_status(&stderr, "logs_exported"), 40, "{stderr}");
     assert_eq!(last_status(&stderr, "logs_dropped"), 0, "{stderr}");
-    // 40 log records and the 10 spans of the two incidents.
-    let arrived = receiver.wait_for(50, Duration::from_secs(10));
+    // 40 log records and the 12 spans of the two incidents.
+    let arrived = receiver.wait_for(52, Duration::from_secs(10));
     let logs: Vec<&Value> = arrived.iter().filter(|r| r["log"] == true).collect();
     assert_eq!(logs.len(), 40, "one record per event");
     for event in &printed {

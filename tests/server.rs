@@ -370,15 +370,17 @@ async fn groups_a_collector_closed_arrive_whole_and_are_queryable() {
         .groups;
     assert_eq!(groups.len(), 2, "one per cascade: {groups:#?}");
     for group in &groups {
-        // The kill, the process's and the container's ends, the restart, the back-off.
-        assert_eq!(group.event_ids.len(), 5);
+        // The kill, its SIGKILL, the process's and the container's ends, the restart, the
+        // back-off.
+        assert_eq!(group.event_ids.len(), 6);
         assert_eq!(
             group.root_cause_event_id, group.event_ids[0],
             "the OOM kill is the root"
         );
-        // The kill ends the process (1) and the container (with the process's end: 2); the
-        // exit restarts the pod (with the process's end: 2); the restart backs off (1).
-        assert_eq!(group.causal_chain.len(), 6);
+        // The kill sends its SIGKILL (1); it and the signal end the process (2) and the
+        // container (with the process's end: 3); the exit restarts the pod (with the
+        // process's end: 2); the restart backs off (1).
+        assert_eq!(group.causal_chain.len(), 9);
         assert!(
             group.summary.starts_with("memory.oom_kill led to"),
             "{}",
@@ -412,7 +414,7 @@ async fn groups_a_collector_closed_arrive_whole_and_are_queryable() {
             .expect("events")
             .into_inner()
             .events;
-        assert_eq!(events.len(), 5);
+        assert_eq!(events.len(), 6);
     }
 }
 

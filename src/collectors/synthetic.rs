@@ -246,6 +246,9 @@ const DNS_SERVICE_IP: &str = "10.96.0.10";
 enum Slot {
     Background,
     OomKill,
+    /// The OOM killer's SIGKILL, as `runtime-signals` reports it (from the kernel; its own
+    /// ring buffer may bring it before or after the kill, and the engine takes either).
+    OomSignal,
     /// The OOM victim's exit, as the kernel reports it.
     OomExit,
     /// The kubelet's view of the container's end: `container.exit` (sent with the
@@ -288,6 +291,7 @@ fn script(scenario: Scenario) -> &'static [Script] {
         Scenario::Uniform => &[],
         Scenario::OomCascade => &[
             (0, Slot::OomKill, 0),
+            (0, Slot::OomSignal, 0),
             (1, Slot::OomExit, 0),
             (1_199, Slot::ContainerExit, 1_185),
             (1_200, Slot::PodRestart, 0),
@@ -721,7 +725,8 @@ impl World {
     fn scripted(&mut self, slot: Slot, at: u64) -> Event {
         match slot {
             Slot::Background => self.background(at),
-            Slot::OomKill
+            Slot::OomSignal
+            | Slot::OomKill
             | Slot::OomExit
             | Slot::ContainerExit
             | Slot::PodRestart
@@ -755,6 +760,31 @@ impl World {
             ("Error", 1)
         };
         match slot {
+            Slot::OomSignal => {
+                let (cgroup, container) = (
+                    self.pods[victim].cgroup_id,
+                    Arc::clone(&self.pods[victim].container_id),
+                );
+                let mut e = self.kernel(
+                    at,
+                    "process.signal",
+                    "runtime-signals",
+                    victim,
+                    (pid, &comm),
+                );
+                e.severity = Severity::Warning;
+                e.message = format!("the kernel sent SIGKILL to {comm} (pid {pid})");
+                let a = &mut e.attributes;
+                a.push("signal", 9i64);
+                a.push("signal_name", "SIGKILL");
+                a.push("code", 128i64);
+                a.push("from_kernel", true);
+                a.push("sender_pid", pid);
+                a.push("sender_comm", comm.to_string());
+                a.push("sender_cgroup_id", i64::try_from(cgroup).unwrap_or(0));
+                a.push("sender_container_id", container.to_string());
+                e
+            }
             Slot::OomKill => {
                 let pod = &self.pods[victim];
                 let rss = pod.memory_limit - (8 << 20);

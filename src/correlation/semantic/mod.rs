@@ -1055,7 +1055,11 @@ impl Semantic {
             return;
         };
         let from = effect.group;
-        if from == into {
+        let room = self
+            .groups
+            .get(&into)
+            .is_some_and(|g| g.incident.events.len() < self.limits.max_group_events);
+        if from == into || !room || self.open_events >= self.limits.max_open_events {
             return;
         }
         let (member, kind, critical) = if let Some(group) = self.groups.get(&from) {
