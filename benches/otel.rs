@@ -17,7 +17,7 @@
 //! - rotel with its blackhole exporter (batches the spans and throws them away).
 //!
 //! Command: `cargo bench --bench otel` (10 s per run, three interleaved rounds;
-//! `OTEL_SECONDS=N` to change). Under `cargo test` it runs a short smoke version. Figures:
+//! `OTEL_SECONDS=N` to change; `OTEL_SPANS=N` spans per request). Under `cargo test` it runs a short smoke version. Figures:
 //! docs/benchmarks.md.
 
 #![allow(missing_docs, reason = "a bench binary")]
@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut as _, Bytes};
+use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -39,63 +39,46 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, span::SpanKind};
 use prost::Message as _;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::Codec;
 use tonic::{Status, client::Grpc};
 
 // As in tapio-collector.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Spans per request in the throughput runs: the OpenTelemetry SDKs' default export batch.
+/// Spans per request in the throughput runs by default: the OpenTelemetry SDKs' default
+/// export batch (`OTEL_SPANS=N` to change).
 const SPANS: usize = 512;
+
+/// Spans per request in the throughput runs.
+fn spans_per_request() -> usize {
+    std::env::var("OTEL_SPANS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(SPANS)
+}
 /// Spans per request in the latency run: smaller batches, as an exporter that flushes
 /// often sends.
 const LATENCY_SPANS: usize = 100;
 const IN_FLIGHT: usize = 32;
 
-/// Sends pre-encoded requests as they are; decodes the answer.
+/// Sends pre-encoded requests as they are (the bridge's encoder); decodes the answer.
 #[derive(Clone, Copy, Debug, Default)]
 struct Raw;
-
-#[derive(Clone, Copy, Debug, Default)]
-struct RawEncoder;
-
-impl Encoder for RawEncoder {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put(item);
-        Ok(())
-    }
-}
-
-#[derive(Clone, Copy, Debug, Default)]
-struct AnswerDecoder;
-
-impl Decoder for AnswerDecoder {
-    type Item = ExportTraceServiceResponse;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
-        ExportTraceServiceResponse::decode(src)
-            .map(Some)
-            .map_err(|e| Status::internal(e.to_string()))
-    }
-}
 
 impl Codec for Raw {
     type Encode = Bytes;
     type Decode = ExportTraceServiceResponse;
-    type Encoder = RawEncoder;
-    type Decoder = AnswerDecoder;
+    type Encoder = tapio::bridge::BytesEncoder;
+    type Decoder = tonic_prost::ProstDecoder<ExportTraceServiceResponse>;
 
-    fn encoder(&mut self) -> RawEncoder {
-        RawEncoder
+    fn encoder(&mut self) -> Self::Encoder {
+        tapio::bridge::BytesEncoder
     }
 
-    fn decoder(&mut self) -> AnswerDecoder {
-        AnswerDecoder
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstDecoder::default()
     }
 }
 
@@ -167,9 +150,10 @@ fn request(n: u64, count: usize, end: u64) -> ExportTraceServiceRequest {
 /// with back-pressure (sent again).
 async fn load(port: u16, seconds: f64) -> (f64, u64) {
     let now = tapio::event::unix_nanos_now();
+    let spans = spans_per_request();
     let requests: Arc<Vec<Bytes>> = Arc::new(
         (0..64)
-            .map(|n| Bytes::from(request(n, SPANS, now).encode_to_vec()))
+            .map(|n| Bytes::from(request(n, spans, now).encode_to_vec()))
             .collect(),
     );
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
@@ -205,7 +189,7 @@ async fn load(port: u16, seconds: f64) -> (f64, u64) {
                             .partial_success
                             .map_or(0, |p| p.rejected_spans);
                         acked.fetch_add(
-                            SPANS as u64 - u64::try_from(rejected).unwrap_or(0),
+                            spans as u64 - u64::try_from(rejected).unwrap_or(0),
                             Ordering::Relaxed,
                         );
                     }
@@ -347,14 +331,14 @@ fn cpu_seconds_of(path: &str) -> f64 {
     (tick(11) + tick(12)) as f64 / 100.0
 }
 
-/// The receiver and the semantic engine in this process, the generator sending one
-/// request of `LATENCY_SPANS` spans every `LATENCY_SPANS / rate` seconds, each stamped as it is sent: how
-/// long from a span's end to its event leaving correlation (p50, p99, max, in µs).
-async fn latency(rate: u64, seconds: f64) -> (f64, f64, f64, u64) {
-    use tapio::collectors::BuildContext;
-    use tapio::config::Config;
-    let port = free_port();
-    let config = Config::from_yaml(
+/// The `otel` collector, keeping every span, on `port` in this process: its queue, which
+/// closes once `shutdown` is cancelled.
+async fn start_collector(
+    port: u16,
+    shutdown: &tokio_util::sync::CancellationToken,
+    directory: Arc<tapio::metadata::PodDirectory>,
+) -> tapio::manager::FanIn {
+    let config = tapio::config::Config::from_yaml(
         &format!(
             "collectors:\n  otel:\n    config: {{ grpc_listen: \"127.0.0.1:{port}\", http_listen: none, sample_ratio: 1.0 }}\n"
         ),
@@ -362,18 +346,25 @@ async fn latency(rate: u64, seconds: f64) -> (f64, f64, f64, u64) {
     )
     .expect("config");
     let telemetry = Arc::new(tapio::telemetry::Telemetry::default());
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let mut manager =
-        tapio::manager::Manager::new(Arc::clone(&telemetry), 10_000, shutdown.clone());
-    let directory = tapio::metadata::PodDirectory::new();
-    let context = BuildContext {
+    let mut manager = tapio::manager::Manager::new(telemetry, 10_000, shutdown.clone());
+    let context = tapio::collectors::BuildContext {
         node_name: "bench-node".into(),
-        directory: Arc::clone(&directory),
+        directory,
     };
     for built in config.collectors.build(&context) {
         assert!(manager.start(built).await, "the otel collector starts");
     }
-    let mut fan_in = manager.into_fan_in();
+    manager.into_fan_in()
+}
+
+/// The receiver and the semantic engine in this process, the generator sending one
+/// request of `LATENCY_SPANS` spans every `LATENCY_SPANS / rate` seconds, each stamped as it is sent: how
+/// long from a span's end to its event leaving correlation (p50, p99, max, in µs).
+async fn latency(rate: u64, seconds: f64) -> (f64, f64, f64, u64) {
+    let port = free_port();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let directory = tapio::metadata::PodDirectory::new();
+    let mut fan_in = start_collector(port, &shutdown, Arc::clone(&directory)).await;
     let settings = tapio::correlation::CorrelationConfig {
         app_spans: true,
         ..tapio::correlation::CorrelationConfig::default()
@@ -450,8 +441,6 @@ impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::Tra
 /// that core the thread used. The same scope as rotel with its blackhole exporter: receive,
 /// decode, make the records, throw them away.
 fn receive_only(seconds: f64, bare: bool) -> (f64, u64, f64) {
-    use tapio::collectors::BuildContext;
-    use tapio::config::Config;
     let port = free_port();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let stop = tokio_util::sync::CancellationToken::new();
@@ -488,24 +477,8 @@ fn receive_only(seconds: f64, bare: bool) -> (f64, u64, f64) {
                     .expect("the bare service");
                 return u64::MAX;
             }
-            let config = Config::from_yaml(
-                &format!(
-                    "collectors:\n  otel:\n    config: {{ grpc_listen: \"127.0.0.1:{port}\", http_listen: none, sample_ratio: 1.0 }}\n"
-                ),
-                "bench",
-            )
-            .expect("config");
-            let telemetry = Arc::new(tapio::telemetry::Telemetry::default());
-            let mut manager =
-                tapio::manager::Manager::new(Arc::clone(&telemetry), 10_000, stopping.clone());
-            let context = BuildContext {
-                node_name: "bench-node".into(),
-                directory: tapio::metadata::PodDirectory::new(),
-            };
-            for built in config.collectors.build(&context) {
-                assert!(manager.start(built).await, "the otel collector starts");
-            }
-            let mut fan_in = manager.into_fan_in();
+            let mut fan_in =
+                start_collector(port, &stopping, tapio::metadata::PodDirectory::new()).await;
             let _ = ready_tx.send(tid);
             let mut batch = Vec::with_capacity(1024);
             let mut events = 0u64;

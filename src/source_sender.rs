@@ -124,40 +124,28 @@ impl EventSender {
         if total == 0 {
             return Ok(0);
         }
-        let chunk = self.tx.max_capacity().min(total);
         if self.when_full == WhenFull::DropNewest {
-            let room = match self.tx.try_reserve_many(chunk) {
-                Ok(permits) => permits,
-                Err(TrySendError::Closed(())) => return Err(Closed.into()),
-                Err(TrySendError::Full(())) => {
-                    // Less room than a queue's worth: as many as fit, one by one.
-                    let mut sent = 0;
-                    for event in events {
-                        match self.tx.try_send(event) {
-                            Ok(()) => sent += 1,
-                            Err(TrySendError::Full(_)) => break,
-                            Err(TrySendError::Closed(_)) => return Err(Closed.into()),
-                        }
-                    }
-                    self.stats.add_accepted(sent as u64);
-                    let dropped = (total - sent) as u64;
-                    EventsDropped {
-                        component: self.stats.name(),
-                        counters: self.stats.drop_counters(),
-                        cause: DropCause::QueueFull,
-                        count: dropped,
-                    }
-                    .emit();
-                    return Ok(dropped);
+            // As many as fit, in order; the rest are dropped and counted.
+            let mut sent = 0;
+            for event in events {
+                match self.tx.try_send(event) {
+                    Ok(()) => sent += 1,
+                    Err(TrySendError::Full(_)) => break,
+                    Err(TrySendError::Closed(_)) => return Err(Closed.into()),
                 }
-            };
-            let rest = events.split_off(chunk);
-            for (permit, event) in room.zip(events) {
-                permit.send(event);
             }
-            self.stats.add_accepted(chunk as u64);
-            return Box::pin(self.send_all(rest, wait)).await;
+            self.stats.add_accepted(sent as u64);
+            let dropped = (total - sent) as u64;
+            EventsDropped {
+                component: self.stats.name(),
+                counters: self.stats.drop_counters(),
+                cause: DropCause::QueueFull,
+                count: dropped,
+            }
+            .emit();
+            return Ok(dropped);
         }
+        let chunk = self.tx.max_capacity().min(total);
         let first = match tokio::time::timeout(wait, self.tx.reserve_many(chunk)).await {
             Ok(Ok(permits)) => permits,
             Ok(Err(_)) => return Err(Closed.into()),

@@ -28,7 +28,7 @@ use tonic::Status;
 use tonic::transport::Endpoint;
 
 pub use batch::{Batcher, MAX_BATCH_BYTES, Origin, Sealed, TooLarge};
-pub use codec::PreEncoded;
+pub use codec::{BytesEncoder, PreEncoded};
 pub use config::ServerConfig;
 use connection::{Backoff, Connection, client_tls, close, connect, hello, limit_from};
 use delivery::{Delivery, Queue};

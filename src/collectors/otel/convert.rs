@@ -522,26 +522,28 @@ fn write_value(value: &AnyValue, out: &mut String) {
 
 /// `text`, owned, cut to [`MAX_TEXT`] bytes at a character boundary.
 fn clipped(mut text: String) -> String {
-    if text.len() > MAX_TEXT {
-        let mut end = MAX_TEXT;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
+    text.truncate(clip_end(&text));
     text
 }
 
 /// `text` cut to [`MAX_TEXT`] bytes at a character boundary.
 fn clip(text: &str) -> Cow<'_, str> {
+    match clip_end(text) {
+        end if end == text.len() => Cow::Borrowed(text),
+        end => Cow::Owned(text[..end].to_owned()),
+    }
+}
+
+/// Where `text` is cut: its length, or the last character boundary at [`MAX_TEXT`].
+fn clip_end(text: &str) -> usize {
     if text.len() <= MAX_TEXT {
-        return Cow::Borrowed(text);
+        return text.len();
     }
     let mut end = MAX_TEXT;
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    Cow::Owned(text[..end].to_owned())
+    end
 }
 
 #[cfg(test)]
