@@ -11,7 +11,8 @@
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use tapio::event::{Event, IdGenerator};
 use tapio::pb;
-use tapio::server::store::{Batch, Store, Sync};
+use tapio::server::store::sqlite::Sqlite;
+use tapio::server::store::{Batch, Sync};
 use tapio::server::wire::RawEvent;
 
 const BATCH: usize = 1000;
@@ -50,7 +51,7 @@ fn store(c: &mut Criterion) {
     group.sample_size(10);
     for (name, sync) in [("sync_normal", Sync::Normal), ("sync_full", Sync::Full)] {
         let dir = tempfile::tempdir().expect("dir");
-        let store = Store::open(dir.path(), sync).expect("opens");
+        let store = Sqlite::open(dir.path(), sync).expect("opens");
         let mut ids = IdGenerator::new();
         group.bench_function(BenchmarkId::new("write_new", name), |b| {
             b.iter_batched(

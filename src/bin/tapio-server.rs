@@ -1,11 +1,10 @@
 //! tapio-server: parse flags, then serve, or read a store for `stats` and `events`.
 
-use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
 use tapio::event::Event;
-use tapio::server::{Cli, Command, EventQuery, ServeArgs, Server, store};
+use tapio::server::{Cli, Command, EventQuery, ServeArgs, Server, Store, StoreArgs};
 use tokio_util::sync::CancellationToken;
 
 // Events are allocated on collector threads and freed on the pipeline's: glibc's arenas
@@ -17,53 +16,62 @@ fn main() -> ExitCode {
     tapio::panics::install();
     let cli = Cli::parse();
     let outcome = match cli.command {
-        Some(Command::Stats { data_dir }) => stats(&data_dir),
+        Some(Command::Stats { store }) => read(&store, |store| async move {
+            let stats = store
+                .stats()
+                .await
+                .map_err(|e| tapio::tls::error_chain(&e))?;
+            println!(
+                "{}",
+                serde_json::to_string(&stats).map_err(|e| tapio::tls::error_chain(&e))?
+            );
+            Ok(())
+        }),
         Some(Command::Events {
-            data_dir,
+            store,
             types,
             limit,
-        }) => events(&data_dir, types, limit),
+        }) => read(&store, |store| async move {
+            let query = EventQuery {
+                types,
+                limit,
+                ..EventQuery::default()
+            };
+            let events = store
+                .events(query)
+                .await
+                .map_err(|e| tapio::tls::error_chain(&e))?;
+            for event in events {
+                let event = Event::try_from(event).map_err(|e| tapio::tls::error_chain(&e))?;
+                println!(
+                    "{}",
+                    serde_json::to_string(&event).map_err(|e| tapio::tls::error_chain(&e))?
+                );
+            }
+            Ok(())
+        }),
         None => serve(&cli.serve),
     };
     tapio::panics::exit_code(&outcome)
 }
 
-fn stats(dir: &Path) -> Result<(), String> {
-    require_store(dir)?;
-    let stats = store::stats_in(dir).map_err(|e| tapio::tls::error_chain(&e))?;
-    println!(
-        "{}",
-        serde_json::to_string(&stats).map_err(|e| tapio::tls::error_chain(&e))?
-    );
-    Ok(())
-}
-
-fn events(dir: &Path, types: Vec<String>, limit: u32) -> Result<(), String> {
-    require_store(dir)?;
-    let query = EventQuery {
-        types,
-        limit,
-        ..EventQuery::default()
-    };
-    for event in store::events_in(dir, &query).map_err(|e| tapio::tls::error_chain(&e))? {
-        let event = Event::try_from(event).map_err(|e| tapio::tls::error_chain(&e))?;
-        println!(
-            "{}",
-            serde_json::to_string(&event).map_err(|e| tapio::tls::error_chain(&e))?
-        );
-    }
-    Ok(())
-}
-
-fn require_store(dir: &Path) -> Result<(), String> {
-    if dir.join("events.db").is_file() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{}: no tapio-server store here (events.db is missing)",
-            dir.display()
-        ))
-    }
+/// Opens the store `args` names (it must exist) and runs `read` on it.
+fn read<F, R>(args: &StoreArgs, read: F) -> Result<(), String>
+where
+    F: FnOnce(Store) -> R,
+    R: Future<Output = Result<(), String>>,
+{
+    let location = args.location().map_err(|e| tapio::tls::error_chain(&e))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async {
+        let store = Store::open_existing(&location)
+            .await
+            .map_err(|e| tapio::tls::error_chain(&e))?;
+        read(store).await
+    })
 }
 
 fn serve(args: &ServeArgs) -> Result<(), String> {
@@ -80,7 +88,7 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         let addr = server
             .local_addr()
             .map_err(|e| tapio::tls::error_chain(&e))?;
-        tracing::info!(%addr, data_dir = %args.data_dir.display(), "Listening.");
+        tracing::info!(%addr, store = %server.store_location(), "Listening.");
         server
             .serve(shutdown)
             .await

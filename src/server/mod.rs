@@ -79,15 +79,15 @@ pub struct Cli {
 pub enum Command {
     /// Print totals as JSON: `events_total` (distinct events) and `batches_total`.
     Stats {
-        /// The server's data directory.
-        #[arg(long, value_name = "DIR")]
-        data_dir: PathBuf,
+        /// Which store.
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Print stored events as JSON lines, oldest first.
     Events {
-        /// The server's data directory.
-        #[arg(long, value_name = "DIR")]
-        data_dir: PathBuf,
+        /// Which store.
+        #[command(flatten)]
+        store: StoreArgs,
         /// Only events of this type (repeatable).
         #[arg(long = "type", value_name = "TYPE")]
         types: Vec<String>,
@@ -97,15 +97,45 @@ pub enum Command {
     },
 }
 
+/// Which store a subcommand reads: a SQLite data directory or a PostgreSQL URL.
+#[derive(Clone, Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct StoreArgs {
+    /// The server's data directory (SQLite).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The servers' PostgreSQL, as `postgres://user:password@host:port/database`.
+    #[arg(long, value_name = "URL", env = "TAPIO_STORE")]
+    pub store: Option<String>,
+}
+
+impl StoreArgs {
+    /// Where the store is.
+    pub fn location(&self) -> store::Result<store::Location> {
+        store::Location::from_flags(
+            self.store.as_deref(),
+            self.data_dir.as_deref().unwrap_or(std::path::Path::new("")),
+        )
+    }
+}
+
 /// Flags of the server run.
 #[derive(Clone, Debug, Args)]
 pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
     pub listen: String,
-    /// Directory of the store.
+    /// Directory of the store (SQLite), when --store does not name another.
     #[arg(long, value_name = "DIR", default_value = "tapio-data")]
     pub data_dir: PathBuf,
+    /// A PostgreSQL store shared by several servers, as
+    /// `postgres://user:password@host:port/database` (also from `$TAPIO_STORE`, which keeps
+    /// the password off the command line); without it, SQLite in --data-dir.
+    #[arg(long, value_name = "URL", env = "TAPIO_STORE", hide_env_values = true)]
+    pub store: Option<String>,
+    /// Connections to PostgreSQL at most (with --store): concurrent batch writes.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub store_connections: usize,
     /// `full`: fsync every commit (survives power loss); `normal`: survives a server crash.
     #[arg(long, value_name = "MODE", default_value = "full")]
     pub sync: Sync,
@@ -159,6 +189,8 @@ impl Default for ServeArgs {
         Self {
             listen: "127.0.0.1:9090".into(),
             data_dir: PathBuf::from("tapio-data"),
+            store: None,
+            store_connections: 8,
             sync: Sync::Full,
             token_file: None,
             max_batch_events: 10_000,
@@ -181,6 +213,12 @@ impl ServeArgs {
     /// Checks the values together; every problem names its flag.
     pub fn validate(&self) -> Result<()> {
         let bad = |flag: &'static str, reason: String| Err(Error::Flag { flag, reason });
+        if !(1..=256).contains(&self.store_connections) {
+            return bad(
+                "--store-connections",
+                format!("must be 1..=256, got {}", self.store_connections),
+            );
+        }
         if self.max_connections == 0 {
             return bad("--max-connections", "must be at least 1".into());
         }
@@ -330,13 +368,16 @@ impl Service {
                     done.accepted,
                     done.duplicates,
                 ),
-                Err(error) => ack(
-                    batch_id,
-                    pb::ack::Status::Retry,
-                    format!("not stored: {error}"),
-                    0,
-                    0,
-                ),
+                Err(error) => {
+                    tracing::warn!(batch_id, error = %error, "Batch not stored; asking the collector to resend it.");
+                    ack(
+                        batch_id,
+                        pb::ack::Status::Retry,
+                        format!("not stored: {error}"),
+                        0,
+                        0,
+                    )
+                }
             };
             respond(&tx, payload).await;
             drop(held);
@@ -545,8 +586,7 @@ impl TapioService for Service {
             limit: limit + 1,
             after,
         };
-        let store = self.store.clone();
-        let mut events = blocking(move || store.events(&query)).await??;
+        let mut events = self.store.events(query).await.map_err(internal)?;
         // The answer must fit in one message: cut it where it would not, and say where to
         // go on.
         let budget = self.max_message_bytes.saturating_sub(64 * 1024);
@@ -578,11 +618,11 @@ impl TapioService for Service {
         request: Request<pb::GetSemanticGroupsRequest>,
     ) -> Result<Response<pb::GetSemanticGroupsResponse>, Status> {
         let r = request.into_inner();
-        let store = self.store.clone();
-        let groups = blocking(move || {
-            store.groups(r.start_unix_nano, r.end_unix_nano, r.min_impact, r.limit)
-        })
-        .await??;
+        let groups = self
+            .store
+            .groups(r.start_unix_nano, r.end_unix_nano, r.min_impact, r.limit)
+            .await
+            .map_err(internal)?;
         Ok(Response::new(pb::GetSemanticGroupsResponse { groups }))
     }
 
@@ -633,8 +673,7 @@ impl TapioService for Service {
         &self,
         _: Request<pb::HealthCheckRequest>,
     ) -> Result<Response<pb::HealthCheckResponse>, Status> {
-        let store = self.store.clone();
-        let totals = blocking(move || store.stats()).await?;
+        let totals = self.store.stats().await;
         let (status, events_total) = match totals {
             Ok(stats) => (
                 pb::health_check_response::Status::Serving,
@@ -667,14 +706,10 @@ fn parse_page_token(token: &str) -> Option<(u64, [u8; 16])> {
     Some((timestamp, id))
 }
 
-/// Runs a store read off the async threads; a store error becomes an `INTERNAL` status.
-async fn blocking<T: Send + 'static>(
-    read: impl FnOnce() -> store::Result<T> + Send + 'static,
-) -> Result<Result<T, Status>, Status> {
-    tokio::task::spawn_blocking(read)
-        .await
-        .map(|result| result.map_err(|e| Status::internal(e.to_string())))
-        .map_err(|e| Status::internal(e.to_string()))
+/// A store error as an `INTERNAL` status.
+#[allow(clippy::needless_pass_by_value, reason = "used as map_err(internal)")]
+fn internal(error: store::Error) -> Status {
+    Status::internal(error.to_string())
 }
 
 /// Checks the bearer token of every call.
@@ -781,6 +816,7 @@ pub struct Server {
     max_message_bytes: usize,
     tls: Option<tokio_rustls::TlsAcceptor>,
     limits: listen::Limits,
+    location: store::Location,
 }
 
 impl std::fmt::Debug for Server {
@@ -805,7 +841,8 @@ impl Server {
             .transpose()
             .map_err(Error::Token)?;
         let tls = server_tls(args)?;
-        let store = Store::open(&args.data_dir, args.sync)?;
+        let location = store::Location::from_flags(args.store.as_deref(), &args.data_dir)?;
+        let store = Store::open(&location, args.sync, args.store_connections).await?;
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .map_err(|source| Error::Bind {
@@ -824,7 +861,14 @@ impl Server {
                 idle_timeout: args.idle_timeout,
                 shutdown_timeout: args.shutdown_timeout,
             },
+            location,
         })
+    }
+
+    /// Where the store is, for logs: the directory, or the URL without its password.
+    #[must_use]
+    pub fn store_location(&self) -> String {
+        self.location.display()
     }
 
     /// The bound address (useful with port 0).

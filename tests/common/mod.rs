@@ -3,6 +3,8 @@
 
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+pub mod peers;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
@@ -186,10 +188,14 @@ impl ServerProcess {
 
 /// `tapio-server stats` on a store: (`events_total`, `batches_total`).
 pub fn stats(dir: &Path) -> (u64, u64) {
+    stats_of(&["--data-dir", dir.to_str().expect("utf-8 path")])
+}
+
+/// `tapio-server stats` on the store `args` name (`--store URL` or `--data-dir DIR`).
+pub fn stats_of(args: &[&str]) -> (u64, u64) {
     let out = Command::new(SERVER)
         .arg("stats")
-        .arg("--data-dir")
-        .arg(dir)
+        .args(args)
         .output()
         .expect("stats runs");
     assert!(out.status.success(), "stats failed: {}", text(&out.stderr));

@@ -1,4 +1,4 @@
-//! The server's durable store: SQLite in WAL mode, one writer thread that commits batches
+//! The default store: SQLite in WAL mode, one writer thread that commits batches
 //! in groups (several batches per transaction, each acked only after its commit), and
 //! read-only connections for queries.
 //!
@@ -15,115 +15,20 @@ use prost::Message;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::wire::RawEvent;
+use super::{
+    Batch, Committed, Error, EventQuery, OpenGroup, Result, Stats, Sync, effective_limit,
+    from_sql_ts, to_sql_ts, upper_bound,
+};
 use crate::pb;
-
-/// Why the store failed.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// Creating the data directory failed.
-    #[error("cannot create data directory {path}: {source}")]
-    CreateDir {
-        /// The directory.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// SQLite reported an error.
-    #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    /// A stored event no longer decodes.
-    #[error("stored event does not decode: {0}")]
-    Corrupt(#[from] prost::DecodeError),
-    /// An event's row points outside its chunk.
-    #[error("stored event at chunk {chunk}, offset {offset} is missing")]
-    Missing {
-        /// The chunk.
-        chunk: i64,
-        /// Where the event should start.
-        offset: usize,
-    },
-    /// The writer thread has stopped.
-    #[error("the store is closed")]
-    Closed,
-}
-
-/// Result of store operations.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// How hard a commit is pushed to disk.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum Sync {
-    /// fsync on every commit: an acked batch survives power loss.
-    #[default]
-    Full,
-    /// fsync at checkpoints: an acked batch survives a crash of the server, not of the OS.
-    Normal,
-}
-
-/// One batch to store.
-#[derive(Debug)]
-pub struct Batch {
-    /// The sending collector.
-    pub collector_id: String,
-    /// The batch's id.
-    pub batch_id: u64,
-    /// The batch's sequence number.
-    pub sequence: u64,
-    /// Its events, checked, as the bytes they arrived as.
-    pub events: Vec<RawEvent>,
-    /// Incident groups the collector closed, stored whole.
-    pub groups: Vec<pb::SemanticGroup>,
-}
-
-/// What a commit did with a batch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Committed {
-    /// Events stored for the first time.
-    pub accepted: u32,
-    /// Events that were already stored.
-    pub duplicates: u32,
-}
-
-/// Totals over the whole store.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Stats {
-    /// Distinct events stored.
-    pub events_total: u64,
-    /// Distinct batches stored (a resent batch counts once).
-    pub batches_total: u64,
-}
-
-/// Filter of a stored-event query.
-#[derive(Clone, Debug, Default)]
-pub struct EventQuery {
-    /// Inclusive lower bound on the timestamp, in Unix nanoseconds; 0 = none.
-    pub start: u64,
-    /// Exclusive upper bound; 0 = none.
-    pub end: u64,
-    /// Only these types; empty = all.
-    pub types: Vec<String>,
-    /// Only this namespace; empty = all.
-    pub pod_namespace: String,
-    /// Only this pod name; empty = all.
-    pub pod_name: String,
-    /// Only this group; empty = all.
-    pub group_id: Vec<u8>,
-    /// At most this many, oldest first.
-    pub limit: u32,
-    /// Only events after this (timestamp, id): where the previous page ended.
-    pub after: Option<(u64, [u8; 16])>,
-}
 
 struct Job {
     batch: Batch,
     reply: oneshot::Sender<Result<Committed>>,
 }
 
-/// A handle to the store; cheap to clone.
+/// A handle to a SQLite store; cheap to clone.
 #[derive(Clone, Debug)]
-pub struct Store {
+pub struct Sqlite {
     path: Arc<PathBuf>,
     jobs: mpsc::Sender<Job>,
     committed: broadcast::Sender<Arc<Vec<pb::Event>>>,
@@ -174,7 +79,7 @@ const SCHEMA: &str = "
     ) WITHOUT ROWID;
 ";
 
-impl Store {
+impl Sqlite {
     /// Opens (creating if needed) the store in `dir` and starts its writer thread.
     pub fn open(dir: &Path, sync: Sync) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
@@ -249,6 +154,26 @@ impl Store {
         self.committed.subscribe()
     }
 
+    /// A store another process (a running server) may be writing, opened to read it:
+    /// `events.db` must be there already.
+    pub fn open_existing(dir: &Path) -> Result<Self> {
+        let path = dir.join("events.db");
+        if !path.is_file() {
+            return Err(Error::Url {
+                url: dir.display().to_string(),
+                reason: "no tapio-server store here (events.db is missing)".into(),
+            });
+        }
+        // Never written through: a closed channel makes any write fail as `Closed`.
+        let (jobs, _) = mpsc::channel(1);
+        let (committed, _) = broadcast::channel(1);
+        Ok(Self {
+            path: Arc::new(path),
+            jobs,
+            committed,
+        })
+    }
+
     /// Totals, read from a fresh read-only connection.
     pub fn stats(&self) -> Result<Stats> {
         stats_at(&self.path)
@@ -259,17 +184,14 @@ impl Store {
         events_at(&self.path, query)
     }
 
-    /// Semantic groups first seen in [`start`, `end`) with at least `min_impact`, oldest
-    /// first: the groups collectors closed and sent, as sent (root cause, predictions,
-    /// summary), then groups still open on a collector, derived from their events'
-    /// correlation fields.
+    /// Closed groups first seen in [`start`, `end`), as sent, and the groups still open
+    /// there, from their events (see [`super::Store::groups`]).
     pub fn groups(
         &self,
         start: u64,
         end: u64,
-        min_impact: f64,
         limit: u32,
-    ) -> Result<Vec<pb::SemanticGroup>> {
+    ) -> Result<(Vec<pb::SemanticGroup>, Vec<OpenGroup>)> {
         let conn = open_read(&self.path)?;
         let mut closed = Vec::new();
         {
@@ -282,28 +204,9 @@ impl Store {
                 |row| row.get::<_, Vec<u8>>(0),
             )?;
             for bytes in rows {
-                let group = pb::SemanticGroup::decode(bytes?.as_slice())?;
-                if group.impact >= min_impact {
-                    closed.push(group);
-                }
+                closed.push(pb::SemanticGroup::decode(bytes?.as_slice())?);
             }
         }
-        let mut groups = self.derived_groups(&conn, start, end, min_impact, limit)?;
-        groups.retain(|g| !closed.iter().any(|c| c.group_id == g.group_id));
-        groups.extend(closed);
-        groups.sort_by_key(|g| g.first_seen_unix_nano);
-        groups.truncate(effective_limit(limit).try_into().unwrap_or(usize::MAX));
-        Ok(groups)
-    }
-
-    fn derived_groups(
-        &self,
-        conn: &Connection,
-        start: u64,
-        end: u64,
-        min_impact: f64,
-        limit: u32,
-    ) -> Result<Vec<pb::SemanticGroup>> {
         let mut statement = conn.prepare(
             "SELECT group_id, MIN(ts), MAX(ts) FROM events
              WHERE group_id IS NOT NULL AND ts >= ?1 AND ts <= ?2
@@ -321,7 +224,7 @@ impl Store {
                 },
             )?
             .collect::<Result<Vec<_>, _>>()?;
-        let mut groups = Vec::with_capacity(rows.len());
+        let mut open = Vec::with_capacity(rows.len());
         for (group_id, first, last) in rows {
             let events = events_at(
                 &self.path,
@@ -331,43 +234,15 @@ impl Store {
                     ..EventQuery::default()
                 },
             )?;
-            let impact = events
-                .iter()
-                .filter_map(|e| e.correlation.as_ref().map(|c| c.impact))
-                .fold(0.0, f64::max);
-            if impact < min_impact {
-                continue;
-            }
-            groups.push(pb::SemanticGroup {
+            open.push(OpenGroup {
                 group_id,
-                trace_id: events
-                    .first()
-                    .map(|e| e.trace_id.clone())
-                    .unwrap_or_default(),
-                event_ids: events.iter().map(|e| e.id.clone()).collect(),
-                impact,
-                causal_chain: events
-                    .iter()
-                    .filter_map(|e| e.correlation.as_ref())
-                    .flat_map(|c| c.causal_links.iter().cloned())
-                    .collect(),
-                first_seen_unix_nano: from_sql_ts(first),
-                last_seen_unix_nano: from_sql_ts(last),
-                ..pb::SemanticGroup::default()
+                first: from_sql_ts(first),
+                last: from_sql_ts(last),
+                events,
             });
         }
-        Ok(groups)
+        Ok((closed, open))
     }
-}
-
-/// Totals of the store in `dir`, for `tapio-server stats` while a server may be running.
-pub fn stats_in(dir: &Path) -> Result<Stats> {
-    stats_at(&dir.join("events.db"))
-}
-
-/// Stored events of the store in `dir`, for `tapio-server events`.
-pub fn events_in(dir: &Path, query: &EventQuery) -> Result<Vec<pb::Event>> {
-    events_at(&dir.join("events.db"), query)
 }
 
 fn open_read(path: &Path) -> Result<Connection> {
@@ -454,32 +329,6 @@ fn events_at(path: &Path, query: &EventQuery) -> Result<Vec<pb::Event>> {
         events.push(pb::Event::decode(bytes)?);
     }
     Ok(events)
-}
-
-/// 0 means the default of 1000; at most 100 000.
-fn effective_limit(limit: u32) -> i64 {
-    match limit {
-        0 => 1000,
-        n => i64::from(n.min(100_000)),
-    }
-}
-
-fn to_sql_ts(ts: u64) -> i64 {
-    i64::try_from(ts).unwrap_or(i64::MAX)
-}
-
-fn from_sql_ts(ts: i64) -> u64 {
-    u64::try_from(ts).unwrap_or(0)
-}
-
-/// The last timestamp below the exclusive bound `end` (0: none), so that the largest
-/// timestamp stored is found too.
-fn upper_bound(end: u64) -> i64 {
-    if end == 0 {
-        i64::MAX
-    } else {
-        to_sql_ts(end - 1)
-    }
 }
 
 fn write_loop(
@@ -651,6 +500,7 @@ fn commit(
 mod tests {
     use super::*;
     use crate::event::{Event, EventId};
+    use crate::server::wire::RawEvent;
 
     fn event(n: u128, kind: &str, namespace: &str) -> pb::Event {
         let mut e = Event::new(EventId::from_u128(n), n as u64, kind.to_owned(), "test");
@@ -674,7 +524,7 @@ mod tests {
     #[tokio::test]
     async fn committed_frames_reach_the_database_file_while_the_store_is_open() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = Store::open(dir.path(), Sync::Normal).expect("opens");
+        let store = Sqlite::open(dir.path(), Sync::Normal).expect("opens");
         let db = dir.path().join("events.db");
         let before = std::fs::metadata(&db).expect("database file").len();
         for id in 0..20u64 {
@@ -701,7 +551,7 @@ mod tests {
     #[tokio::test]
     async fn a_resent_batch_stores_nothing_twice() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = Store::open(dir.path(), Sync::Normal).expect("opens");
+        let store = Sqlite::open(dir.path(), Sync::Normal).expect("opens");
         let first = store
             .write(batch(1, vec![event(1, "a.b", "x"), event(2, "a.b", "x")]))
             .await
@@ -755,7 +605,7 @@ mod tests {
     #[tokio::test]
     async fn queries_filter_by_type_namespace_time_and_limit() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = Store::open(dir.path(), Sync::Normal).expect("opens");
+        let store = Sqlite::open(dir.path(), Sync::Normal).expect("opens");
         let events = (1..=10)
             .map(|n| {
                 event(
@@ -802,7 +652,7 @@ mod tests {
     #[tokio::test]
     async fn subscribers_see_only_new_events_after_commit() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = Store::open(dir.path(), Sync::Normal).expect("opens");
+        let store = Sqlite::open(dir.path(), Sync::Normal).expect("opens");
         let mut live = store.subscribe();
         store
             .write(batch(1, vec![event(1, "a.b", "x")]))
