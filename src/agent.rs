@@ -393,7 +393,10 @@ async fn start_delivery(
         return Ok((None, None));
     }
     let mut embedded = None;
-    let address = if s.embedded() {
+    let nats = (s.transport == crate::bridge::Transport::Nats).then(|| config.nats.clone());
+    let address = if let Some(nats) = &nats {
+        nats.url.clone()
+    } else if s.embedded() {
         let args = ServeArgs {
             listen: "127.0.0.1:0".into(),
             data_dir: s.data_dir.clone(),
@@ -412,9 +415,10 @@ async fn start_delivery(
         s.address.clone()
     };
     let bridge = Bridge::spawn(
-        BridgeConfig::from_settings(s, address, node_name.to_owned())?,
+        BridgeConfig::from_settings(s, address, node_name.to_owned(), nats)?,
         telemetry.register_bridge(),
         input_ending.clone(),
-    )?;
+    )
+    .await?;
     Ok((Some(bridge), embedded))
 }

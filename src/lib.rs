@@ -16,6 +16,7 @@ pub mod http;
 pub mod internal_events;
 pub mod manager;
 pub mod metadata;
+pub mod nats;
 pub mod otel;
 pub mod output;
 pub mod panics;

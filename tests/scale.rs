@@ -7,8 +7,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::peers::{PG_PASSWORD, Postgres};
-use common::{ServerProcess, config, last_status, stats_of, text};
+use common::peers::{Nats, PG_PASSWORD, Postgres};
+use common::{ServerProcess, config, last_status, stats, stats_of, text};
 use tapio::event::{Event, EventId};
 use tapio::pb;
 use tapio::server::store::{Batch, EventQuery, Location, Store, Sync};
@@ -35,7 +35,7 @@ fn batch(id: u64, events: Vec<RawEvent>) -> Batch {
 #[tokio::test]
 async fn the_postgres_store_keeps_each_event_once_and_drops_whole_days() {
     let pg = Postgres::start();
-    let store = Store::open(&Location::Postgres(pg.url()), Sync::Full, 4)
+    let store = Store::open(&Location::Postgres(pg.url()), Sync::Full, 4, "a")
         .await
         .expect("connects and creates the schema");
     let monday = 20_000 * DAY;
@@ -74,7 +74,7 @@ async fn the_postgres_store_keeps_each_event_once_and_drops_whole_days() {
         .collect();
     assert_eq!(found, [monday + DAY + 1, monday + DAY + 2]);
     // A second store on the same database (another server) sees the same.
-    let other = Store::open(&Location::Postgres(pg.url()), Sync::Full, 2)
+    let other = Store::open(&Location::Postgres(pg.url()), Sync::Full, 2, "b")
         .await
         .expect("a second server connects");
     assert_eq!(other.stats().await.expect("stats").events_total, 4);
@@ -167,4 +167,252 @@ fn a_postgres_crash_mid_stream_loses_nothing_and_acks_nothing_early() {
         "the outage was seen and retried:\n{}",
         server.log()
     );
+}
+
+/// A collector config: `events` synthetic events at `rate` a second, through JetStream at
+/// `nats`.
+fn through_nats(nats: &str, events: u64, rate: u64) -> tempfile::NamedTempFile {
+    config(&format!(
+        "collectors:\n  synthetic: {{ config: {{ events: {events}, rate: {rate}, scenario: oom-cascade }} }}\n\
+         server: {{ transport: nats, flush_interval: 100ms }}\n\
+         nats: {{ url: \"{nats}\" }}\n"
+    ))
+}
+
+/// A server reading JetStream at `nats` into `store_args` (`--store URL` or none: SQLite).
+fn queue_server(dir: &std::path::Path, nats: &str, extra: &[&str]) -> ServerProcess {
+    let mut args = vec!["--nats", nats, "--nats-ack-wait", "2s"];
+    args.extend_from_slice(extra);
+    let server = ServerProcess::start(0, dir, &args);
+    assert!(
+        server.log().contains("Reading batches from JetStream."),
+        "{}",
+        server.log()
+    );
+    server
+}
+
+/// Waits until `count()` reaches `want` (or the time runs out), then returns it.
+fn settle(want: u64, limit: Duration, count: impl Fn() -> u64) -> u64 {
+    let started = Instant::now();
+    loop {
+        let now = count();
+        if now >= want || started.elapsed() > limit {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `SELECT stored_by, count(*) FROM batches`: which server stored how many batches.
+async fn shares(url: &str) -> Vec<(String, i64)> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connects");
+    tokio::spawn(connection);
+    client
+        .query(
+            "SELECT stored_by, count(*) FROM batches GROUP BY stored_by ORDER BY stored_by",
+            &[],
+        )
+        .await
+        .expect("queries")
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jetstream_into_two_servers_on_one_postgres_survives_a_server_killed_mid_stream() {
+    let pg = Postgres::start();
+    let nats = Nats::start(&[]);
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let url = pg.url();
+    let a = queue_server(dir_a.path(), &nats.url(), &["--store", &url, "--name", "a"]);
+    let b = queue_server(dir_b.path(), &nats.url(), &["--store", &url, "--name", "b"]);
+    let yaml = through_nats(&nats.url(), 300_000, 60_000);
+    let run = common::collector(yaml.path(), &[]);
+    let store = ["--store", url.as_str()];
+    let seen = tokio::task::block_in_place(|| {
+        settle(60_000, Duration::from_mins(1), || stats_of(&store).0)
+    });
+    assert!(
+        (60_000..300_000).contains(&seen),
+        "mid-stream: {seen} stored"
+    );
+    a.kill();
+    let out = tokio::task::block_in_place(|| run.wait_for(Duration::from_mins(3)));
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "collector failed: {stderr}");
+    assert_eq!(last_status(&stderr, "delivered"), 300_000);
+    assert_eq!(last_status(&stderr, "dropped"), 0);
+    // Server b takes the rest, and what a had fetched and not acked once its ack wait
+    // runs out.
+    let stored = tokio::task::block_in_place(|| {
+        settle(300_000, Duration::from_mins(3), || stats_of(&store).0)
+    });
+    assert_eq!(stored, 300_000, "every event once:\n{}", b.log());
+    let shares = shares(&url).await;
+    let names: Vec<&str> = shares.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["a", "b"], "both servers took a share: {shares:?}");
+    assert!(shares.iter().all(|(_, n)| *n > 0), "{shares:?}");
+}
+
+#[test]
+fn a_nats_restart_mid_stream_with_a_file_store_loses_nothing() {
+    let mut nats = Nats::start(&[]);
+    let dir = tempfile::tempdir().expect("dir");
+    let spool = tempfile::tempdir().expect("spool");
+    let _server = queue_server(dir.path(), &nats.url(), &[]);
+    let yaml = through_nats(&nats.url(), 100_000, 20_000);
+    let run = common::collector(
+        yaml.path(),
+        &["--spool-dir", spool.path().to_str().expect("utf-8")],
+    );
+    let seen = settle(20_000, Duration::from_mins(1), || stats(dir.path()).0);
+    assert!((20_000..100_000).contains(&seen), "mid-stream: {seen}");
+    nats.stop();
+    std::thread::sleep(Duration::from_secs(2));
+    nats.resume();
+    let out = run.wait_for(Duration::from_mins(3));
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "collector failed: {stderr}");
+    assert_eq!(last_status(&stderr, "delivered"), 100_000);
+    assert_eq!(last_status(&stderr, "dropped"), 0);
+    let stored = settle(100_000, Duration::from_mins(2), || stats(dir.path()).0);
+    assert_eq!(stored, 100_000, "every event once");
+}
+
+#[test]
+fn a_postgres_crash_behind_jetstream_is_retried_and_nothing_is_acked_early() {
+    let pg = Postgres::start();
+    let nats = Nats::start(&[]);
+    let dir = tempfile::tempdir().expect("dir");
+    let url = pg.url();
+    let server = queue_server(dir.path(), &nats.url(), &["--store", &url]);
+    let yaml = through_nats(&nats.url(), 100_000, 25_000);
+    let run = common::collector(yaml.path(), &[]);
+    let store = ["--store", url.as_str()];
+    let seen = settle(15_000, Duration::from_mins(1), || stats_of(&store).0);
+    assert!(seen >= 15_000, "only {seen}");
+    pg.crash();
+    std::thread::sleep(Duration::from_secs(2));
+    pg.restart();
+    let out = run.wait_for(Duration::from_mins(3));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stored = settle(100_000, Duration::from_mins(3), || stats_of(&store).0);
+    assert_eq!(stored, 100_000, "every event once:\n{}", server.log());
+    assert!(
+        server
+            .log()
+            .contains("Batch not stored; JetStream redelivers it."),
+        "the outage was seen and retried:\n{}",
+        server.log()
+    );
+}
+
+#[test]
+fn a_collector_killed_while_nats_is_down_replays_its_spool_once() {
+    let mut nats = Nats::start(&[]);
+    let dir = tempfile::tempdir().expect("dir");
+    let spool = tempfile::tempdir().expect("spool");
+    let spool_dir = spool.path().to_str().expect("utf-8");
+    let _server = queue_server(dir.path(), &nats.url(), &[]);
+    // 20 000 events over 4 s: all produced before the kill, so the end count is exact
+    // whatever was in flight, in JetStream or in the spool when NATS went away.
+    let yaml = through_nats(&nats.url(), 20_000, 5_000);
+    let started = Instant::now();
+    let first = common::collector(yaml.path(), &["--spool-dir", spool_dir]);
+    let before = settle(3_000, Duration::from_mins(1), || stats(dir.path()).0);
+    assert!(before >= 3_000, "nothing arrived before the outage");
+    nats.stop();
+    while started.elapsed() < Duration::from_secs(6) || common::spool_bytes(spool.path()) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_mins(1),
+            "nothing was spooled"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(first); // SIGKILL while draining, NATS down.
+    let (_, recovered) =
+        tapio::bridge::Spool::open(spool.path(), 1 << 30, 8).expect("the spool opens");
+    assert!(recovered.events >= 1000, "spooled {recovered:?}");
+    nats.resume();
+    let more = through_nats(&nats.url(), 1000, 0);
+    let out = common::collector(more.path(), &["--spool-dir", spool_dir])
+        .wait_for(Duration::from_mins(1));
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("Resending what an earlier run left in the spool."),
+        "{stderr}"
+    );
+    let stored = settle(21_000, Duration::from_mins(1), || stats(dir.path()).0);
+    assert_eq!(
+        stored, 21_000,
+        "every spooled event and every new one stored exactly once"
+    );
+    assert_eq!(
+        common::spool_bytes(spool.path()),
+        0,
+        "an acked spool is emptied"
+    );
+}
+
+#[test]
+fn bad_nats_urls_and_credentials_fail_at_start_by_name() {
+    let nats = Nats::start(&["--user", "tapio", "--pass", "right-password"]);
+    // The collector: a URL that is not NATS is refused by the config check.
+    let yaml = config(
+        "collectors:\n  synthetic: { config: { events: 10 } }\nserver: { transport: nats }\nnats: { url: \"http://127.0.0.1:4222\" }\n",
+    );
+    let out = common::collector(yaml.path(), &[]).wait_for(Duration::from_secs(30));
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("nats.url"), "{stderr}");
+
+    // Wrong credentials: NATS answers and refuses, so the collector stops at start.
+    let password = tempfile::NamedTempFile::new().expect("file");
+    std::fs::write(password.path(), "wrong-password").expect("written");
+    let yaml = config(&format!(
+        "collectors:\n  synthetic: {{ config: {{ events: 10 }} }}\nserver: {{ transport: nats }}\n\
+         nats: {{ url: \"{}\", auth: {{ user: tapio, password_file: \"{}\" }} }}\n",
+        nats.url(),
+        password.path().display()
+    ));
+    let out = common::collector(yaml.path(), &[]).wait_for(Duration::from_secs(30));
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("refused the connection"), "{stderr}");
+    assert!(!stderr.contains("wrong-password"), "{stderr}");
+
+    // The server: wrong credentials, and nothing listening, both stop it at start.
+    let dir = tempfile::tempdir().expect("dir");
+    let server = |args: &[&str]| {
+        std::process::Command::new(common::SERVER)
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .args(args)
+            .output()
+            .expect("server runs")
+    };
+    let out = server(&[
+        "--nats",
+        &nats.url(),
+        "--nats-user",
+        "tapio",
+        "--nats-password-file",
+        password.path().to_str().expect("utf-8"),
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("refused the connection"), "{stderr}");
+    let nowhere = format!("nats://127.0.0.1:{}", common::free_port());
+    let out = server(&["--nats", &nowhere]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("cannot reach NATS"), "{stderr}");
 }

@@ -48,6 +48,20 @@ pub struct ServerConfig {
     pub tls_cert: Option<PathBuf>,
     /// PEM key of `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// How batches travel: `grpc`, a stream to `address`; `nats`, through the JetStream
+    /// stream of the `nats:` section, which tapio-servers (`--nats`) read.
+    pub transport: Transport,
+}
+
+/// How batches travel to the servers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// A bidirectional gRPC stream to one server.
+    #[default]
+    Grpc,
+    /// NATS JetStream, shared by every server.
+    Nats,
 }
 
 impl Default for ServerConfig {
@@ -68,6 +82,7 @@ impl Default for ServerConfig {
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
+            transport: Transport::Grpc,
         }
     }
 }
@@ -83,7 +98,15 @@ impl ServerConfig {
     /// events also go to stdout (so delivery may be off).
     pub fn validate(&self, stdout: bool, problems: &mut Vec<String>) {
         let s = self;
-        if let (false, false, Err(e)) = (
+        if s.transport == Transport::Nats && (s.embedded() || s.delivery_disabled()) {
+            problems.push(format!(
+                "server.transport: nats delivers to the JetStream stream of the nats: section; \
+                 server.address {:?} asks for no remote server",
+                s.address
+            ));
+        }
+        if let (Transport::Grpc, false, false, Err(e)) = (
+            s.transport,
             s.delivery_disabled(),
             s.embedded(),
             check_host_port(&s.address),

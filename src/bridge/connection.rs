@@ -6,6 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use prost::Message;
 use tokio::sync::mpsc;
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tonic::codec::Streaming;
@@ -35,10 +36,37 @@ pub(super) fn client_tls(files: &TlsFiles) -> Result<tonic::transport::ClientTls
     Ok(tls)
 }
 
-/// One open stream to the server.
+/// A message for the server: a sealed batch (its id names it to JetStream's duplicate
+/// window), or a control message (id 0).
+#[derive(Debug)]
+pub(super) struct Outgoing {
+    pub(super) batch_id: u64,
+    pub(super) bytes: Bytes,
+}
+
+/// Answers from the server: a gRPC stream's, or those a NATS session makes of
+/// JetStream's publish acks.
+pub(super) enum Inbound {
+    Grpc(Box<Streaming<pb::TapioStreamEventsResponse>>),
+    Nats(mpsc::Receiver<Result<pb::TapioStreamEventsResponse, Status>>),
+}
+
+impl Inbound {
+    /// The next answer; `Ok(None)` when the other side ended.
+    pub(super) async fn message(
+        &mut self,
+    ) -> Result<Option<pb::TapioStreamEventsResponse>, Status> {
+        match self {
+            Self::Grpc(stream) => stream.message().await,
+            Self::Nats(acks) => acks.recv().await.transpose(),
+        }
+    }
+}
+
+/// One open stream to the server (or session with JetStream).
 pub(super) struct Connection {
-    pub(super) outbound: mpsc::Sender<Bytes>,
-    pub(super) inbound: Streaming<pb::TapioStreamEventsResponse>,
+    pub(super) outbound: mpsc::Sender<Outgoing>,
+    pub(super) inbound: Inbound,
     /// The server's rate limit from the response headers, if it set one.
     pub(super) rate_limit: Option<u64>,
     /// The server's largest message, from the response headers, if it said.
@@ -64,9 +92,13 @@ pub(super) async fn connect(
     // never waits while fewer than `window` batches are unacked.
     let (outbound, rx) = mpsc::channel(window + 2);
     outbound
-        .try_send(hello)
+        .try_send(Outgoing {
+            batch_id: 0,
+            bytes: hello,
+        })
         .map_err(|_| Status::internal("hello did not fit"))?;
-    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    let outgoing = ReceiverStream::new(rx).map(|o: Outgoing| o.bytes);
+    let mut request = tonic::Request::new(outgoing);
     if let Some(token) = token {
         request.metadata_mut().insert("authorization", token);
     }
@@ -84,7 +116,7 @@ pub(super) async fn connect(
         header(crate::pb::MESSAGE_LIMIT_HEADER).and_then(|limit: u64| usize::try_from(limit).ok());
     Ok(Connection {
         outbound,
-        inbound: response.into_inner(),
+        inbound: Inbound::Grpc(Box::new(response.into_inner())),
         rate_limit,
         message_limit,
     })
@@ -135,6 +167,10 @@ pub(super) fn limit_from(message: &str) -> Option<usize> {
 /// Ends the stream politely: a close message, the end of the outbound half, then the
 /// server's end of the inbound half (bounded, the server may be gone).
 pub(super) async fn close(mut connection: Connection, collector_id: &str) {
+    if matches!(connection.inbound, Inbound::Nats(_)) {
+        // JetStream has no stream to close: the session ends with its channel.
+        return;
+    }
     let _ = connection
         .outbound
         .try_send(control(collector_id, pb::stream_control::Kind::Close));
@@ -146,10 +182,10 @@ pub(super) async fn close(mut connection: Connection, collector_id: &str) {
 }
 
 pub(super) fn hello(collector_id: &str) -> Bytes {
-    control(collector_id, pb::stream_control::Kind::Hello)
+    control(collector_id, pb::stream_control::Kind::Hello).bytes
 }
 
-fn control(collector_id: &str, kind: pb::stream_control::Kind) -> Bytes {
+fn control(collector_id: &str, kind: pb::stream_control::Kind) -> Outgoing {
     let request = pb::TapioStreamEventsRequest {
         payload: Some(pb::tapio_stream_events_request::Payload::Control(
             pb::StreamControl {
@@ -159,7 +195,10 @@ fn control(collector_id: &str, kind: pb::stream_control::Kind) -> Bytes {
             },
         )),
     };
-    Bytes::from(request.encode_to_vec())
+    Outgoing {
+        batch_id: 0,
+        bytes: Bytes::from(request.encode_to_vec()),
+    }
 }
 
 #[cfg(test)]

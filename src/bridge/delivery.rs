@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::connection::Outgoing;
 use super::{Batcher, BridgeConfig, Origin, Sealed, Spool};
 use crate::event::Event;
 use crate::internal_events::EventsDropped;
@@ -290,7 +290,7 @@ impl Delivery {
 
     /// Sends pending batches while the window, flow control and rate limit allow. Returns
     /// false when the stream turned out to be closed.
-    pub(super) fn pump(&mut self, outbound: &mpsc::Sender<Bytes>) -> bool {
+    pub(super) fn pump(&mut self, outbound: &mpsc::Sender<Outgoing>) -> bool {
         while !self.paused && self.inflight.len() < self.config.window {
             let now = Instant::now();
             if now < self.next_send_at {
@@ -304,7 +304,11 @@ impl Delivery {
                 self.split(batch);
                 continue;
             }
-            match outbound.try_send(batch.bytes.clone()) {
+            let outgoing = Outgoing {
+                batch_id: batch.batch_id,
+                bytes: batch.bytes.clone(),
+            };
+            match outbound.try_send(outgoing) {
                 Ok(()) => {
                     if self.limit_per_second > 0 {
                         let nanos = u128::from(batch.events) * 1_000_000_000
@@ -526,6 +530,7 @@ mod tests {
             token: None,
             spool: None,
             tls: None,
+            nats: None,
         };
         Delivery::new(
             config,
@@ -701,8 +706,8 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(64);
         assert!(d.pump(&tx));
         let mut sizes = Vec::new();
-        while let Ok(bytes) = rx.try_recv() {
-            sizes.push(bytes.len());
+        while let Ok(outgoing) = rx.try_recv() {
+            sizes.push(outgoing.bytes.len());
         }
         assert!(sizes.len() >= 5, "{sizes:?}");
         assert!(sizes.iter().all(|&n| n <= 20_000), "{sizes:?}");

@@ -12,6 +12,7 @@ mod codec;
 mod config;
 mod connection;
 mod delivery;
+mod nats;
 pub mod spool;
 
 use std::collections::VecDeque;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
@@ -29,9 +31,10 @@ use tonic::transport::Endpoint;
 
 pub use batch::{Batcher, MAX_BATCH_BYTES, Origin, Sealed, TooLarge};
 pub use codec::{BytesEncoder, PreEncoded};
-pub use config::ServerConfig;
+pub use config::{ServerConfig, Transport};
 use connection::{Backoff, Connection, client_tls, close, connect, hello, limit_from};
 use delivery::{Delivery, Queue};
+use nats::NatsLink;
 pub use spool::{Recovered, Spool, SpoolRef};
 
 use crate::event::{Event, Incident};
@@ -64,6 +67,9 @@ pub enum Error {
     /// The TLS settings were refused by the gRPC transport.
     #[error("TLS to the server: {}", crate::tls::error_chain(.0))]
     TlsSetup(#[source] tonic::transport::Error),
+    /// NATS refused the connection, or the stream does not fit (`server.transport: nats`).
+    #[error(transparent)]
+    Nats(#[from] crate::nats::Error),
     /// The spool directory could not be opened.
     #[error("cannot open the spool in {path}: {source}")]
     Spool {
@@ -110,15 +116,19 @@ pub struct BridgeConfig {
     pub spool: Option<SpoolConfig>,
     /// TLS to the server; `None` is plain text.
     pub tls: Option<TlsFiles>,
+    /// Deliver through NATS JetStream instead of a gRPC stream (`server.transport: nats`).
+    pub nats: Option<crate::nats::NatsConfig>,
 }
 
 impl BridgeConfig {
     /// The bridge's settings from the YAML `server:` section, to deliver to `address` (the
-    /// section's, or the embedded server's) as `collector_id`; reads the token file.
+    /// section's, or the embedded server's) as `collector_id`, or through `nats` when the
+    /// transport is NATS; reads the token file.
     pub fn from_settings(
         settings: &ServerConfig,
         address: String,
         collector_id: String,
+        nats: Option<crate::nats::NatsConfig>,
     ) -> Result<Self, Error> {
         let token = settings
             .token_file
@@ -144,6 +154,7 @@ impl BridgeConfig {
                 ca: settings.tls_ca.clone(),
                 identity: settings.tls_cert.clone().zip(settings.tls_key.clone()),
             }),
+            nats,
         })
     }
 }
@@ -184,44 +195,21 @@ pub struct Bridge {
 }
 
 impl Bridge {
-    /// Checks the configuration, opens the spool and starts the delivery task. Once
-    /// `input_ending` is cancelled (no new events will come) it takes all remaining input
-    /// without holding the pipeline back, so the pipeline can drain.
-    pub fn spawn(
+    /// Checks the configuration, connects NATS (with `server.transport: nats`), opens the
+    /// spool and starts the delivery task. Once `input_ending` is cancelled (no new events
+    /// will come) it takes all remaining input without holding the pipeline back, so the
+    /// pipeline can drain.
+    pub async fn spawn(
         config: BridgeConfig,
         stats: Arc<BridgeStats>,
         input_ending: CancellationToken,
     ) -> Result<Self, Error> {
-        let scheme = if config.tls.is_some() {
-            "https"
-        } else {
-            "http"
+        let link = match &config.nats {
+            Some(settings) => Link::Nats(Arc::new(
+                NatsLink::start(settings.clone(), config.collector_id.clone()).await?,
+            )),
+            None => Link::grpc(&config)?,
         };
-        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", config.address))
-            .map_err(|source| Error::Address {
-                address: config.address.clone(),
-                source,
-            })?;
-        if let Some(files) = &config.tls {
-            endpoint = endpoint
-                .tls_config(client_tls(files)?)
-                .map_err(Error::TlsSetup)?;
-        }
-        let endpoint = endpoint
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true);
-        let token = config
-            .token
-            .as_deref()
-            .map(|t| {
-                format!("Bearer {t}")
-                    .parse::<tonic::metadata::MetadataValue<_>>()
-                    .map_err(|_| Error::Token)
-            })
-            .transpose()?;
         let queue = match &config.spool {
             None => Queue::Memory(VecDeque::new()),
             Some(spool) => {
@@ -255,8 +243,7 @@ impl Bridge {
         let (input, events) = mpsc::channel(4);
         let task = tokio::spawn(run(
             config,
-            endpoint,
-            token,
+            link,
             events,
             Arc::clone(&stats),
             queue,
@@ -328,6 +315,69 @@ impl Bridge {
     }
 }
 
+/// Where batches go: a gRPC stream to a server, or JetStream.
+#[derive(Clone, Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per bridge, cloned once per connection attempt"
+)]
+enum Link {
+    Grpc {
+        endpoint: Endpoint,
+        token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    },
+    Nats(Arc<NatsLink>),
+}
+
+impl Link {
+    fn grpc(config: &BridgeConfig) -> Result<Self, Error> {
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", config.address))
+            .map_err(|source| Error::Address {
+                address: config.address.clone(),
+                source,
+            })?;
+        if let Some(files) = &config.tls {
+            endpoint = endpoint
+                .tls_config(client_tls(files)?)
+                .map_err(Error::TlsSetup)?;
+        }
+        let endpoint = endpoint
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true);
+        let token = config
+            .token
+            .as_deref()
+            .map(|t| {
+                format!("Bearer {t}")
+                    .parse::<tonic::metadata::MetadataValue<_>>()
+                    .map_err(|_| Error::Token)
+            })
+            .transpose()?;
+        Ok(Self::Grpc { endpoint, token })
+    }
+
+    /// Opens a stream (gRPC) or a session (NATS) in the background.
+    fn connect(&self, hello: &Bytes, window: usize) -> JoinHandle<Result<Connection, Status>> {
+        match self {
+            Self::Grpc { endpoint, token } => tokio::spawn(connect(
+                endpoint.clone(),
+                token.clone(),
+                hello.clone(),
+                window,
+            )),
+            Self::Nats(link) => tokio::spawn(nats::connect(Arc::clone(link), window)),
+        }
+    }
+}
+
 /// Awaits `f` if there is one, else never resolves (a disabled `select!` branch).
 async fn maybe<F: Future + Unpin>(f: Option<&mut F>) -> F::Output {
     match f {
@@ -358,8 +408,7 @@ async fn sleep_until_some(at: Option<Instant>) {
 )]
 async fn run(
     config: BridgeConfig,
-    endpoint: Endpoint,
-    token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    link: Link,
     mut input: mpsc::Receiver<Input>,
     stats: Arc<BridgeStats>,
     queue: Queue,
@@ -386,12 +435,7 @@ async fn run(
             && retry_at.is_some_and(|t| t <= Instant::now())
         {
             retry_at = None;
-            connecting = Some(tokio::spawn(connect(
-                endpoint.clone(),
-                token.clone(),
-                hello.clone(),
-                delivery.config.window,
-            )));
+            connecting = Some(link.connect(&hello, delivery.config.window));
         }
         if connection
             .as_ref()

@@ -54,6 +54,16 @@ pub struct RunArgs {
     /// [default: localhost:9090].
     #[arg(long, value_name = "ADDR")]
     pub server: Option<String>,
+    /// How batches travel: `grpc` to --server, or `nats` through JetStream to the servers
+    /// reading it (see --nats-url) [default: grpc].
+    #[arg(long, value_name = "KIND")]
+    pub transport: Option<crate::bridge::Transport>,
+    /// NATS URL, with `--transport nats` [default: `nats://127.0.0.1:4222`].
+    #[arg(long, value_name = "URL")]
+    pub nats_url: Option<String>,
+    /// Subject batches are published on, with `--transport nats` [default: tapio.events].
+    #[arg(long, value_name = "SUBJECT")]
+    pub nats_subject: Option<String>,
     /// OTLP/gRPC endpoint for incident traces, or `none` [default: localhost:4317].
     #[arg(long, value_name = "ADDR")]
     pub otel_endpoint: Option<String>,
@@ -145,6 +155,15 @@ impl RunArgs {
     pub fn apply(&self, config: &mut Config) {
         if let Some(v) = &self.server {
             config.server.address.clone_from(v);
+        }
+        if let Some(v) = self.transport {
+            config.server.transport = v;
+        }
+        if let Some(v) = &self.nats_url {
+            config.nats.url.clone_from(v);
+        }
+        if let Some(v) = &self.nats_subject {
+            config.nats.subject.clone_from(v);
         }
         if let Some(v) = &self.otel_endpoint {
             config.otel.endpoint.clone_from(v);

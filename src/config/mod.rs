@@ -64,6 +64,8 @@ pub struct Config {
     pub otel: OtelConfig,
     /// Local output.
     pub output: OutputConfig,
+    /// NATS JetStream, used when `server.transport` is `nats`.
+    pub nats: crate::nats::NatsConfig,
 }
 
 /// Pipeline sizing, logging and status reporting.
@@ -195,6 +197,9 @@ impl Config {
             problems.push("orchestrator.node_name: must not be empty".into());
         }
         self.server.validate(self.output.stdout, &mut problems);
+        if self.server.transport == crate::bridge::Transport::Nats {
+            self.nats.validate(&mut problems);
+        }
         if !self.otel.endpoint.eq_ignore_ascii_case("none") {
             let endpoint = self
                 .otel

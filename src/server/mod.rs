@@ -2,6 +2,7 @@
 //! durably (see [`store`]), acks a batch only after its commit, and answers queries.
 
 mod listen;
+pub mod queue;
 pub mod store;
 pub mod wire;
 
@@ -53,6 +54,9 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// NATS refused, could not be reached, or its stream or consumer cannot be used.
+    #[error(transparent)]
+    Nats(#[from] crate::nats::Error),
     /// The gRPC transport failed.
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -133,6 +137,10 @@ pub struct ServeArgs {
     /// the password off the command line); without it, SQLite in --data-dir.
     #[arg(long, value_name = "URL", env = "TAPIO_STORE", hide_env_values = true)]
     pub store: Option<String>,
+    /// This server's name in the shared store's batch records (`batches.stored_by`)
+    /// [default: the hostname, a pod's name in Kubernetes].
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
     /// Connections to PostgreSQL at most (with --store): concurrent batch writes.
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub store_connections: usize,
@@ -182,6 +190,9 @@ pub struct ServeArgs {
     /// Log filter.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: String,
+    /// Reading batches from NATS JetStream.
+    #[command(flatten)]
+    pub nats: queue::NatsArgs,
 }
 
 impl Default for ServeArgs {
@@ -190,6 +201,7 @@ impl Default for ServeArgs {
             listen: "127.0.0.1:9090".into(),
             data_dir: PathBuf::from("tapio-data"),
             store: None,
+            name: None,
             store_connections: 8,
             sync: Sync::Full,
             token_file: None,
@@ -205,6 +217,7 @@ impl Default for ServeArgs {
             shutdown_timeout: Duration::from_secs(10),
             stream_buffer_bytes: 64 << 20,
             log_level: "info".into(),
+            nats: queue::NatsArgs::default(),
         }
     }
 }
@@ -303,6 +316,92 @@ fn ack(
     })
 }
 
+/// Why a batch is refused for good (resending it cannot help).
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    /// More events than `--max-batch-events`.
+    #[error("batch {batch_id} has {events} events; this server accepts at most {max}")]
+    TooManyEvents {
+        /// The batch.
+        batch_id: u64,
+        /// Its events.
+        events: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// An event is not a valid `Event`.
+    #[error("batch {batch_id}, event {index}: {error}")]
+    Event {
+        /// The batch.
+        batch_id: u64,
+        /// The event's place in it.
+        index: usize,
+        /// Why.
+        error: wire::WireError,
+    },
+    /// A group's ids have the wrong length.
+    #[error(
+        "batch {batch_id}, group {index}: group_id and trace_id must be 16 bytes, got {group_id} and {trace_id}"
+    )]
+    Group {
+        /// The batch.
+        batch_id: u64,
+        /// The group's place in it.
+        index: usize,
+        /// Its `group_id` length.
+        group_id: usize,
+        /// Its `trace_id` length.
+        trace_id: usize,
+    },
+    /// Not a batch: a control message or nothing (on the queue, where only batches go).
+    #[error("not a batch: {0}")]
+    NotABatch(String),
+}
+
+/// Checks a batch as it arrived (over gRPC or from JetStream) and makes it a store write.
+pub fn check_batch(batch: RawBatch, max_batch_events: usize) -> Result<store::Batch, Refused> {
+    let batch_id = batch.batch_id;
+    if batch.events.len() > max_batch_events {
+        return Err(Refused::TooManyEvents {
+            batch_id,
+            events: batch.events.len(),
+            max: max_batch_events,
+        });
+    }
+    let events = batch
+        .events
+        .into_iter()
+        .enumerate()
+        .map(|(index, bytes)| {
+            RawEvent::parse(bytes).map_err(|error| Refused::Event {
+                batch_id,
+                index,
+                error,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some((index, group)) = batch
+        .groups
+        .iter()
+        .enumerate()
+        .find(|(_, g)| g.group_id.len() != 16 || g.trace_id.len() != 16)
+    {
+        return Err(Refused::Group {
+            batch_id,
+            index,
+            group_id: group.group_id.len(),
+            trace_id: group.trace_id.len(),
+        });
+    }
+    Ok(store::Batch {
+        collector_id: batch.collector_id,
+        batch_id,
+        sequence: batch.sequence,
+        events,
+        groups: batch.groups,
+    })
+}
+
 impl Service {
     /// Checks a batch and queues it for commit; the ack is sent when the commit is done.
     /// `held` is the batch's share of the stream's buffer, given back once its ack is
@@ -315,49 +414,26 @@ impl Service {
         held: tokio::sync::OwnedSemaphorePermit,
     ) {
         let batch_id = batch.batch_id;
-        if batch.events.len() > self.max_batch_events {
-            let message = format!(
-                "batch {batch_id} has {} events; this server accepts at most {}",
-                batch.events.len(),
-                self.max_batch_events
-            );
-            tracing::warn!(peer, batch_id, "Batch rejected: too many events.");
-            respond(tx, ack(batch_id, pb::ack::Status::Rejected, message, 0, 0)).await;
-            return;
-        }
-        let mut events = Vec::with_capacity(batch.events.len());
-        for (index, bytes) in batch.events.into_iter().enumerate() {
-            match RawEvent::parse(bytes) {
-                Ok(event) => events.push(event),
-                Err(error) => {
-                    let message = format!("batch {batch_id}, event {index}: {error}");
-                    tracing::warn!(peer, batch_id, error = %message, "Batch rejected: invalid event.");
-                    respond(tx, ack(batch_id, pb::ack::Status::Rejected, message, 0, 0)).await;
-                    return;
-                }
-            }
-        }
-        for (index, group) in batch.groups.iter().enumerate() {
-            if group.group_id.len() != 16 || group.trace_id.len() != 16 {
-                let message = format!(
-                    "batch {batch_id}, group {index}: group_id and trace_id must be 16 bytes, got {} and {}",
-                    group.group_id.len(),
-                    group.trace_id.len()
-                );
-                tracing::warn!(peer, batch_id, error = %message, "Batch rejected: invalid group.");
-                respond(tx, ack(batch_id, pb::ack::Status::Rejected, message, 0, 0)).await;
+        let write = match check_batch(batch, self.max_batch_events) {
+            Ok(write) => write,
+            Err(refused) => {
+                tracing::warn!(peer, batch_id, error = %refused, "Batch rejected.");
+                respond(
+                    tx,
+                    ack(
+                        batch_id,
+                        pb::ack::Status::Rejected,
+                        refused.to_string(),
+                        0,
+                        0,
+                    ),
+                )
+                .await;
                 return;
             }
-        }
+        };
         let store = self.store.clone();
         let tx = tx.clone();
-        let write = store::Batch {
-            collector_id: batch.collector_id,
-            batch_id,
-            sequence: batch.sequence,
-            events,
-            groups: batch.groups,
-        };
         // Queue the write now, in arrival order; answer whenever its commit is done.
         tokio::spawn(async move {
             let payload = match store.write(write).await {
@@ -817,6 +893,8 @@ pub struct Server {
     tls: Option<tokio_rustls::TlsAcceptor>,
     limits: listen::Limits,
     location: store::Location,
+    queue: Option<queue::Queue>,
+    queue_stats: Arc<queue::QueueStats>,
 }
 
 impl std::fmt::Debug for Server {
@@ -842,7 +920,15 @@ impl Server {
             .map_err(Error::Token)?;
         let tls = server_tls(args)?;
         let location = store::Location::from_flags(args.store.as_deref(), &args.data_dir)?;
-        let store = Store::open(&location, args.sync, args.store_connections).await?;
+        let name = args.name.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map_or_else(|_| "tapio-server".into(), |h| h.trim().to_owned())
+        });
+        let store = Store::open(&location, args.sync, args.store_connections, &name).await?;
+        let queue = match &args.nats.nats_url {
+            Some(url) => Some(queue::Queue::connect(&args.nats, url, args.max_batch_events).await?),
+            None => None,
+        };
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .map_err(|source| Error::Bind {
@@ -862,6 +948,8 @@ impl Server {
                 shutdown_timeout: args.shutdown_timeout,
             },
             location,
+            queue,
+            queue_stats: Arc::default(),
         })
     }
 
@@ -883,6 +971,14 @@ impl Server {
             token: self.token.map(Arc::from),
         };
         let closing = self.service.closing.clone();
+        let reading = self.queue.map(|queue| {
+            tokio::spawn(queue.run(
+                self.service.store.clone(),
+                self.queue_stats,
+                shutdown.clone(),
+                self.limits.shutdown_timeout,
+            ))
+        });
         let routes = Routes {
             generated: TapioServiceServer::new(self.service.clone())
                 .max_decoding_message_size(self.max_message_bytes)
@@ -900,6 +996,9 @@ impl Server {
             closing,
         )
         .await;
+        if let Some(reading) = reading {
+            let _ = reading.await;
+        }
         Ok(())
     }
 }

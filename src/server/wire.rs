@@ -91,6 +91,14 @@ pub enum RawRequest {
     Empty,
 }
 
+impl RawRequest {
+    /// Parses a `TapioStreamEventsRequest` (as a JetStream message carries it), keeping
+    /// the events as bytes.
+    pub fn parse(bytes: &Bytes) -> Result<Self, WireError> {
+        parse_request(bytes)
+    }
+}
+
 impl From<pb::TapioStreamEventsRequest> for RawRequest {
     /// For requests that arrived decoded: the events are encoded again.
     fn from(request: pb::TapioStreamEventsRequest) -> Self {

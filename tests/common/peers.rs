@@ -244,14 +244,18 @@ impl Nats {
         }
     }
 
-    /// SIGKILL, then the same server again on the same port with the same file store.
-    pub fn restart(&mut self, down_for: Duration) {
-        self.kill();
-        std::thread::sleep(down_for);
-        self.up();
+    /// A clean stop (SIGTERM: the file store is flushed), down until [`Nats::resume`].
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_child(&child),
+                rustix::process::Signal::TERM,
+            );
+            let _ = child.wait();
+        }
     }
 
-    /// SIGKILL: down until [`Nats::resume`].
+    /// SIGKILL.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -259,7 +263,7 @@ impl Nats {
         }
     }
 
-    /// Starts it again after [`Nats::kill`].
+    /// Starts it again after [`Nats::stop`], on the same port with the same file store.
     pub fn resume(&mut self) {
         self.up();
     }

@@ -175,12 +175,18 @@ pub enum Store {
 }
 
 impl Store {
-    /// Opens (creating what is missing) the store at `location`.
-    pub async fn open(location: &Location, sync: Sync, connections: usize) -> Result<Self> {
+    /// Opens (creating what is missing) the store at `location`; a shared store records
+    /// `server` as the one that stored each batch.
+    pub async fn open(
+        location: &Location,
+        sync: Sync,
+        connections: usize,
+        server: &str,
+    ) -> Result<Self> {
         match location {
             Location::Sqlite(dir) => Ok(Self::Sqlite(sqlite::Sqlite::open(dir, sync)?)),
             Location::Postgres(url) => Ok(Self::Postgres(
-                postgres::Postgres::connect(url, connections).await?,
+                postgres::Postgres::connect(url, connections, server).await?,
             )),
         }
     }
@@ -189,9 +195,9 @@ impl Store {
     pub async fn open_existing(location: &Location) -> Result<Self> {
         match location {
             Location::Sqlite(dir) => Ok(Self::Sqlite(sqlite::Sqlite::open_existing(dir)?)),
-            Location::Postgres(url) => {
-                Ok(Self::Postgres(postgres::Postgres::connect(url, 2).await?))
-            }
+            Location::Postgres(url) => Ok(Self::Postgres(
+                postgres::Postgres::connect(url, 2, "tapio-server (read-only)").await?,
+            )),
         }
     }
 

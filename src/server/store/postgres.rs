@@ -58,6 +58,7 @@ const SCHEMA: &str = "
         events integer NOT NULL,
         accepted integer NOT NULL,
         stored_at bigint NOT NULL,
+        stored_by text NOT NULL,
         PRIMARY KEY (collector_id, batch_id)
     );
 ";
@@ -74,6 +75,8 @@ const INSERT_EVENTS: &str = "
 pub struct Postgres {
     pool: Pool,
     url: Arc<str>,
+    /// This server's name, recorded with each batch it stores.
+    server: Arc<str>,
     committed: broadcast::Sender<Arc<Vec<pb::Event>>>,
     /// Days whose partition this server knows exists, so each is created once.
     partitions: Arc<Mutex<HashSet<i64>>>,
@@ -91,7 +94,7 @@ impl std::fmt::Debug for Postgres {
 impl Postgres {
     /// Connects with a pool of at most `connections`, and creates the schema if it is
     /// missing. A bad URL, an unreachable server or refused credentials fail here, named.
-    pub async fn connect(url: &str, connections: usize) -> Result<Self> {
+    pub async fn connect(url: &str, connections: usize, server: &str) -> Result<Self> {
         let shown = redact(url);
         let config: tokio_postgres::Config = url.parse().map_err(|e| Error::Url {
             url: shown.clone(),
@@ -117,6 +120,7 @@ impl Postgres {
         let store = Self {
             pool,
             url: Arc::from(shown.as_str()),
+            server: Arc::from(server),
             committed: broadcast::channel(1024).0,
             partitions: Arc::default(),
         };
@@ -201,8 +205,9 @@ impl Postgres {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i64);
         tx.execute(
-            "INSERT INTO batches (collector_id, batch_id, sequence, events, accepted, stored_at)
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            "INSERT INTO batches
+                 (collector_id, batch_id, sequence, events, accepted, stored_at, stored_by)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
             &[
                 &batch.collector_id,
                 // bigint is signed; the bits round-trip.
@@ -211,6 +216,7 @@ impl Postgres {
                 &total.cast_signed(),
                 &accepted.cast_signed(),
                 &now,
+                &&*self.server,
             ],
         )
         .await?;
