@@ -77,9 +77,25 @@ fn render(extra: &[&str]) -> String {
     text(&out.stdout)
 }
 
+/// Several servers sharing PostgreSQL, fed through NATS JetStream.
+const SCALE_OUT: &[&str] = &[
+    "--set",
+    "tapioServer.enabled=true",
+    "--set",
+    "tapioServer.replicas=3",
+    "--set",
+    "tapioServer.store=postgres",
+    "--set",
+    "tapioServer.postgres.urlSecret=tapio-postgres",
+    "--set",
+    "server.transport=nats",
+    "--set",
+    "nats.credsSecret=tapio-nats",
+];
+
 #[test]
 fn the_chart_lints_and_renders_valid_manifests_by_default_and_with_everything_on() {
-    for extra in [&[][..], ALL_ON] {
+    for extra in [&[][..], ALL_ON, SCALE_OUT] {
         let mut lint = vec!["lint", "charts/tapio-collector", "--strict"];
         lint.extend_from_slice(extra);
         let out = tool("helm", &lint);
@@ -121,7 +137,7 @@ fn the_chart_lints_and_renders_valid_manifests_by_default_and_with_everything_on
 
 #[test]
 fn the_rendered_configuration_is_one_the_collector_accepts() {
-    for extra in [&[][..], ALL_ON] {
+    for extra in [&[][..], ALL_ON, SCALE_OUT] {
         let rendered = render(extra);
         let config_map = rendered
             .split("\n---")
@@ -161,4 +177,49 @@ fn the_rendered_configuration_is_one_the_collector_accepts() {
             "{expected} in the rendered chart"
         );
     }
+    let scaled = render(SCALE_OUT);
+    for expected in [
+        "replicas: 3",
+        "--nats=nats://nats.nats.svc:4222",
+        "--nats-creds=/etc/tapio/nats/creds",
+        "name: TAPIO_STORE",
+        "name: tapio-postgres",
+        "transport: nats",
+        "creds_file: /etc/tapio/nats/creds",
+    ] {
+        assert!(
+            scaled.contains(expected),
+            "{expected} in the scaled-out chart"
+        );
+    }
+    assert!(
+        !scaled.contains("--server="),
+        "collectors publish to NATS, not to a server"
+    );
+    assert!(
+        !scaled.contains("volumeClaimTemplates"),
+        "servers on PostgreSQL keep nothing of their own"
+    );
+}
+
+#[test]
+fn several_servers_on_sqlite_are_refused_by_name() {
+    let out = tool(
+        "helm",
+        &[
+            "template",
+            "tapio",
+            "charts/tapio-collector",
+            "--set",
+            "tapioServer.enabled=true",
+            "--set",
+            "tapioServer.replicas=2",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("tapioServer.replicas"),
+        "{}",
+        text(&out.stderr)
+    );
 }
