@@ -51,6 +51,7 @@ async fn the_postgres_store_keeps_each_event_once_and_drops_whole_days() {
         .await
         .expect("commits");
     assert_eq!((first.accepted, first.duplicates), (3, 0));
+    let mut live = store.subscribe();
     // The same events again (a resend after a lost ack), with one new.
     let again = store
         .write(batch(
@@ -60,6 +61,18 @@ async fn the_postgres_store_keeps_each_event_once_and_drops_whole_days() {
         .await
         .expect("commits");
     assert_eq!((again.accepted, again.duplicates), (1, 1));
+    let announced = live
+        .recv()
+        .await
+        .expect("the live tail hears of the commit");
+    assert_eq!(
+        announced
+            .iter()
+            .map(|e| e.timestamp_unix_nano)
+            .collect::<Vec<_>>(),
+        [monday + DAY + 2],
+        "only the new event"
+    );
     let stats = store.stats().await.expect("stats");
     assert_eq!((stats.events_total, stats.batches_total), (4, 2));
     let found: Vec<u64> = store
