@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tapio::bridge::{Batcher, PreEncoded};
-use tapio::event::{Event, IdGenerator, Severity};
+use tapio::event::IdGenerator;
 use tapio::pb;
 use tapio::pb::tapio_service_server::{TapioService, TapioServiceServer};
 use tokio::sync::mpsc;
@@ -97,22 +97,6 @@ impl TapioService for AckOnly {
     }
 }
 
-/// A TCP connect event, as the synthetic collector makes many of.
-fn event(ids: &mut IdGenerator) -> Event {
-    let mut e = support::container_event(
-        ids,
-        "net.tcp.connect",
-        Severity::Info,
-        "java connected to postgres.data:5432",
-    );
-    e.attributes.set("daddr", "10.96.3.7");
-    e.attributes.set("dport", 5432);
-    e.attributes.set("duration_us", 412);
-    e.trace_id = tapio::event::TraceId::new([1; 16]);
-    e.span_id = tapio::event::SpanId::new([2; 8]);
-    e
-}
-
 /// The ceiling: pre-encoded batches over one stream to an ack-only server.
 async fn ceiling(events: usize) -> f64 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -132,7 +116,11 @@ async fn stream_batches(addr: &str, events: usize) -> f64 {
     let mut ids = IdGenerator::new();
     let mut sealer = Batcher::new("bench".into(), BATCH, Duration::from_hours(1), 1);
     let batches: Vec<Bytes> = (0..events)
-        .filter_map(|_| sealer.push(&event(&mut ids)).expect("a small event fits"))
+        .filter_map(|_| {
+            sealer
+                .push(&support::tcp_connect(&mut ids))
+                .expect("a small event fits")
+        })
         .map(|s| s.bytes)
         .collect();
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))

@@ -34,25 +34,13 @@ use bytes::Bytes;
 use common::ServerProcess;
 use common::peers::{Nats, Postgres};
 use tapio::bridge::{Batcher, PreEncoded};
-use tapio::event::{Event, IdGenerator, Severity};
+use tapio::event::IdGenerator;
 use tapio::server::store::{Batch, Location, Store, Sync};
 use tapio::server::wire::RawEvent;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 const BATCH: usize = 1000;
-
-fn event(ids: &mut IdGenerator) -> Event {
-    let mut e = support::container_event(
-        ids,
-        "net.tcp.connect",
-        Severity::Info,
-        "java connected to postgres.data:5432",
-    );
-    e.attributes.set("daddr", "10.96.3.7");
-    e.attributes.set("dport", 5432);
-    e
-}
 
 /// `n` events sealed into batches of `per_batch`, as the bridge seals them.
 fn sealed(n: usize, per_batch: usize, collector: &str, first_id: u64) -> Vec<(u64, Bytes)> {
@@ -64,7 +52,7 @@ fn sealed(n: usize, per_batch: usize, collector: &str, first_id: u64) -> Vec<(u6
         first_id,
     );
     let mut out: Vec<(u64, Bytes)> = (0..n)
-        .filter_map(|_| batcher.push(&event(&mut ids)).expect("fits"))
+        .filter_map(|_| batcher.push(&support::tcp_connect(&mut ids)).expect("fits"))
         .map(|s| (s.batch_id, s.bytes))
         .collect();
     out.extend(batcher.seal().map(|s| (s.batch_id, s.bytes)));
@@ -295,7 +283,8 @@ fn postgres_writer(events: usize, concurrency: usize) -> f64 {
         .map(|_| {
             (0..BATCH)
                 .map(|_| {
-                    RawEvent::from_message(&tapio::pb::Event::from(event(&mut ids))).expect("valid")
+                    RawEvent::from_message(&tapio::pb::Event::from(support::tcp_connect(&mut ids)))
+                        .expect("valid")
                 })
                 .collect()
         })

@@ -110,6 +110,58 @@ async fn the_postgres_store_keeps_each_event_once_and_drops_whole_days() {
     assert_eq!(left, [monday + DAY + 1, monday + DAY + 2]);
 }
 
+#[tokio::test]
+async fn groups_are_read_whole_and_derived_from_events_on_postgres() {
+    let pg = Postgres::start();
+    let store = Store::open(&Location::Postgres(pg.url()), Sync::Full, 2, "a")
+        .await
+        .expect("connects");
+    let open = tapio::event::GroupId::new([7; 16]);
+    let grouped: Vec<RawEvent> = (0..3u64)
+        .map(|i| {
+            let mut e = Event::new(
+                EventId::from_u128(u128::from(i) + 10),
+                100 + i,
+                "memory.oom_kill",
+                "test",
+            );
+            e.correlation = Some(tapio::event::Correlation {
+                group_id: open,
+                impact: [0.25, 0.5, 0.75][usize::try_from(i).expect("small")],
+                causal_links: Vec::new(),
+            });
+            RawEvent::from_message(&pb::Event::from(e)).expect("valid")
+        })
+        .collect();
+    let closed = pb::SemanticGroup {
+        group_id: vec![9; 16],
+        trace_id: vec![1; 16],
+        summary: "node pressure".into(),
+        impact: 0.9,
+        first_seen_unix_nano: 50,
+        last_seen_unix_nano: 60,
+        ..pb::SemanticGroup::default()
+    };
+    let mut with_groups = batch(1, grouped);
+    with_groups.groups = vec![closed.clone()];
+    store.write(with_groups).await.expect("commits");
+    let groups = store.groups(0, 0, 0.0, 0).await.expect("queries");
+    assert_eq!(groups.len(), 2, "{groups:?}");
+    assert_eq!(groups[0], closed, "a closed group comes back whole");
+    assert_eq!(groups[1].group_id, vec![7; 16]);
+    assert_eq!(groups[1].event_ids.len(), 3);
+    assert!((groups[1].impact - 0.75).abs() < 1e-9);
+    assert_eq!(
+        (
+            groups[1].first_seen_unix_nano,
+            groups[1].last_seen_unix_nano
+        ),
+        (100, 102)
+    );
+    let heavy = store.groups(0, 0, 0.8, 0).await.expect("queries");
+    assert_eq!(heavy, [closed], "min_impact filters");
+}
+
 #[test]
 fn a_bad_store_url_or_bad_credentials_fail_at_start_by_name() {
     let pg = Postgres::start();
@@ -401,6 +453,26 @@ fn bad_nats_urls_and_credentials_fail_at_start_by_name() {
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("refused the connection"), "{stderr}");
     assert!(!stderr.contains("wrong-password"), "{stderr}");
+
+    // A stream made with other settings is named field by field.
+    let plain = Nats::start(&[]);
+    let first = common::collector(through_nats(&plain.url(), 10, 0).path(), &[])
+        .wait_for(Duration::from_secs(30));
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let yaml = config(&format!(
+        "collectors:\n  synthetic: {{ config: {{ events: 10 }} }}\nserver: {{ transport: nats }}\n\
+         nats: {{ url: \"{}\", stream: {{ max_age: 1h, retention: limits }} }}\n",
+        plain.url()
+    ));
+    let out = common::collector(yaml.path(), &[]).wait_for(Duration::from_secs(30));
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("exists with other settings")
+            && stderr.contains("max_age is")
+            && stderr.contains("retention is"),
+        "{stderr}"
+    );
 
     // The server: wrong credentials, and nothing listening, both stop it at start.
     let dir = tempfile::tempdir().expect("dir");

@@ -1,5 +1,7 @@
 //! Events shaped like real ones, shared by the benches so their figures compare.
 
+#![allow(dead_code, reason = "each bench uses a subset")]
+
 use tapio::event::{Event, IdGenerator, Severity};
 
 /// An event from a container of a Deployment's pod, with every entity a kernel event
@@ -24,5 +26,22 @@ pub fn container_event(
     n.pod_name = "checkout-7d9f8-x2k4p".into();
     n.workload_kind = "Deployment".into();
     n.workload_name = "checkout".into();
+    e
+}
+
+/// A TCP connect event with its trace context, as the synthetic collector makes many of:
+/// the event the end-to-end benches carry.
+pub fn tcp_connect(ids: &mut IdGenerator) -> Event {
+    let mut e = container_event(
+        ids,
+        "net.tcp.connect",
+        Severity::Info,
+        "java connected to postgres.data:5432",
+    );
+    e.attributes.set("daddr", "10.96.3.7");
+    e.attributes.set("dport", 5432);
+    e.attributes.set("duration_us", 412);
+    e.trace_id = tapio::event::TraceId::new([1; 16]);
+    e.span_id = tapio::event::SpanId::new([2; 8]);
     e
 }

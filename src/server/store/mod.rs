@@ -37,6 +37,9 @@ pub enum Error {
     /// No PostgreSQL connection could be had from the pool.
     #[error("PostgreSQL: {0}")]
     Pool(String),
+    /// `stats` or `events` was pointed at a directory without a store.
+    #[error("{}: no tapio-server store here (events.db is missing)", .0.display())]
+    NoStore(PathBuf),
     /// The `--store` URL is not one this server can use.
     #[error("--store {url:?}: {reason}")]
     Url {

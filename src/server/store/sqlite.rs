@@ -159,10 +159,7 @@ impl Sqlite {
     pub fn open_existing(dir: &Path) -> Result<Self> {
         let path = dir.join("events.db");
         if !path.is_file() {
-            return Err(Error::Url {
-                url: dir.display().to_string(),
-                reason: "no tapio-server store here (events.db is missing)".into(),
-            });
+            return Err(Error::NoStore(dir.to_owned()));
         }
         // Never written through: a closed channel makes any write fail as `Closed`.
         let (jobs, _) = mpsc::channel(1);
