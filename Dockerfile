@@ -6,22 +6,25 @@ ARG RUST_IMAGE=rust:1.95-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim
 
 FROM ${RUST_IMAGE} AS build
-# clang, libbpf-dev and linux-libc-dev: build.rs compiles the eBPF probes;
-# libsystemd-dev: the journald collector links libsystemd.
+# clang, libbpf-dev and linux-libc-dev: build.rs compiles the eBPF probes (without clang
+# the build fails rather than leave them out).
 # Versions are not pinned: the base image's suite pins them, and its security updates
 # should flow in at each rebuild.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends clang libbpf-dev linux-libc-dev libsystemd-dev \
+    && apt-get install -y --no-install-recommends clang libbpf-dev linux-libc-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
+# Stripped (`install -s`): the symbols and line tables are most of an unstripped binary;
+# docs/deploy.md gives both sizes.
 RUN cargo build --release --locked --bins \
-    && install -D -m 0755 target/release/tapio-collector /out/tapio-collector \
-    && install -D -m 0755 target/release/tapio-server /out/tapio-server
+    && install -D -s -m 0755 target/release/tapio-collector /out/tapio-collector \
+    && install -D -s -m 0755 target/release/tapio-server /out/tapio-server
 
 FROM ${RUNTIME_IMAGE} AS runtime
-# libsystemd0: sd-journal at run time; ca-certificates: TLS to the server, OTLP, kubelet.
+# libsystemd0: the journald collector loads it at run time (sd-journal); ca-certificates:
+# TLS to the server, OTLP, kubelet.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates libsystemd0 \

@@ -22,12 +22,20 @@ fn main() -> anyhow::Result<()> {
     compile_probes(&PathBuf::from(std::env::var("OUT_DIR")?))
 }
 
-/// Without clang the build still succeeds with empty objects, so the rest of the agent can
-/// be built and tested anywhere; the kernel collectors then refuse to start and say why.
-/// With clang, a probe that does not compile fails the build.
+/// Without clang the build fails, naming what to install, unless it opts out of the probes
+/// with `TAPIO_EBPF=off`: then the objects are empty, the binaries say so (`--version`, the
+/// log at start) and the kernel collectors refuse to start. A build that silently lost its
+/// probes once cached its empty objects, and no later build brought them back; a failed
+/// build script caches nothing, and the choice is an input cargo watches.
 fn compile_probes(out: &Path) -> anyhow::Result<()> {
     println!("cargo:rerun-if-changed=ebpf");
     println!("cargo:rerun-if-env-changed=CLANG");
+    println!("cargo:rerun-if-env-changed=TAPIO_EBPF");
+    let wanted = match std::env::var("TAPIO_EBPF").as_deref() {
+        Err(_) | Ok("" | "on") => true,
+        Ok("off") => false,
+        Ok(other) => anyhow::bail!("TAPIO_EBPF={other:?}: expected on (the default) or off"),
+    };
     let clang = std::env::var("CLANG").unwrap_or_else(|_| "clang".to_owned());
     let arch = std::env::var("CARGO_CFG_TARGET_ARCH")?;
     let (define, multiarch) = match arch.as_str() {
@@ -35,12 +43,25 @@ fn compile_probes(out: &Path) -> anyhow::Result<()> {
         "aarch64" => ("__TARGET_ARCH_arm64", "aarch64-linux-gnu"),
         other => anyhow::bail!("eBPF probes: no build recipe for target architecture {other}"),
     };
-    let available = Command::new(&clang).arg("--version").output().is_ok();
-    if !available {
-        println!(
-            "cargo:warning=clang not found (set CLANG or run scripts/setup): building without eBPF probes"
+    let available = wanted && Command::new(&clang).arg("--version").output().is_ok();
+    if wanted && !available {
+        anyhow::bail!(
+            "clang ({clang}) was not found, and the eBPF probes are compiled with it. Run \
+             scripts/setup (it installs clang and libbpf-dev), or set CLANG to a clang, or \
+             build without the kernel collectors with TAPIO_EBPF=off"
         );
     }
+    if !wanted {
+        println!("cargo:warning=TAPIO_EBPF=off: building without eBPF probes");
+    }
+    println!(
+        "cargo:rustc-env=TAPIO_PROBES={}",
+        if wanted {
+            "built in"
+        } else {
+            "left out (TAPIO_EBPF=off)"
+        }
+    );
     // Every `ebpf/<name>.bpf.c` becomes `<name>.bpf.o`, which `object!("<name>")` embeds.
     let mut probes: Vec<String> = std::fs::read_dir("ebpf")?
         .filter_map(|entry| {

@@ -151,6 +151,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Arc<Tele
         collectors = started,
         node = %node_name,
         correlation = %config.correlation.mode,
+        ebpf_probes = env!("TAPIO_PROBES"),
         "Agent started."
     );
 

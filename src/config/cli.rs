@@ -12,7 +12,12 @@ use crate::units::{parse_bytes, parse_duration};
 /// tapio-collector: watches this node (kernel, Kubernetes, systemd, journal), correlates what
 /// it sees into incidents, and streams events to a Tapio server.
 #[derive(Debug, Parser)]
-#[command(name = "tapio-collector", version, about, long_about = None)]
+#[command(
+    name = "tapio-collector",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (eBPF probes: ", env!("TAPIO_PROBES"), ")"),
+    about,
+    long_about = None
+)]
 pub struct Cli {
     /// What to do; without a subcommand the agent runs.
     #[command(subcommand)]

@@ -83,8 +83,8 @@ pub(crate) fn load(
 ) -> Result<Ebpf, Error> {
     if object.is_empty() {
         return Err(Error::unavailable(
-            "this binary was built without eBPF probes (clang was not found at build time); \
-             run scripts/setup and rebuild",
+            "this binary was built without eBPF probes (TAPIO_EBPF=off); rebuild without it \
+             (scripts/setup installs clang)",
         ));
     }
     if !rustix::process::geteuid().is_root() {
@@ -552,7 +552,7 @@ impl Lost {
 #[must_use]
 pub fn unsupported_here() -> Option<String> {
     if object!("kernel").is_empty() {
-        return Some("built without eBPF probes: clang was not found at build time".into());
+        return Some("built without eBPF probes (TAPIO_EBPF=off)".into());
     }
     if !rustix::process::geteuid().is_root() {
         return Some("eBPF needs root".into());

@@ -17,29 +17,59 @@ struct SdJournal {
     _private: [u8; 0],
 }
 
-#[link(name = "systemd")]
-unsafe extern "C" {
+/// Declares libsystemd's functions as this module calls them, resolved from
+/// `libsystemd.so.0` at run time rather than linked: only the journald collector needs the
+/// library, so neither binary needs it to link or to start, and tapio-server never loads it.
+macro_rules! libsystemd {
+    ($(fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?;)*) => {
+        struct Library {
+            /// Kept open for as long as the pointers below are used: the whole run.
+            _open: libloading::Library,
+            $($name: unsafe extern "C" fn($($ty),*) $(-> $ret)?,)*
+        }
+
+        impl Library {
+            fn load() -> Result<Self, String> {
+                // SAFETY: loading libsystemd runs its ELF initialisers, which only set up
+                // its own state; nothing of ours runs in them.
+                let open = unsafe { libloading::Library::new("libsystemd.so.0") }
+                    .map_err(|e| e.to_string())?;
+                $(
+                    // SAFETY: the type is the one sd-journal(3) documents for the symbol.
+                    let $name = *unsafe {
+                        open.get::<unsafe extern "C" fn($($ty),*) $(-> $ret)?>(stringify!($name))
+                    }
+                    .map_err(|e| e.to_string())?;
+                )*
+                Ok(Self { _open: open, $($name,)* })
+            }
+        }
+
+        $(
+            /// Calls libsystemd's function of the same name; only after a journal opened,
+            /// which loaded the library.
+            unsafe fn $name($($arg: $ty),*) $(-> $ret)? {
+                let library = LIBRARY
+                    .get()
+                    .and_then(|l| l.as_ref().ok())
+                    .expect("libsystemd is loaded before any journal call");
+                // SAFETY: the caller upholds sd-journal's contract for this call.
+                unsafe { (library.$name)($($arg),*) }
+            }
+        )*
+    };
+}
+
+libsystemd! {
     fn sd_journal_open(ret: *mut *mut SdJournal, flags: c_int) -> c_int;
-    fn sd_journal_open_directory(
-        ret: *mut *mut SdJournal,
-        path: *const c_char,
-        flags: c_int,
-    ) -> c_int;
-    fn sd_journal_open_files(
-        ret: *mut *mut SdJournal,
-        paths: *const *const c_char,
-        flags: c_int,
-    ) -> c_int;
+    fn sd_journal_open_directory(ret: *mut *mut SdJournal, path: *const c_char, flags: c_int) -> c_int;
+    fn sd_journal_open_files(ret: *mut *mut SdJournal, paths: *const *const c_char, flags: c_int) -> c_int;
     fn sd_journal_close(j: *mut SdJournal);
     fn sd_journal_next(j: *mut SdJournal) -> c_int;
     fn sd_journal_get_realtime_usec(j: *mut SdJournal, ret: *mut u64) -> c_int;
     fn sd_journal_set_data_threshold(j: *mut SdJournal, size: usize) -> c_int;
     fn sd_journal_restart_data(j: *mut SdJournal);
-    fn sd_journal_enumerate_available_data(
-        j: *mut SdJournal,
-        data: *mut *const c_void,
-        length: *mut usize,
-    ) -> c_int;
+    fn sd_journal_enumerate_available_data(j: *mut SdJournal, data: *mut *const c_void, length: *mut usize) -> c_int;
     fn sd_journal_add_match(j: *mut SdJournal, data: *const c_void, size: usize) -> c_int;
     fn sd_journal_add_conjunction(j: *mut SdJournal) -> c_int;
     fn sd_journal_seek_head(j: *mut SdJournal) -> c_int;
@@ -49,6 +79,20 @@ unsafe extern "C" {
     fn sd_journal_test_cursor(j: *mut SdJournal, cursor: *const c_char) -> c_int;
     fn sd_journal_get_cursor(j: *mut SdJournal, cursor: *mut *mut c_char) -> c_int;
     fn sd_journal_wait(j: *mut SdJournal, timeout_usec: u64) -> c_int;
+}
+
+/// libsystemd, loaded on the first journal opened; the error says why it could not be.
+static LIBRARY: std::sync::OnceLock<Result<Library, String>> = std::sync::OnceLock::new();
+
+/// Loads libsystemd once; a journal cannot be opened without it.
+fn library() -> io::Result<()> {
+    match LIBRARY.get_or_init(Library::load) {
+        Ok(_) => Ok(()),
+        Err(why) => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("libsystemd.so.0 cannot be loaded ({why}); install libsystemd0"),
+        )),
+    }
 }
 
 unsafe extern "C" {
@@ -93,8 +137,9 @@ impl Journal {
     /// /run/log/journal) when `None`.
     ///
     /// # Errors
-    /// When sd-journal cannot open them.
+    /// When libsystemd is missing, or sd-journal cannot open them.
     pub fn open(directory: Option<&Path>) -> io::Result<Self> {
+        library()?;
         let mut j = ptr::null_mut();
         // SAFETY: `j` is a valid out-pointer; the path is a NUL-terminated string.
         let rc = unsafe {
@@ -125,6 +170,7 @@ impl Journal {
     /// # Errors
     /// Why it cannot.
     pub fn check_file(path: &Path) -> io::Result<()> {
+        library()?;
         let text = CString::new(path.as_os_str().as_encoded_bytes())
             .map_err(|_| io::Error::other("a NUL byte in the path"))?;
         let paths = [text.as_ptr(), ptr::null()];
