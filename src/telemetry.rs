@@ -2,7 +2,7 @@
 //! status line. Every drop anywhere goes through [`crate::internal_events`] into here.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -139,6 +139,26 @@ pub struct BridgeStats {
     pub spooled: AtomicU64,
     /// Events dropped by cause.
     pub dropped: DropCounters,
+    /// A stream to the server (or a session with JetStream) is open.
+    pub connected: AtomicBool,
+    /// Sealed batches wait for room in the spool: it is at its cap or its disk is full.
+    pub spool_full: AtomicBool,
+}
+
+impl BridgeStats {
+    /// Whether delivery can go on: connected, or spooling within its cap; else why not.
+    pub fn ready(&self) -> Result<&'static str, &'static str> {
+        let spooling = self.spooled.load(Ordering::Relaxed) != u64::MAX;
+        if self.connected.load(Ordering::Relaxed) {
+            Ok("connected to the server")
+        } else if !spooling {
+            Err("not connected to the server, and there is no spool to keep batches")
+        } else if self.spool_full.load(Ordering::Relaxed) {
+            Err("not connected to the server, and the spool is full")
+        } else {
+            Ok("not connected to the server; spooling within the cap")
+        }
+    }
 }
 
 /// What the exporter did.
@@ -186,6 +206,8 @@ impl Default for BridgeStats {
             pending: AtomicU64::new(0),
             spooled: AtomicU64::new(u64::MAX),
             dropped: DropCounters::default(),
+            connected: AtomicBool::new(false),
+            spool_full: AtomicBool::new(false),
         }
     }
 }

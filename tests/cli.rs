@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{COLLECTOR, Guard, config, last_status, text};
+use common::{COLLECTOR, Guard, config, http, http_get, last_status, text};
 use tapio::event::Event;
 
 mod common;
@@ -450,29 +450,6 @@ fn nothing_enabled_and_nowhere_to_send_are_clear_errors() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("events would go nowhere"));
-}
-
-/// `GET path` on `port`: (status line, body).
-fn http_get(port: u16, path: &str) -> (String, String) {
-    http(port, "GET", path)
-}
-
-/// `method path` on `port`: (status line, body).
-fn http(port: u16, method: &str, path: &str) -> (String, String) {
-    use std::io::Write as _;
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connects");
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .expect("sends");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("reads");
-    let (head, body) = response.split_once("\r\n\r\n").expect("a response");
-    (
-        head.lines().next().unwrap_or_default().to_owned(),
-        body.to_owned(),
-    )
 }
 
 #[test]

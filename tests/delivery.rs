@@ -388,3 +388,63 @@ fn a_finite_run_with_the_server_away_and_no_spool_ends_within_the_drain_timeout(
     );
     assert_eq!(last_status(&stderr, "dropped"), 5000);
 }
+
+/// Polls `/readyz` on `port` until its status line contains `want`.
+fn readyz_until(port: u16, want: &str, limit: Duration) -> String {
+    let started = Instant::now();
+    loop {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            let (status, body) = common::http_get(port, "/readyz");
+            if status.contains(want) {
+                return body;
+            }
+        }
+        assert!(started.elapsed() < limit, "/readyz never answered {want}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn readyz_turns_unready_when_the_server_goes_away_without_a_spool_and_not_with_one() {
+    for spooled in [false, true] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let spool = tempfile::tempdir().expect("spool");
+        let server = ServerProcess::start(0, dir.path(), &[]);
+        let port = free_port();
+        let endless = config("collectors:\n  synthetic: { config: { events: 0, rate: 2000 } }\n");
+        let listen = format!("127.0.0.1:{port}");
+        let address = server.address();
+        let mut args = vec!["--server", &address, "--metrics-listen", &listen];
+        if spooled {
+            args.extend(["--spool-dir", spool.path().to_str().expect("utf-8")]);
+        }
+        let _agent = collector(&endless, &args);
+        let body = readyz_until(port, "200", Duration::from_secs(30));
+        assert!(body.contains("connected to the server"), "{body}");
+        let (status, body) = common::http_get(port, "/healthz");
+        assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+        server.kill();
+        if spooled {
+            // Batches go to the spool: still ready, saying so, for as long as it has room.
+            let body = readyz_until(port, "200", Duration::from_secs(5));
+            let started = Instant::now();
+            let mut body = body;
+            while !body.contains("spooling within the cap") {
+                assert!(started.elapsed() < Duration::from_secs(10), "{body}");
+                std::thread::sleep(Duration::from_millis(50));
+                body = common::http_get(port, "/readyz").1;
+            }
+            for _ in 0..20 {
+                let (status, body) = common::http_get(port, "/readyz");
+                assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        } else {
+            let body = readyz_until(port, "503", Duration::from_secs(10));
+            assert!(body.contains("no spool"), "{body}");
+            // Liveness does not follow delivery.
+            let (status, body) = common::http_get(port, "/healthz");
+            assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+        }
+    }
+}

@@ -186,6 +186,8 @@ fn the_rendered_configuration_is_one_the_collector_accepts() {
         "name: tapio-postgres",
         "transport: nats",
         "creds_file: /etc/tapio/nats/creds",
+        "path: /readyz",
+        "service: tapio.v1.TapioService",
     ] {
         assert!(
             scaled.contains(expected),

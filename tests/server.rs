@@ -606,3 +606,36 @@ async fn a_corpus_file_replayed_into_the_server_gives_the_groups_the_scorer_sees
         "the server holds the groups the scorer scores"
     );
 }
+
+#[test]
+fn the_standard_grpc_health_service_answers_without_a_token() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret").expect("token");
+    let server = ServerProcess::start(
+        0,
+        &dir.path().join("store"),
+        &["--token-file", token.to_str().expect("utf-8")],
+    );
+    let out = std::process::Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/peers/health_probe.py"
+        ))
+        .args([
+            &server.address(),
+            "",
+            "tapio.v1.TapioService",
+            "no.such.Service",
+        ])
+        .output()
+        .expect("python3 runs");
+    let answers = common::text(&out.stdout);
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    assert_eq!(
+        answers,
+        "(server) SERVING\ntapio.v1.TapioService SERVING\nno.such.Service NOT_FOUND\n",
+        "{}",
+        common::text(&out.stderr)
+    );
+}

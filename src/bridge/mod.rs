@@ -437,10 +437,15 @@ async fn run(
             retry_at = None;
             connecting = Some(link.connect(&hello, delivery.config.window));
         }
+        delivery
+            .stats
+            .spool_full
+            .store(!delivery.held.is_empty(), Ordering::Relaxed);
         if connection
             .as_ref()
             .is_some_and(|c| !delivery.pump(&c.outbound))
         {
+            delivery.stats.connected.store(false, Ordering::Relaxed);
             connection = None;
             delivery.requeue();
             retry_at = Some(Instant::now() + backoff.delay());
@@ -468,6 +473,7 @@ async fn run(
                     } else {
                         tracing::warn!("Server closed the stream; resending what was unacked after reconnecting.");
                     }
+                    delivery.stats.connected.store(false, Ordering::Relaxed);
                     connection = None;
                     delivery.requeue();
                     retry_at = Some(Instant::now() + backoff.delay());
@@ -485,6 +491,7 @@ async fn run(
                         if let Some(limit) = c.message_limit {
                             delivery.limit_message_bytes(limit);
                         }
+                        delivery.stats.connected.store(true, Ordering::Relaxed);
                         connection = Some(c);
                     }
                     Ok(Err(refused)) => {
@@ -525,6 +532,7 @@ async fn run(
         }
     }
     delivery.drop_held();
+    delivery.stats.connected.store(false, Ordering::Relaxed);
 
     if let Some(task) = connecting {
         task.abort();

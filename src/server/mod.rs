@@ -601,6 +601,57 @@ where
     }
 }
 
+/// The standard `grpc.health.v1.Health` service beside the authenticated ones: Kubernetes
+/// gRPC probes carry no token.
+#[derive(Clone)]
+struct WithHealth<H, S> {
+    health: H,
+    inner: S,
+}
+
+const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
+
+impl<B, H, HB, S, SB> tonic::codegen::Service<tonic::codegen::http::Request<B>> for WithHealth<H, S>
+where
+    H: tonic::codegen::Service<
+            tonic::codegen::http::Request<B>,
+            Response = tonic::codegen::http::Response<HB>,
+            Error = std::convert::Infallible,
+        >,
+    H::Future: Send + 'static,
+    HB: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    HB::Error: Into<tonic::codegen::StdError>,
+    S: tonic::codegen::Service<
+            tonic::codegen::http::Request<B>,
+            Response = tonic::codegen::http::Response<SB>,
+            Error = std::convert::Infallible,
+        >,
+    S::Future: Send + 'static,
+    SB: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    SB::Error: Into<tonic::codegen::StdError>,
+{
+    type Response = tonic::codegen::http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: tonic::codegen::http::Request<B>) -> Self::Future {
+        if request.uri().path().starts_with(HEALTH_PREFIX) {
+            let answer = self.health.call(request);
+            Box::pin(async move { Ok(answer.await?.map(tonic::body::Body::new)) })
+        } else {
+            let answer = self.inner.call(request);
+            Box::pin(async move { Ok(answer.await?.map(tonic::body::Body::new)) })
+        }
+    }
+}
+
 struct RawStreamEvents(Arc<Service>);
 
 impl tonic::server::StreamingService<RawRequest> for RawStreamEvents {
@@ -986,7 +1037,22 @@ impl Server {
             service: Arc::new(self.service),
             max_message_bytes: self.max_message_bytes,
         };
-        let service = tonic::service::interceptor::InterceptedService::new(routes, auth);
+        let (health, probes) = tonic_health::server::health_reporter();
+        health.set_serving::<TapioServiceServer<Service>>().await;
+        let stopping = shutdown.clone();
+        tokio::spawn(async move {
+            stopping.cancelled().await;
+            health
+                .set_not_serving::<TapioServiceServer<Service>>()
+                .await;
+            health
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+        });
+        let service = WithHealth {
+            health: probes,
+            inner: tonic::service::interceptor::InterceptedService::new(routes, auth),
+        };
         listen::serve(
             self.listener,
             self.tls,

@@ -395,3 +395,26 @@ impl Drop for OtlpReceiver {
         let _ = self.child.wait();
     }
 }
+
+/// `GET path` on `port`: (status line, body).
+pub fn http_get(port: u16, path: &str) -> (String, String) {
+    http(port, "GET", path)
+}
+
+/// `method path` on `port`: (status line, body).
+pub fn http(port: u16, method: &str, path: &str) -> (String, String) {
+    use std::io::Write as _;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connects");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .expect("sends");
+    let mut response = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut response).expect("reads");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a response");
+    (
+        head.lines().next().unwrap_or_default().to_owned(),
+        body.to_owned(),
+    )
+}
