@@ -639,3 +639,92 @@ fn the_standard_grpc_health_service_answers_without_a_token() {
         common::text(&out.stderr)
     );
 }
+
+#[test]
+fn incidents_read_as_the_golden_file_and_as_json() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let yaml = common::config(
+        "orchestrator: { node_name: node-a }\ncollectors:\n  synthetic: { config: { events: 60, scenario: oom-cascade, seed: 9 } }\ncorrelation: { mode: semantic }\n",
+    );
+    let out = std::process::Command::new(common::COLLECTOR)
+        .arg("--config")
+        .arg(yaml.path())
+        .args([
+            "--server",
+            "embedded",
+            "--otel-endpoint",
+            "none",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .output()
+        .expect("collector runs");
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    let incidents = |args: &[&str]| {
+        let out = std::process::Command::new(common::SERVER)
+            .arg("incidents")
+            .arg("--data-dir")
+            .arg(&data)
+            .args(args)
+            .output()
+            .expect("incidents runs");
+        assert!(out.status.success(), "{}", common::text(&out.stderr));
+        (common::text(&out.stdout), common::text(&out.stderr))
+    };
+    let (text, count) = incidents(&[]);
+    // Trace ids are random; everything else is the seed's.
+    let shown: String = text
+        .lines()
+        .map(|line| match line.split_once("trace: ") {
+            Some((indent, id)) => {
+                assert_eq!(id.len(), 32, "{line}");
+                format!("{indent}trace: <trace id>\n")
+            }
+            None => format!("{line}\n"),
+        })
+        .collect();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/incidents.txt");
+    if std::env::var("UPDATE_GOLDEN").as_deref() == Ok("1") {
+        std::fs::write(path, &shown).expect("writes the golden file");
+    }
+    let expected = std::fs::read_to_string(path).expect("the golden file (UPDATE_GOLDEN=1)");
+    assert_eq!(shown, expected, "tapio-server incidents output changed");
+    let n = text.lines().filter(|l| l.starts_with("incident ")).count();
+    assert!(n >= 2, "{text}");
+    assert_eq!(count.trim(), format!("{n} incidents"));
+
+    let (json, _) = incidents(&["--output", "json", "--since", "1h"]);
+    let objects: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object a line"))
+        .collect();
+    assert_eq!(objects.len(), n);
+    for incident in &objects {
+        assert_eq!(incident["root_cause"]["type"], "memory.oom_kill");
+        assert_eq!(incident["trace_id"].as_str().map(str::len), Some(32));
+        let chain = incident["chain"].as_array().expect("a chain");
+        assert!(chain.iter().any(|e| {
+            e["causes"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|l| l["rule"] == "oom-kills-container"))
+        }));
+        assert!(
+            !incident["predictions"]
+                .as_array()
+                .expect("predictions")
+                .is_empty()
+        );
+    }
+    let heavy: Vec<f64> = objects
+        .iter()
+        .filter_map(|o| o["impact"].as_f64())
+        .filter(|i| *i >= 0.8)
+        .collect();
+    let (filtered, _) = incidents(&["--output", "json", "--min-impact", "0.8"]);
+    assert_eq!(
+        filtered.lines().count(),
+        heavy.len(),
+        "--min-impact filters"
+    );
+}

@@ -4,7 +4,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tapio::event::Event;
-use tapio::server::{Cli, Command, EventQuery, ServeArgs, Server, Store, StoreArgs};
+use tapio::server::{
+    Cli, Command, EventQuery, Output, ServeArgs, Server, Store, StoreArgs, incidents,
+};
 use tokio_util::sync::CancellationToken;
 
 // Events are allocated on collector threads and freed on the pipeline's: glibc's arenas
@@ -50,9 +52,65 @@ fn main() -> ExitCode {
             }
             Ok(())
         }),
+        Some(Command::Incidents {
+            store,
+            since,
+            min_impact,
+            follow,
+            output,
+        }) => read(&store, |store| async move {
+            incidents(&store, since, min_impact, follow, output)
+                .await
+                .map_err(|e| tapio::tls::error_chain(&e))
+        }),
         None => serve(&cli.serve),
     };
     tapio::panics::exit_code(&outcome)
+}
+
+/// Prints the closed groups of `store`; with `follow`, the new ones every 2 s too.
+async fn incidents(
+    store: &Store,
+    since: Option<std::time::Duration>,
+    min_impact: f64,
+    follow: bool,
+    output: Output,
+) -> Result<(), tapio::server::store::Error> {
+    let start = since.map_or(0, |d| {
+        tapio::event::unix_nanos_now()
+            .saturating_sub(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    });
+    let mut printed = std::collections::HashSet::new();
+    loop {
+        let groups = store.groups(start, 0, min_impact, 100_000).await?;
+        // Closed groups carry their root cause; open ones, derived from events, do not.
+        for group in groups.iter().filter(|g| !g.root_cause_event_id.is_empty()) {
+            if !printed.insert(group.group_id.clone()) {
+                continue;
+            }
+            let events = store
+                .events(EventQuery {
+                    group_id: group.group_id.clone(),
+                    limit: 100_000,
+                    ..EventQuery::default()
+                })
+                .await?;
+            match output {
+                Output::Text => {
+                    print!("{}", incidents::text(printed.len(), group, &events));
+                }
+                Output::Json => println!("{}", incidents::json(group, &events)),
+            }
+        }
+        if !follow {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
+    if output == Output::Text {
+        eprintln!("{} incidents", printed.len());
+    }
+    Ok(())
 }
 
 /// Opens the store `args` names (it must exist) and runs `read` on it.

@@ -1,6 +1,7 @@
 //! tapio-server: the counterpart of the bridge. Serves `TapioService`, stores events
 //! durably (see [`store`]), acks a batch only after its commit, and answers queries.
 
+pub mod incidents;
 mod listen;
 pub mod queue;
 pub mod store;
@@ -99,6 +100,35 @@ pub enum Command {
         #[arg(long, value_name = "N", default_value_t = 1000)]
         limit: u32,
     },
+    /// Print the incidents collectors closed, oldest first: root cause, the chain with its
+    /// rules and confidences, impact and blast radius, predictions and prevention, and the
+    /// trace id to open in Jaeger or Tempo.
+    Incidents {
+        /// Which store.
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Only incidents first seen within this much time, e.g. `1h` [default: all].
+        #[arg(long, value_name = "DURATION", value_parser = crate::units::parse_duration)]
+        since: Option<Duration>,
+        /// Only incidents with at least this impact (0 to 1).
+        #[arg(long, value_name = "IMPACT", default_value_t = 0.0)]
+        min_impact: f64,
+        /// Keep printing incidents as they are stored (every 2 s) until interrupted.
+        #[arg(long)]
+        follow: bool,
+        /// `text` or `json` (one object per line).
+        #[arg(long, value_name = "FORMAT", default_value = "text")]
+        output: Output,
+    },
+}
+
+/// How `incidents` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// As a person reads them.
+    Text,
+    /// One JSON object per incident, one per line.
+    Json,
 }
 
 /// Which store a subcommand reads: a SQLite data directory or a PostgreSQL URL.
