@@ -155,19 +155,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Arc<Tele
         "Agent started."
     );
 
-    let stop_status = CancellationToken::new();
-    let health = match config.orchestrator.metrics_listen {
-        Some(addr) => Some(
-            crate::health::serve(addr, Arc::clone(&telemetry), stop_status.clone())
-                .await
-                .map_err(|source| Error::MetricsListen { addr, source })?,
-        ),
-        None => None,
-    };
-    let status = tokio::spawn(
-        Arc::clone(&telemetry)
-            .report_every(config.orchestrator.status_interval, stop_status.clone()),
-    );
+    let (stop_status, status, health) = start_reporting(&config, &telemetry).await?;
 
     let input_ending = input_ending(&shutdown, manager.all_finished());
     let (bridge, embedded) = start_delivery(&config, &node_name, &telemetry, &input_ending).await?;
@@ -204,7 +192,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Arc<Tele
             events.offer(&batch);
         }
         telemetry.add_processed(n as u64);
-        telemetry.set_open_groups(correlator.open_groups() as u64);
+        telemetry.set_correlation(
+            correlator.open_groups() as u64,
+            correlator.index_entries() as u64,
+        );
         let closed = take_closed(correlator.as_mut(), exporter.as_ref());
         if let Some(bridge) = &bridge {
             let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
@@ -247,6 +238,29 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Arc<Tele
         Some(report) if report.undelivered > 0 => Err(Error::Undelivered(report.undelivered)),
         _ => Ok(telemetry),
     }
+}
+
+type Task = tokio::task::JoinHandle<()>;
+
+/// Starts the status line and, when asked for, `/healthz`, `/readyz` and `/metrics`; both
+/// run until the returned token is cancelled.
+async fn start_reporting(
+    config: &Config,
+    telemetry: &Arc<Telemetry>,
+) -> Result<(CancellationToken, Task, Option<Task>), Error> {
+    let stop = CancellationToken::new();
+    let health = match config.orchestrator.metrics_listen {
+        Some(addr) => Some(
+            crate::health::serve(addr, Arc::clone(telemetry), stop.clone())
+                .await
+                .map_err(|source| Error::MetricsListen { addr, source })?,
+        ),
+        None => None,
+    };
+    let status = tokio::spawn(
+        Arc::clone(telemetry).report_every(config.orchestrator.status_interval, stop.clone()),
+    );
+    Ok((stop, status, health))
 }
 
 /// The bridge task is gone (a bug): with the collectors stopping, counts what is still on
@@ -314,7 +328,7 @@ async fn close_groups(
     {
         tracing::warn!("The bridge closed before the last incident groups could be sent.");
     }
-    telemetry.set_open_groups(0);
+    telemetry.set_correlation(0, correlator.index_entries() as u64);
     let traces = exporter.map(|e| tokio::spawn(e.finish(export_timeout)));
     let logs = events.map(|e| tokio::spawn(e.finish(export_timeout)));
     traces.into_iter().chain(logs).collect()

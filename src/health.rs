@@ -7,7 +7,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -18,9 +17,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::telemetry::Telemetry;
-
-/// How long open connections get to finish once serving stops.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Binds `addr`, then serves until `stop` is cancelled.
 ///
@@ -40,19 +36,7 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
         .with_state(telemetry);
-    let stopped = stop.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(stopped.cancelled_owned());
-    Ok(tokio::spawn(async move {
-        let mut serving = tokio::spawn(server.into_future());
-        stop.cancelled().await;
-        // A scraper's keep-alive connection must not hold the agent's exit.
-        if tokio::time::timeout(CLOSE_GRACE, &mut serving)
-            .await
-            .is_err()
-        {
-            serving.abort();
-        }
-    }))
+    Ok(crate::prom::serve_until(listener, app, stop))
 }
 
 async fn healthz(State(telemetry): State<Arc<Telemetry>>) -> impl IntoResponse {

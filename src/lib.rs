@@ -20,6 +20,7 @@ pub mod nats;
 pub mod otel;
 pub mod output;
 pub mod panics;
+pub mod prom;
 pub mod server;
 pub mod source_sender;
 pub mod telemetry;

@@ -178,6 +178,12 @@ pub fn queue(
     stats: Arc<CollectorStats>,
 ) -> (EventSender, mpsc::Receiver<Event>) {
     let (tx, rx) = mpsc::channel(capacity);
+    // A weak handle, so the probe never keeps the queue open once the collector is done.
+    let weak = tx.downgrade();
+    stats.set_queue_depth(move || {
+        weak.upgrade()
+            .map_or(0, |tx| tx.max_capacity() - tx.capacity())
+    });
     (
         EventSender {
             tx,

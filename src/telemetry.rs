@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::prom::{Exposition, Histogram, Kind, LATENCY_BUCKETS};
+
 /// Why events were dropped. Each cause is counted separately.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DropCause {
@@ -143,6 +145,14 @@ pub struct BridgeStats {
     pub connected: AtomicBool,
     /// Sealed batches wait for room in the spool: it is at its cap or its disk is full.
     pub spool_full: AtomicBool,
+    /// Bytes the spool holds on disk (0 without a spool).
+    pub spool_bytes: AtomicU64,
+    /// Segment files of the spool.
+    pub spool_segments: AtomicU64,
+    /// Streams (or sessions) opened after the first: each one follows a lost connection.
+    pub reconnects: AtomicU64,
+    /// From a batch's send to its acknowledgement.
+    pub ack_latency: Histogram,
 }
 
 impl BridgeStats {
@@ -208,17 +218,33 @@ impl Default for BridgeStats {
             dropped: DropCounters::default(),
             connected: AtomicBool::new(false),
             spool_full: AtomicBool::new(false),
+            spool_bytes: AtomicU64::new(0),
+            spool_segments: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            ack_latency: Histogram::new(LATENCY_BUCKETS),
         }
     }
 }
 
+/// Reads how many events wait in a collector's queue.
+type DepthProbe = Box<dyn Fn() -> usize + Send + Sync>;
+
 /// Counters and health of one collector.
-#[derive(Debug)]
 pub struct CollectorStats {
     name: &'static str,
     health: Mutex<Health>,
     accepted: AtomicU64,
     dropped: DropCounters,
+    queue_depth: std::sync::OnceLock<DepthProbe>,
+}
+
+impl std::fmt::Debug for CollectorStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CollectorStats")
+            .field("name", &self.name)
+            .field("accepted", &self.accepted)
+            .finish_non_exhaustive()
+    }
 }
 
 impl CollectorStats {
@@ -230,7 +256,19 @@ impl CollectorStats {
             health: Mutex::new(Health::Starting),
             accepted: AtomicU64::new(0),
             dropped: DropCounters::default(),
+            queue_depth: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Tells the stats how to read the collector's queue depth (set once, by its queue).
+    pub fn set_queue_depth(&self, probe: impl Fn() -> usize + Send + Sync + 'static) {
+        let _ = self.queue_depth.set(Box::new(probe));
+    }
+
+    /// Events waiting in the collector's queue into the pipeline.
+    #[must_use]
+    pub fn queue_depth(&self) -> usize {
+        self.queue_depth.get().map_or(0, |probe| probe())
     }
 
     /// The collector's registry name.
@@ -282,6 +320,7 @@ pub struct Telemetry {
     collectors: Mutex<Vec<Arc<CollectorStats>>>,
     processed: AtomicU64,
     open_groups: AtomicU64,
+    index_entries: AtomicU64,
     bridge: Mutex<Option<Arc<BridgeStats>>>,
     exporter: Mutex<Option<Arc<ExportStats>>>,
     event_exporter: Mutex<Option<Arc<ExportStats>>>,
@@ -351,9 +390,11 @@ impl Telemetry {
         self.processed.load(Ordering::Relaxed)
     }
 
-    /// Records how many correlation groups exist.
-    pub fn set_open_groups(&self, count: u64) {
-        self.open_groups.store(count, Ordering::Relaxed);
+    /// Records how many correlation groups are open and how many entries the entity
+    /// index holds.
+    pub fn set_correlation(&self, open_groups: u64, index_entries: u64) {
+        self.open_groups.store(open_groups, Ordering::Relaxed);
+        self.index_entries.store(index_entries, Ordering::Relaxed);
     }
 
     /// The status line: `Status: events=N active_collectors=N correlation_groups=N dropped=N`,
@@ -427,86 +468,96 @@ impl Telemetry {
     /// The counters in Prometheus text format, for `/metrics`.
     #[must_use]
     pub fn prometheus(&self) -> String {
-        let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, value) in samples {
-                let _ = writeln!(out, "{name}{labels} {value}");
-            }
-        };
-        let collectors = self.collectors();
-        metric(
+        let mut page = Exposition::default();
+        crate::prom::process(&mut page);
+        page.single(
             "tapio_events_processed_total",
-            "counter",
+            Kind::Counter,
             "Events through the correlation engine.",
-            &[(String::new(), self.processed())],
+            self.processed(),
         );
-        metric(
+        page.single(
             "tapio_correlation_open_groups",
-            "gauge",
+            Kind::Gauge,
             "Incident groups open in the correlation engine.",
-            &[(String::new(), self.open_groups.load(Ordering::Relaxed))],
+            self.open_groups.load(Ordering::Relaxed),
         );
-        let per = |f: &dyn Fn(&CollectorStats) -> u64| -> Vec<(String, u64)> {
-            collectors
-                .iter()
-                .map(|c| (format!("{{collector=\"{}\"}}", c.name()), f(c)))
-                .collect()
-        };
-        metric(
-            "tapio_collector_events_accepted_total",
-            "counter",
-            "Events a collector handed to the pipeline.",
-            &per(&|c| c.accepted()),
+        page.single(
+            "tapio_correlation_index_entries",
+            Kind::Gauge,
+            "Containers, processes and pods the correlation engine's entity index holds.",
+            self.index_entries.load(Ordering::Relaxed),
         );
-        metric(
-            "tapio_collector_up",
-            "gauge",
-            "1 while the collector runs (degraded included), else 0.",
-            &per(&|c| u64::from(c.health().is_active())),
-        );
-        let mut dropped = Vec::new();
-        for c in &collectors {
-            for cause in DropCause::ALL {
-                dropped.push((
-                    format!(
-                        "{{component=\"{}\",cause=\"{}\"}}",
-                        c.name(),
-                        cause.as_str()
-                    ),
-                    c.dropped(cause),
-                ));
-            }
+        self.collector_metrics(&mut page);
+        let bridge = self.bridge();
+        if let Some(bridge) = &bridge {
+            bridge_metrics(bridge, &mut page);
         }
-        if let Some(bridge) = self.bridge() {
-            for cause in DropCause::ALL {
-                dropped.push((
-                    format!("{{component=\"bridge\",cause=\"{}\"}}", cause.as_str()),
-                    bridge.dropped.get(cause),
-                ));
-            }
-            metric(
-                "tapio_events_delivered_total",
-                "counter",
-                "Events the server acknowledged.",
-                &[(String::new(), bridge.delivered.load(Ordering::Relaxed))],
-            );
-            metric(
-                "tapio_events_pending",
-                "gauge",
-                "Events accepted and not yet acknowledged.",
-                &[(String::new(), bridge.pending.load(Ordering::Relaxed))],
-            );
-        }
-        metric(
-            "tapio_events_dropped_total",
-            "counter",
+        let name = "tapio_events_dropped_total";
+        page.family(
+            name,
+            Kind::Counter,
             "Events dropped, by component and cause.",
-            &dropped,
         );
-        out
+        for c in self.collectors() {
+            for cause in DropCause::ALL {
+                let labels = [("component", c.name()), ("cause", cause.as_str())];
+                page.sample(name, &labels, c.dropped(cause));
+            }
+        }
+        if let Some(bridge) = &bridge {
+            for cause in DropCause::ALL {
+                let labels = [("component", "bridge"), ("cause", cause.as_str())];
+                page.sample(name, &labels, bridge.dropped.get(cause));
+            }
+        }
+        for (what, stats) in [
+            ("spans", Self::registered(&self.exporter)),
+            ("logs", Self::registered(&self.event_exporter)),
+        ] {
+            // Zero when that export is off, so dashboards and alerts see the series.
+            export_metrics(what, &stats.unwrap_or_default(), &mut page);
+        }
+        page.finish()
     }
 
+    fn registered(slot: &Mutex<Option<Arc<ExportStats>>>) -> Option<Arc<ExportStats>> {
+        slot.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn collector_metrics(&self, page: &mut Exposition) {
+        let collectors = self.collectors();
+        let mut per = |name: &str, kind: Kind, help: &str, f: &dyn Fn(&CollectorStats) -> u64| {
+            page.family(name, kind, help);
+            for c in &collectors {
+                page.sample(name, &[("collector", c.name())], f(c));
+            }
+        };
+        per(
+            "tapio_collector_events_accepted_total",
+            Kind::Counter,
+            "Events a collector handed to the pipeline.",
+            &|c| c.accepted(),
+        );
+        per(
+            "tapio_collector_up",
+            Kind::Gauge,
+            "1 while the collector runs (degraded included), else 0.",
+            &|c| u64::from(c.health().is_active()),
+        );
+        per(
+            "tapio_collector_queue_depth",
+            Kind::Gauge,
+            "Events waiting in the collector's queue into the pipeline.",
+            &|c| c.queue_depth() as u64,
+        );
+        per(
+            "tapio_ebpf_records_lost_total",
+            Kind::Counter,
+            "Records a kernel probe's ring buffer had no room for (0 for collectors without probes).",
+            &|c| c.dropped(DropCause::RingBufferFull),
+        );
+    }
     /// Prints the status line on stderr every `interval` until `stop` is cancelled.
     pub async fn report_every(self: Arc<Self>, interval: Duration, stop: CancellationToken) {
         let mut ticker = tokio::time::interval(interval);
@@ -519,6 +570,101 @@ impl Telemetry {
                 _ = ticker.tick() => eprintln!("{}", self.status_line()),
             }
         }
+    }
+}
+
+fn bridge_metrics(bridge: &BridgeStats, page: &mut Exposition) {
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    page.single(
+        "tapio_events_delivered_total",
+        Kind::Counter,
+        "Events the server acknowledged.",
+        load(&bridge.delivered),
+    );
+    page.single(
+        "tapio_batches_delivered_total",
+        Kind::Counter,
+        "Batches the server acknowledged.",
+        load(&bridge.batches),
+    );
+    page.single(
+        "tapio_events_pending",
+        Kind::Gauge,
+        "Events accepted and not yet acknowledged.",
+        load(&bridge.pending),
+    );
+    page.single(
+        "tapio_bridge_connected",
+        Kind::Gauge,
+        "1 while a stream to the server (or a JetStream session) is open.",
+        u64::from(bridge.connected.load(Ordering::Relaxed)),
+    );
+    page.single(
+        "tapio_bridge_reconnects_total",
+        Kind::Counter,
+        "Streams to the server opened again after one was lost.",
+        load(&bridge.reconnects),
+    );
+    let name = "tapio_batch_ack_latency_seconds";
+    page.family(
+        name,
+        Kind::Histogram,
+        "From sending a batch to the server's acknowledgement of it.",
+    )
+    .histogram(name, &[], &bridge.ack_latency);
+    let spooled = load(&bridge.spooled);
+    if spooled != u64::MAX {
+        page.single(
+            "tapio_spool_events",
+            Kind::Gauge,
+            "Events in the spool not yet acknowledged.",
+            spooled,
+        );
+        page.single(
+            "tapio_spool_bytes",
+            Kind::Gauge,
+            "Bytes the spool holds on disk.",
+            load(&bridge.spool_bytes),
+        );
+        page.single(
+            "tapio_spool_segments",
+            Kind::Gauge,
+            "Segment files of the spool.",
+            load(&bridge.spool_segments),
+        );
+    }
+}
+
+/// `what` is `spans` (incident traces) or `logs` (events as OTLP log records).
+fn export_metrics(what: &str, stats: &ExportStats, page: &mut Exposition) {
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    for (suffix, kind, help, value) in [
+        (
+            "exported_total",
+            Kind::Counter,
+            "accepted by the OTLP endpoint.",
+            load(&stats.exported),
+        ),
+        (
+            "export_dropped_total",
+            Kind::Counter,
+            "dropped: the export queue was full, the endpoint kept failing, or the shutdown timeout ran out.",
+            load(&stats.dropped),
+        ),
+        (
+            "export_pending",
+            Kind::Gauge,
+            "queued for export.",
+            load(&stats.pending),
+        ),
+    ] {
+        let name = format!("tapio_otel_{what}_{suffix}");
+        let noun = if what == "spans" {
+            "Incident spans"
+        } else {
+            "Event log records"
+        };
+        page.single(&name, kind, &format!("{noun} {help}"), value);
     }
 }
 

@@ -476,7 +476,8 @@ fn healthz_and_metrics_are_served_while_collectors_run() {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             let (status, body) = http_get(port, "/metrics");
             if body.contains("tapio_collector_events_accepted_total{collector=\"synthetic\"} ")
-                && !body.contains("{collector=\"synthetic\"} 0\n")
+                && !body
+                    .contains("tapio_collector_events_accepted_total{collector=\"synthetic\"} 0\n")
             {
                 break (status, body);
             }

@@ -37,6 +37,8 @@ const ALL_ON: &[&str] = &[
     "--set",
     "serviceMonitor.enabled=true",
     "--set",
+    "grafanaDashboard.enabled=true",
+    "--set",
     "server.tokenSecret=tapio-token",
     "--set",
     "privileged=false",
@@ -141,7 +143,7 @@ fn the_rendered_configuration_is_one_the_collector_accepts() {
         let rendered = render(extra);
         let config_map = rendered
             .split("\n---")
-            .find(|doc| doc.contains("kind: ConfigMap"))
+            .find(|doc| doc.contains("kind: ConfigMap") && doc.contains("config.yaml: |"))
             .expect("a ConfigMap");
         let body = config_map
             .split_once("config.yaml: |\n")
@@ -171,6 +173,9 @@ fn the_rendered_configuration_is_one_the_collector_accepts() {
         "kind: StatefulSet",
         "kind: ServiceMonitor",
         "resources: [nodes/stats, nodes/proxy]",
+        "--metrics-listen=0.0.0.0:9465",
+        "grafana_dashboard: \"1\"",
+        "tapio_server_commit_latency_seconds_bucket",
     ] {
         assert!(
             rendered.contains(expected),

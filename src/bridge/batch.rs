@@ -38,6 +38,8 @@ pub struct Sealed {
     pub origin: Option<Arc<Origin>>,
     /// Receipts of the events inside, confirmed once the batch is durable.
     pub receipts: Vec<Receipt>,
+    /// When it was last sent, for the ack latency.
+    pub sent_at: Option<std::time::Instant>,
 }
 
 /// What the pieces of a split batch share: the original's place in the spool and its
@@ -381,6 +383,7 @@ impl Batcher {
             spooled: None,
             origin: None,
             receipts: std::mem::take(&mut self.current_receipts),
+            sent_at: None,
         })
     }
 }

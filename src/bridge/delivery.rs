@@ -242,6 +242,12 @@ impl Delivery {
             self.stats
                 .spooled
                 .store(spool.unacked_events(), Ordering::Relaxed);
+            self.stats
+                .spool_bytes
+                .store(spool.bytes(), Ordering::Relaxed);
+            self.stats
+                .spool_segments
+                .store(spool.segment_count() as u64, Ordering::Relaxed);
         }
     }
 
@@ -296,7 +302,7 @@ impl Delivery {
             if now < self.next_send_at {
                 break;
             }
-            let Some(batch) = self.next_pending() else {
+            let Some(mut batch) = self.next_pending() else {
                 break;
             };
             if batch.bytes.len() > self.batcher.max_bytes() {
@@ -316,6 +322,7 @@ impl Delivery {
                         let cost = Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX));
                         self.next_send_at = self.next_send_at.max(now) + cost;
                     }
+                    batch.sent_at = Some(now.into_std());
                     self.inflight.push_back(batch);
                 }
                 Err(mpsc::error::TrySendError::Full(_)) => {
@@ -416,6 +423,9 @@ impl Delivery {
         match ack.status() {
             pb::ack::Status::Ok => {
                 let batch = self.inflight.remove(position).expect("position is valid");
+                if let Some(sent) = batch.sent_at {
+                    self.stats.ack_latency.observe(sent.elapsed());
+                }
                 let events = u64::from(batch.events);
                 self.stats.delivered.fetch_add(events, Ordering::Relaxed);
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);

@@ -423,6 +423,7 @@ async fn run(
     let mut connecting: Option<JoinHandle<Result<Connection, Status>>> = None;
     let mut retry_at = Some(Instant::now());
     let mut failures = 0u32;
+    let mut ever_connected = false;
     let mut input_open = true;
     let mut drain_deadline: Option<Instant> = None;
     let spooling = matches!(delivery.pending, Queue::Spool(..));
@@ -492,6 +493,10 @@ async fn run(
                             delivery.limit_message_bytes(limit);
                         }
                         delivery.stats.connected.store(true, Ordering::Relaxed);
+                        if ever_connected {
+                            delivery.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                        }
+                        ever_connected = true;
                         connection = Some(c);
                     }
                     Ok(Err(refused)) => {

@@ -293,6 +293,12 @@ impl Spool {
         self.total_bytes
     }
 
+    /// Segment files, the one being written included.
+    #[must_use]
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
     /// Events spooled and not acked.
     #[must_use]
     pub fn unacked_events(&self) -> u64 {
@@ -519,6 +525,7 @@ impl Spool {
                     }),
                     origin: None,
                     receipts: Vec::new(),
+                    sent_at: None,
                 }),
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                     tracing::error!(segment = %segment_path(&self.dir, segment.id).display(), offset = record.offset, events = record.events, error = %e, "A spooled batch no longer reads back intact; counting its events as spool_corrupt.");
@@ -826,6 +833,7 @@ mod tests {
             spooled: None,
             origin: None,
             receipts: Vec::new(),
+            sent_at: None,
         }
     }
 

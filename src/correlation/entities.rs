@@ -65,6 +65,8 @@ pub struct EntityIndex {
     // is forgotten, which bounds it. The node is checked on lookup: hashing the node name
     // per event costs more than the rare cross-node collision (the agent sees one node).
     processes: Vec<Option<Process>>,
+    // Occupied slots of `processes`, kept as they fill and empty so reading it is free.
+    process_count: usize,
     // Pods by uid, for an event whose cgroup named the pod's uid but whose container is
     // not known yet.
     pods: Bounded<Arc<str>, Pod>,
@@ -87,6 +89,7 @@ impl EntityIndex {
         Self {
             containers: Bounded::new(capacity),
             processes: vec![None; capacity.next_power_of_two()],
+            process_count: 0,
             pods: Bounded::new(capacity),
             confirmed: vec![None; CONFIRMED],
             directory: None,
@@ -112,6 +115,7 @@ impl EntityIndex {
                     && Arc::ptr_eq(&p.node, &entities.node)
             });
             if !known {
+                self.process_count += usize::from(self.processes[slot].is_none());
                 self.processes[slot] = Some(Process {
                     pid,
                     node: Arc::clone(&entities.node),
@@ -140,6 +144,7 @@ impl EntityIndex {
         }
         if exited && pid != 0 && self.processes[slot].as_ref().is_some_and(|p| p.pid == pid) {
             self.processes[slot] = None;
+            self.process_count -= 1;
         }
     }
 
@@ -234,10 +239,13 @@ impl EntityIndex {
     /// Containers and processes remembered.
     #[must_use]
     pub fn len(&self) -> (usize, usize) {
-        (
-            self.containers.len(),
-            self.processes.iter().filter(|p| p.is_some()).count(),
-        )
+        (self.containers.len(), self.process_count)
+    }
+
+    /// Every entry held: containers, processes and pods known by uid.
+    #[must_use]
+    pub fn entries(&self) -> usize {
+        self.containers.len() + self.process_count + self.pods.len()
     }
 }
 

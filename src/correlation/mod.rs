@@ -22,6 +22,11 @@ pub trait Correlator: Send {
     /// Semantic groups currently open.
     fn open_groups(&self) -> usize;
 
+    /// Entries of the entity index (containers, processes, pods); 0 without one.
+    fn index_entries(&self) -> usize {
+        0
+    }
+
     /// Groups that closed since the last call, for export.
     fn take_closed(&mut self) -> Vec<crate::event::Incident> {
         Vec::new()

@@ -3,6 +3,7 @@
 
 pub mod incidents;
 mod listen;
+pub mod metrics;
 pub mod queue;
 pub mod store;
 pub mod wire;
@@ -23,6 +24,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::pb::tapio_service_server::{TapioService, TapioServiceServer};
 use crate::pb::{self, MESSAGE_LIMIT_HEADER, RATE_LIMIT_HEADER};
+use metrics::ServerMetrics;
 pub use store::{EventQuery, Stats, Store, Sync};
 use wire::{RawBatch, RawEvent, RawRequest};
 
@@ -220,6 +222,10 @@ pub struct ServeArgs {
     /// Log filter.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: String,
+    /// Serve `GET /metrics` (Prometheus text) and `GET /healthz` on this address, e.g.
+    /// `0.0.0.0:9465`; unset: not served.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Reading batches from NATS JetStream.
     #[command(flatten)]
     pub nats: queue::NatsArgs,
@@ -247,6 +253,7 @@ impl Default for ServeArgs {
             shutdown_timeout: Duration::from_secs(10),
             stream_buffer_bytes: 64 << 20,
             log_level: "info".into(),
+            metrics_listen: None,
             nats: queue::NatsArgs::default(),
         }
     }
@@ -297,6 +304,7 @@ pub struct Service {
     stream_buffer_bytes: u32,
     /// Cancelled when the server stops: streams end once their batches are acked.
     closing: CancellationToken,
+    metrics: Arc<ServerMetrics>,
 }
 
 impl Service {
@@ -310,6 +318,7 @@ impl Service {
             max_message_bytes: args.max_message_bytes,
             stream_buffer_bytes: u32::try_from(args.stream_buffer_bytes).unwrap_or(u32::MAX),
             closing: CancellationToken::new(),
+            metrics: Arc::default(),
         }
     }
 }
@@ -448,6 +457,7 @@ impl Service {
             Ok(write) => write,
             Err(refused) => {
                 tracing::warn!(peer, batch_id, error = %refused, "Batch rejected.");
+                self.metrics.refused(&refused);
                 respond(
                     tx,
                     ack(
@@ -463,10 +473,11 @@ impl Service {
             }
         };
         let store = self.store.clone();
+        let metrics = Arc::clone(&self.metrics);
         let tx = tx.clone();
         // Queue the write now, in arrival order; answer whenever its commit is done.
         tokio::spawn(async move {
-            let payload = match store.write(write).await {
+            let payload = match metrics.commit(&store, write).await {
                 Ok(done) => ack(
                     batch_id,
                     pb::ack::Status::Ok,
@@ -516,7 +527,9 @@ impl Service {
         }
         let service = self.clone();
         let buffer = Arc::new(Semaphore::new(self.stream_buffer_bytes as usize));
+        let open = self.metrics.stream_opened();
         tokio::spawn(async move {
+            let _open = open;
             loop {
                 let message = tokio::select! {
                     message = inbound.next() => message,
@@ -975,7 +988,7 @@ pub struct Server {
     limits: listen::Limits,
     location: store::Location,
     queue: Option<queue::Queue>,
-    queue_stats: Arc<queue::QueueStats>,
+    metrics_listen: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for Server {
@@ -1030,7 +1043,7 @@ impl Server {
             },
             location,
             queue,
-            queue_stats: Arc::default(),
+            metrics_listen: args.metrics_listen,
         })
     }
 
@@ -1052,10 +1065,26 @@ impl Server {
             token: self.token.map(Arc::from),
         };
         let closing = self.service.closing.clone();
+        let scraping = match self.metrics_listen {
+            Some(addr) => Some(
+                metrics::serve(
+                    addr,
+                    Arc::clone(&self.service.metrics),
+                    self.service.store.clone(),
+                    shutdown.clone(),
+                )
+                .await
+                .map_err(|source| Error::Bind {
+                    addr: addr.to_string(),
+                    source,
+                })?,
+            ),
+            None => None,
+        };
         let reading = self.queue.map(|queue| {
             tokio::spawn(queue.run(
                 self.service.store.clone(),
-                self.queue_stats,
+                Arc::clone(&self.service.metrics),
                 shutdown.clone(),
                 self.limits.shutdown_timeout,
             ))
@@ -1094,6 +1123,9 @@ impl Server {
         .await;
         if let Some(reading) = reading {
             let _ = reading.await;
+        }
+        if let Some(scraping) = scraping {
+            let _ = scraping.await;
         }
         Ok(())
     }

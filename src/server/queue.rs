@@ -10,7 +10,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer};
@@ -19,6 +18,7 @@ use tokio::sync::Semaphore;
 use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 
+use super::metrics::ServerMetrics;
 use super::wire::RawRequest;
 use super::{Refused, Store, check_batch};
 use crate::nats;
@@ -107,17 +107,6 @@ impl NatsArgs {
     }
 }
 
-/// What the consumer has done, for the logs at shutdown and the tests.
-#[derive(Debug, Default)]
-pub struct QueueStats {
-    /// Batches stored and acked.
-    pub acked: AtomicU64,
-    /// Batches whose write failed, handed back for redelivery.
-    pub retried: AtomicU64,
-    /// Batches refused for good.
-    pub refused: AtomicU64,
-}
-
 /// A connected consumer, ready to run.
 pub struct Queue {
     consumer: consumer::PullConsumer,
@@ -195,7 +184,7 @@ impl Queue {
     pub async fn run(
         self,
         store: Store,
-        stats: Arc<QueueStats>,
+        metrics: Arc<ServerMetrics>,
         shutdown: CancellationToken,
         grace: Duration,
     ) {
@@ -243,10 +232,10 @@ impl Queue {
                     break 'outer;
                 };
                 let store = store.clone();
-                let stats = Arc::clone(&stats);
+                let metrics = Arc::clone(&metrics);
                 let max = self.max_batch_events;
                 tokio::spawn(async move {
-                    handle(&store, &stats, message, max).await;
+                    handle(&store, &metrics, message, max).await;
                     drop(permit);
                 });
             }
@@ -262,16 +251,12 @@ impl Queue {
                 "Stopped before every batch under way was stored; JetStream redelivers them."
             );
         }
-        tracing::info!(
-            acked = stats.acked.load(Ordering::Relaxed),
-            retried = stats.retried.load(Ordering::Relaxed),
-            refused = stats.refused.load(Ordering::Relaxed),
-            "Stopped reading JetStream."
-        );
+        let (stored, retried, refused) = metrics.batch_outcomes();
+        tracing::info!(stored, retried, refused, "Stopped reading JetStream.");
     }
 }
 
-async fn handle(store: &Store, stats: &QueueStats, message: jetstream::Message, max: usize) {
+async fn handle(store: &Store, metrics: &ServerMetrics, message: jetstream::Message, max: usize) {
     let checked = match RawRequest::parse(&message.payload) {
         Ok(RawRequest::Batch(batch)) => check_batch(batch, max),
         Ok(RawRequest::Control(control)) => Err(Refused::NotABatch(format!(
@@ -285,7 +270,7 @@ async fn handle(store: &Store, stats: &QueueStats, message: jetstream::Message, 
         Ok(write) => write,
         Err(refused) => {
             tracing::error!(subject = %message.subject, error = %refused, "Batch refused for good; terminating it on the stream.");
-            stats.refused.fetch_add(1, Ordering::Relaxed);
+            metrics.refused(&refused);
             if let Err(e) = message.ack_with(AckKind::Term).await {
                 tracing::warn!(error = %e, "Cannot terminate a refused batch; it comes back and is refused again.");
             }
@@ -293,16 +278,14 @@ async fn handle(store: &Store, stats: &QueueStats, message: jetstream::Message, 
         }
     };
     let batch_id = write.batch_id;
-    match store.write(write).await {
+    match metrics.commit(store, write).await {
         Ok(_) => {
-            stats.acked.fetch_add(1, Ordering::Relaxed);
             // A lost ack means a redelivery, which the store's dedup absorbs.
             if let Err(e) = message.ack().await {
                 tracing::warn!(batch_id, error = %e, "Cannot ack a stored batch; it will be redelivered and deduplicated.");
             }
         }
         Err(error) => {
-            stats.retried.fetch_add(1, Ordering::Relaxed);
             let delivered = message.info().map_or(1, |i| i.delivered).max(1);
             // Backs off with each redelivery of the same batch, up to 10 s.
             let delay = Duration::from_millis(500 * u64::try_from(delivered.min(20)).unwrap_or(20));

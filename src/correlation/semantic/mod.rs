@@ -1338,6 +1338,10 @@ impl Correlator for Semantic {
             .count()
     }
 
+    fn index_entries(&self) -> usize {
+        self.index.entries()
+    }
+
     fn take_closed(&mut self) -> Vec<Incident> {
         Semantic::take_closed(self)
     }

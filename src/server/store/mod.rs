@@ -233,6 +233,15 @@ impl Store {
         }
     }
 
+    /// Bytes the store takes: SQLite's database and journal files, or the PostgreSQL
+    /// database's size.
+    pub async fn size_bytes(&self) -> Result<u64> {
+        match self {
+            Self::Sqlite(s) => Ok(s.size_bytes()),
+            Self::Postgres(p) => p.size_bytes().await,
+        }
+    }
+
     /// Stored events matching `query`, oldest first.
     pub async fn events(&self, query: EventQuery) -> Result<Vec<pb::Event>> {
         match self {

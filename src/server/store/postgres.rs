@@ -302,6 +302,15 @@ impl Postgres {
         })
     }
 
+    /// The database's size on disk, as PostgreSQL reports it.
+    pub async fn size_bytes(&self) -> Result<u64> {
+        let client = self.client().await?;
+        let row = client
+            .query_one("SELECT pg_database_size(current_database())", &[])
+            .await?;
+        Ok(row.get::<_, i64>(0).unsigned_abs())
+    }
+
     /// Stored events matching `query`, oldest first.
     pub async fn events(&self, query: &EventQuery) -> Result<Vec<pb::Event>> {
         let client = self.client().await?;

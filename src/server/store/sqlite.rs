@@ -171,6 +171,20 @@ impl Sqlite {
         })
     }
 
+    /// Bytes of the database file and its write-ahead log.
+    #[must_use]
+    pub fn size_bytes(&self) -> u64 {
+        ["", "-wal", "-shm"]
+            .iter()
+            .filter_map(|suffix| {
+                let mut path = self.path.as_os_str().to_owned();
+                path.push(suffix);
+                std::fs::metadata(path).ok()
+            })
+            .map(|m| m.len())
+            .sum()
+    }
+
     /// Totals, read from a fresh read-only connection.
     pub fn stats(&self) -> Result<Stats> {
         stats_at(&self.path)
