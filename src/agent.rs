@@ -18,6 +18,10 @@ use crate::server::{self, ServeArgs, Server};
 use crate::telemetry::Telemetry;
 use crate::{config, correlation};
 
+mod reload;
+
+pub use reload::{Loader, Reload};
+
 /// Events taken from the fan-in per pipeline step.
 const BATCH: usize = 1024;
 
@@ -84,6 +88,11 @@ async fn start_collectors(
     Ok((manager, directory, started))
 }
 
+/// Replaces the log filter of [`init_logging_traced`] (a reload's `log_level`).
+type SetFilter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+static LOG_FILTER: std::sync::OnceLock<SetFilter> = std::sync::OnceLock::new();
+
 /// Sets up logging on stderr with `filter` (a level or tracing directives).
 pub fn init_logging(filter: &str) {
     init_logging_traced(filter, None);
@@ -98,6 +107,13 @@ pub fn init_logging_traced(filter: &str, self_tracing: Option<(&str, &str)>) {
     let filter = tracing_subscriber::EnvFilter::builder()
         .parse(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let _ = LOG_FILTER.set(Box::new(move |directives: &str| {
+        let filter = tracing_subscriber::EnvFilter::builder()
+            .parse(directives)
+            .map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    }));
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -142,90 +158,87 @@ pub fn cancel_on_signals(shutdown: CancellationToken) -> std::io::Result<()> {
 /// Runs the agent until every collector has finished, or until `shutdown` is cancelled and
 /// the pipeline has drained.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Arc<Telemetry>, Error> {
+    run_reloadable(config, shutdown, None).await
+}
+
+/// [`run`], and with `reload` the configuration is read again on SIGHUP (and, with
+/// `--watch-config`, when the file changes) and applied without losing an event.
+pub async fn run_reloadable(
+    config: Config,
+    shutdown: CancellationToken,
+    reload: Option<Reload>,
+) -> Result<Arc<Telemetry>, Error> {
     config.validate()?;
     let node_name = config.node_name();
     let telemetry = Arc::new(Telemetry::default());
-    let (mut manager, directory, started) =
+    let (manager, directory, started) =
         start_collectors(&config, &node_name, &telemetry, &shutdown).await?;
     tracing::info!(
         collectors = started,
         node = %node_name,
         correlation = %config.correlation.mode,
         ebpf_probes = env!("TAPIO_PROBES"),
+        reload = reload.as_ref().map_or("off", |r| if r.watch.is_some() { "SIGHUP and file changes" } else { "SIGHUP" }),
         "Agent started."
     );
 
     let (stop_status, status, health) = start_reporting(&config, &telemetry).await?;
-
-    let input_ending = input_ending(&shutdown, manager.all_finished());
+    let (mut fan_in, swaps, finished) = manager.into_reloadable();
+    let input_ending = input_ending(&shutdown, finished);
     let (bridge, embedded) = start_delivery(&config, &node_name, &telemetry, &input_ending).await?;
-    let mut fan_in = manager.into_fan_in();
-    let mut correlator =
-        correlation::build_with(&correlation_settings(&config), &node_name, Some(directory));
-    let exporter = start_export(&config, &node_name, &telemetry);
-    let event_exporter = start_event_export(&config, &node_name, &telemetry);
-    let mut stdout = config
-        .output
-        .stdout
-        .then(|| JsonLines::new(std::io::stdout().lock()));
+    let (retune_tx, mut retune_rx) = tokio::sync::mpsc::channel(4);
+    if let Some(reload) = reload {
+        tokio::spawn(
+            reload::Reloader {
+                reload,
+                current: config.clone(),
+                telemetry: Arc::clone(&telemetry),
+                swaps,
+                retunes: retune_tx,
+                build: BuildContext {
+                    node_name: node_name.clone(),
+                    directory: Arc::clone(&directory),
+                },
+                shutdown: shutdown.clone(),
+            }
+            .run(),
+        );
+    }
+    let mut pipeline = Pipeline {
+        correlator: correlation::build_with(
+            &correlation_settings(&config),
+            &node_name,
+            Some(directory),
+        ),
+        exporter: start_export(&config, &node_name, &telemetry),
+        event_exporter: start_event_export(&config, &node_name, &telemetry),
+        stdout: config
+            .output
+            .stdout
+            .then(|| JsonLines::new(std::io::stdout().lock())),
+        bridge,
+        telemetry: Arc::clone(&telemetry),
+        shutdown: shutdown.clone(),
+    };
     let mut batch = Vec::with_capacity(BATCH);
     let result = loop {
         // Ends when every collector has finished (or stopped on shutdown) and its queue is
         // drained, so nothing accepted is left behind.
-        let n = fan_in.recv_many(&mut batch, BATCH).await;
+        let n = tokio::select! {
+            n = fan_in.recv_many(&mut batch, BATCH) => n,
+            Some(retune) = retune_rx.recv() => {
+                pipeline.retune(&retune).await;
+                continue;
+            }
+        };
         if n == 0 {
             break Ok(());
         }
-        {
-            // The agent's own trace (`otel.self_tracing`): one span per pipeline batch.
-            let _span = tracing::info_span!("correlate", events = n).entered();
-            for event in &mut batch {
-                correlator.process(event);
-            }
-        }
-        if let Some(Err(e)) = stdout.as_mut().map(|out| out.write_batch(&batch)) {
-            // Stop producing: the events already taken could not be written.
-            shutdown.cancel();
-            break Err(Error::Output(e));
-        }
-        if let Some(events) = &event_exporter {
-            events.offer(&batch);
-        }
-        telemetry.add_processed(n as u64);
-        telemetry.set_correlation(
-            correlator.open_groups() as u64,
-            correlator.index_entries() as u64,
-        );
-        let closed = take_closed(correlator.as_mut(), exporter.as_ref());
-        if let Some(bridge) = &bridge {
-            let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
-            if bridge.send(full).await.is_err() || bridge.send_groups(&closed).await.is_err() {
-                shutdown.cancel();
-                count_stranded(&mut fan_in, bridge).await;
-                break Err(Error::BridgeClosed);
-            }
-        } else {
-            // Written to the only output there is (or to none): nothing more to wait for.
-            crate::delivery::confirm_all(batch.drain(..).filter_map(|mut e| e.receipt.take()));
+        if let Err(e) = pipeline.step(&mut batch, &mut fan_in).await {
+            break Err(e);
         }
     };
-    let export_timeout = config.otel.shutdown_timeout;
-    let export_done = close_groups(
-        correlator.as_mut(),
-        (exporter, event_exporter),
-        bridge.as_ref(),
-        &telemetry,
-        export_timeout,
-    )
-    .await;
-    let report = match bridge {
-        Some(bridge) => Some(bridge.finish().await),
-        None => None,
-    };
-    for done in export_done {
-        let _ = done.await;
-    }
-    crate::otel::finish_self_tracing(export_timeout).await;
+    let report = pipeline.finish(config.otel.shutdown_timeout).await;
     stop_embedded(embedded).await;
     stop_status.cancel();
     let _ = status.await;
@@ -237,6 +250,99 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Arc<Tele
     match report {
         Some(report) if report.undelivered > 0 => Err(Error::Undelivered(report.undelivered)),
         _ => Ok(telemetry),
+    }
+}
+
+/// The stages every batch of events goes through after the fan-in.
+struct Pipeline {
+    correlator: Box<dyn correlation::Correlator>,
+    exporter: Option<Exporter>,
+    event_exporter: Option<EventExporter>,
+    stdout: Option<JsonLines<std::io::StdoutLock<'static>>>,
+    bridge: Option<Bridge>,
+    telemetry: Arc<Telemetry>,
+    shutdown: CancellationToken,
+}
+
+impl Pipeline {
+    /// Correlates `batch` and hands it to every output; the batch is left empty.
+    async fn step(
+        &mut self,
+        batch: &mut Vec<crate::event::Event>,
+        fan_in: &mut crate::manager::FanIn,
+    ) -> Result<(), Error> {
+        let n = batch.len();
+        {
+            // The agent's own trace (`otel.self_tracing`): one span per pipeline batch.
+            let _span = tracing::info_span!("correlate", events = n).entered();
+            for event in batch.iter_mut() {
+                self.correlator.process(event);
+            }
+        }
+        if let Some(Err(e)) = self.stdout.as_mut().map(|out| out.write_batch(batch)) {
+            // Stop producing: the events already taken could not be written.
+            self.shutdown.cancel();
+            return Err(Error::Output(e));
+        }
+        if let Some(events) = &self.event_exporter {
+            events.offer(batch);
+        }
+        self.telemetry.add_processed(n as u64);
+        self.telemetry.set_correlation(
+            self.correlator.open_groups() as u64,
+            self.correlator.index_entries() as u64,
+        );
+        let closed = take_closed(self.correlator.as_mut(), self.exporter.as_ref());
+        if let Some(bridge) = &self.bridge {
+            let full = std::mem::replace(batch, Vec::with_capacity(BATCH));
+            if bridge.send(full).await.is_err() || bridge.send_groups(&closed).await.is_err() {
+                self.shutdown.cancel();
+                count_stranded(fan_in, bridge).await;
+                return Err(Error::BridgeClosed);
+            }
+        } else {
+            // Written to the only output there is (or to none): nothing more to wait for.
+            crate::delivery::confirm_all(batch.drain(..).filter_map(|mut e| e.receipt.take()));
+        }
+        Ok(())
+    }
+
+    /// The input has ended: closes the open groups, drains delivery and both exports;
+    /// returns delivery's report.
+    async fn finish(self, export_timeout: Duration) -> Option<bridge::Report> {
+        let Self {
+            mut correlator,
+            exporter,
+            event_exporter,
+            bridge,
+            telemetry,
+            ..
+        } = self;
+        let export_done = close_groups(
+            correlator.as_mut(),
+            (exporter, event_exporter),
+            bridge.as_ref(),
+            &telemetry,
+            export_timeout,
+        )
+        .await;
+        let report = match bridge {
+            Some(bridge) => Some(bridge.finish().await),
+            None => None,
+        };
+        for done in export_done {
+            let _ = done.await;
+        }
+        crate::otel::finish_self_tracing(export_timeout).await;
+        report
+    }
+
+    /// Takes a reload's live correlation and delivery settings.
+    async fn retune(&mut self, retune: &reload::Retune) {
+        self.correlator.reconfigure(&retune.correlation);
+        if let Some(bridge) = &self.bridge {
+            let _ = bridge.tune(retune.tuning).await;
+        }
     }
 }
 

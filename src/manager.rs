@@ -1,11 +1,13 @@
 //! Collector manager: starts collectors, gives each its own bounded queue with an explicit
-//! policy for when it is full, and fans the queues into one stream for correlation.
+//! policy for when it is full, and fans the queues into one stream for correlation. On a
+//! config reload it stops the collectors whose section changed and starts their new
+//! versions, while the old queues drain into the pipeline.
 
 use std::future::poll_fn;
 use std::sync::Arc;
 use std::task::Poll;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::collectors::{self, Context};
@@ -17,6 +19,17 @@ use crate::telemetry::{CollectorStats, Health, Telemetry};
 /// Longest a collector's setup may take before it counts as unable to start.
 const BUILD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Longest a collector asked to stop for a reload may take to return.
+const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// One started collector: the token that stops it, and the one cancelled once it ended.
+#[derive(Debug)]
+struct Slot {
+    name: &'static str,
+    stop: CancellationToken,
+    done: CancellationToken,
+}
+
 /// Starts collectors and owns their queues until the pipeline takes them.
 #[derive(Debug)]
 pub struct Manager {
@@ -24,19 +37,46 @@ pub struct Manager {
     capacity: usize,
     shutdown: CancellationToken,
     receivers: Vec<mpsc::Receiver<Event>>,
-    supervisors: Vec<tokio::task::JoinHandle<()>>,
+    slots: Vec<Slot>,
+    ended: mpsc::UnboundedSender<&'static str>,
+    ended_rx: mpsc::UnboundedReceiver<&'static str>,
+}
+
+/// A reload's change to the running collectors.
+pub struct Swap {
+    /// Collectors to stop: changed or removed. Their queued events still reach the
+    /// pipeline.
+    pub stop: Vec<&'static str>,
+    /// Collectors to start: the new versions of the changed ones, and the added ones.
+    pub start: Vec<collectors::Built>,
+    /// Queue capacity of the collectors started from now on.
+    pub capacity: usize,
+    /// Gets, once the swap is done, each collector that could not start, with why.
+    pub done: oneshot::Sender<Vec<String>>,
+}
+
+impl std::fmt::Debug for Swap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Swap")
+            .field("stop", &self.stop)
+            .field("start", &self.start)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Manager {
     /// A manager whose queues hold `capacity` events each.
     #[must_use]
     pub fn new(telemetry: Arc<Telemetry>, capacity: usize, shutdown: CancellationToken) -> Self {
+        let (ended, ended_rx) = mpsc::unbounded_channel();
         Self {
             telemetry,
             capacity,
             shutdown,
             receivers: Vec::new(),
-            supervisors: Vec::new(),
+            slots: Vec::new(),
+            ended,
+            ended_rx,
         }
     }
 
@@ -44,14 +84,20 @@ impl Manager {
     /// here, so a collector that cannot start is logged, recorded as unavailable and not
     /// counted, and the others run. Returns whether it started.
     pub async fn start(&mut self, built: collectors::Built) -> bool {
+        self.try_start(built).await.is_ok()
+    }
+
+    /// [`Self::start`], with why it could not.
+    async fn try_start(&mut self, built: collectors::Built) -> Result<(), String> {
         let stats = self.telemetry.register(built.name);
         let (mut sender, receiver) = queue(self.capacity, built.when_full, Arc::clone(&stats));
         if built.documented {
             sender = sender.checking_shapes();
         }
+        let stop = self.shutdown.child_token();
         let context = Context {
             out: sender,
-            shutdown: self.shutdown.child_token(),
+            shutdown: stop.clone(),
             stats: Arc::clone(&stats),
         };
         let building = tokio::time::timeout(BUILD_TIMEOUT, (built.start)(context)).await;
@@ -59,29 +105,39 @@ impl Manager {
             Ok(Ok(running)) => {
                 stats.set_health(Health::Running);
                 self.receivers.push(receiver);
-                self.supervisors
-                    .push(tokio::spawn(supervise(built.name, running, stats)));
-                return true;
+                let done = CancellationToken::new();
+                self.slots.push(Slot {
+                    name: built.name,
+                    stop,
+                    done: done.clone(),
+                });
+                let ended = self.ended.clone();
+                tokio::spawn(async move {
+                    supervise(built.name, running, stats).await;
+                    done.cancel();
+                    let _ = ended.send(built.name);
+                });
+                return Ok(());
             }
             Ok(Err(error)) => crate::tls::error_chain(&error),
             Err(_) => format!("unavailable: did not start within {BUILD_TIMEOUT:?}"),
         };
         tracing::warn!(collector = built.name, %error, "Collector could not start; the others run.");
-        stats.set_health(Health::Unavailable(error));
-        false
+        stats.set_health(Health::Unavailable(error.clone()));
+        Err(format!("{}: {error}", built.name))
     }
 
     /// A token cancelled once every started collector has ended (finished, failed or
     /// stopped): from then on no new event will enter the pipeline.
     pub fn all_finished(&mut self) -> CancellationToken {
         let token = CancellationToken::new();
-        let supervisors = std::mem::take(&mut self.supervisors);
-        let done = token.clone();
+        let done: Vec<CancellationToken> = self.slots.iter().map(|s| s.done.clone()).collect();
+        let finished = token.clone();
         tokio::spawn(async move {
-            for supervisor in supervisors {
-                let _ = supervisor.await;
+            for slot in done {
+                slot.cancelled().await;
             }
-            done.cancel();
+            finished.cancel();
         });
         token
     }
@@ -91,8 +147,79 @@ impl Manager {
     pub fn into_fan_in(self) -> FanIn {
         FanIn {
             receivers: self.receivers,
+            incoming: None,
             next: 0,
         }
+    }
+
+    /// Hands the queues to the pipeline and keeps supervising: each [`Swap`] sent on the
+    /// returned channel stops and starts collectors, whose new queues join the fan-in.
+    /// The returned token is cancelled once no collector runs any more (and none is being
+    /// swapped): the input has ended.
+    #[must_use]
+    pub fn into_reloadable(mut self) -> (FanIn, mpsc::Sender<Swap>, CancellationToken) {
+        let (queues, incoming) = mpsc::unbounded_channel();
+        let fan_in = FanIn {
+            receivers: std::mem::take(&mut self.receivers),
+            incoming: Some(incoming),
+            next: 0,
+        };
+        let (swaps, mut swaps_rx) = mpsc::channel::<Swap>(4);
+        let finished = CancellationToken::new();
+        let ended = finished.clone();
+        tokio::spawn(async move {
+            while self.slots.iter().any(|s| !s.done.is_cancelled()) {
+                tokio::select! {
+                    Some(swap) = swaps_rx.recv() => {
+                        let failed = self.swap(swap.stop, swap.start, swap.capacity).await;
+                        for receiver in self.receivers.drain(..) {
+                            let _ = queues.send(receiver);
+                        }
+                        let _ = swap.done.send(failed);
+                    }
+                    _ = self.ended_rx.recv() => {}
+                }
+            }
+            // Dropping `queues` tells the fan-in that no queue will join any more.
+            ended.cancel();
+        });
+        (fan_in, swaps, finished)
+    }
+
+    /// Stops `stop` (waiting for each to return, while its queue drains into the
+    /// pipeline), then starts `start`; returns the collectors that could not start.
+    async fn swap(
+        &mut self,
+        stop: Vec<&'static str>,
+        start: Vec<collectors::Built>,
+        capacity: usize,
+    ) -> Vec<String> {
+        for name in stop {
+            for slot in self.slots.iter().filter(|s| s.name == name) {
+                slot.stop.cancel();
+                if tokio::time::timeout(STOP_TIMEOUT, slot.done.cancelled())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(
+                        collector = name,
+                        "Collector did not stop within {STOP_TIMEOUT:?} for the reload; starting its new version anyway."
+                    );
+                }
+            }
+        }
+        self.slots.retain(|s| !s.done.is_cancelled());
+        self.capacity = capacity;
+        let mut failed = Vec::new();
+        for built in start {
+            if self.shutdown.is_cancelled() {
+                break;
+            }
+            if let Err(why) = self.try_start(built).await {
+                failed.push(why);
+            }
+        }
+        failed
     }
 }
 
@@ -124,6 +251,8 @@ async fn supervise(name: &'static str, running: collectors::Running, stats: Arc<
 #[derive(Debug)]
 pub struct FanIn {
     receivers: Vec<mpsc::Receiver<Event>>,
+    /// Queues of collectors started later (a reload); `None` once none can come.
+    incoming: Option<mpsc::UnboundedReceiver<mpsc::Receiver<Event>>>,
     next: usize,
 }
 
@@ -131,13 +260,24 @@ impl FanIn {
     /// Merges the given queues.
     #[must_use]
     pub fn new(receivers: Vec<mpsc::Receiver<Event>>) -> Self {
-        Self { receivers, next: 0 }
+        Self {
+            receivers,
+            incoming: None,
+            next: 0,
+        }
     }
 
     /// Waits for events and appends up to `limit` of them to `buffer`; returns 0 only when
-    /// every queue is closed and empty.
+    /// every queue is closed and empty, and no new one can join.
     pub async fn recv_many(&mut self, buffer: &mut Vec<Event>, limit: usize) -> usize {
         poll_fn(|cx| {
+            while let Some(incoming) = &mut self.incoming {
+                match incoming.poll_recv(cx) {
+                    Poll::Ready(Some(receiver)) => self.receivers.push(receiver),
+                    Poll::Ready(None) => self.incoming = None,
+                    Poll::Pending => break,
+                }
+            }
             let mut i = 0;
             while i < self.receivers.len() {
                 let index = (self.next + i) % self.receivers.len();
@@ -153,7 +293,7 @@ impl FanIn {
                     Poll::Pending => i += 1,
                 }
             }
-            if self.receivers.is_empty() {
+            if self.receivers.is_empty() && self.incoming.is_none() {
                 Poll::Ready(0)
             } else {
                 Poll::Pending

@@ -235,7 +235,7 @@ pub struct CollectorStats {
     health: Mutex<Health>,
     accepted: AtomicU64,
     dropped: DropCounters,
-    queue_depth: std::sync::OnceLock<DepthProbe>,
+    queue_depth: Mutex<Option<DepthProbe>>,
 }
 
 impl std::fmt::Debug for CollectorStats {
@@ -256,19 +256,27 @@ impl CollectorStats {
             health: Mutex::new(Health::Starting),
             accepted: AtomicU64::new(0),
             dropped: DropCounters::default(),
-            queue_depth: std::sync::OnceLock::new(),
+            queue_depth: Mutex::new(None),
         }
     }
 
-    /// Tells the stats how to read the collector's queue depth (set once, by its queue).
+    /// Tells the stats how to read the collector's queue depth (by its queue; a collector
+    /// restarted by a reload gets a new one).
     pub fn set_queue_depth(&self, probe: impl Fn() -> usize + Send + Sync + 'static) {
-        let _ = self.queue_depth.set(Box::new(probe));
+        *self
+            .queue_depth
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Box::new(probe));
     }
 
     /// Events waiting in the collector's queue into the pipeline.
     #[must_use]
     pub fn queue_depth(&self) -> usize {
-        self.queue_depth.get().map_or(0, |probe| probe())
+        self.queue_depth
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map_or(0, |probe| probe())
     }
 
     /// The collector's registry name.
@@ -314,6 +322,52 @@ impl CollectorStats {
     }
 }
 
+/// How the last reload of the configuration went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// A new configuration is in force (its generation is the current one).
+    Applied,
+    /// The file says what is already running; nothing changed.
+    Unchanged,
+    /// The new configuration was invalid; the old one keeps running.
+    Refused,
+}
+
+impl ReloadOutcome {
+    /// Every outcome, in reporting order.
+    pub const ALL: [Self; 3] = [Self::Applied, Self::Unchanged, Self::Refused];
+
+    /// The label used in the status line and metrics.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Unchanged => "unchanged",
+            Self::Refused => "refused",
+        }
+    }
+}
+
+/// Reload counters: the generation in force and each outcome's count.
+#[derive(Debug)]
+struct Reloads {
+    generation: AtomicU64,
+    counts: [AtomicU64; ReloadOutcome::ALL.len()],
+    last: Mutex<Option<(ReloadOutcome, std::time::SystemTime)>>,
+    status_interval: tokio::sync::watch::Sender<Option<Duration>>,
+}
+
+impl Default for Reloads {
+    fn default() -> Self {
+        Self {
+            generation: AtomicU64::new(1),
+            counts: Default::default(),
+            last: Mutex::new(None),
+            status_interval: tokio::sync::watch::Sender::new(None),
+        }
+    }
+}
+
 /// The whole agent's counters.
 #[derive(Debug, Default)]
 pub struct Telemetry {
@@ -321,19 +375,26 @@ pub struct Telemetry {
     processed: AtomicU64,
     open_groups: AtomicU64,
     index_entries: AtomicU64,
+    reloads: Reloads,
     bridge: Mutex<Option<Arc<BridgeStats>>>,
     exporter: Mutex<Option<Arc<ExportStats>>>,
     event_exporter: Mutex<Option<Arc<ExportStats>>>,
 }
 
 impl Telemetry {
-    /// Registers a collector and returns its stats.
+    /// Registers a collector and returns its stats; one started again (a reload) keeps
+    /// its counters, so totals and drops by cause stay whole across restarts.
     pub fn register(&self, name: &'static str) -> Arc<CollectorStats> {
-        let stats = Arc::new(CollectorStats::new(name));
-        self.collectors
+        let mut collectors = self
+            .collectors
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(Arc::clone(&stats));
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(known) = collectors.iter().find(|c| c.name == name) {
+            known.set_health(Health::Starting);
+            return Arc::clone(known);
+        }
+        let stats = Arc::new(CollectorStats::new(name));
+        collectors.push(Arc::clone(&stats));
         stats
     }
 
@@ -388,6 +449,45 @@ impl Telemetry {
     #[must_use]
     pub fn processed(&self) -> u64 {
         self.processed.load(Ordering::Relaxed)
+    }
+
+    /// Records a reload's outcome; an applied one starts the next config generation.
+    pub fn record_reload(&self, outcome: ReloadOutcome) {
+        if outcome == ReloadOutcome::Applied {
+            self.reloads.generation.fetch_add(1, Ordering::Relaxed);
+        }
+        let i = ReloadOutcome::ALL
+            .iter()
+            .position(|o| *o == outcome)
+            .unwrap_or(0);
+        self.reloads.counts[i].fetch_add(1, Ordering::Relaxed);
+        *self
+            .reloads
+            .last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) =
+            Some((outcome, std::time::SystemTime::now()));
+    }
+
+    /// The configuration generation in force: 1 at start, one more per applied reload.
+    #[must_use]
+    pub fn config_generation(&self) -> u64 {
+        self.reloads.generation.load(Ordering::Relaxed)
+    }
+
+    /// The last reload's outcome, if there was one.
+    #[must_use]
+    pub fn last_reload(&self) -> Option<ReloadOutcome> {
+        self.reloads
+            .last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .map(|(o, _)| o)
+    }
+
+    /// Changes how often the status line is printed (a reload may).
+    pub fn set_status_interval(&self, interval: Duration) {
+        self.reloads.status_interval.send_replace(Some(interval));
     }
 
     /// Records how many correlation groups are open and how many entries the entity
@@ -458,6 +558,12 @@ impl Telemetry {
                 exporter.dropped.load(Ordering::Relaxed)
             );
         }
+        let _ = write!(
+            line,
+            " config_generation={} last_reload={}",
+            self.config_generation(),
+            self.last_reload().map_or("none", ReloadOutcome::as_str)
+        );
         if !by_cause.is_empty() {
             line.push_str(" dropped_by_cause:");
             line.push_str(&by_cause);
@@ -489,6 +595,7 @@ impl Telemetry {
             self.index_entries.load(Ordering::Relaxed),
         );
         self.collector_metrics(&mut page);
+        self.reload_metrics(&mut page);
         let bridge = self.bridge();
         if let Some(bridge) = &bridge {
             bridge_metrics(bridge, &mut page);
@@ -519,6 +626,49 @@ impl Telemetry {
             export_metrics(what, &stats.unwrap_or_default(), &mut page);
         }
         page.finish()
+    }
+
+    fn reload_metrics(&self, page: &mut Exposition) {
+        page.single(
+            "tapio_config_generation",
+            Kind::Gauge,
+            "The configuration in force: 1 at start, one more per applied reload.",
+            self.config_generation(),
+        );
+        let name = "tapio_config_reloads_total";
+        page.family(
+            name,
+            Kind::Counter,
+            "Reloads (SIGHUP or a changed file with --watch-config), by outcome.",
+        );
+        for (outcome, count) in ReloadOutcome::ALL.iter().zip(&self.reloads.counts) {
+            page.sample(
+                name,
+                &[("outcome", outcome.as_str())],
+                count.load(Ordering::Relaxed),
+            );
+        }
+        let last = *self
+            .reloads
+            .last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        page.single(
+            "tapio_config_last_reload_successful",
+            Kind::Gauge,
+            "0 when the last reload was refused (the previous configuration runs), else 1.",
+            u64::from(last.is_none_or(|(o, _)| o != ReloadOutcome::Refused)),
+        );
+        if let Some((_, at)) = last {
+            page.single(
+                "tapio_config_last_reload_timestamp_seconds",
+                Kind::Gauge,
+                "When the last reload was tried, in seconds since the Unix epoch.",
+                at.duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs_f64(),
+            );
+        }
     }
 
     fn registered(slot: &Mutex<Option<Arc<ExportStats>>>) -> Option<Arc<ExportStats>> {
@@ -560,17 +710,30 @@ impl Telemetry {
     }
     /// Prints the status line on stderr every `interval` until `stop` is cancelled.
     pub async fn report_every(self: Arc<Self>, interval: Duration, stop: CancellationToken) {
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // The first tick is immediate; the first status is due one interval after start.
-        ticker.tick().await;
+        let mut intervals = self.reloads.status_interval.subscribe();
+        let mut ticker = status_ticker(interval).await;
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
                 _ = ticker.tick() => eprintln!("{}", self.status_line()),
+                Ok(()) = intervals.changed() => {
+                    let new = *intervals.borrow_and_update();
+                    if let Some(interval) = new {
+                        ticker = status_ticker(interval).await;
+                    }
+                }
             }
         }
     }
+}
+
+/// A ticker whose first tick is due one `interval` from now.
+async fn status_ticker(interval: Duration) -> tokio::time::Interval {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate.
+    ticker.tick().await;
+    ticker
 }
 
 fn bridge_metrics(bridge: &BridgeStats, page: &mut Exposition) {
@@ -684,7 +847,7 @@ mod tests {
         assert_eq!(
             telemetry.status_line(),
             "Status: events=42 active_collectors=1 correlation_groups=0 dropped=3 \
-             dropped_by_cause: a/queue_full=3"
+             config_generation=1 last_reload=none dropped_by_cause: a/queue_full=3"
         );
     }
 }

@@ -106,7 +106,6 @@ fn dashboard_queries_only(agent: &str, server: &str) {
         }
     }
     assert!(queried >= 20, "the dashboard queries {queried} metrics");
-
 }
 
 #[test]
@@ -185,7 +184,12 @@ fn both_metrics_pages_pass_promtool_and_carry_what_an_operator_alerts_on() {
     // The server: ingest, commit latency, store size, streams, refusals by reason.
     assert!(sample(&server_page, "tapio_server_events_stored_total", "").is_some_and(|n| n > 0.0));
     assert!(
-        sample(&server_page, "tapio_server_commit_latency_seconds_count", "").is_some_and(|n| n >= 5.0)
+        sample(
+            &server_page,
+            "tapio_server_commit_latency_seconds_count",
+            ""
+        )
+        .is_some_and(|n| n >= 5.0)
     );
     assert!(sample(&server_page, "tapio_server_store_bytes", "").is_some_and(|b| b > 4096.0));
     assert_eq!(

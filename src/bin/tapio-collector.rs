@@ -129,7 +129,14 @@ fn run(args: &RunArgs) -> ExitCode {
         let shutdown = CancellationToken::new();
         tapio::agent::cancel_on_signals(shutdown.clone())
             .map_err(|e| format!("cannot install signal handlers: {e}"))?;
-        tapio::agent::run(config, shutdown)
+        let reload = {
+            let args = args.clone();
+            tapio::agent::Reload {
+                watch: args.watch_config.then(|| args.config.clone()).flatten(),
+                load: Box::new(move || args.load()),
+            }
+        };
+        tapio::agent::run_reloadable(config, shutdown, Some(reload))
             .await
             .map_err(|e| tapio::tls::error_chain(&e))
     });

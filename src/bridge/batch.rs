@@ -188,6 +188,12 @@ impl Batcher {
         batcher
     }
 
+    /// New event count and age limits, for the open batch and later ones.
+    pub fn retune(&mut self, max_events: usize, max_age: Duration) {
+        self.max_events = max_events;
+        self.max_age = max_age;
+    }
+
     /// Lowers the byte limit of later batches (never below what one small event needs);
     /// returns the limit now in force.
     pub fn limit_bytes(&mut self, max_bytes: usize) -> usize {

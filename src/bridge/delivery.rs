@@ -471,6 +471,17 @@ impl Delivery {
         }
     }
 
+    /// Takes a reload's delivery settings: batches sealed from now on, and the window.
+    pub(super) fn tune(&mut self, tuning: super::Tuning) {
+        self.batcher
+            .retune(tuning.batch_events, tuning.flush_interval);
+        self.config.batch_events = tuning.batch_events;
+        self.config.flush_interval = tuning.flush_interval;
+        self.config.window = tuning.window;
+        self.config.drain_timeout = tuning.drain_timeout;
+        tracing::info!(?tuning, "Delivery settings changed.");
+    }
+
     pub(super) fn on_flow_control(&mut self, directive: &pb::FlowControl) {
         match directive.action() {
             pb::flow_control::Action::Limit => {

@@ -184,6 +184,34 @@ pub enum Input {
     Events(Vec<Event>),
     /// Incident groups the correlation closed.
     Groups(Vec<pb::SemanticGroup>),
+    /// New delivery settings from a reload.
+    Tune(Tuning),
+}
+
+/// The delivery settings a reload changes live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tuning {
+    /// Events per batch.
+    pub batch_events: usize,
+    /// Longest time an event waits in a partial batch.
+    pub flush_interval: Duration,
+    /// Unacked batches on the stream at most.
+    pub window: usize,
+    /// How long to keep delivering after the input ends.
+    pub drain_timeout: Duration,
+}
+
+impl Tuning {
+    /// The live part of the `server:` section.
+    #[must_use]
+    pub fn from_settings(settings: &ServerConfig) -> Self {
+        Self {
+            batch_events: settings.buffer_size,
+            flush_interval: settings.flush_interval,
+            window: settings.window,
+            drain_timeout: settings.drain_timeout,
+        }
+    }
 }
 
 /// The pipeline's handle to the bridge task.
@@ -275,6 +303,14 @@ impl Bridge {
             count: events,
         }
         .emit();
+    }
+
+    /// Applies a reload's delivery settings; later batches follow them.
+    pub async fn tune(&self, tuning: Tuning) -> Result<(), Closed> {
+        self.input
+            .send(Input::Tune(tuning))
+            .await
+            .map_err(|_| Closed)
     }
 
     /// Hands closed incident groups to the bridge; they ride the next batch.
@@ -521,6 +557,7 @@ async fn run(
                     match input {
                         Input::Events(events) => delivery.push(events),
                         Input::Groups(groups) => delivery.push_groups(&groups),
+                        Input::Tune(tuning) => delivery.tune(tuning),
                     }
                 } else {
                     input_open = false;

@@ -327,6 +327,32 @@ macro_rules! registry {
                 longest
             }
 
+            /// The collectors whose entry differs between `self` (running) and `new`: each
+            /// is (name, running before, running after), for a reload to stop and start.
+            #[must_use]
+            pub fn differences(&self, new: &Self) -> Vec<(&'static str, bool, bool)> {
+                let mut changed = Vec::new();
+                $(
+                    let (before, after) = (
+                        self.$field.as_ref().filter(|e| e.enabled),
+                        new.$field.as_ref().filter(|e| e.enabled),
+                    );
+                    if before != after {
+                        changed.push(($name, before.is_some(), after.is_some()));
+                    }
+                )*
+                changed
+            }
+
+            /// The enabled collectors among `names`, ready to start with `cx`.
+            #[must_use]
+            pub fn build_only(&self, cx: &BuildContext, names: &[&str]) -> Vec<Built> {
+                self.build(cx)
+                    .into_iter()
+                    .filter(|b| names.contains(&b.name))
+                    .collect()
+            }
+
             /// Every enabled collector, ready to start with `cx`.
             #[must_use]
             pub fn build(&self, cx: &BuildContext) -> Vec<Built> {

@@ -46,7 +46,7 @@ pub enum Command {
 }
 
 /// Flags of the agent run; each one given overrides the YAML file.
-#[derive(Debug, Default, Args)]
+#[derive(Clone, Debug, Default, Args)]
 #[allow(
     clippy::struct_excessive_bools,
     reason = "each bool is an on/off command-line flag"
@@ -55,6 +55,10 @@ pub struct RunArgs {
     /// YAML configuration file (collectors and their options; see README).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Also reload when the --config file changes (checked every second); SIGHUP always
+    /// reloads.
+    #[arg(long, requires = "config")]
+    pub watch_config: bool,
     /// Tapio server `host:port`; `embedded` runs one in-process; `none` turns delivery off
     /// [default: localhost:9090].
     #[arg(long, value_name = "ADDR")]

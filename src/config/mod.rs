@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod cli;
+pub mod reload;
 
 pub use cli::{Cli, Command, RunArgs};
 

@@ -22,6 +22,10 @@ pub trait Correlator: Send {
     /// Semantic groups currently open.
     fn open_groups(&self) -> usize;
 
+    /// Takes a reload's windows, bounds and critical lists (`config::reload` says which
+    /// settings are live); the open groups stay open.
+    fn reconfigure(&mut self, _config: &CorrelationConfig) {}
+
     /// Entries of the entity index (containers, processes, pods); 0 without one.
     fn index_entries(&self) -> usize {
         0
@@ -59,35 +63,44 @@ pub fn build_with(
         CorrelationMode::Semantic => {
             let mut table = rules::builtin();
             table.extend(config.rules.iter().map(rules::from_config));
-            let limits = semantic::Limits {
-                quiet: config.group_quiet,
-                max_groups: config.max_groups,
-                max_group_events: config.max_group_events,
-                max_open_events: config.max_open_events,
-                join_window: config.join_window,
-                late_window: config
-                    .late_window
-                    .unwrap_or(semantic::Limits::default().late_window),
-                app_join: config.app_spans,
-                ..semantic::Limits::default()
-            };
-            let critical = semantic::Criticality {
-                namespaces: config.critical_namespaces.clone(),
-                // Validated with the rest of the configuration.
-                labels: config
-                    .critical_labels
-                    .iter()
-                    .filter_map(|s| parse_label_selector(s).ok())
-                    .collect(),
-                units: config.critical_units.clone(),
-            };
-            let mut engine = Semantic::new(node_name, table, limits).with_criticality(critical);
+            let mut engine = Semantic::new(node_name, table, limits_of(config))
+                .with_criticality(criticality_of(config));
             if let Some(directory) = directory {
                 engine = engine.with_directory(directory);
             }
             Box::new(engine)
         }
         CorrelationMode::Basic => Box::new(Basic::new(node_name)),
+    }
+}
+
+/// The semantic engine's bounds and windows from `correlation:`.
+fn limits_of(config: &CorrelationConfig) -> semantic::Limits {
+    semantic::Limits {
+        quiet: config.group_quiet,
+        max_groups: config.max_groups,
+        max_group_events: config.max_group_events,
+        max_open_events: config.max_open_events,
+        join_window: config.join_window,
+        late_window: config
+            .late_window
+            .unwrap_or(semantic::Limits::default().late_window),
+        app_join: config.app_spans,
+        ..semantic::Limits::default()
+    }
+}
+
+/// What `correlation:` names as critical.
+fn criticality_of(config: &CorrelationConfig) -> semantic::Criticality {
+    semantic::Criticality {
+        namespaces: config.critical_namespaces.clone(),
+        // Validated with the rest of the configuration.
+        labels: config
+            .critical_labels
+            .iter()
+            .filter_map(|s| parse_label_selector(s).ok())
+            .collect(),
+        units: config.critical_units.clone(),
     }
 }
 

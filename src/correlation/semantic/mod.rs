@@ -1342,6 +1342,16 @@ impl Correlator for Semantic {
         self.index.entries()
     }
 
+    fn reconfigure(&mut self, config: &super::CorrelationConfig) {
+        // The index and the tables sized by it keep their size.
+        self.limits = Limits {
+            entities: self.limits.entities,
+            causes_per_key: self.limits.causes_per_key,
+            ..super::limits_of(config)
+        };
+        self.critical = super::criticality_of(config);
+    }
+
     fn take_closed(&mut self) -> Vec<Incident> {
         Semantic::take_closed(self)
     }
