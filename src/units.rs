@@ -9,12 +9,12 @@ use serde::{Deserialize, Deserializer};
 /// short enough that adding it to the clock can never overflow.
 pub const MAX_DURATION: Duration = Duration::from_hours(24 * 365);
 
-/// Parses durations such as `250ms`, `1s`, `1.5s`, `2m`, `1h`, up to [`MAX_DURATION`].
+/// Parses durations such as `250ms`, `1s`, `1.5s`, `2m`, `1h`, `7d`, up to [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("{text:?} has no unit (ms, s, m or h)"))?;
+        .ok_or_else(|| format!("{text:?} has no unit (ms, s, m, h or d)"))?;
     let (number, unit) = text.split_at(split);
     let value: f64 = number
         .parse()
@@ -24,9 +24,10 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
         "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
+        "d" => value * 86400.0,
         _ => {
             return Err(format!(
-                "{text:?} has unknown unit {unit:?} (ms, s, m or h)"
+                "{text:?} has unknown unit {unit:?} (ms, s, m, h or d)"
             ));
         }
     };

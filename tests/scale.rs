@@ -11,7 +11,7 @@ use common::peers::{Nats, PG_PASSWORD, Postgres};
 use common::{ServerProcess, config, last_status, stats, stats_of, text};
 use tapio::event::{Event, EventId};
 use tapio::pb;
-use tapio::server::store::{Batch, EventQuery, Location, Store, Sync};
+use tapio::server::store::{Batch, EventQuery, Location, Retention, Store, Sync};
 use tapio::server::wire::RawEvent;
 
 const DAY: u64 = 86_400 * 1_000_000_000;
@@ -30,6 +30,55 @@ fn batch(id: u64, events: Vec<RawEvent>) -> Batch {
         events,
         groups: Vec::new(),
     }
+}
+
+/// The retention pass, by size: every past day goes, oldest first, and today's events stay
+/// however small the cap; by age, the same for days older than the age. Each pass is
+/// recorded for `stats`.
+async fn retention_passes_keep_today(store: &Store) {
+    let now = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_nanos(),
+    )
+    .expect("fits");
+    let today = Event::new(EventId::from_u128(99), now, "test.today", "t");
+    store
+        .write(Batch {
+            collector_id: "c".into(),
+            batch_id: 99,
+            sequence: 99,
+            events: vec![RawEvent::from_message(&today.into()).expect("valid")],
+            groups: Vec::new(),
+        })
+        .await
+        .expect("commits");
+    store
+        .retain(Retention {
+            age: None,
+            max_bytes: Some(1),
+        })
+        .await
+        .expect("retains");
+    let stats = store.stats().await.expect("stats");
+    assert_eq!(stats.events_total, 1, "today's event stays");
+    assert_eq!(stats.retention.expect("recorded").max_bytes, Some(1));
+    assert_eq!(stats.oldest_event_unix_ms, Some(now / 1_000_000));
+    store
+        .retain(Retention {
+            age: Some(Duration::from_hours(24 * 30)),
+            max_bytes: None,
+        })
+        .await
+        .expect("retains");
+    let stats = store.stats().await.expect("stats");
+    assert_eq!(stats.events_total, 1);
+    assert_eq!(
+        stats.retention.expect("recorded").age_seconds,
+        Some(30 * 86_400)
+    );
+    assert!(stats.used_bytes > 0);
 }
 
 #[tokio::test]
@@ -95,7 +144,7 @@ async fn the_postgres_store_keeps_each_event_once_and_drops_whole_days() {
     let Store::Postgres(postgres) = &store else {
         panic!("a PostgreSQL store")
     };
-    let dropped = postgres
+    let (dropped, _) = postgres
         .drop_before(monday + DAY)
         .await
         .expect("retention runs");
@@ -108,6 +157,8 @@ async fn the_postgres_store_keeps_each_event_once_and_drops_whole_days() {
         .map(|e| e.timestamp_unix_nano)
         .collect();
     assert_eq!(left, [monday + DAY + 1, monday + DAY + 2]);
+
+    retention_passes_keep_today(&store).await;
 }
 
 #[tokio::test]

@@ -728,3 +728,72 @@ fn incidents_read_as_the_golden_file_and_as_json() {
         "--min-impact filters"
     );
 }
+
+#[tokio::test]
+async fn retention_removes_old_data_in_the_background_while_ingest_goes_on_and_stats_show_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = ServerProcess::start(
+        0,
+        dir.path(),
+        &["--retention-age", "1d", "--retention-interval", "200ms"],
+    );
+    let mut client = client(&server).await;
+    let mut stream = Stream::open(&mut client).await.expect("opens");
+    // Events collected three days ago: their ids carry when.
+    let three_days_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis()
+        - 3 * 86_400_000;
+    let old: Vec<pb::Event> = (0..5_000u128)
+        .map(|n| {
+            let id = tapio::event::EventId::from_u128((three_days_ago << 80) | n);
+            Event::new(id, 1_000, "test.old", "test").into()
+        })
+        .collect();
+    let mut ids = IdGenerator::new();
+    for (n, chunk) in old.chunks(1_000).enumerate() {
+        stream.send(batch(n as u64 + 1, chunk.to_vec())).await;
+        assert_eq!(stream.ack().await.expect("acked").accepted, 1_000);
+    }
+    // Ingest goes on while retention removes the old events.
+    for n in 0..20u64 {
+        stream
+            .send(batch(100 + n, events(&mut ids, 500, "test.new")))
+            .await;
+        assert_eq!(stream.ack().await.expect("acked").accepted, 500);
+    }
+    let started = std::time::Instant::now();
+    let stats = loop {
+        let out = tokio::task::spawn_blocking({
+            let dir = dir.path().to_owned();
+            move || {
+                std::process::Command::new(common::SERVER)
+                    .args(["stats", "--data-dir"])
+                    .arg(dir)
+                    .output()
+                    .expect("stats runs")
+            }
+        })
+        .await
+        .expect("joined");
+        let stats: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        if stats["retention"]["removed_events"] == 5_000 {
+            break stats;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "retention did not run: {stats}\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(stats["events_total"], 10_000, "{stats}");
+    assert_eq!(stats["retention"]["age_seconds"], 86_400, "{stats}");
+    let oldest = stats["oldest_event_unix_ms"]
+        .as_u64()
+        .expect("an oldest event");
+    assert!(u128::from(oldest) > three_days_ago + 86_400_000, "{stats}");
+    assert!(stats["used_bytes"].as_u64().expect("used bytes") > 0);
+    assert!(server.log().contains("Retention removed old data."));
+}

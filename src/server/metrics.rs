@@ -48,6 +48,7 @@ pub struct ServerMetrics {
     rejected: [AtomicU64; REASONS.len()],
     streams: AtomicU64,
     commit_latency: Histogram,
+    retained: [AtomicU64; 3],
 }
 
 impl Default for ServerMetrics {
@@ -60,6 +61,7 @@ impl Default for ServerMetrics {
             rejected: Default::default(),
             streams: AtomicU64::new(0),
             commit_latency: Histogram::new(LATENCY_BUCKETS),
+            retained: Default::default(),
         }
     }
 }
@@ -165,6 +167,15 @@ impl ServerMetrics {
             "Time to commit one batch to the store.",
         )
         .histogram(name, &[], &self.commit_latency);
+        let name = "tapio_server_retention_removed_total";
+        page.family(
+            name,
+            Kind::Counter,
+            "What retention removed, by kind (events, groups, batch records).",
+        );
+        for (what, count) in ["events", "groups", "batches"].iter().zip(&self.retained) {
+            page.sample(name, &[("kind", what)], load(count));
+        }
         match store.size_bytes().await {
             Ok(bytes) => page.single(
                 "tapio_server_store_bytes",
@@ -175,6 +186,51 @@ impl ServerMetrics {
             Err(e) => tracing::warn!(error = %e, "Cannot read the store's size for /metrics."),
         }
         page.finish()
+    }
+}
+
+/// Runs a retention pass every `every` until `stop`; each pass removes in small steps,
+/// beside ingest, never in it.
+pub async fn retain_every(
+    store: Store,
+    policy: store::Retention,
+    every: std::time::Duration,
+    metrics: Arc<ServerMetrics>,
+    stop: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let started = Instant::now();
+        // A pass is not cut short by shutdown mid-step: each step is its own transaction.
+        match store.retain(policy).await {
+            Ok(removed) => {
+                for (count, n) in
+                    metrics
+                        .retained
+                        .iter()
+                        .zip([removed.events, removed.groups, removed.batches])
+                {
+                    count.fetch_add(n, Ordering::Relaxed);
+                }
+                if removed != store::Removed::default() {
+                    tracing::info!(
+                        events = removed.events,
+                        groups = removed.groups,
+                        batches = removed.batches,
+                        took_ms = started.elapsed().as_millis(),
+                        "Retention removed old data."
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Retention pass failed; the next one tries again.");
+            }
+        }
     }
 }
 

@@ -222,6 +222,16 @@ pub struct ServeArgs {
     /// Log filter.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: String,
+    /// Remove events collected longer ago than this (and the groups and batch records of
+    /// that time), e.g. `7d`; in the background, a step at a time.
+    #[arg(long, value_name = "DURATION", value_parser = crate::units::parse_duration)]
+    pub retention_age: Option<Duration>,
+    /// Remove the oldest events while the store takes more than this, e.g. `50GiB`.
+    #[arg(long, value_name = "SIZE", value_parser = crate::units::parse_bytes)]
+    pub retention_bytes: Option<u64>,
+    /// How often retention looks at the store.
+    #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = crate::units::parse_duration)]
+    pub retention_interval: Duration,
     /// Serve `GET /metrics` (Prometheus text) and `GET /healthz` on this address, e.g.
     /// `0.0.0.0:9465`; unset: not served.
     #[arg(long, value_name = "ADDR")]
@@ -254,6 +264,9 @@ impl Default for ServeArgs {
             stream_buffer_bytes: 64 << 20,
             log_level: "info".into(),
             metrics_listen: None,
+            retention_age: None,
+            retention_bytes: None,
+            retention_interval: Duration::from_mins(1),
             nats: queue::NatsArgs::default(),
         }
     }
@@ -283,6 +296,18 @@ impl ServeArgs {
                 "--stream-buffer-bytes",
                 format!("must be 1MiB..=1GiB, got {}", self.stream_buffer_bytes),
             );
+        }
+        if self
+            .retention_age
+            .is_some_and(|a| a < Duration::from_mins(1))
+        {
+            return bad("--retention-age", "must be at least 1m".into());
+        }
+        if self.retention_bytes.is_some_and(|b| b < 1 << 20) {
+            return bad("--retention-bytes", "must be at least 1MiB".into());
+        }
+        if self.retention_interval < Duration::from_millis(100) {
+            return bad("--retention-interval", "must be at least 100ms".into());
         }
         if !(4096..=1 << 30).contains(&self.max_message_bytes) {
             return bad(
@@ -989,6 +1014,7 @@ pub struct Server {
     location: store::Location,
     queue: Option<queue::Queue>,
     metrics_listen: Option<SocketAddr>,
+    retention: (store::Retention, Duration),
 }
 
 impl std::fmt::Debug for Server {
@@ -1044,6 +1070,13 @@ impl Server {
             location,
             queue,
             metrics_listen: args.metrics_listen,
+            retention: (
+                store::Retention {
+                    age: args.retention_age,
+                    max_bytes: args.retention_bytes,
+                },
+                args.retention_interval,
+            ),
         })
     }
 
@@ -1081,6 +1114,16 @@ impl Server {
             ),
             None => None,
         };
+        let (policy, every) = self.retention;
+        let retaining = (!policy.is_off()).then(|| {
+            tokio::spawn(metrics::retain_every(
+                self.service.store.clone(),
+                policy,
+                every,
+                Arc::clone(&self.service.metrics),
+                shutdown.clone(),
+            ))
+        });
         let reading = self.queue.map(|queue| {
             tokio::spawn(queue.run(
                 self.service.store.clone(),
@@ -1126,6 +1169,9 @@ impl Server {
         }
         if let Some(scraping) = scraping {
             let _ = scraping.await;
+        }
+        if let Some(retaining) = retaining {
+            let _ = retaining.await;
         }
         Ok(())
     }

@@ -108,6 +108,58 @@ pub struct Stats {
     pub events_total: u64,
     /// Distinct batches stored (a resent batch counts once).
     pub batches_total: u64,
+    /// Bytes the stored data takes (SQLite: pages in use; PostgreSQL: the database).
+    pub used_bytes: u64,
+    /// The oldest event kept, in Unix milliseconds (SQLite: when it was collected, from
+    /// its id; PostgreSQL: its timestamp).
+    pub oldest_event_unix_ms: Option<u64>,
+    /// What retention has done, once it has run.
+    pub retention: Option<RetentionRecord>,
+}
+
+/// What to keep: events younger than `age`, and at most `max_bytes` of data.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Remove what is older than this.
+    pub age: Option<std::time::Duration>,
+    /// Remove the oldest until the store takes at most this.
+    pub max_bytes: Option<u64>,
+}
+
+impl Retention {
+    /// Neither limit is set.
+    #[must_use]
+    pub fn is_off(&self) -> bool {
+        self.age.is_none() && self.max_bytes.is_none()
+    }
+}
+
+/// What one retention pass removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Removed {
+    /// Events (PostgreSQL: the planner's row estimate of the dropped days).
+    pub events: u64,
+    /// Closed incident groups.
+    pub groups: u64,
+    /// Batch records (the dedup of resent batches).
+    pub batches: u64,
+}
+
+/// Retention as the store records it, for `stats`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RetentionRecord {
+    /// `--retention-age` of the last pass, in seconds.
+    pub age_seconds: Option<u64>,
+    /// `--retention-bytes` of the last pass.
+    pub max_bytes: Option<u64>,
+    /// When the last pass ended, in Unix milliseconds.
+    pub last_run_unix_ms: u64,
+    /// Events removed over every pass.
+    pub removed_events: u64,
+    /// Groups removed over every pass.
+    pub removed_groups: u64,
+    /// Batch records removed over every pass.
+    pub removed_batches: u64,
 }
 
 /// Filter of a stored-event query.
@@ -230,6 +282,18 @@ impl Store {
                 off_thread(move || s.stats()).await
             }
             Self::Postgres(p) => p.stats().await,
+        }
+    }
+
+    /// Removes what `policy` does not keep, in small steps so that ingest waits at most
+    /// one step at a time; records the pass for `stats`.
+    pub async fn retain(&self, policy: Retention) -> Result<Removed> {
+        match self {
+            Self::Sqlite(s) => {
+                let s = s.clone();
+                off_thread(move || s.retain(policy)).await
+            }
+            Self::Postgres(p) => p.retain(policy).await,
         }
     }
 

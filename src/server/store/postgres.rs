@@ -61,6 +61,15 @@ const SCHEMA: &str = "
         stored_by text NOT NULL,
         PRIMARY KEY (collector_id, batch_id)
     );
+    CREATE TABLE IF NOT EXISTS retention (
+        id integer PRIMARY KEY CHECK (id = 1),
+        age_seconds bigint,
+        max_bytes bigint,
+        last_run bigint NOT NULL,
+        removed_events bigint NOT NULL,
+        removed_groups bigint NOT NULL,
+        removed_batches bigint NOT NULL
+    );
 ";
 
 const INSERT_EVENTS: &str = "
@@ -296,9 +305,35 @@ impl Postgres {
                 &[],
             )
             .await?;
+        let extra = client
+            .query_one(
+                "SELECT pg_database_size(current_database()), (SELECT min(ts) FROM events)",
+                &[],
+            )
+            .await?;
+        let retention = client
+            .query_opt(
+                "SELECT age_seconds, max_bytes, last_run, removed_events, removed_groups,
+                        removed_batches FROM retention WHERE id = 1",
+                &[],
+            )
+            .await?
+            .map(|r| super::RetentionRecord {
+                age_seconds: r.get::<_, Option<i64>>(0).map(i64::unsigned_abs),
+                max_bytes: r.get::<_, Option<i64>>(1).map(i64::unsigned_abs),
+                last_run_unix_ms: r.get::<_, i64>(2).unsigned_abs(),
+                removed_events: r.get::<_, i64>(3).unsigned_abs(),
+                removed_groups: r.get::<_, i64>(4).unsigned_abs(),
+                removed_batches: r.get::<_, i64>(5).unsigned_abs(),
+            });
         Ok(Stats {
             events_total: row.get::<_, i64>(0).unsigned_abs(),
             batches_total: row.get::<_, i64>(1).unsigned_abs(),
+            used_bytes: extra.get::<_, i64>(0).unsigned_abs(),
+            oldest_event_unix_ms: extra
+                .get::<_, Option<i64>>(1)
+                .map(|ts| ts.unsigned_abs() / 1_000_000),
+            retention,
         })
     }
 
@@ -371,16 +406,80 @@ impl Postgres {
         Ok((closed, open))
     }
 
-    /// Retention: drops every day partition wholly before `cutoff` (Unix nanoseconds), and
-    /// the groups and batch records older than it. Returns the partitions dropped.
+    /// One retention pass: by age, the days wholly before `now - age` (by event time) and
+    /// the groups and batch records older than that; by size, the oldest days (never the
+    /// newest) while the database is larger than the cap. Dropping a day is one quick
+    /// statement, not a scan, so ingest waits for it no longer than for a commit.
     ///
     /// # Panics
     ///
     /// When another thread panicked while holding the set of known partitions.
-    pub async fn drop_before(&self, cutoff: u64) -> Result<Vec<String>> {
-        let mut client = self.client().await?;
-        let cutoff = to_sql_ts(cutoff);
-        let partitions = client
+    pub async fn retain(&self, policy: super::Retention) -> Result<super::Removed> {
+        let now_ns = u64::try_from(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        )
+        .unwrap_or(u64::MAX);
+        let mut removed = super::Removed::default();
+        if let Some(age) = policy.age {
+            let cutoff = now_ns.saturating_sub(u64::try_from(age.as_nanos()).unwrap_or(u64::MAX));
+            removed = self.drop_before(cutoff).await?.1;
+        }
+        if let Some(max_bytes) = policy.max_bytes {
+            loop {
+                let client = self.client().await?;
+                let size: i64 = client
+                    .query_one("SELECT pg_database_size(current_database())", &[])
+                    .await?
+                    .get(0);
+                let days = self.days(&client).await?;
+                drop(client);
+                let today = to_sql_ts(now_ns) / DAY;
+                // Today and the days made ahead are never dropped for size.
+                let Some(&oldest) = days.first().filter(|&&day| day < today) else {
+                    break;
+                };
+                if size.unsigned_abs() <= max_bytes {
+                    break;
+                }
+                // The oldest day goes whole: everything before the next.
+                let next = (oldest + 1).saturating_mul(DAY);
+                let (_, step) = self.drop_before(next.unsigned_abs()).await?;
+                removed.events += step.events;
+                removed.groups += step.groups;
+                removed.batches += step.batches;
+            }
+        }
+        let client = self.client().await?;
+        let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        client
+            .execute(
+                "INSERT INTO retention (id, age_seconds, max_bytes, last_run, removed_events,
+                                        removed_groups, removed_batches)
+                 VALUES (1, $1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (id) DO UPDATE SET
+                   age_seconds = excluded.age_seconds, max_bytes = excluded.max_bytes,
+                   last_run = excluded.last_run,
+                   removed_events = retention.removed_events + excluded.removed_events,
+                   removed_groups = retention.removed_groups + excluded.removed_groups,
+                   removed_batches = retention.removed_batches + excluded.removed_batches",
+                &[
+                    &policy.age.map(|a| as_i64(a.as_secs())),
+                    &policy.max_bytes.map(as_i64),
+                    &as_i64(now_ns / 1_000_000),
+                    &as_i64(removed.events),
+                    &as_i64(removed.groups),
+                    &as_i64(removed.batches),
+                ],
+            )
+            .await?;
+        Ok(removed)
+    }
+
+    /// The days that have a partition, oldest first.
+    async fn days(&self, client: &deadpool_postgres::Client) -> Result<Vec<i64>> {
+        let rows = client
             .query(
                 "SELECT c.relname FROM pg_inherits i
                  JOIN pg_class c ON c.oid = i.inhrelid
@@ -389,34 +488,66 @@ impl Postgres {
                 &[],
             )
             .await?;
-        let old: Vec<(i64, String)> = partitions
+        let mut days: Vec<i64> = rows
             .iter()
-            .filter_map(|row| {
-                let name: String = row.get(0);
-                let day = day_of_partition(&name)?;
-                ((day + 1).saturating_mul(DAY) <= cutoff).then_some((day, name))
-            })
+            .filter_map(|row| day_of_partition(&row.get::<_, String>(0)))
             .collect();
+        days.sort_unstable();
+        Ok(days)
+    }
+
+    /// Retention: drops every day partition wholly before `cutoff` (Unix nanoseconds), and
+    /// the groups and batch records older than it. Returns the partitions dropped.
+    ///
+    /// # Panics
+    ///
+    /// When another thread panicked while holding the set of known partitions.
+    pub async fn drop_before(&self, cutoff: u64) -> Result<(Vec<String>, super::Removed)> {
+        let mut client = self.client().await?;
+        let cutoff = to_sql_ts(cutoff);
+        let old: Vec<(i64, String)> = self
+            .days(&client)
+            .await?
+            .into_iter()
+            .filter(|day| (day + 1).saturating_mul(DAY) <= cutoff)
+            .map(|day| (day, partition_name(day)))
+            .collect();
+        let mut removed = super::Removed::default();
         let tx = client.transaction().await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
             .await?;
         for (_, name) in &old {
+            // The planner's estimate: counting a whole day's rows would scan it.
+            let estimate: Option<f32> = tx
+                .query_opt("SELECT reltuples FROM pg_class WHERE relname = $1", &[name])
+                .await?
+                .map(|row| row.get(0));
+            // reltuples is -1 for a table never analysed: nothing to count then.
+            #[expect(
+                clippy::cast_sign_loss,
+                clippy::cast_possible_truncation,
+                reason = "clamped at 0, far below 2^64"
+            )]
+            let rows = estimate.map_or(0, |n| n.max(0.0) as u64);
+            removed.events += rows;
             tx.batch_execute(&format!("DROP TABLE IF EXISTS {name}"))
                 .await?;
         }
-        tx.execute(
-            "DELETE FROM semantic_groups WHERE first_seen < $1",
-            &[&cutoff],
-        )
-        .await?;
-        tx.execute("DELETE FROM batches WHERE stored_at < $1", &[&cutoff])
+        removed.groups = tx
+            .execute(
+                "DELETE FROM semantic_groups WHERE first_seen < $1",
+                &[&cutoff],
+            )
+            .await?;
+        removed.batches = tx
+            .execute("DELETE FROM batches WHERE stored_at < $1", &[&cutoff])
             .await?;
         tx.commit().await?;
         let mut known = self.partitions.lock().expect("partition set");
         for (day, _) in &old {
             known.remove(day);
         }
-        Ok(old.into_iter().map(|(_, name)| name).collect())
+        Ok((old.into_iter().map(|(_, name)| name).collect(), removed))
     }
 }
 

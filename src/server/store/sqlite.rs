@@ -77,7 +77,34 @@ const SCHEMA: &str = "
         stored_at INTEGER NOT NULL,
         PRIMARY KEY (collector_id, batch_id)
     ) WITHOUT ROWID;
+    -- The newest event id of each chunk: a chunk older than every event kept holds none
+    -- of them, so retention removes it.
+    CREATE TABLE IF NOT EXISTS chunk_ages (
+        seq INTEGER PRIMARY KEY,
+        newest BLOB NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS chunk_ages_by_newest ON chunk_ages(newest);
+    CREATE INDEX IF NOT EXISTS groups_by_first_seen ON semantic_groups(first_seen);
+    CREATE TABLE IF NOT EXISTS retention (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        age_seconds INTEGER,
+        max_bytes INTEGER,
+        last_run INTEGER NOT NULL,
+        removed_events INTEGER NOT NULL,
+        removed_groups INTEGER NOT NULL,
+        removed_batches INTEGER NOT NULL
+    );
 ";
+
+/// Rows one retention step deletes: each step holds the write lock for a few
+/// milliseconds, so a commit waits at most that long.
+const RETAIN_ROWS: i64 = 2_000;
+
+/// Chunks (a batch's event bytes each) one retention step deletes.
+const RETAIN_CHUNKS: i64 = 16;
+
+/// Pause between retention steps, for the writer to take the lock.
+const RETAIN_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
 
 impl Sqlite {
     /// Opens (creating if needed) the store in `dir` and starts its writer thread.
@@ -185,6 +212,70 @@ impl Sqlite {
             .sum()
     }
 
+    /// One retention pass (blocking): by age, events collected before `now - age` (their
+    /// ids are time-ordered, so this is a range of the primary key), groups first seen
+    /// then, and batch records stored then; by size, the oldest events until the pages in
+    /// use fit. Chunks older than every event kept go with them. Each step is its own
+    /// short transaction on a connection of its own, with a pause between steps.
+    pub fn retain(&self, policy: super::Retention) -> Result<super::Removed> {
+        let conn = Connection::open(self.path.as_path())?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let mut removed = super::Removed::default();
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        if let Some(age) = policy.age {
+            let since = now_ms.saturating_sub(age.as_millis() as u64);
+            let cutoff = id_floor(since);
+            let cutoff_ns = to_sql_ts(since.saturating_mul(1_000_000));
+            removed.events += retain_steps(&conn, |tx| {
+                delete_events(tx, "WHERE id < ?1", params![&cutoff[..], RETAIN_ROWS])
+            })?;
+            retain_steps(&conn, delete_chunks)?;
+            removed.groups += retain_steps(&conn, |tx| {
+                Ok(tx.execute(
+                    "DELETE FROM semantic_groups WHERE group_id IN
+                       (SELECT group_id FROM semantic_groups WHERE first_seen < ?1 LIMIT ?2)",
+                    params![cutoff_ns, RETAIN_ROWS],
+                )? as u64)
+            })?;
+            removed.batches += retain_steps(&conn, |tx| {
+                Ok(tx.execute(
+                    "DELETE FROM batches WHERE (collector_id, batch_id) IN
+                       (SELECT collector_id, batch_id FROM batches WHERE stored_at < ?1 LIMIT ?2)",
+                    params![cutoff_ns, RETAIN_ROWS],
+                )? as u64)
+            })?;
+        }
+        if let Some(max_bytes) = policy.max_bytes {
+            // One step of the oldest events, then their chunks, then measure again.
+            while used_bytes(&conn)? > max_bytes {
+                let tx = immediate(&conn)?;
+                let n = delete_events(&tx, "", params![RETAIN_ROWS])?;
+                tx.commit()?;
+                retain_steps(&conn, delete_chunks)?;
+                if n == 0 {
+                    break;
+                }
+                removed.events += n;
+                std::thread::sleep(RETAIN_PAUSE);
+            }
+            // Groups first seen before the oldest event kept go too.
+            if let Some(oldest) = oldest_id(&conn)? {
+                let oldest_ns = to_sql_ts(id_millis(&oldest).saturating_mul(1_000_000));
+                removed.groups += retain_steps(&conn, |tx| {
+                    Ok(tx.execute(
+                        "DELETE FROM semantic_groups WHERE group_id IN
+                           (SELECT group_id FROM semantic_groups WHERE first_seen < ?1 LIMIT ?2)",
+                        params![oldest_ns, RETAIN_ROWS],
+                    )? as u64)
+                })?;
+            }
+        }
+        record_retention(&conn, policy, now_ms, removed)?;
+        Ok(removed)
+    }
+
     /// Totals, read from a fresh read-only connection.
     pub fn stats(&self) -> Result<Stats> {
         stats_at(&self.path)
@@ -256,6 +347,125 @@ impl Sqlite {
     }
 }
 
+/// The smallest id minted at `millis`: every id below it was minted earlier.
+fn id_floor(millis: u64) -> [u8; 16] {
+    (u128::from(millis) << 80).to_be_bytes()
+}
+
+/// The millisecond an id was minted in.
+fn id_millis(id: &[u8]) -> u64 {
+    let mut bytes = [0u8; 16];
+    let n = id.len().min(16);
+    bytes[..n].copy_from_slice(&id[..n]);
+    (u128::from_be_bytes(bytes) >> 80) as u64
+}
+
+fn oldest_id(conn: &Connection) -> Result<Option<Vec<u8>>> {
+    Ok(conn
+        .query_row("SELECT id FROM events ORDER BY id LIMIT 1", [], |row| {
+            row.get(0)
+        })
+        .optional()?)
+}
+
+/// Pages in use (not free) times the page size.
+fn used_bytes(conn: &Connection) -> Result<u64> {
+    let pages: i64 = conn.query_row("PRAGMA page_count", [], |row| row.get(0))?;
+    let free: i64 = conn.query_row("PRAGMA freelist_count", [], |row| row.get(0))?;
+    let size: i64 = conn.query_row("PRAGMA page_size", [], |row| row.get(0))?;
+    Ok((pages - free).max(0).unsigned_abs() * size.unsigned_abs())
+}
+
+/// Runs `step` in its own write transaction until it removes nothing, pausing between
+/// steps; returns the rows it removed.
+fn retain_steps(
+    conn: &Connection,
+    mut step: impl FnMut(&rusqlite::Transaction<'_>) -> Result<u64>,
+) -> Result<u64> {
+    let mut total = 0;
+    loop {
+        let tx = immediate(conn)?;
+        let n = step(&tx)?;
+        tx.commit()?;
+        total += n;
+        if n == 0 {
+            return Ok(total);
+        }
+        std::thread::sleep(RETAIN_PAUSE);
+    }
+}
+
+/// A write transaction that takes the lock at once (waiting out the writer's commit).
+fn immediate(conn: &Connection) -> Result<rusqlite::Transaction<'_>> {
+    Ok(rusqlite::Transaction::new_unchecked(
+        conn,
+        rusqlite::TransactionBehavior::Immediate,
+    )?)
+}
+
+/// Deletes up to `RETAIN_ROWS` of the oldest events matching `filter` (over `id`): one
+/// step.
+fn delete_events(
+    tx: &rusqlite::Transaction<'_>,
+    filter: &str,
+    values: impl rusqlite::Params,
+) -> Result<u64> {
+    let limit = if filter.is_empty() { "?1" } else { "?2" };
+    let n = tx.execute(
+        &format!(
+            "DELETE FROM events WHERE id IN
+               (SELECT id FROM events {filter} ORDER BY id LIMIT {limit})"
+        ),
+        values,
+    )? as u64;
+    Ok(n)
+}
+
+/// Deletes up to `RETAIN_CHUNKS` chunks whose newest event is older than the oldest event
+/// kept (so they hold none of them); all chunks when no event is kept: one step.
+fn delete_chunks(tx: &rusqlite::Transaction<'_>) -> Result<u64> {
+    let floor = oldest_id(tx)?;
+    let seqs: Vec<i64> = tx
+        .prepare_cached(
+            "SELECT seq FROM chunk_ages WHERE (?1 IS NULL OR newest < ?1) ORDER BY newest LIMIT ?2",
+        )?
+        .query_map(params![floor, RETAIN_CHUNKS], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    for seq in &seqs {
+        tx.execute("DELETE FROM chunks WHERE seq = ?1", params![seq])?;
+        tx.execute("DELETE FROM chunk_ages WHERE seq = ?1", params![seq])?;
+    }
+    Ok(seqs.len() as u64)
+}
+
+fn record_retention(
+    conn: &Connection,
+    policy: super::Retention,
+    now_ms: u64,
+    removed: super::Removed,
+) -> Result<()> {
+    conn.execute(
+        "INSERT INTO retention (id, age_seconds, max_bytes, last_run, removed_events,
+                                removed_groups, removed_batches)
+         VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (id) DO UPDATE SET
+           age_seconds = excluded.age_seconds, max_bytes = excluded.max_bytes,
+           last_run = excluded.last_run,
+           removed_events = removed_events + excluded.removed_events,
+           removed_groups = removed_groups + excluded.removed_groups,
+           removed_batches = removed_batches + excluded.removed_batches",
+        params![
+            policy.age.map(|a| a.as_secs().cast_signed()),
+            policy.max_bytes.map(u64::cast_signed),
+            now_ms.cast_signed(),
+            removed.events.cast_signed(),
+            removed.groups.cast_signed(),
+            removed.batches.cast_signed(),
+        ],
+    )?;
+    Ok(())
+}
+
 fn open_read(path: &Path) -> Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
@@ -275,9 +485,32 @@ fn stats_at(path: &Path) -> Result<Stats> {
             .optional()?;
         Ok(n.map_or(0, i64::unsigned_abs))
     };
+    let retention = conn
+        .query_row(
+            "SELECT age_seconds, max_bytes, last_run, removed_events, removed_groups,
+                    removed_batches FROM retention WHERE id = 1",
+            [],
+            |row| {
+                Ok(super::RetentionRecord {
+                    age_seconds: row.get::<_, Option<i64>>(0)?.map(i64::unsigned_abs),
+                    max_bytes: row.get::<_, Option<i64>>(1)?.map(i64::unsigned_abs),
+                    last_run_unix_ms: row.get::<_, i64>(2)?.unsigned_abs(),
+                    removed_events: row.get::<_, i64>(3)?.unsigned_abs(),
+                    removed_groups: row.get::<_, i64>(4)?.unsigned_abs(),
+                    removed_batches: row.get::<_, i64>(5)?.unsigned_abs(),
+                })
+            },
+        )
+        .optional()
+        // A store written before retention existed has no such table until it is opened
+        // for writing.
+        .unwrap_or(None);
     Ok(Stats {
         events_total: count("events")?,
         batches_total: count("batches")?,
+        used_bytes: used_bytes(&conn)?,
+        oldest_event_unix_ms: oldest_id(&conn)?.map(|id| id_millis(&id)),
+        retention,
     })
 }
 
@@ -436,6 +669,8 @@ fn commit(
         )?;
         let mut insert_chunk =
             tx.prepare_cached("INSERT INTO chunks (seq, bytes) VALUES (?1, ?2)")?;
+        let mut insert_age =
+            tx.prepare_cached("INSERT INTO chunk_ages (seq, newest) VALUES (?1, ?2)")?;
         // A resent batch carries the same groups: the first copy stays.
         let mut insert_group = tx.prepare_cached(
             "INSERT OR IGNORE INTO semantic_groups (group_id, first_seen, message) VALUES (?1, ?2, ?3)",
@@ -453,6 +688,7 @@ fn commit(
             let seq = *next_chunk;
             *next_chunk += 1;
             chunk.clear();
+            let mut newest: &[u8] = &[];
             for event in &job.batch.events {
                 let inserted = insert_event.execute(params![
                     &event.id[..],
@@ -467,6 +703,7 @@ fn commit(
                     event.bytes.len() as u32,
                 ])?;
                 if inserted > 0 {
+                    newest = newest.max(&event.id[..]);
                     chunk.extend_from_slice(&event.bytes);
                     accepted += 1;
                     if let Some(fresh) = fresh.as_mut() {
@@ -479,6 +716,7 @@ fn commit(
             }
             if !chunk.is_empty() {
                 insert_chunk.execute(params![seq, chunk])?;
+                insert_age.execute(params![seq, newest])?;
             }
             for group in &job.batch.groups {
                 insert_group.execute(params![
@@ -530,6 +768,121 @@ mod tests {
                 .collect(),
             groups: Vec::new(),
         }
+    }
+
+    /// An event collected `days_ago` days ago (its id says when), number `n` of that day.
+    fn aged(days_ago: u64, n: u128) -> pb::Event {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as u64;
+        let ms = now_ms - days_ago * 86_400_000;
+        event((u128::from(ms) << 80) | n, "a.b", "x")
+    }
+
+    fn chunks(store: &Sqlite) -> i64 {
+        Connection::open(store.path.as_path())
+            .expect("opens")
+            .query_row("SELECT COUNT(*) FROM chunks", [], |row| row.get(0))
+            .expect("counts")
+    }
+
+    #[tokio::test]
+    async fn retention_by_age_removes_old_events_with_their_chunks_and_groups_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Sqlite::open(dir.path(), Sync::Normal).expect("opens");
+        for id in 0..10u64 {
+            let days = if id < 6 { 10 } else { 0 };
+            let events = (0..300u128).map(|n| aged(days, n)).collect();
+            let mut write = batch(id, events);
+            write.groups.push(pb::SemanticGroup {
+                group_id: vec![id as u8; 16],
+                trace_id: vec![1; 16],
+                first_seen_unix_nano: id_millis(&aged(days, 0).id) * 1_000_000,
+                ..pb::SemanticGroup::default()
+            });
+            store.write(write).await.expect("commits");
+        }
+        assert_eq!(chunks(&store), 10);
+        let before = store.stats().expect("stats");
+        assert_eq!(before.events_total, 3000);
+        let policy = crate::server::store::Retention {
+            age: Some(std::time::Duration::from_hours(24 * 7)),
+            max_bytes: None,
+        };
+        let removed = store.retain(policy).expect("retains");
+        assert_eq!(
+            (removed.events, removed.groups, removed.batches),
+            (1800, 6, 0)
+        );
+        assert_eq!(chunks(&store), 4, "the old batches' chunks went with them");
+        let stats = store.stats().expect("stats");
+        assert_eq!(stats.events_total, 1200);
+        let all = EventQuery {
+            limit: 100_000,
+            ..EventQuery::default()
+        };
+        let kept = store.events(&all).expect("queries");
+        assert_eq!(kept.len(), 1200, "every event kept still reads");
+        let oldest = stats.oldest_event_unix_ms.expect("an oldest event");
+        assert!(
+            oldest + 86_400_000 > before.oldest_event_unix_ms.expect("oldest") + 9 * 86_400_000
+        );
+        let record = stats.retention.expect("the pass is recorded");
+        assert_eq!(record.age_seconds, Some(7 * 86_400));
+        assert_eq!(record.removed_events, 1800);
+        // A second pass finds nothing and adds nothing.
+        assert_eq!(
+            store.retain(policy).expect("retains"),
+            super::super::Removed::default()
+        );
+        assert_eq!(
+            store
+                .stats()
+                .expect("stats")
+                .retention
+                .expect("record")
+                .removed_events,
+            1800
+        );
+    }
+
+    #[tokio::test]
+    async fn retention_by_size_removes_the_oldest_until_the_store_fits() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Sqlite::open(dir.path(), Sync::Normal).expect("opens");
+        for id in 0..40u64 {
+            let events = (0..500u128).map(|n| aged(40 - id, n)).collect();
+            store.write(batch(id, events)).await.expect("commits");
+        }
+        let full = store.stats().expect("stats");
+        let cap = full.used_bytes / 2;
+        let policy = crate::server::store::Retention {
+            age: None,
+            max_bytes: Some(cap),
+        };
+        let removed = store.retain(policy).expect("retains");
+        let stats = store.stats().expect("stats");
+        assert!(stats.used_bytes <= cap, "{} > {cap}", stats.used_bytes);
+        assert_eq!(stats.events_total + removed.events, 20_000);
+        assert!(removed.events > 0 && stats.events_total > 0);
+        // The oldest went first: what is left is the newest days.
+        let all = EventQuery {
+            limit: 100_000,
+            ..EventQuery::default()
+        };
+        let kept = store.events(&all).expect("queries");
+        assert_eq!(
+            kept.len() as u64,
+            stats.events_total,
+            "every event kept still reads"
+        );
+        let yesterday = id_millis(&aged(1, 0).id) - 3_600_000;
+        assert!(
+            kept.iter().any(|e| id_millis(&e.id) > yesterday),
+            "the newest day is kept"
+        );
+        assert!(stats.oldest_event_unix_ms > full.oldest_event_unix_ms);
     }
 
     #[tokio::test]
@@ -604,13 +957,9 @@ mod tests {
             .map(|e| e.timestamp_unix_nano)
             .collect();
         assert_eq!(stored, [1, 2, 3]);
-        assert_eq!(
-            store.stats().expect("stats"),
-            Stats {
-                events_total: 3,
-                batches_total: 2
-            }
-        );
+        let stats = store.stats().expect("stats");
+        assert_eq!((stats.events_total, stats.batches_total), (3, 2));
+        assert_eq!(stats.retention, None);
     }
 
     #[tokio::test]
