@@ -147,7 +147,7 @@ mod tests {
 
     #[rstest]
     #[case::no_unit("10", "no unit")]
-    #[case::bad_unit("10d", "unknown unit")]
+    #[case::bad_unit("10w", "unknown unit")]
     #[case::no_number("s", "does not start with a number")]
     #[case::overflowing("18000000000000000000s", "longest allowed")]
     #[case::over_a_year("8761h", "longest allowed")]
