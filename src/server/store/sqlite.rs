@@ -232,13 +232,7 @@ impl Sqlite {
                 delete_events(tx, "WHERE id < ?1", params![&cutoff[..], RETAIN_ROWS])
             })?;
             retain_steps(&conn, delete_chunks)?;
-            removed.groups += retain_steps(&conn, |tx| {
-                Ok(tx.execute(
-                    "DELETE FROM semantic_groups WHERE group_id IN
-                       (SELECT group_id FROM semantic_groups WHERE first_seen < ?1 LIMIT ?2)",
-                    params![cutoff_ns, RETAIN_ROWS],
-                )? as u64)
-            })?;
+            removed.groups += delete_groups_before(&conn, cutoff_ns)?;
             removed.batches += retain_steps(&conn, |tx| {
                 Ok(tx.execute(
                     "DELETE FROM batches WHERE (collector_id, batch_id) IN
@@ -263,13 +257,7 @@ impl Sqlite {
             // Groups first seen before the oldest event kept go too.
             if let Some(oldest) = oldest_id(&conn)? {
                 let oldest_ns = to_sql_ts(id_millis(&oldest).saturating_mul(1_000_000));
-                removed.groups += retain_steps(&conn, |tx| {
-                    Ok(tx.execute(
-                        "DELETE FROM semantic_groups WHERE group_id IN
-                           (SELECT group_id FROM semantic_groups WHERE first_seen < ?1 LIMIT ?2)",
-                        params![oldest_ns, RETAIN_ROWS],
-                    )? as u64)
-                })?;
+                removed.groups += delete_groups_before(&conn, oldest_ns)?;
             }
         }
         record_retention(&conn, policy, now_ms, removed)?;
@@ -393,6 +381,17 @@ fn retain_steps(
         }
         std::thread::sleep(RETAIN_PAUSE);
     }
+}
+
+/// Deletes the groups first seen before `ns`, a step at a time.
+fn delete_groups_before(conn: &Connection, ns: i64) -> Result<u64> {
+    retain_steps(conn, |tx| {
+        Ok(tx.execute(
+            "DELETE FROM semantic_groups WHERE group_id IN
+               (SELECT group_id FROM semantic_groups WHERE first_seen < ?1 LIMIT ?2)",
+            params![ns, RETAIN_ROWS],
+        )? as u64)
+    })
 }
 
 /// A write transaction that takes the lock at once (waiting out the writer's commit).
