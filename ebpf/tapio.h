@@ -14,13 +14,25 @@
 
 struct kernfs_node {
 	__u64 id;
+	const char *name;
 } __attribute__((preserve_access_index));
 
 struct cgroup {
 	struct kernfs_node *kn;
 } __attribute__((preserve_access_index));
 
+struct cgroup_subsys_state {
+	struct cgroup *cgroup;
+	struct cgroup_subsys_state *parent;
+} __attribute__((preserve_access_index));
+
+/* Only the name matters: the loader sets the value from this kernel's BTF. */
+enum cgroup_subsys_id {
+	memory_cgrp_id = 4,
+};
+
 struct css_set {
+	struct cgroup_subsys_state *subsys[1]; /* the length is the kernel's; read by offset */
 	struct cgroup *dfl_cgrp;
 } __attribute__((preserve_access_index));
 

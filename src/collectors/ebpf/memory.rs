@@ -17,6 +17,9 @@ pub struct MemoryConfig(pub RingOptions);
 
 pub(super) const KIND_OOM_KILL: u32 = 30;
 
+/// `NAME_LEN` in `ebpf/memory.bpf.c`: room for a cgroup's name.
+const NAME_LEN: usize = 128;
+
 impl CollectorConfig for MemoryConfig {
     const NAME: &'static str = NAME;
     const GROUP: Option<Group> = Some(Group::Ebpf);
@@ -54,6 +57,9 @@ pub(super) fn decode(stamp: &mut Stamp, page: i64, record: &[u8]) -> Option<Even
     let file = reader.i64()?;
     let shmem = reader.i64()?;
     let oom_score_adj = reader.i32()?;
+    let _pad = reader.u32()?;
+    let memcg_name = reader.c_str(NAME_LEN)?;
+    let memcg_parent = reader.c_str(NAME_LEN)?;
     let mut event = stamp.event_at(
         header.ktime,
         "memory.oom_kill",
@@ -61,6 +67,15 @@ pub(super) fn decode(stamp: &mut Stamp, page: i64, record: &[u8]) -> Option<Even
         &victim_comm,
         victim_cgroup,
     );
+    if event.entities.container_id.is_empty() {
+        // The victim may be gone from its cgroups by now (always so on cgroup v1): the
+        // memory cgroup named at the kill still says whose it was.
+        let at_kill = super::containers::from_path(&format!("/{memcg_parent}/{memcg_name}"));
+        if !at_kill.container_id.is_empty() {
+            event.entities.container_id = at_kill.container_id;
+            event.entities.pod_uid = at_kill.pod_uid;
+        }
+    }
     event.severity = Severity::Critical;
     let rss = (anon + file + shmem).max(0) * page;
     event.message = format!(

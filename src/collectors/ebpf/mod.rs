@@ -827,6 +827,8 @@ mod tests {
         assert_eq!(event.attributes.get("ppid"), Some(&Int(77)));
         assert_eq!(event.attributes.get("exit_code"), Some(&Int(3)));
 
+        let container = "3f4a1c2b9d8e7f60a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718";
+        let pod = "0d5e5c9a-1b2c-4d3e-8f9a-0b1c2d3e4f5a";
         let oom = layout(
             include_str!("../../../ebpf/memory.bpf.c"),
             "oom_record",
@@ -845,10 +847,15 @@ mod tests {
                 ("file_pages", &1i64.to_le_bytes()),
                 ("shmem_pages", &2i64.to_le_bytes()),
                 ("oom_score_adj", &(-7i32).to_le_bytes()),
+                ("memcg_name", format!("{container}\0").as_bytes()),
+                ("memcg_parent", format!("pod{pod}\0").as_bytes()),
             ],
         );
         let mut stamp = Stamp::new("memory", "node");
         let event = memory::decode(&mut stamp, 4096, &record).expect("an oom event");
+        // No /proc entry for the victim: its container comes from the memory cgroup.
+        assert_eq!(&*event.entities.container_id, container);
+        assert_eq!(&*event.entities.pod_uid, pod);
         assert_eq!(
             event.attributes.get("victim_pid"),
             Some(&Int(i64::from(u32::MAX)))
