@@ -13,6 +13,9 @@ use tokio_util::sync::CancellationToken;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // mimalloc asks for transparent huge pages, which turn a few MiB of live heap into
+    // tens of resident MiB; a node agent is sized by what is resident, not by TLB misses.
+    let _ = rustix::thread::disable_transparent_huge_pages(true);
     tapio::panics::install();
     let cli = Cli::parse();
     match cli.command {

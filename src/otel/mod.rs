@@ -34,6 +34,10 @@ pub use events::EventExporter;
 const QUEUE: usize = 1024;
 /// Records per export call at most.
 const BATCH_ITEMS: usize = 512;
+/// Records waiting for export (queued, batched or in retry) at most: an offer past it is
+/// dropped and counted, so an endpoint that is down costs bounded memory however large
+/// the groups offered (the queue itself counts offers, not records).
+const MAX_PENDING: u64 = 4 * BATCH_ITEMS as u64;
 /// Longest a record waits for its batch to fill.
 const BATCH_AGE: Duration = Duration::from_secs(1);
 /// Attempts per batch before it is dropped.
@@ -97,8 +101,10 @@ impl<T: Clone + Send + 'static> Queue<T> {
     fn offer(&self, items: Vec<T>) {
         let count = items.len() as u64;
         // Counted before the send: the task may export them before this returns.
-        self.stats.pending.fetch_add(count, Ordering::Relaxed);
-        if self.items.try_send(items).is_err() {
+        let before = self.stats.pending.fetch_add(count, Ordering::Relaxed);
+        // An offer larger than the bound still goes when nothing else waits.
+        let over = before > 0 && before + count > MAX_PENDING;
+        if over || self.items.try_send(items).is_err() {
             self.stats.pending.fetch_sub(count, Ordering::Relaxed);
             count_dropped(&self.stats, count, "the export queue is full", self.dropped);
         }
@@ -555,4 +561,61 @@ where
         .with_filter(
             tracing_subscriber::filter::Targets::new().with_target("tapio", tracing::Level::INFO),
         ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An endpoint that takes a batch and never answers.
+    struct Stalled;
+
+    impl Sink for Stalled {
+        type Item = u32;
+        const DROPPED: &'static str = "Test records dropped.";
+
+        async fn send(&self, _batch: Vec<u32>) -> Result<u64, String> {
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stalled_endpoint_holds_a_bounded_number_of_records_and_counts_the_rest() {
+        let stats = Arc::new(ExportStats::default());
+        let queue = Queue::start(Stalled, Arc::clone(&stats));
+        // Far fewer offers than the queue's slots, each a large group's worth of records.
+        let offers = 64;
+        let each = 300;
+        for _ in 0..offers {
+            queue.offer(vec![0; each]);
+            tokio::task::yield_now().await;
+        }
+        let pending = stats.pending.load(Ordering::Relaxed);
+        let dropped = stats.dropped.load(Ordering::Relaxed);
+        assert!(pending <= MAX_PENDING, "{pending} records held");
+        assert!(dropped > 0);
+        assert_eq!(
+            pending + dropped,
+            offers * each as u64,
+            "every record counted"
+        );
+        queue.finish(Duration::from_millis(10)).await;
+        assert_eq!(stats.pending.load(Ordering::Relaxed), 0);
+        assert_eq!(
+            stats.dropped.load(Ordering::Relaxed),
+            offers * each as u64,
+            "none exported"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_offer_larger_than_the_bound_still_goes_when_nothing_waits() {
+        let stats = Arc::new(ExportStats::default());
+        let queue = Queue::start(Stalled, Arc::clone(&stats));
+        let big = usize::try_from(MAX_PENDING).expect("fits") + 1;
+        queue.offer(vec![0; big]);
+        assert_eq!(stats.pending.load(Ordering::Relaxed), big as u64);
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), 0);
+        queue.finish(Duration::from_millis(10)).await;
+    }
 }
