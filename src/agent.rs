@@ -18,6 +18,7 @@ use crate::server::{self, ServeArgs, Server};
 use crate::telemetry::Telemetry;
 use crate::{config, correlation};
 
+mod memory;
 mod reload;
 
 pub use reload::{Loader, Reload};
@@ -183,6 +184,16 @@ pub async fn run_reloadable(
     );
 
     let (stop_status, status, health) = start_reporting(&config, &telemetry).await?;
+    if let Some(limit) = config.orchestrator.memory_limit {
+        telemetry.memory().set_blocking(
+            config.orchestrator.memory_policy == crate::source_sender::WhenFull::Block,
+        );
+        tokio::spawn(memory::watch(
+            limit,
+            Arc::clone(&telemetry),
+            stop_status.clone(),
+        ));
+    }
     let (mut fan_in, swaps, finished) = manager.into_reloadable();
     let input_ending = input_ending(&shutdown, finished);
     let (bridge, embedded) = start_delivery(&config, &node_name, &telemetry, &input_ending).await?;

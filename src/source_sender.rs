@@ -23,6 +23,9 @@ pub enum WhenFull {
     DropNewest,
 }
 
+/// How often a collector held back by the `block` memory policy looks again.
+const MEMORY_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// The pipeline is gone; the collector should stop.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("the pipeline is closed")]
@@ -59,6 +62,24 @@ impl EventSender {
                 "the {} collector sent an event unlike docs/event-types.md: {mismatch}",
                 self.stats.name()
             );
+        }
+        let memory = self.stats.memory();
+        while memory.shedding() {
+            if !memory.blocks() {
+                EventsDropped {
+                    component: self.stats.name(),
+                    counters: self.stats.drop_counters(),
+                    cause: DropCause::MemoryLimit,
+                    count: 1,
+                }
+                .emit();
+                return Ok(());
+            }
+            // The `block` memory policy: hold the collector until memory is back under.
+            if self.tx.is_closed() {
+                return Err(Closed);
+            }
+            tokio::time::sleep(MEMORY_WAIT).await;
         }
         match self.when_full {
             WhenFull::Block => self.tx.send(event).await.map_err(|_| Closed)?,
@@ -100,7 +121,8 @@ impl EventSender {
     /// `wait`, and when it does not come none is accepted ([`SendAllError::Full`]); once
     /// some are in, the rest wait for room, so a request is never half accepted. Under
     /// `drop_newest`, what does not fit is dropped and counted as `queue_full`; returns how
-    /// many were dropped.
+    /// many were dropped. While memory is over `--memory-limit`'s high watermark nothing
+    /// is accepted ([`SendAllError::Full`]).
     ///
     /// # Panics
     /// In debug builds, when shapes are checked and an event is unlike its documented shape.
@@ -123,6 +145,12 @@ impl EventSender {
         let total = events.len();
         if total == 0 {
             return Ok(0);
+        }
+        if self.stats.memory().shedding() {
+            // Over the memory ceiling a request is refused whole, under either policy, as
+            // the OpenTelemetry Collector's memory limiter does: its sender is told to retry
+            // later, and nothing of it was taken.
+            return Err(SendAllError::Full(events));
         }
         if self.when_full == WhenFull::DropNewest {
             // As many as fit, in order; the rest are dropped and counted.
@@ -193,4 +221,61 @@ pub fn queue(
         },
         rx,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::event::EventId;
+
+    fn event(n: u128) -> Event {
+        Event::new(EventId::from_u128(n), 1, "process.exec", "t")
+    }
+
+    fn shedding(when_full: WhenFull, block: bool) -> (EventSender, mpsc::Receiver<Event>) {
+        let stats = Arc::new(CollectorStats::new("t"));
+        stats.memory().set_blocking(block);
+        stats.memory().set_shedding(true);
+        queue(8, when_full, stats)
+    }
+
+    #[tokio::test]
+    async fn over_the_memory_ceiling_a_new_event_is_dropped_and_counted_as_memory_limit() {
+        let (sender, mut rx) = shedding(WhenFull::Block, false);
+        sender.send(event(1)).await.expect("sent");
+        assert!(rx.try_recv().is_err(), "nothing queued");
+        assert_eq!(sender.stats.dropped(DropCause::MemoryLimit), 1);
+        sender.stats.memory().set_shedding(false);
+        sender.send(event(2)).await.expect("sent");
+        assert_eq!(rx.try_recv().map(|e| e.id), Ok(EventId::from_u128(2)));
+        assert_eq!(sender.stats.dropped(DropCause::MemoryLimit), 1);
+    }
+
+    #[tokio::test]
+    async fn under_the_block_memory_policy_a_new_event_waits_for_memory_and_is_kept() {
+        let (sender, mut rx) = shedding(WhenFull::DropNewest, true);
+        let stats = Arc::clone(&sender.stats);
+        let send = tokio::spawn(async move { sender.send(event(1)).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!send.is_finished(), "held while memory is over");
+        stats.memory().set_shedding(false);
+        send.await.expect("joins").expect("sent");
+        assert_eq!(rx.recv().await.map(|e| e.id), Some(EventId::from_u128(1)));
+        assert_eq!(stats.dropped(DropCause::MemoryLimit), 0);
+    }
+
+    #[tokio::test]
+    async fn over_the_memory_ceiling_a_whole_request_is_refused_and_handed_back() {
+        let (sender, mut rx) = shedding(WhenFull::DropNewest, false);
+        let Err(SendAllError::Full(back)) = sender
+            .send_all(vec![event(1), event(2)], Duration::ZERO)
+            .await
+        else {
+            panic!("refused");
+        };
+        assert_eq!(back.len(), 2);
+        assert!(rx.try_recv().is_err(), "nothing queued");
+    }
 }

@@ -42,11 +42,14 @@ pub enum DropCause {
     /// is neither an error nor slow and fell outside `sample_ratio`, a log record under
     /// `min_severity`.
     SampledOut,
+    /// New events shed while the agent's memory was over `--memory-limit`'s high
+    /// watermark, under the `drop_newest` memory policy.
+    MemoryLimit,
 }
 
 impl DropCause {
     /// Every cause, in reporting order.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::QueueFull,
         Self::Rejected,
         Self::Undelivered,
@@ -59,6 +62,7 @@ impl DropCause {
         Self::Internal,
         Self::Duplicate,
         Self::SampledOut,
+        Self::MemoryLimit,
     ];
 
     /// The label used in logs, the status line and metrics.
@@ -77,6 +81,7 @@ impl DropCause {
             Self::Internal => "internal_error",
             Self::Duplicate => "duplicate",
             Self::SampledOut => "sampled_out",
+            Self::MemoryLimit => "memory_limit",
         }
     }
 
@@ -94,6 +99,7 @@ impl DropCause {
             Self::Internal => 9,
             Self::Duplicate => 10,
             Self::SampledOut => 11,
+            Self::MemoryLimit => 12,
         }
     }
 }
@@ -226,6 +232,37 @@ impl Default for BridgeStats {
     }
 }
 
+/// Whether new events are being shed because memory is over its limit, and how.
+#[derive(Debug, Default)]
+pub struct MemoryGate {
+    shedding: AtomicBool,
+    block: AtomicBool,
+}
+
+impl MemoryGate {
+    /// Memory is over the high watermark: new events are shed (or held back).
+    #[must_use]
+    pub fn shedding(&self) -> bool {
+        self.shedding.load(Ordering::Relaxed)
+    }
+
+    /// Starts or stops shedding.
+    pub fn set_shedding(&self, on: bool) {
+        self.shedding.store(on, Ordering::Relaxed);
+    }
+
+    /// Under the `block` memory policy collectors wait instead of dropping.
+    #[must_use]
+    pub fn blocks(&self) -> bool {
+        self.block.load(Ordering::Relaxed)
+    }
+
+    /// Sets the memory policy: `true` for `block`, `false` for `drop_newest`.
+    pub fn set_blocking(&self, block: bool) {
+        self.block.store(block, Ordering::Relaxed);
+    }
+}
+
 /// Reads how many events wait in a collector's queue.
 type DepthProbe = Box<dyn Fn() -> usize + Send + Sync>;
 
@@ -236,6 +273,7 @@ pub struct CollectorStats {
     accepted: AtomicU64,
     dropped: DropCounters,
     queue_depth: Mutex<Option<DepthProbe>>,
+    memory: Arc<MemoryGate>,
 }
 
 impl std::fmt::Debug for CollectorStats {
@@ -257,7 +295,14 @@ impl CollectorStats {
             accepted: AtomicU64::new(0),
             dropped: DropCounters::default(),
             queue_depth: Mutex::new(None),
+            memory: Arc::default(),
         }
+    }
+
+    /// The agent's memory gate, which the collector's sender looks at per event.
+    #[must_use]
+    pub fn memory(&self) -> &MemoryGate {
+        &self.memory
     }
 
     /// Tells the stats how to read the collector's queue depth (by its queue; a collector
@@ -376,6 +421,8 @@ pub struct Telemetry {
     open_groups: AtomicU64,
     index_entries: AtomicU64,
     reloads: Reloads,
+    memory: Arc<MemoryGate>,
+    memory_limit: AtomicU64,
     bridge: Mutex<Option<Arc<BridgeStats>>>,
     exporter: Mutex<Option<Arc<ExportStats>>>,
     event_exporter: Mutex<Option<Arc<ExportStats>>>,
@@ -393,9 +440,22 @@ impl Telemetry {
             known.set_health(Health::Starting);
             return Arc::clone(known);
         }
-        let stats = Arc::new(CollectorStats::new(name));
+        let mut stats = CollectorStats::new(name);
+        stats.memory = Arc::clone(&self.memory);
+        let stats = Arc::new(stats);
         collectors.push(Arc::clone(&stats));
         stats
+    }
+
+    /// The memory gate every collector's sender shares.
+    #[must_use]
+    pub fn memory(&self) -> &MemoryGate {
+        &self.memory
+    }
+
+    /// Records `--memory-limit`, for `/metrics`.
+    pub fn set_memory_limit(&self, bytes: u64) {
+        self.memory_limit.store(bytes, Ordering::Relaxed);
     }
 
     /// Every registered collector's stats.
@@ -596,6 +656,21 @@ impl Telemetry {
         );
         self.collector_metrics(&mut page);
         self.reload_metrics(&mut page);
+        let limit = self.memory_limit.load(Ordering::Relaxed);
+        if limit > 0 {
+            page.single(
+                "tapio_memory_limit_bytes",
+                Kind::Gauge,
+                "--memory-limit: past its high watermark new events are shed.",
+                limit,
+            );
+            page.single(
+                "tapio_memory_shedding",
+                Kind::Gauge,
+                "1 while memory is over the high watermark and new events are shed.",
+                u64::from(self.memory.shedding()),
+            );
+        }
         let bridge = self.bridge();
         if let Some(bridge) = &bridge {
             bridge_metrics(bridge, &mut page);

@@ -84,6 +84,13 @@ pub fn deserialize_bytes<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u
     }
 }
 
+/// Serde: an optional size as a number of bytes or text such as `64MiB`.
+pub fn deserialize_optional_bytes<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u64>, D::Error> {
+    deserialize_bytes(deserializer).map(Some)
+}
+
 /// Serde: a duration as text such as `250ms`.
 pub fn deserialize_duration<'de, D: Deserializer<'de>>(
     deserializer: D,

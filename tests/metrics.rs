@@ -130,6 +130,8 @@ fn both_metrics_pages_pass_promtool_and_carry_what_an_operator_alerts_on() {
             "100ms",
             "--metrics-listen",
             &format!("127.0.0.1:{agent_metrics}"),
+            "--memory-limit",
+            "1GiB",
         ],
     );
 
@@ -161,6 +163,12 @@ fn both_metrics_pages_pass_promtool_and_carry_what_an_operator_alerts_on() {
     }
     assert!(sample(&agent, "process_resident_memory_bytes", "").is_some_and(|b| b > 1e6));
     assert_eq!(sample(&agent, "tapio_bridge_connected", ""), Some(1.0));
+    // A ceiling far above what the run needs: stated, and not shedding.
+    assert_eq!(
+        sample(&agent, "tapio_memory_limit_bytes", ""),
+        Some(f64::from(1u32 << 30))
+    );
+    assert_eq!(sample(&agent, "tapio_memory_shedding", ""), Some(0.0));
     for name in [
         "tapio_collector_queue_depth",
         "tapio_ebpf_records_lost_total",

@@ -123,6 +123,10 @@ pub struct RunArgs {
     /// Serve `/healthz` and `/metrics` (Prometheus text) on this address, e.g. 0.0.0.0:9464.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Shed new events (`memory_limit` drops) before the agent's memory reaches this,
+    /// e.g. `460MiB`: a little under the container's memory limit.
+    #[arg(long, value_name = "SIZE", value_parser = crate::units::parse_bytes)]
+    pub memory_limit: Option<u64>,
     /// Store of the embedded server (`--server embedded`) [default: tapio-data].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -203,6 +207,9 @@ impl RunArgs {
         }
         if let Some(v) = self.status_interval {
             config.orchestrator.status_interval = v;
+        }
+        if let Some(v) = self.memory_limit {
+            config.orchestrator.memory_limit = Some(v);
         }
         if let Some(v) = self.metrics_listen {
             config.orchestrator.metrics_listen = Some(v);

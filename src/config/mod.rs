@@ -86,6 +86,14 @@ pub struct OrchestratorConfig {
     pub node_name: Option<String>,
     /// Where `/healthz` and `/metrics` (Prometheus text) are served; unset: nowhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The agent's memory ceiling: past 75% of it new events are shed by
+    /// `memory_policy` until memory is back under 60%; unset: no ceiling.
+    #[serde(deserialize_with = "crate::units::deserialize_optional_bytes")]
+    pub memory_limit: Option<u64>,
+    /// Over the memory ceiling: `drop_newest` drops new events (counted as
+    /// `memory_limit`); `block` holds the collectors back (a kernel collector's ring
+    /// buffer then fills, and what it loses is counted there).
+    pub memory_policy: crate::source_sender::WhenFull,
 }
 
 impl Default for OrchestratorConfig {
@@ -97,6 +105,8 @@ impl Default for OrchestratorConfig {
             status_interval: Duration::from_secs(10),
             node_name: None,
             metrics_listen: None,
+            memory_limit: None,
+            memory_policy: crate::source_sender::WhenFull::DropNewest,
         }
     }
 }
@@ -194,6 +204,12 @@ impl Config {
                 o.status_interval
             ));
         }
+        if o.memory_limit.is_some_and(|m| m < 32 << 20) {
+            problems.push(format!(
+                "orchestrator.memory_limit: must be at least 32MiB (the agent's own footprint), got {}",
+                o.memory_limit.unwrap_or_default()
+            ));
+        }
         if o.node_name.as_deref() == Some("") {
             problems.push("orchestrator.node_name: must not be empty".into());
         }
@@ -270,6 +286,17 @@ mod tests {
         )
         .expect("parses");
         assert_eq!(config.orchestrator.workers, 4);
+        assert_eq!(config.orchestrator.memory_limit, None);
+        let limited = Config::from_yaml(
+            "orchestrator: { memory_limit: 460MiB, memory_policy: block }\n",
+            "limit.yaml",
+        )
+        .expect("parses");
+        assert_eq!(limited.orchestrator.memory_limit, Some(460 << 20));
+        assert_eq!(
+            limited.orchestrator.memory_policy,
+            crate::source_sender::WhenFull::Block
+        );
         let synthetic = config
             .collectors
             .synthetic
@@ -295,6 +322,11 @@ mod tests {
         "line 4"
     )]
     #[case::bad_duration("server:\n  flush_interval: soon\n", "server.flush_interval", "line 2")]
+    #[case::bad_size(
+        "orchestrator:\n  memory_limit: lots\n",
+        "orchestrator.memory_limit",
+        "line 2"
+    )]
     fn parse_errors_name_the_field_and_line(
         #[case] yaml: &str,
         #[case] field: &str,
@@ -317,11 +349,13 @@ mod tests {
         config.server.address = "nohostport".into();
         config.server.buffer_size = 0;
         config.otel.endpoint = "http://collector:99999".into();
+        config.orchestrator.memory_limit = Some(16 << 20);
         let Err(Error::Invalid(problems)) = config.validate() else {
             panic!("expected validation errors");
         };
         for field in [
             "orchestrator.workers",
+            "orchestrator.memory_limit",
             "server.address",
             "server.buffer_size",
             "otel.endpoint",

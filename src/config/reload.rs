@@ -63,7 +63,7 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
     }
     compare!(plan, old.orchestrator, new.orchestrator, "orchestrator",
         live: [log_level, status_interval, buffer_size],
-        restart: [workers, node_name, metrics_listen]);
+        restart: [workers, node_name, metrics_listen, memory_limit, memory_policy]);
     compare!(plan, old.server, new.server, "server",
         live: [buffer_size, flush_interval, window, drain_timeout],
         restart: [address, insecure, data_dir, max_pending_batches, token_file, spool_dir,
