@@ -1,12 +1,21 @@
-//! End-to-end load run: synthetic -> manager -> correlation -> bridge -> tapio-server
-//! (acked after a durable SQLite commit) on loopback, as real processes; events/s and the
-//! collector's peak RSS, beside a ceiling measured in the same run: a bare tonic client
-//! streaming the same kind of pre-encoded batches (1000 events, window 8) to a server that
-//! decodes each batch and acks it at once.
+//! End-to-end load run at the defaults: synthetic (`oom-cascade`) -> manager ->
+//! correlation -> bridge -> tapio-server (`--sync full`, acked after a durable SQLite
+//! commit) on loopback, as real processes; events/s and the collector's peak RSS with
+//! basic correlation, with semantic (the default), and with semantic and the default
+//! kernel collectors on (as root), beside two references measured in the same round:
 //!
-//! Command: `cargo bench --bench e2e` (2 000 000 events; `E2E_EVENTS=N` to change).
-//! Under `cargo test` it runs a 20 000-event smoke version. Machine and figures:
-//! docs/benchmarks.md.
+//! - the ceiling: the same client as the bridge (`TCP_NODELAY`, window 16) streaming the same
+//!   events, pre-encoded in 1000-event batches, to a server built like tapio-server (its
+//!   HTTP/2 settings, `TCP_NODELAY` on accepted connections, its request decoder, which
+//!   walks each event's bytes) that acks each batch at once instead of committing it;
+//! - tapio-server alone: that client against the real server.
+//!
+//! Rounds are interleaved (ceiling, server, basic, semantic, semantic + kernel), so
+//! each ratio compares runs seconds apart on a noisy machine.
+//!
+//! Command: `cargo bench --bench e2e` (3 rounds of 1 000 000 events; `E2E_EVENTS=N`,
+//! `E2E_ROUNDS=N` to change). Under `cargo test` it runs one 20 000-event round.
+//! Machine and figures: docs/benchmarks.md.
 
 #![allow(missing_docs, reason = "a bench binary")]
 #![allow(
@@ -14,117 +23,142 @@
     reason = "event counts far below 2^52 become rates"
 )]
 
-mod support;
-
+use std::convert::Infallible;
+use std::io::{Read as _, Write as _};
 use std::pin::Pin;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tapio::bridge::{Batcher, PreEncoded};
-use tapio::event::IdGenerator;
+use tapio::collectors::synthetic::{Scenario, SyntheticConfig, World};
 use tapio::pb;
-use tapio::pb::tapio_service_server::{TapioService, TapioServiceServer};
+use tapio::server::wire::{RawCodec, RawRequest};
 use tokio::sync::mpsc;
-use tokio_stream::Stream;
-use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status, Streaming};
 
 const BATCH: usize = 1000;
-const WINDOW: usize = 8;
+/// The bridge's default window of unacked batches.
+const WINDOW: usize = 16;
 
-/// Acks every batch as soon as it is decoded.
-struct AckOnly;
+type Acks = Pin<Box<dyn Stream<Item = Result<pb::TapioStreamEventsResponse, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl TapioService for AckOnly {
-    type StreamEventsStream =
-        UnboundedReceiverStream<Result<pb::TapioStreamEventsResponse, Status>>;
-    type SubscribeToEventsStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
+/// Acks each batch as soon as tapio-server's decoder has parsed it.
+struct AckEach;
 
-    async fn stream_events(
-        &self,
-        request: Request<Streaming<pb::TapioStreamEventsRequest>>,
-    ) -> Result<Response<Self::StreamEventsStream>, Status> {
-        let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Ok(Some(message)) = inbound.message().await {
-                if let Some(pb::tapio_stream_events_request::Payload::Batch(batch)) =
-                    message.payload
-                {
-                    let ack = pb::Ack {
-                        batch_id: batch.batch_id,
-                        status: pb::ack::Status::Ok.into(),
-                        accepted: batch.events.len() as u32,
-                        ..pb::Ack::default()
-                    };
-                    let _ = tx.send(Ok(pb::TapioStreamEventsResponse {
-                        payload: Some(pb::tapio_stream_events_response::Payload::Ack(ack)),
-                    }));
-                }
-            }
+impl tonic::server::StreamingService<RawRequest> for AckEach {
+    type Response = pb::TapioStreamEventsResponse;
+    type ResponseStream = Acks;
+    type Future = tonic::codegen::BoxFuture<Response<Acks>, Status>;
+
+    fn call(&mut self, request: Request<Streaming<RawRequest>>) -> Self::Future {
+        let acks = request.into_inner().filter_map(|message| match message {
+            Ok(RawRequest::Batch(batch)) => Some(Ok(pb::TapioStreamEventsResponse {
+                payload: Some(pb::tapio_stream_events_response::Payload::Ack(pb::Ack {
+                    batch_id: batch.batch_id,
+                    status: pb::ack::Status::Ok.into(),
+                    accepted: u32::try_from(batch.events.len()).unwrap_or(u32::MAX),
+                    ..pb::Ack::default()
+                })),
+            })),
+            _ => None,
         });
-        Ok(Response::new(UnboundedReceiverStream::new(rx)))
-    }
-
-    async fn get_events(
-        &self,
-        _: Request<pb::GetEventsRequest>,
-    ) -> Result<Response<pb::GetEventsResponse>, Status> {
-        Err(Status::unimplemented("ceiling server"))
-    }
-
-    async fn get_semantic_groups(
-        &self,
-        _: Request<pb::GetSemanticGroupsRequest>,
-    ) -> Result<Response<pb::GetSemanticGroupsResponse>, Status> {
-        Err(Status::unimplemented("ceiling server"))
-    }
-
-    async fn subscribe_to_events(
-        &self,
-        _: Request<pb::SubscribeToEventsRequest>,
-    ) -> Result<Response<Self::SubscribeToEventsStream>, Status> {
-        Err(Status::unimplemented("ceiling server"))
-    }
-
-    async fn health_check(
-        &self,
-        _: Request<pb::HealthCheckRequest>,
-    ) -> Result<Response<pb::HealthCheckResponse>, Status> {
-        Err(Status::unimplemented("ceiling server"))
+        Box::pin(async move { Ok(Response::new(Box::pin(acks) as Acks)) })
     }
 }
 
-/// The ceiling: pre-encoded batches over one stream to an ack-only server.
-async fn ceiling(events: usize) -> f64 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("binds");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TapioServiceServer::new(AckOnly).max_decoding_message_size(16 << 20))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    stream_batches(&addr.to_string(), events).await
+/// `StreamEvents` through tapio-server's own codec, whatever the path.
+#[derive(Clone)]
+struct Ceiling;
+
+impl tower::Service<http::Request<hyper::body::Incoming>> for Ceiling {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<hyper::body::Incoming>) -> Self::Future {
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(RawCodec)
+                .apply_max_message_size_config(Some(16 << 20), Some(16 << 20));
+            Ok(grpc.streaming(AckEach, request).await)
+        })
+    }
 }
 
-/// Streams pre-encoded batches with a window of unacked batches; events/s until the last ack.
-async fn stream_batches(addr: &str, events: usize) -> f64 {
-    let mut ids = IdGenerator::new();
+/// Serves the ceiling on `listener` with tapio-server's socket and HTTP/2 settings.
+async fn serve_ceiling(listener: tokio::net::TcpListener) {
+    while let Ok((tcp, _)) = listener.accept().await {
+        let _ = tcp.set_nodelay(true);
+        let _ = rustix::net::sockopt::set_socket_keepalive(&tcp, true);
+        tokio::spawn(async move {
+            let mut http = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            http.timer(TokioTimer::new())
+                .keep_alive_interval(Some(Duration::from_secs(30)))
+                .keep_alive_timeout(Duration::from_secs(20));
+            let _ = http
+                .serve_connection(TokioIo::new(tcp), TowerToHyperService::new(Ceiling))
+                .await;
+        });
+    }
+}
+
+/// The synthetic collector's own events (`oom-cascade`, default seed), sealed in batches
+/// as the bridge seals them; before correlation, so never larger than what the collector
+/// sends.
+fn batches(events: usize) -> Vec<Bytes> {
+    let config = SyntheticConfig {
+        scenario: Scenario::OomCascade,
+        ..SyntheticConfig::default()
+    };
+    let mut world = World::new(&config, "bench".into(), 1_790_000_000_000_000_000);
     let mut sealer = Batcher::new("bench".into(), BATCH, Duration::from_hours(1), 1);
-    let batches: Vec<Bytes> = (0..events)
+    (0..events)
         .filter_map(|_| {
             sealer
-                .push(&support::tcp_connect(&mut ids))
-                .expect("a small event fits")
+                .push(&world.next_event())
+                .expect("a synthetic event fits")
         })
         .map(|s| s.bytes)
-        .collect();
+        .collect()
+}
+
+/// The ceiling, in-process on a runtime of its own: events/s.
+fn ceiling(batches: &[Bytes]) -> f64 {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binds");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(serve_ceiling(listener));
+        stream_batches(&addr.to_string(), batches).await
+    })
+}
+
+/// Streams pre-encoded batches with the bridge's client settings and window; events/s
+/// until the last ack.
+async fn stream_batches(addr: &str, batches: &[Bytes]) -> f64 {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .expect("uri")
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
         .connect()
         .await
         .expect("connects");
@@ -172,6 +206,11 @@ fn settle() {
     std::thread::sleep(Duration::from_secs(2));
 }
 
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+    listener.local_addr().expect("addr").port()
+}
+
 /// A tapio-server process with a fresh store.
 struct ServerRun {
     child: std::process::Child,
@@ -180,14 +219,12 @@ struct ServerRun {
 }
 
 impl ServerRun {
-    fn start(sync: &str) -> Self {
+    fn start() -> Self {
         settle();
         let dir = tempfile::tempdir().expect("temp dir");
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
-        let port = listener.local_addr().expect("addr").port();
-        drop(listener);
+        let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_tapio-server"))
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--sync", sync])
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--sync", "full"])
             .args(["--log-level", "warn"])
             .arg("--data-dir")
             .arg(dir.path())
@@ -219,90 +256,210 @@ impl Drop for ServerRun {
     }
 }
 
-/// The bare streaming client against a fresh tapio-server: the server's own capacity.
-fn server_only(events: usize, sync: &str) -> f64 {
-    let server = ServerRun::start(sync);
+/// The bare client against a fresh tapio-server: the server's own capacity.
+fn server_only(batches: &[Bytes]) -> f64 {
+    let server = ServerRun::start();
     let rate = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime")
         .block_on(stream_batches(
             &format!("127.0.0.1:{}", server.port),
-            events,
+            batches,
         ));
-    assert_eq!(server.events_total(), (events / BATCH * BATCH) as u64);
+    assert_eq!(server.events_total(), (batches.len() * BATCH) as u64);
     rate
 }
 
-/// The real collector against a fresh tapio-server: events/s and the collector's peak RSS.
-fn end_to_end(events: usize, rate: u64, sync: &str) -> (f64, u64) {
-    let server = ServerRun::start(sync);
+/// One `GET /metrics`.
+fn scrape(port: u16) -> Option<String> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut page = String::new();
+    stream.read_to_string(&mut page).ok()?;
+    Some(page)
+}
+
+/// The sum of the samples of `metric` whose name and labels start with `prefix`.
+fn sum(page: &str, prefix: &str) -> f64 {
+    page.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// What a collector run gave: events/s of the synthetic flood and the peak RSS.
+struct Run {
+    rate: f64,
+    peak_mib: u64,
+}
+
+/// The real collector, synthetic flood of `events` with correlation `mode` (and the
+/// default kernel collectors with `kernel`), against a fresh tapio-server. The rate is
+/// timed from the first moment the flood is seen until everything taken in by then is
+/// acked, read from the collector's `/metrics`, so the probes' load time is left out.
+fn end_to_end(events: usize, mode: &str, kernel: bool) -> Run {
+    let server = ServerRun::start();
     let config = server.dir.path().join("bench.yaml");
     std::fs::write(
         &config,
-        format!("collectors:\n  synthetic: {{ config: {{ events: {events}, rate: {rate} }} }}\ncorrelation: {{ mode: basic }}\n"),
+        format!("collectors:\n  synthetic: {{ config: {{ events: {events}, rate: 0, scenario: oom-cascade }} }}\ncorrelation: {{ mode: {mode} }}\n"),
     )
     .expect("writes config");
-    let started = Instant::now();
-    let mut collector = Command::new(env!("CARGO_BIN_EXE_tapio-collector"))
+    let metrics = free_port();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tapio-collector"));
+    command
         .arg("--config")
         .arg(&config)
-        .args([
-            "--server",
-            &format!("127.0.0.1:{}", server.port),
-            "--log-level",
-            "warn",
-        ])
+        .args(["--server", &format!("127.0.0.1:{}", server.port)])
+        .args(["--log-level", "warn"])
+        .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")]);
+    if kernel {
+        command.arg("--enable-ebpf");
+    }
+    let mut collector = command
         .stderr(Stdio::null())
         .spawn()
         .expect("collector starts");
+    let spawned = Instant::now();
+    let pid = collector.id();
     let mut peak = 0;
-    let status = loop {
+    let mut first: Option<(Instant, f64)> = None;
+    let mut target: Option<f64> = None;
+    let mut exited = false;
+    let done = loop {
+        peak = peak.max(peak_rss_kib(pid).unwrap_or(0));
+        // Without the endless kernel collectors the run ends once all is acked.
         if let Some(status) = collector.try_wait().expect("try_wait") {
-            break status;
+            assert!(status.success(), "collector failed: {status}");
+            exited = true;
+            break Instant::now();
         }
-        peak = peak.max(peak_rss_kib(collector.id()).unwrap_or(0));
-        std::thread::sleep(Duration::from_millis(20));
+        let Some(page) = scrape(metrics) else {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        };
+        let now = Instant::now();
+        let flood = sum(
+            &page,
+            "tapio_collector_events_accepted_total{collector=\"synthetic\"}",
+        );
+        if first.is_none() && flood > 0.0 {
+            first = Some((now, flood));
+        }
+        // Everything any collector took in by the time the flood was all in; the kernel
+        // collectors' few events keep coming after it.
+        if target.is_none() && flood >= events as f64 {
+            target = Some(sum(&page, "tapio_collector_events_accepted_total{"));
+        }
+        if let Some(target) = target
+            && sum(&page, "tapio_events_delivered_total") >= target
+        {
+            break now;
+        }
+        std::thread::sleep(Duration::from_millis(5));
     };
-    let elapsed = started.elapsed();
-    assert!(status.success(), "collector failed");
-    assert_eq!(server.events_total(), events as u64, "every event stored");
-    (events as f64 / elapsed.as_secs_f64(), peak)
+    // A flood over before the first scrape is timed from the start of the process.
+    let (start, seen) = first.unwrap_or((spawned, 0.0));
+    if !exited {
+        peak = peak.max(peak_rss_kib(pid).unwrap_or(0));
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(i32::try_from(pid).expect("a pid")).expect("a pid"),
+            rustix::process::Signal::TERM,
+        );
+        assert!(
+            collector.wait().expect("waits").success(),
+            "collector failed"
+        );
+    }
+    assert!(
+        server.events_total() >= events as u64,
+        "every synthetic event stored"
+    );
+    Run {
+        rate: (events as f64 - seen) / done.duration_since(start).as_secs_f64(),
+        peak_mib: peak / 1024,
+    }
+}
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn range(values: &[f64], scale: f64) -> String {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min) * scale;
+    let max = values.iter().copied().fold(0.0, f64::max) * scale;
+    format!("{min:.2}-{max:.2}")
 }
 
 fn main() {
     let measuring = std::env::args().any(|a| a == "--bench");
-    let events: usize = std::env::var("E2E_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(if measuring { 2_000_000 } else { 20_000 });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    settle();
-    let ceiling = runtime.block_on(ceiling(events));
-    drop(runtime);
-    println!("e2e/ceiling (bare tonic stream, ack-only server): {ceiling:.0} events/s");
-    for sync in ["normal", "full"] {
-        let server_only = server_only(events, sync);
+    let events = env_or("E2E_EVENTS", if measuring { 1_000_000 } else { 20_000 });
+    let rounds = env_or("E2E_ROUNDS", if measuring { 3 } else { 1 });
+    let kernel = match tapio::collectors::ebpf::unsupported_here() {
+        None => true,
+        Some(reason) => {
+            assert!(
+                std::env::var("TAPIO_REQUIRE_EBPF").as_deref() != Ok("1"),
+                "e2e bench: TAPIO_REQUIRE_EBPF=1 but {reason}"
+            );
+            println!("e2e: the semantic + kernel collectors row is left out: {reason}");
+            false
+        }
+    };
+    let batches = batches(events);
+    let rows = ["ceiling", "server", "basic", "semantic", "semantic+kernel"];
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); rows.len()];
+    let mut semantic_to_basic = Vec::new();
+    for round in 1..=rounds {
+        settle();
+        let ceiling = ceiling(&batches);
         println!(
-            "e2e/bare client->tapio-server (--sync {sync}): {server_only:.0} events/s, ratio {:.2} of ceiling",
-            server_only / ceiling
+            "e2e round {round}: ceiling (tapio-server's transport and decoder, ack at once): {ceiling:.0} events/s"
         );
-        let (rate, rss) = end_to_end(events, 0, sync);
+        let server = server_only(&batches);
         println!(
-            "e2e/collector->tapio-server (--sync {sync}): {rate:.0} events/s, ratio {:.2} of ceiling, collector peak RSS {} MiB",
-            rate / ceiling,
-            rss / 1024
+            "e2e round {round}: bare client -> tapio-server --sync full: {server:.0} events/s, {:.2} of the ceiling",
+            server / ceiling
         );
+        ratios[1].push(server / ceiling);
+        let mut basic = 0.0;
+        for (row, mode, with_kernel) in [
+            (2, "basic", false),
+            (3, "semantic", false),
+            (4, "semantic", true),
+        ] {
+            if with_kernel && !kernel {
+                continue;
+            }
+            let run = end_to_end(events, mode, with_kernel);
+            println!(
+                "e2e round {round}: collector ({}) -> tapio-server --sync full: {:.0} events/s, {:.2} of the ceiling, peak RSS {} MiB",
+                rows[row],
+                run.rate,
+                run.rate / ceiling,
+                run.peak_mib
+            );
+            ratios[row].push(run.rate / ceiling);
+            match row {
+                2 => basic = run.rate,
+                3 => semantic_to_basic.push(run.rate / basic),
+                _ => {}
+            }
+        }
     }
-    // The footprint target is at a sustained 100k events/s, not at full speed.
-    let sustained = events / 2;
-    let (rate, rss) = end_to_end(sustained, 100_000, "normal");
+    for (row, values) in rows.iter().zip(&ratios).skip(1) {
+        if !values.is_empty() {
+            println!("e2e summary: {row}: {} of the ceiling", range(values, 1.0));
+        }
+    }
     println!(
-        "e2e/collector at a sustained 100k events/s ({sustained} events): {rate:.0} events/s delivered, collector peak RSS {} MiB",
-        rss / 1024
+        "e2e summary: semantic / basic in the same round: {}",
+        range(&semantic_to_basic, 1.0)
     );
 }
