@@ -350,12 +350,14 @@ mod tests {
         config.server.buffer_size = 0;
         config.otel.endpoint = "http://collector:99999".into();
         config.orchestrator.memory_limit = Some(16 << 20);
+        config.correlation.max_entities = 8;
         let Err(Error::Invalid(problems)) = config.validate() else {
             panic!("expected validation errors");
         };
         for field in [
             "orchestrator.workers",
             "orchestrator.memory_limit",
+            "correlation.max_entities",
             "server.address",
             "server.buffer_size",
             "otel.endpoint",

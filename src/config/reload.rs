@@ -71,7 +71,7 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
     compare!(plan, old.correlation, new.correlation, "correlation",
         live: [group_quiet, max_groups, max_group_events, max_open_events, join_window,
             late_window, critical_namespaces, critical_labels, critical_units],
-        restart: [mode, rules]);
+        restart: [mode, rules, max_entities]);
     compare!(plan, old.otel, new.otel, "otel",
         live: [],
         restart: [endpoint, self_tracing, export_events, shutdown_timeout]);

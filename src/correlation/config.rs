@@ -27,6 +27,10 @@ pub struct CorrelationConfig {
     /// Events in all open groups together at most: the engine's memory bound (a few
     /// hundred bytes each); beyond it the quietest groups close early.
     pub max_open_events: usize,
+    /// Containers, processes and pods the entity index remembers, and entities remembered
+    /// for shared-entity joins; a quarter of it bounds the groups not built yet. The
+    /// engine's other memory bound: about 12 MiB at 16 384 under full container churn.
+    pub max_entities: usize,
     /// A warning that no rule explains joins a group that touched the same container, pod
     /// or unit at most this long before; `0s` turns such joins off.
     #[serde(deserialize_with = "deserialize_duration")]
@@ -60,6 +64,7 @@ impl Default for CorrelationConfig {
             max_groups: 10_000,
             max_group_events: 1_000,
             max_open_events: 100_000,
+            max_entities: 16_384,
             join_window: Duration::from_mins(1),
             late_window: None,
             critical_namespaces: Vec::new(),
@@ -245,6 +250,12 @@ impl CorrelationConfig {
             problems.push(format!(
                 "correlation.max_open_events: must be at least max_group_events ({}), got {}",
                 self.max_group_events, self.max_open_events
+            ));
+        }
+        if self.max_entities < 64 {
+            problems.push(format!(
+                "correlation.max_entities: must be at least 64, got {}",
+                self.max_entities
             ));
         }
         if self.join_window > self.group_quiet {

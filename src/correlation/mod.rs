@@ -81,6 +81,7 @@ fn limits_of(config: &CorrelationConfig) -> semantic::Limits {
         max_groups: config.max_groups,
         max_group_events: config.max_group_events,
         max_open_events: config.max_open_events,
+        entities: config.max_entities,
         join_window: config.join_window,
         late_window: config
             .late_window

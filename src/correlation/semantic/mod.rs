@@ -77,7 +77,7 @@ impl Default for Limits {
             max_group_events: 1_000,
             max_open_events: 100_000,
             causes_per_key: 8,
-            entities: 65_536,
+            entities: 16_384,
             join_window: Duration::from_mins(1),
             late_window: Duration::from_mins(1),
             app_join: false,
