@@ -23,8 +23,9 @@
     reason = "event counts far below 2^52 become rates"
 )]
 
+mod support;
+
 use std::convert::Infallible;
-use std::io::{Read as _, Write as _};
 use std::pin::Pin;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -32,6 +33,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use support::processes::{ServerRun, free_port, peak_rss_kib, scrape, settle, sum};
 use tapio::bridge::{Batcher, PreEncoded};
 use tapio::collectors::synthetic::{Scenario, SyntheticConfig, World};
 use tapio::pb;
@@ -187,75 +189,6 @@ async fn stream_batches(addr: &str, batches: &[Bytes]) -> f64 {
     (total * BATCH) as f64 / started.elapsed().as_secs_f64()
 }
 
-/// Peak RSS of a process so far, from /proc.
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches(" kB")
-        .parse()
-        .ok()
-}
-
-/// Lets the kernel finish writing back earlier files (the build, the previous run's store)
-/// first, so one run's I/O does not land in the next one's figure.
-fn settle() {
-    let _ = Command::new("sync").status();
-    std::thread::sleep(Duration::from_secs(2));
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
-    listener.local_addr().expect("addr").port()
-}
-
-/// A tapio-server process with a fresh store.
-struct ServerRun {
-    child: std::process::Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl ServerRun {
-    fn start() -> Self {
-        settle();
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_tapio-server"))
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--sync", "full"])
-            .args(["--log-level", "warn"])
-            .arg("--data-dir")
-            .arg(dir.path())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("server starts");
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Self { child, port, dir }
-    }
-
-    fn events_total(&self) -> u64 {
-        let totals = Command::new(env!("CARGO_BIN_EXE_tapio-server"))
-            .arg("stats")
-            .arg("--data-dir")
-            .arg(self.dir.path())
-            .output()
-            .expect("stats");
-        let value: serde_json::Value = serde_json::from_slice(&totals.stdout).expect("JSON");
-        value["events_total"].as_u64().expect("events_total")
-    }
-}
-
-impl Drop for ServerRun {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The bare client against a fresh tapio-server: the server's own capacity.
 fn server_only(batches: &[Bytes]) -> f64 {
     let server = ServerRun::start();
@@ -269,25 +202,6 @@ fn server_only(batches: &[Bytes]) -> f64 {
         ));
     assert_eq!(server.events_total(), (batches.len() * BATCH) as u64);
     rate
-}
-
-/// One `GET /metrics`.
-fn scrape(port: u16) -> Option<String> {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut page = String::new();
-    stream.read_to_string(&mut page).ok()?;
-    Some(page)
-}
-
-/// The sum of the samples of `metric` whose name and labels start with `prefix`.
-fn sum(page: &str, prefix: &str) -> f64 {
-    page.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
 }
 
 /// What a collector run gave: events/s of the synthetic flood and the peak RSS.

@@ -2,6 +2,8 @@
 
 #![allow(dead_code, reason = "each bench uses a subset")]
 
+pub mod processes;
+
 use tapio::event::{Event, IdGenerator, Severity};
 
 /// An event from a container of a Deployment's pod, with every entity a kernel event
