@@ -184,6 +184,7 @@ pub async fn run_reloadable(
     );
 
     let (stop_status, status, health) = start_reporting(&config, &telemetry).await?;
+    tokio::spawn(memory::give_back(stop_status.clone()));
     if let Some(limit) = config.orchestrator.memory_limit {
         telemetry.memory().set_blocking(
             config.orchestrator.memory_policy == crate::source_sender::WhenFull::Block,
@@ -245,6 +246,7 @@ pub async fn run_reloadable(
         if n == 0 {
             break Ok(());
         }
+        gather(&mut fan_in, &mut batch).await;
         if let Err(e) = pipeline.step(&mut batch, &mut fan_in).await {
             break Err(e);
         }
@@ -261,6 +263,28 @@ pub async fn run_reloadable(
     match report {
         Some(report) if report.undelivered > 0 => Err(Error::Undelivered(report.undelivered)),
         _ => Ok(telemetry),
+    }
+}
+
+/// How long a small batch waits for more events before it goes through the pipeline.
+const LINGER: Duration = Duration::from_millis(5);
+
+/// At a node's rates events come a few at a time, and taking each few through the pipeline
+/// wakes it and the bridge for them: a small batch waits [`LINGER`] and takes what came
+/// meanwhile. A few milliseconds of latency, where the bridge seals a batch every second
+/// at these rates anyway; at full speed batches are full and never wait.
+async fn gather(fan_in: &mut crate::manager::FanIn, batch: &mut Vec<crate::event::Event>) {
+    if batch.len() >= BATCH / 2 {
+        return;
+    }
+    tokio::time::sleep(LINGER).await;
+    while batch.len() < BATCH {
+        let room = BATCH - batch.len();
+        // Only what is there now: an empty queue must not hold the batch back.
+        match tokio::time::timeout(Duration::ZERO, fan_in.recv_many(batch, room)).await {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
     }
 }
 

@@ -127,6 +127,9 @@ impl CollectorConfig for SyntheticConfig {
     }
 }
 
+/// The shortest sleep of a paced run.
+const PACE: Duration = Duration::from_millis(10);
+
 async fn run(config: SyntheticConfig, mut world: World, context: Context) -> Result<(), Error> {
     let started = Instant::now();
     let mut produced: u64 = 0;
@@ -141,11 +144,15 @@ async fn run(config: SyntheticConfig, mut world: World, context: Context) -> Res
         if config.rate > 0 {
             let offset = u128::from(produced) * 1_000_000_000 / u128::from(config.rate);
             let due = started + Duration::from_nanos(offset as u64);
-            if due > Instant::now() {
+            let now = Instant::now();
+            if due > now {
+                // Woken at most every PACE, then what is due goes out together, as a
+                // kernel collector's ring buffer hands over records: one wake per step,
+                // not one per event, and the same rate on average.
                 tokio::select! {
                     biased;
                     () = context.shutdown.cancelled() => break,
-                    () = tokio::time::sleep_until(due) => {}
+                    () = tokio::time::sleep_until(due.max(now + PACE)) => {}
                 }
             }
         }
