@@ -64,6 +64,32 @@ pub(super) async fn watch(limit: u64, telemetry: Arc<Telemetry>, stop: Cancellat
     }
 }
 
+/// How often freed memory is handed back to the kernel; first once the start is over.
+const GIVE_BACK_FIRST: Duration = Duration::from_secs(10);
+const GIVE_BACK_EVERY: Duration = Duration::from_secs(30);
+
+/// Hands the allocator's freed memory back to the kernel now and then, until `stop`.
+/// mimalloc keeps what was freed for reuse, so the megabytes the start takes once (each
+/// probe object's load parses the kernel's BTF) would otherwise stay resident for good.
+pub(super) async fn give_back(stop: CancellationToken) {
+    let mut ticker = tokio::time::interval_at(
+        tokio::time::Instant::now() + GIVE_BACK_FIRST,
+        GIVE_BACK_EVERY,
+    );
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        #[allow(unsafe_code, reason = "mimalloc's C interface")]
+        // SAFETY: mi_collect takes no pointer; it only walks the allocator's own free lists,
+        // and is a no-op for heaps the process does not use.
+        unsafe {
+            libmimalloc_sys::mi_collect(true);
+        }
+    }
+}
+
 /// Events shed so far, over every collector.
 fn shed(telemetry: &Telemetry) -> u64 {
     telemetry
