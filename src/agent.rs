@@ -270,14 +270,22 @@ pub async fn run_reloadable(
 const LINGER: Duration = Duration::from_millis(5);
 
 /// At a node's rates events come a few at a time, and taking each few through the pipeline
-/// wakes it and the bridge for them: a small batch waits [`LINGER`] and takes what came
-/// meanwhile. A few milliseconds of latency, where the bridge seals a batch every second
-/// at these rates anyway; at full speed batches are full and never wait.
+/// wakes it and the bridge for them: a batch still small once every queue is emptied waits
+/// [`LINGER`] and takes what came meanwhile. A few milliseconds of latency, where the
+/// bridge seals a batch every second at these rates anyway; at full speed batches fill
+/// from the queues at once and never wait.
 async fn gather(fan_in: &mut crate::manager::FanIn, batch: &mut Vec<crate::event::Event>) {
+    take_ready(fan_in, batch).await;
     if batch.len() >= BATCH / 2 {
         return;
     }
     tokio::time::sleep(LINGER).await;
+    take_ready(fan_in, batch).await;
+}
+
+/// Adds what the collectors' queues hold now, up to a full batch; never waits.
+async fn take_ready(fan_in: &mut crate::manager::FanIn, batch: &mut Vec<crate::event::Event>) {
+    // The fan-in answers from one queue at a time, so this asks until none has more.
     while batch.len() < BATCH {
         let room = BATCH - batch.len();
         // Only what is there now: an empty queue must not hold the batch back.
