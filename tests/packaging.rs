@@ -174,7 +174,7 @@ fn the_rendered_configuration_is_one_the_collector_accepts() {
         "kind: ServiceMonitor",
         "resources: [nodes/stats, nodes/proxy]",
         "--metrics-listen=0.0.0.0:9465",
-        "--memory-limit=460MiB",
+        "--memory-limit=230MiB",
         "grafana_dashboard: \"1\"",
         "tapio_server_commit_latency_seconds_bucket",
     ] {
