@@ -27,13 +27,15 @@ mod support;
 
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use support::processes::{ServerRun, free_port, peak_rss_kib, scrape, settle, sum};
+use support::processes::{
+    ServerRun, free_port, kernel_collectors_here, peak_rss_kib, scrape, settle, start_collector,
+    stop_collector, sum,
+};
 use tapio::bridge::{Batcher, PreEncoded};
 use tapio::collectors::synthetic::{Scenario, SyntheticConfig, World};
 use tapio::pb;
@@ -223,20 +225,7 @@ fn end_to_end(events: usize, mode: &str, kernel: bool) -> Run {
     )
     .expect("writes config");
     let metrics = free_port();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tapio-collector"));
-    command
-        .arg("--config")
-        .arg(&config)
-        .args(["--server", &format!("127.0.0.1:{}", server.port)])
-        .args(["--log-level", "warn"])
-        .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")]);
-    if kernel {
-        command.arg("--enable-ebpf");
-    }
-    let mut collector = command
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("collector starts");
+    let mut collector = start_collector(&config, &server, metrics, kernel);
     let spawned = Instant::now();
     let pid = collector.id();
     let mut peak = 0;
@@ -279,14 +268,7 @@ fn end_to_end(events: usize, mode: &str, kernel: bool) -> Run {
     let (start, seen) = first.unwrap_or((spawned, 0.0));
     if !exited {
         peak = peak.max(peak_rss_kib(pid).unwrap_or(0));
-        let _ = rustix::process::kill_process(
-            rustix::process::Pid::from_raw(i32::try_from(pid).expect("a pid")).expect("a pid"),
-            rustix::process::Signal::TERM,
-        );
-        assert!(
-            collector.wait().expect("waits").success(),
-            "collector failed"
-        );
+        stop_collector(collector);
     }
     assert!(
         server.events_total() >= events as u64,
@@ -315,17 +297,7 @@ fn main() {
     let measuring = std::env::args().any(|a| a == "--bench");
     let events = env_or("E2E_EVENTS", if measuring { 1_000_000 } else { 20_000 });
     let rounds = env_or("E2E_ROUNDS", if measuring { 3 } else { 1 });
-    let kernel = match tapio::collectors::ebpf::unsupported_here() {
-        None => true,
-        Some(reason) => {
-            assert!(
-                std::env::var("TAPIO_REQUIRE_EBPF").as_deref() != Ok("1"),
-                "e2e bench: TAPIO_REQUIRE_EBPF=1 but {reason}"
-            );
-            println!("e2e: the semantic + kernel collectors row is left out: {reason}");
-            false
-        }
-    };
+    let kernel = kernel_collectors_here("e2e");
     let batches = batches(events);
     let rows = ["ceiling", "server", "basic", "semantic", "semantic+kernel"];
     let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); rows.len()];

@@ -22,10 +22,12 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::processes::{ServerRun, free_port, peak_rss_kib, scrape, sum};
+use support::processes::{
+    ServerRun, free_port, kernel_collectors_here, peak_rss_kib, scrape, start_collector,
+    stop_collector, sum,
+};
 
 /// Warm-up before the window: the probes load and the pipeline fills.
 const WARM_UP: Duration = Duration::from_secs(5);
@@ -73,20 +75,7 @@ fn measure(rate: u64, kernel: bool, window: Duration) -> Row {
     };
     std::fs::write(&config, format!("collectors:\n{synthetic}")).expect("writes config");
     let metrics = free_port();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tapio-collector"));
-    command
-        .arg("--config")
-        .arg(&config)
-        .args(["--server", &format!("127.0.0.1:{}", server.port)])
-        .args(["--log-level", "warn"])
-        .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")]);
-    if kernel {
-        command.arg("--enable-ebpf");
-    }
-    let mut collector = command
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("collector starts");
+    let collector = start_collector(&config, &server, metrics, kernel);
     let pid = collector.id();
     std::thread::sleep(WARM_UP);
     let delivered =
@@ -105,14 +94,7 @@ fn measure(rate: u64, kernel: bool, window: Duration) -> Row {
     let cpu = cpu_seconds(pid).expect("the collector runs") - cpu_start;
     let delivered_per_second = (delivered() - delivered_start) / elapsed;
     let peak_mib = peak_rss_kib(pid).unwrap_or(0) / 1024;
-    let _ = rustix::process::kill_process(
-        rustix::process::Pid::from_raw(i32::try_from(pid).expect("a pid")).expect("a pid"),
-        rustix::process::Signal::TERM,
-    );
-    assert!(
-        collector.wait().expect("waits").success(),
-        "collector failed"
-    );
+    stop_collector(collector);
     Row {
         cpu_percent: 100.0 * cpu / elapsed,
         rss_mean: samples.iter().sum::<f64>() / samples.len() as f64,
@@ -140,17 +122,7 @@ fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(if measuring { 60 } else { 3 }),
     );
-    let kernel = match tapio::collectors::ebpf::unsupported_here() {
-        None => true,
-        Some(reason) => {
-            assert!(
-                std::env::var("TAPIO_REQUIRE_EBPF").as_deref() != Ok("1"),
-                "footprint bench: TAPIO_REQUIRE_EBPF=1 but {reason}"
-            );
-            println!("footprint: without the kernel collectors: {reason}");
-            false
-        }
-    };
+    let kernel = kernel_collectors_here("footprint");
     let reference = kernel.then(|| measure(0, true, window));
     if let Some(idle) = &reference {
         println!(

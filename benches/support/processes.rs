@@ -2,7 +2,8 @@
 //! collector's `/metrics`, and what /proc says of a process.
 
 use std::io::{Read as _, Write as _};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 /// Peak RSS of a process so far, from /proc.
@@ -96,4 +97,50 @@ pub fn sum(page: &str, prefix: &str) -> f64 {
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum()
+}
+
+/// Whether the default kernel collectors can run here; if not, says why under `bench`'s
+/// name, and fails under `TAPIO_REQUIRE_EBPF=1`.
+pub fn kernel_collectors_here(bench: &str) -> bool {
+    let Some(reason) = tapio::collectors::ebpf::unsupported_here() else {
+        return true;
+    };
+    assert!(
+        std::env::var("TAPIO_REQUIRE_EBPF").as_deref() != Ok("1"),
+        "{bench} bench: TAPIO_REQUIRE_EBPF=1 but {reason}"
+    );
+    println!("{bench}: without the kernel collectors: {reason}");
+    false
+}
+
+/// `tapio-collector` with `config`, delivering to `server`, serving `/metrics` on
+/// `metrics`, with the default kernel collectors too when `kernel`.
+pub fn start_collector(config: &Path, server: &ServerRun, metrics: u16, kernel: bool) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tapio-collector"));
+    command
+        .arg("--config")
+        .arg(config)
+        .args(["--server", &format!("127.0.0.1:{}", server.port)])
+        .args(["--log-level", "warn"])
+        .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")]);
+    if kernel {
+        command.arg("--enable-ebpf");
+    }
+    command
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("collector starts")
+}
+
+/// SIGTERM, then checks that the collector drained and exited cleanly.
+pub fn stop_collector(mut collector: Child) {
+    let pid = i32::try_from(collector.id()).expect("a pid");
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid).expect("a pid"),
+        rustix::process::Signal::TERM,
+    );
+    assert!(
+        collector.wait().expect("waits").success(),
+        "collector failed"
+    );
 }
