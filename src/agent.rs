@@ -275,25 +275,12 @@ const LINGER: Duration = Duration::from_millis(5);
 /// bridge seals a batch every second at these rates anyway; at full speed batches fill
 /// from the queues at once and never wait.
 async fn gather(fan_in: &mut crate::manager::FanIn, batch: &mut Vec<crate::event::Event>) {
-    take_ready(fan_in, batch).await;
+    fan_in.try_recv_many(batch, BATCH.saturating_sub(batch.len()));
     if batch.len() >= BATCH / 2 {
         return;
     }
     tokio::time::sleep(LINGER).await;
-    take_ready(fan_in, batch).await;
-}
-
-/// Adds what the collectors' queues hold now, up to a full batch; never waits.
-async fn take_ready(fan_in: &mut crate::manager::FanIn, batch: &mut Vec<crate::event::Event>) {
-    // The fan-in answers from one queue at a time, so this asks until none has more.
-    while batch.len() < BATCH {
-        let room = BATCH - batch.len();
-        // Only what is there now: an empty queue must not hold the batch back.
-        match tokio::time::timeout(Duration::ZERO, fan_in.recv_many(batch, room)).await {
-            Ok(n) if n > 0 => {}
-            _ => break,
-        }
-    }
+    fan_in.try_recv_many(batch, BATCH.saturating_sub(batch.len()));
 }
 
 /// The stages every batch of events goes through after the fan-in.

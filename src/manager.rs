@@ -301,6 +301,24 @@ impl FanIn {
         })
         .await
     }
+
+    /// Appends what the queues hold right now, up to `limit` events in all, starting where
+    /// [`FanIn::recv_many`] would; never waits. Queues that joined or closed meanwhile are
+    /// seen by the next `recv_many`.
+    pub fn try_recv_many(&mut self, buffer: &mut Vec<Event>, limit: usize) -> usize {
+        let start = buffer.len();
+        let queues = self.receivers.len();
+        for i in 0..queues {
+            let receiver = &mut self.receivers[(self.next + i) % queues];
+            while buffer.len() - start < limit {
+                let Ok(event) = receiver.try_recv() else {
+                    break;
+                };
+                buffer.push(event);
+            }
+        }
+        buffer.len() - start
+    }
 }
 
 #[cfg(test)]
@@ -397,6 +415,27 @@ mod tests {
         let mut got = Vec::new();
         rx.recv_many(&mut got, 10).await;
         assert_eq!(got.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn try_recv_many_takes_what_every_queue_holds_up_to_the_limit_and_never_waits() {
+        let stats = Arc::new(CollectorStats::new("t"));
+        let (first, a) = queue(8, WhenFull::Block, Arc::clone(&stats));
+        let (second, b) = queue(8, WhenFull::Block, Arc::clone(&stats));
+        let mut fan_in = FanIn::new(vec![a, b]);
+        let mut got = Vec::new();
+        assert_eq!(fan_in.try_recv_many(&mut got, 10), 0, "nothing there yet");
+        for n in 0..3 {
+            first.send(event(n)).await.expect("pipeline open");
+            second.send(event(10 + n)).await.expect("pipeline open");
+        }
+        assert_eq!(fan_in.try_recv_many(&mut got, 4), 4);
+        assert_eq!(fan_in.try_recv_many(&mut got, 10), 2, "the rest of both");
+        let mut ids: Vec<_> = got.iter().map(|e| e.id).collect();
+        ids.sort();
+        let mut sent: Vec<_> = (0..3).chain(10..13).map(|n| event(n).id).collect();
+        sent.sort();
+        assert_eq!(ids, sent);
     }
 
     #[tokio::test]

@@ -15,8 +15,13 @@ const HIGH: f64 = 0.75;
 /// Shedding stops under this share, so it does not flap at the line.
 const LOW: f64 = 0.60;
 
-/// How often resident memory is read (a read of `/proc/self/status`).
-const EVERY: Duration = Duration::from_millis(10);
+/// How often resident memory is read (a read of `/proc/self/status`) once it is past half
+/// the limit, where a flood can reach the high watermark within a few tens of ms.
+const NEAR: Duration = Duration::from_millis(10);
+
+/// How often it is read below half the limit: an agent at rest wakes ten times a second,
+/// not a hundred.
+const FAR: Duration = Duration::from_millis(100);
 
 /// Watches resident memory against `limit` bytes until `stop`.
 pub(super) async fn watch(limit: u64, telemetry: Arc<Telemetry>, stop: CancellationToken) {
@@ -29,15 +34,16 @@ pub(super) async fn watch(limit: u64, telemetry: Arc<Telemetry>, stop: Cancellat
     let (high, low) = ((limit as f64 * HIGH) as u64, (limit as f64 * LOW) as u64);
     telemetry.set_memory_limit(limit);
     let gate = telemetry.memory();
-    let mut ticker = tokio::time::interval(EVERY);
+    let mut wait = NEAR;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
-            _ = ticker.tick() => {}
+            () = tokio::time::sleep(wait) => {}
         }
         let Some(resident) = crate::prom::resident_bytes() else {
             continue;
         };
+        wait = if resident < limit / 2 { FAR } else { NEAR };
         if gate.shedding() {
             if resident < low {
                 gate.set_shedding(false);

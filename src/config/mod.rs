@@ -204,10 +204,11 @@ impl Config {
                 o.status_interval
             ));
         }
-        if o.memory_limit.is_some_and(|m| m < 32 << 20) {
+        if let Some(limit) = o.memory_limit
+            && limit < 32 << 20
+        {
             problems.push(format!(
-                "orchestrator.memory_limit: must be at least 32MiB (the agent's own footprint), got {}",
-                o.memory_limit.unwrap_or_default()
+                "orchestrator.memory_limit: must be at least 32MiB (the agent's own footprint), got {limit}"
             ));
         }
         if o.node_name.as_deref() == Some("") {

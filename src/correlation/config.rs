@@ -29,7 +29,7 @@ pub struct CorrelationConfig {
     pub max_open_events: usize,
     /// Containers, processes and pods the entity index remembers, and entities remembered
     /// for shared-entity joins; a quarter of it bounds the groups not built yet. The
-    /// engine's other memory bound: about 12 MiB at 16 384 under full container churn.
+    /// engine's other memory bound (docs/correlation.md).
     pub max_entities: usize,
     /// A warning that no rule explains joins a group that touched the same container, pod
     /// or unit at most this long before; `0s` turns such joins off.
