@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::ServerProcess;
-use common::peers::{Nats, Postgres};
+use common::peers::{Nats, Postgres, STREAM_MAX_BYTES};
 use tapio::bridge::{Batcher, PreEncoded};
 use tapio::event::IdGenerator;
 use tapio::server::store::{Batch, Location, Store, Sync};
@@ -149,10 +149,21 @@ fn through_jetstream(events: usize, servers: usize) -> (f64, f64) {
     let names: Vec<String> = (0..servers).map(|n| format!("s{n}")).collect();
     let _servers: Vec<ServerProcess> = names
         .iter()
-        .map(|name| server(&["--store", &url, "--nats", &nats.url(), "--name", name]))
+        .map(|name| {
+            server(&[
+                "--store",
+                &url,
+                "--nats",
+                &nats.url(),
+                "--nats-max-bytes",
+                STREAM_MAX_BYTES,
+                "--name",
+                name,
+            ])
+        })
         .collect();
     let yaml = format!(
-        "{}server: {{ transport: nats }}\nnats: {{ url: \"{}\" }}\n",
+        "{}server: {{ transport: nats }}\nnats: {{ url: \"{}\", stream: {{ max_bytes: {STREAM_MAX_BYTES} }} }}\n",
         synthetic(events),
         nats.url()
     );
@@ -215,7 +226,7 @@ fn stream_then_drain(events: usize) -> (f64, f64) {
     let ingest = runtime.block_on(async move {
         let client = async_nats::connect(&url).await.expect("connects");
         let js = async_nats::jetstream::new(client);
-        tapio::nats::open_stream(&js, "TAPIO_EVENTS")
+        tapio::nats::open_stream(&js, "TAPIO_EVENTS", 1 << 30)
             .await
             .expect("stream");
         let started = Instant::now();
@@ -260,7 +271,14 @@ fn stream_then_drain(events: usize) -> (f64, f64) {
     });
     let url = pg.url();
     let started = Instant::now();
-    let _server = server(&["--store", &url, "--nats", &nats.url()]);
+    let _server = server(&[
+        "--store",
+        &url,
+        "--nats",
+        &nats.url(),
+        "--nats-max-bytes",
+        STREAM_MAX_BYTES,
+    ]);
     until_stored(
         &["--store", &url],
         (per * publishers) as u64,

@@ -356,22 +356,66 @@ pub async fn connect(url: &str, auth: &Auth, name: &str) -> Result<async_nats::C
     })
 }
 
-/// The stream a server reads, as it is; created with the default settings (under `name`)
-/// when no collector has created it yet.
+/// The stream a server reads, as it is; created under `name` with the default settings
+/// and `max_bytes` (the server's `--nats-max-bytes`) when no collector has created it yet.
 pub async fn open_stream(
     js: &jetstream::Context,
     name: &str,
+    max_bytes: u64,
 ) -> Result<jetstream::stream::Stream, Error> {
     let settings = StreamSettings {
         name: name.to_owned(),
+        max_bytes,
         ..StreamSettings::default()
     };
-    js.get_or_create_stream(settings.config())
-        .await
-        .map_err(|e| Error::Stream {
+    if max_bytes < 1 << 20 {
+        return Err(Error::Setting {
+            field: "--nats-max-bytes".into(),
+            reason: format!("must be at least 1MiB, got {max_bytes}"),
+        });
+    }
+    match js.get_stream(name).await {
+        Ok(stream) => Ok(stream),
+        Err(e)
+            if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
+                if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            create(js, &settings, "--nats-max-bytes").await
+        }
+        Err(e) => Err(Error::Stream {
             stream: name.to_owned(),
-            reason: format!("cannot read or create it: {}", crate::tls::error_chain(&e)),
-        })
+            reason: format!("cannot read it: {}", crate::tls::error_chain(&e)),
+        }),
+    }
+}
+
+/// Creates the stream; a refusal for want of storage names `field`, the setting to lower.
+async fn create(
+    js: &jetstream::Context,
+    settings: &StreamSettings,
+    field: &str,
+) -> Result<jetstream::stream::Stream, Error> {
+    js.create_stream(settings.config()).await.map_err(|e| {
+        let chain = crate::tls::error_chain(&e);
+        // NATS reserves max_bytes up front against its own storage limit, which by
+        // default is 75% of the free disk under its store directory.
+        let reason = if matches!(e.kind(), jetstream::context::CreateStreamErrorKind::JetStream(j)
+            if j.error_code() == jetstream::ErrorCode::STORAGE_RESOURCES_EXCEEDED)
+        {
+            format!(
+                "cannot create it: {chain}; the NATS server cannot reserve the {} bytes \
+                 {field} asks for: lower {field}, or give the NATS server more JetStream \
+                 storage (max_file_store)",
+                settings.max_bytes
+            )
+        } else {
+            format!("cannot create it: {chain}")
+        };
+        Error::Stream {
+            stream: settings.name.clone(),
+            reason,
+        }
+    })
 }
 
 /// The stream, created when missing (if `settings.create`), or checked when it exists:
@@ -400,10 +444,7 @@ pub async fn stream(
                 && matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
                     if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
         {
-            return js
-                .create_stream(settings.config())
-                .await
-                .map_err(|e| error(format!("cannot create it: {}", crate::tls::error_chain(&e))));
+            return create(js, settings, "nats.stream.max_bytes").await;
         }
         Err(e) => {
             return Err(error(format!(

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::peers::{Nats, PG_PASSWORD, Postgres};
+use common::peers::{Nats, PG_PASSWORD, Postgres, STREAM_MAX_BYTES};
 use common::{ServerProcess, config, last_status, stats, stats_of, text};
 use tapio::event::{Event, EventId};
 use tapio::pb;
@@ -291,13 +291,20 @@ fn through_nats(nats: &str, events: u64, rate: u64) -> tempfile::NamedTempFile {
     config(&format!(
         "collectors:\n  synthetic: {{ config: {{ events: {events}, rate: {rate}, scenario: oom-cascade }} }}\n\
          server: {{ transport: nats, flush_interval: 100ms }}\n\
-         nats: {{ url: \"{nats}\" }}\n"
+         nats: {{ url: \"{nats}\", stream: {{ max_bytes: {STREAM_MAX_BYTES} }} }}\n"
     ))
 }
 
 /// A server reading JetStream at `nats` into `store_args` (`--store URL` or none: SQLite).
 fn queue_server(dir: &std::path::Path, nats: &str, extra: &[&str]) -> ServerProcess {
-    let mut args = vec!["--nats", nats, "--nats-ack-wait", "2s"];
+    let mut args = vec![
+        "--nats",
+        nats,
+        "--nats-ack-wait",
+        "2s",
+        "--nats-max-bytes",
+        STREAM_MAX_BYTES,
+    ];
     args.extend_from_slice(extra);
     let server = ServerProcess::start(0, dir, &args);
     assert!(
@@ -512,7 +519,7 @@ fn bad_nats_urls_and_credentials_fail_at_start_by_name() {
     assert!(first.status.success(), "{}", text(&first.stderr));
     let yaml = config(&format!(
         "collectors:\n  synthetic: {{ config: {{ events: 10 }} }}\nserver: {{ transport: nats }}\n\
-         nats: {{ url: \"{}\", stream: {{ max_age: 1h, retention: limits }} }}\n",
+         nats: {{ url: \"{}\", stream: {{ max_age: 1h, retention: limits, max_bytes: {STREAM_MAX_BYTES} }} }}\n",
         plain.url()
     ));
     let out = common::collector(yaml.path(), &[]).wait_for(Duration::from_secs(30));
@@ -551,4 +558,48 @@ fn bad_nats_urls_and_credentials_fail_at_start_by_name() {
     let stderr = text(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("cannot reach NATS"), "{stderr}");
+}
+
+#[test]
+fn a_stream_cap_beyond_the_nats_storage_is_refused_at_start_naming_the_setting() {
+    // NATS reserves a stream's max_bytes up front; this one has 64 MB of JetStream storage.
+    let conf = tempfile::NamedTempFile::new().expect("file");
+    std::fs::write(conf.path(), "jetstream { max_file_store: 64MB }\n").expect("written");
+    let nats = Nats::start(&["-c", conf.path().to_str().expect("utf-8")]);
+
+    let dir = tempfile::tempdir().expect("dir");
+    let out = std::process::Command::new(common::SERVER)
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .args(["--nats", &nats.url()])
+        .output()
+        .expect("server runs");
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("cannot reserve the 10737418240 bytes --nats-max-bytes asks for"),
+        "{stderr}"
+    );
+
+    let yaml = config(&format!(
+        "collectors:\n  synthetic: {{ config: {{ events: 10 }} }}\nserver: {{ transport: nats }}\n\
+         nats: {{ url: \"{}\" }}\n",
+        nats.url()
+    ));
+    let out = common::collector(yaml.path(), &[]).wait_for(Duration::from_secs(30));
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("lower nats.stream.max_bytes"), "{stderr}");
+
+    // A cap that fits is taken, and the events go through.
+    let fits = config(&format!(
+        "collectors:\n  synthetic: {{ config: {{ events: 10 }} }}\nserver: {{ transport: nats }}\n\
+         nats: {{ url: \"{}\", stream: {{ max_bytes: 32MiB }} }}\n",
+        nats.url()
+    ));
+    let out = common::collector(fits.path(), &[]).wait_for(Duration::from_secs(30));
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(last_status(&stderr, "delivered"), 10, "{stderr}");
+    assert_eq!(last_status(&stderr, "dropped"), 0, "{stderr}");
 }

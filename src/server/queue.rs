@@ -38,6 +38,10 @@ pub struct NatsArgs {
         default_value = "TAPIO_EVENTS"
     )]
     pub nats_stream: String,
+    /// The size cap of the stream when this server creates it (no collector has yet);
+    /// NATS reserves it up front, so it must fit the NATS server's JetStream storage.
+    #[arg(long = "nats-max-bytes", value_name = "SIZE", default_value = "10GiB", value_parser = crate::units::parse_bytes)]
+    pub nats_max_bytes: u64,
     /// The durable consumer all servers share.
     #[arg(
         long = "nats-consumer",
@@ -81,6 +85,7 @@ impl Default for NatsArgs {
         Self {
             nats_url: None,
             nats_stream: "TAPIO_EVENTS".into(),
+            nats_max_bytes: 10 << 30,
             nats_consumer: "tapio-server".into(),
             nats_ack_wait: Duration::from_secs(30),
             nats_inflight: 32,
@@ -147,7 +152,7 @@ impl Queue {
         }
         let client = nats::connect(url, &args.auth(), "tapio-server").await?;
         let js = jetstream::new(client);
-        let stream = nats::open_stream(&js, &args.nats_stream).await?;
+        let stream = nats::open_stream(&js, &args.nats_stream, args.nats_max_bytes).await?;
         let consumer = stream
             .get_or_create_consumer(
                 &args.nats_consumer,
