@@ -7,14 +7,14 @@
 //!   and with two;
 //! - the capacity model's parts: one collector into JetStream, one stream's ingest (four
 //!   publishers of pre-encoded batches), one server draining a full stream into
-//!   PostgreSQL, the PostgreSQL store's writer alone;
-//! - fleet fan-in: many concurrent gRPC streams (a load generator of pre-encoded batches at
-//!   a modest rate each) into one tapio-server: its throughput, p99 ack latency and RSS
-//!   per stream.
+//!   PostgreSQL, the PostgreSQL store's writer alone.
 //!
-//! Command: `cargo bench --bench scale` (1 000 000 events a path, 200 streams for 10 s;
-//! `SCALE_EVENTS`, `SCALE_STREAMS`, `SCALE_SECONDS` change them). Under `cargo test` it is a
-//! short smoke run. Figures: docs/benchmarks.md and docs/scaling.md.
+//! Fleet fan-in into one server (many concurrent streams) is measured by
+//! `benches/growth.rs`.
+//!
+//! Command: `cargo bench --bench scale` (1 000 000 events a path; `SCALE_EVENTS` changes
+//! it). Under `cargo test` it is a short smoke run. Figures: docs/benchmarks.md and
+//! docs/scaling.md.
 
 #![allow(missing_docs, reason = "a bench binary")]
 #![allow(
@@ -33,31 +33,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::ServerProcess;
 use common::peers::{Nats, Postgres, STREAM_MAX_BYTES};
-use tapio::bridge::{Batcher, PreEncoded};
 use tapio::event::IdGenerator;
 use tapio::server::store::{Batch, Location, Store, Sync};
 use tapio::server::wire::RawEvent;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 const BATCH: usize = 1000;
-
-/// `n` events sealed into batches of `per_batch`, as the bridge seals them.
-fn sealed(n: usize, per_batch: usize, collector: &str, first_id: u64) -> Vec<(u64, Bytes)> {
-    let mut ids = IdGenerator::new();
-    let mut batcher = Batcher::new(
-        collector.into(),
-        per_batch,
-        Duration::from_hours(1),
-        first_id,
-    );
-    let mut out: Vec<(u64, Bytes)> = (0..n)
-        .filter_map(|_| batcher.push(&support::tcp_connect(&mut ids)).expect("fits"))
-        .map(|s| (s.batch_id, s.bytes))
-        .collect();
-    out.extend(batcher.seal().map(|s| (s.batch_id, s.bytes)));
-    out
-}
 
 fn stats(args: &[&str]) -> u64 {
     common::stats_of(args).0
@@ -220,7 +200,7 @@ fn stream_then_drain(events: usize) -> (f64, f64) {
     let publishers = 4;
     let per = events / publishers;
     let loads: Vec<Vec<(u64, Bytes)>> = (0..publishers)
-        .map(|p| sealed(per, BATCH, &format!("gen-{p}"), 1))
+        .map(|p| support::fleet::sealed(per, BATCH, &format!("gen-{p}"), 1))
         .collect();
     let url = nats.url();
     let ingest = runtime.block_on(async move {
@@ -340,121 +320,6 @@ fn postgres_writer(events: usize, concurrency: usize) -> f64 {
     })
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// Fleet fan-in: `streams` gRPC streams, each a batch of 100 pre-encoded events every
-/// 200 ms (500 events/s), for `seconds`, into one tapio-server (SQLite, `--sync full`).
-/// Returns (events/s stored, p99 ack latency, server RSS per stream in KiB).
-fn fan_in(streams: usize, seconds: u64) -> (f64, Duration, f64) {
-    let server = server(&["--sync", "full"]);
-    let address = server.address();
-    let pid = server.guard.0.id();
-    let per_stream = usize::try_from(seconds * 5).expect("small");
-    let loads: Vec<Vec<(u64, Bytes)>> = (0..streams)
-        .map(|s| sealed(per_stream * 100, 100, &format!("node-{s}"), 1))
-        .collect();
-    let idle = rss_kib(pid);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let peak = Arc::new(std::sync::atomic::AtomicU64::new(idle));
-    let sampling = Arc::clone(&peak);
-    let sampler = std::thread::spawn(move || {
-        for _ in 0..(seconds * 10 + 100) {
-            sampling.fetch_max(rss_kib(pid), std::sync::atomic::Ordering::Relaxed);
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    });
-    let (latencies, elapsed) = runtime.block_on(async move {
-        let started = Instant::now();
-        let tasks: Vec<_> = loads
-            .into_iter()
-            .map(|batches| {
-                let address = address.clone();
-                tokio::spawn(async move { one_stream(&address, batches).await })
-            })
-            .collect();
-        let mut latencies = Vec::new();
-        for task in tasks {
-            latencies.extend(task.await.expect("joined"));
-        }
-        (latencies, started.elapsed())
-    });
-    let _ = sampler.join();
-    let mut latencies = latencies;
-    latencies.sort_unstable();
-    let p99 = latencies[latencies.len() * 99 / 100];
-    let stored = (streams * per_stream * 100) as f64;
-    let per_stream_kib = peak
-        .load(std::sync::atomic::Ordering::Relaxed)
-        .saturating_sub(idle) as f64
-        / streams as f64;
-    (stored / elapsed.as_secs_f64(), p99, per_stream_kib)
-}
-
-/// One collector-like stream: a batch every 200 ms, each ack's latency.
-async fn one_stream(address: &str, batches: Vec<(u64, Bytes)>) -> Vec<Duration> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .expect("uri")
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .expect("connects");
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.expect("ready");
-    let (tx, rx) = mpsc::channel::<Bytes>(64);
-    let path =
-        tonic::codegen::http::uri::PathAndQuery::from_static("/tapio.v1.TapioService/StreamEvents");
-    let mut responses = grpc
-        .streaming(
-            tonic::Request::new(ReceiverStream::new(rx)),
-            path,
-            PreEncoded,
-        )
-        .await
-        .expect("stream")
-        .into_inner();
-    let total = batches.len();
-    let sent_at = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
-    let times = Arc::clone(&sent_at);
-    let sender = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(200));
-        for (id, bytes) in batches {
-            tick.tick().await;
-            times.lock().expect("lock").insert(id, Instant::now());
-            if tx.send(bytes).await.is_err() {
-                return;
-            }
-        }
-        // Held open until the last ack arrives (the receiver ends the call).
-        std::future::pending::<()>().await;
-    });
-    let mut latencies = Vec::with_capacity(total);
-    while latencies.len() < total {
-        let Some(response) = responses.message().await.expect("acks") else {
-            break;
-        };
-        if let Some(tapio::pb::tapio_stream_events_response::Payload::Ack(ack)) = response.payload
-            && let Some(at) = sent_at.lock().expect("lock").remove(&ack.batch_id)
-        {
-            latencies.push(at.elapsed());
-        }
-    }
-    sender.abort();
-    latencies
-}
-
 fn main() {
     let measuring = std::env::args().any(|a| a == "--bench");
     let number = |name: &str, full: usize, smoke: usize| {
@@ -464,8 +329,6 @@ fn main() {
             .unwrap_or(if measuring { full } else { smoke })
     };
     let events = number("SCALE_EVENTS", 1_000_000, 20_000);
-    let streams = number("SCALE_STREAMS", 200, 20);
-    let seconds = number("SCALE_SECONDS", 10, 2) as u64;
 
     let reference = direct(events);
     println!(
@@ -488,9 +351,4 @@ fn main() {
             "scale/PostgreSQL store writer alone, {concurrency} batch(es) at once: {rate:.0} events/s"
         );
     }
-    let (rate, p99, per_stream) = fan_in(streams, seconds);
-    println!(
-        "scale/fan-in: {streams} streams x 500 events/s into one tapio-server (SQLite, --sync full): {rate:.0} events/s, p99 ack latency {:.1} ms, server RSS {per_stream:.0} KiB per stream",
-        p99.as_secs_f64() * 1000.0
-    );
 }

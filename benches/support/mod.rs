@@ -2,6 +2,8 @@
 
 #![allow(dead_code, reason = "each bench uses a subset")]
 
+pub mod engine;
+pub mod fleet;
 pub mod processes;
 
 use tapio::event::{Event, IdGenerator, Severity};

@@ -60,6 +60,11 @@ impl ServerRun {
         Self { child, port, dir }
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Events in its store, from `tapio-server stats`.
     pub fn events_total(&self) -> u64 {
         let totals = Command::new(env!("CARGO_BIN_EXE_tapio-server"))
