@@ -18,7 +18,7 @@
 //!
 //! Command: `cargo bench --bench growth` writes docs/growth/. `GROWTH_WARM`,
 //! `GROWTH_EVENTS` and `GROWTH_SECONDS` change the events per point and the seconds per
-//! fan-in point. Under `cargo test` a small version writes to a temporary directory and
+//! fan-in point; `GROWTH_ONLY=correlation` or `=server` redraws one part. Under `cargo test` a small version writes to a temporary directory and
 //! checks the plots were drawn. Figures: docs/benchmarks.md.
 
 #![allow(missing_docs, reason = "a bench binary")]
@@ -211,11 +211,16 @@ fn semantic() -> CorrelationConfig {
     }
 }
 
-/// Writes `rows` under `header` to `dir/name`, and echoes each row.
+/// Prints a row of `name` as soon as it is measured, and returns it.
+fn row(name: &str, row: String) -> String {
+    println!("growth/{name}: {row}");
+    row
+}
+
+/// Writes `rows` under `header` to `dir/name`.
 fn write_csv(dir: &Path, name: &str, header: &str, rows: &[String]) {
     let mut text = format!("{header}\n");
     for row in rows {
-        println!("growth/{name}: {row}");
         let _ = writeln!(text, "{row}");
     }
     std::fs::write(dir.join(name), text).expect("CSV written");
@@ -229,7 +234,10 @@ fn correlation_curves(dir: &Path, measuring: bool, sizes: Sizes) {
     };
     let rows: Vec<String> = pods
         .iter()
-        .map(|&pods| point(&semantic(), Scenario::OomCascade, pods, sizes).csv())
+        .map(|&pods| {
+            let point = point(&semantic(), Scenario::OomCascade, pods, sizes);
+            row("correlation-pods.csv", point.csv())
+        })
         .collect();
     write_csv(dir, "correlation-pods.csv", Point::csv_header(), &rows);
 
@@ -308,7 +316,7 @@ fn server_curve(dir: &Path, measuring: bool, seconds: u64) {
                 run.events,
                 "the store holds every acked event"
             );
-            format!(
+            let line = format!(
                 "{streams},{:.0},{:.0},{:.3},{:.1},{:.1},{:.1},{:.1}",
                 streams as f64 * per_stream,
                 run.rate,
@@ -317,7 +325,8 @@ fn server_curve(dir: &Path, measuring: bool, seconds: u64) {
                 run.p99.as_secs_f64() * 1e3,
                 run.idle_rss_kib as f64 / 1024.0,
                 run.peak_rss_kib as f64 / 1024.0
-            )
+            );
+            row("server-streams.csv", line)
         })
         .collect();
     write_csv(
@@ -369,9 +378,16 @@ fn main() {
     };
     std::fs::create_dir_all(&dir).expect("output directory");
 
+    // `GROWTH_ONLY=correlation` or `server` draws one part (the other's CSVs stay as
+    // they were), for work on one of them.
+    let only = std::env::var("GROWTH_ONLY").unwrap_or_default();
     let started = Instant::now();
-    correlation_curves(&dir, measuring, sizes);
-    server_curve(&dir, measuring, seconds);
+    if only != "server" {
+        correlation_curves(&dir, measuring, sizes);
+    }
+    if only != "correlation" {
+        server_curve(&dir, measuring, seconds);
+    }
     plot(&dir);
     println!(
         "growth: curves in {} ({:.0} s)",

@@ -345,7 +345,11 @@ impl Connection {
             info: self.info.clone(),
         };
         let mut http = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        // Adaptive windows start at HTTP/2's 64 KiB and grow with the measured
+        // bandwidth-delay product: a fast stream gets room, a thousand slow ones do not each
+        // hold a megabyte of unread data when the server stops reading.
         http.timer(TokioTimer::new())
+            .adaptive_window(true)
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(20));
         let connection = http.serve_connection(TokioIo::new(io), TowerToHyperService::new(tracked));

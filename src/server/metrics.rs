@@ -49,6 +49,9 @@ pub struct ServerMetrics {
     streams: AtomicU64,
     commit_latency: Histogram,
     retained: [AtomicU64; 3],
+    buffered: AtomicU64,
+    buffer_limit: u64,
+    buffer_full: AtomicU64,
 }
 
 impl Default for ServerMetrics {
@@ -62,11 +65,38 @@ impl Default for ServerMetrics {
             streams: AtomicU64::new(0),
             commit_latency: Histogram::new(LATENCY_BUCKETS),
             retained: Default::default(),
+            buffered: AtomicU64::new(0),
+            buffer_limit: 0,
+            buffer_full: AtomicU64::new(0),
         }
     }
 }
 
 impl ServerMetrics {
+    /// Counters for a server whose streams share `limit` bytes of buffer.
+    #[must_use]
+    pub fn with_buffer_limit(limit: u64) -> Self {
+        Self {
+            buffer_limit: limit,
+            ..Self::default()
+        }
+    }
+
+    /// A batch took `bytes` of the server-wide buffer.
+    pub fn buffered(&self, bytes: u64) {
+        self.buffered.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// A batch gave its `bytes` back.
+    pub fn unbuffered(&self, bytes: u64) {
+        self.buffered.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// A stream found the server-wide buffer full and waits for commits to free room.
+    pub fn buffer_full(&self) {
+        self.buffer_full.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Writes `batch` to `store`, counting its outcome and how long the commit took.
     pub async fn commit(&self, store: &Store, batch: store::Batch) -> store::Result<Committed> {
         let started = Instant::now();
@@ -159,6 +189,24 @@ impl ServerMetrics {
             Kind::Gauge,
             "Collector streams open over gRPC.",
             load(&self.streams),
+        );
+        page.single(
+            "tapio_server_buffered_bytes",
+            Kind::Gauge,
+            "Bytes of batches received over gRPC and not yet acked, all streams together.",
+            load(&self.buffered),
+        );
+        page.single(
+            "tapio_server_buffer_limit_bytes",
+            Kind::Gauge,
+            "The bound on tapio_server_buffered_bytes (--buffer-bytes).",
+            self.buffer_limit,
+        );
+        page.single(
+            "tapio_server_buffer_full_total",
+            Kind::Counter,
+            "Times a stream waited because the server-wide buffer was full (the store commits less than the collectors send).",
+            load(&self.buffer_full),
         );
         let name = "tapio_server_commit_latency_seconds";
         page.family(

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use prost::Message as _;
-use tokio::sync::{Semaphore, broadcast, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
@@ -216,6 +216,12 @@ pub struct ServeArgs {
     /// server reads no more from that stream and HTTP/2 flow control holds the client.
     #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = crate::units::parse_bytes)]
     pub stream_buffer_bytes: u64,
+    /// Bytes of batches all streams together may have sent and not yet been acked for;
+    /// past it the server reads no more from any stream until commits free room, and
+    /// HTTP/2 flow control holds the clients (they keep their batches, and spool them).
+    /// It bounds the server's memory when more collectors send than the store commits.
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = crate::units::parse_bytes)]
+    pub buffer_bytes: u64,
     /// Require client certificates signed by this PEM CA (mutual TLS); needs --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
@@ -262,6 +268,7 @@ impl Default for ServeArgs {
             idle_timeout: Duration::from_mins(5),
             shutdown_timeout: Duration::from_secs(10),
             stream_buffer_bytes: 64 << 20,
+            buffer_bytes: 64 << 20,
             log_level: "info".into(),
             metrics_listen: None,
             retention_age: None,
@@ -297,6 +304,12 @@ impl ServeArgs {
                 format!("must be 1MiB..=1GiB, got {}", self.stream_buffer_bytes),
             );
         }
+        if !(1 << 20..=1 << 32).contains(&self.buffer_bytes) {
+            return bad(
+                "--buffer-bytes",
+                format!("must be 1MiB..=4GiB, got {}", self.buffer_bytes),
+            );
+        }
         if self
             .retention_age
             .is_some_and(|a| a < Duration::from_mins(1))
@@ -327,6 +340,9 @@ pub struct Service {
     max_events_per_second: u64,
     max_message_bytes: usize,
     stream_buffer_bytes: u32,
+    /// The server-wide budget of `--buffer-bytes`, shared by every stream.
+    buffer: Arc<Semaphore>,
+    buffer_bytes: u32,
     /// Cancelled when the server stops: streams end once their batches are acked.
     closing: CancellationToken,
     metrics: Arc<ServerMetrics>,
@@ -342,9 +358,28 @@ impl Service {
             max_events_per_second: args.max_events_per_second,
             max_message_bytes: args.max_message_bytes,
             stream_buffer_bytes: u32::try_from(args.stream_buffer_bytes).unwrap_or(u32::MAX),
+            buffer: Arc::new(Semaphore::new(
+                usize::try_from(args.buffer_bytes).unwrap_or(usize::MAX),
+            )),
+            buffer_bytes: u32::try_from(args.buffer_bytes).unwrap_or(u32::MAX),
             closing: CancellationToken::new(),
-            metrics: Arc::default(),
+            metrics: Arc::new(ServerMetrics::with_buffer_limit(args.buffer_bytes)),
         }
+    }
+}
+
+/// A batch's share of its stream's buffer and of the server's, given back (and counted
+/// out of `tapio_server_buffered_bytes`) once its ack is queued.
+struct Held {
+    _stream: OwnedSemaphorePermit,
+    _server: OwnedSemaphorePermit,
+    bytes: u64,
+    metrics: Arc<ServerMetrics>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.metrics.unbuffered(self.bytes);
     }
 }
 
@@ -468,15 +503,8 @@ pub fn check_batch(batch: RawBatch, max_batch_events: usize) -> Result<store::Ba
 
 impl Service {
     /// Checks a batch and queues it for commit; the ack is sent when the commit is done.
-    /// `held` is the batch's share of the stream's buffer, given back once its ack is
-    /// queued.
-    async fn accept_batch(
-        &self,
-        batch: RawBatch,
-        peer: &str,
-        tx: &ResponseSender,
-        held: tokio::sync::OwnedSemaphorePermit,
-    ) {
+    /// `held` is the batch's share of the buffers, given back once its ack is queued.
+    async fn accept_batch(&self, batch: RawBatch, peer: &str, tx: &ResponseSender, held: Held) {
         let batch_id = batch.batch_id;
         let write = match check_batch(batch, self.max_batch_events) {
             Ok(write) => write,
@@ -527,6 +555,35 @@ impl Service {
     }
 }
 
+impl Service {
+    /// Takes a batch's `size` from its stream's `buffer` and from the server's, waiting
+    /// while either is full; `None` when the server stops meanwhile.
+    async fn hold(&self, size: usize, buffer: &Arc<Semaphore>) -> Option<Held> {
+        let size = u32::try_from(size.max(1)).unwrap_or(u32::MAX);
+        let stream = tokio::select! {
+            held = Arc::clone(buffer).acquire_many_owned(size.min(self.stream_buffer_bytes)) => held.ok()?,
+            () = self.closing.cancelled() => return None,
+        };
+        let share = size.min(self.buffer_bytes);
+        let server = if let Ok(held) = Arc::clone(&self.buffer).try_acquire_many_owned(share) {
+            held
+        } else {
+            self.metrics.buffer_full();
+            tokio::select! {
+                held = Arc::clone(&self.buffer).acquire_many_owned(share) => held.ok()?,
+                () = self.closing.cancelled() => return None,
+            }
+        };
+        self.metrics.buffered(u64::from(share));
+        Some(Held {
+            _stream: stream,
+            _server: server,
+            bytes: u64::from(share),
+            metrics: Arc::clone(&self.metrics),
+        })
+    }
+}
+
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 impl Service {
@@ -568,14 +625,9 @@ impl Service {
                     Ok(RawRequest::Batch(batch)) => {
                         let size = batch.events.iter().map(bytes::Bytes::len).sum::<usize>()
                             + batch.groups.len() * 512;
-                        let share = u32::try_from(size.max(1))
-                            .unwrap_or(u32::MAX)
-                            .min(service.stream_buffer_bytes);
-                        let held = tokio::select! {
-                            held = Arc::clone(&buffer).acquire_many_owned(share) => held,
-                            () = service.closing.cancelled() => break,
+                        let Some(held) = service.hold(size, &buffer).await else {
+                            break;
                         };
-                        let Ok(held) = held else { break };
                         service.accept_batch(batch, &peer, &tx, held).await;
                     }
                     Ok(RawRequest::Control(control)) => match control.kind() {
