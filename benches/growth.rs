@@ -259,9 +259,10 @@ fn correlation_curves(dir: &Path, measuring: bool, sizes: Sizes) {
                 max_groups: 20_000,
                 ..semantic()
             };
-            format!(
-                "{minutes},{}",
-                point(&config, Scenario::RestartStorm, 20_000, sizes).csv()
+            let point = point(&config, Scenario::RestartStorm, 20_000, sizes);
+            row(
+                "correlation-groups.csv",
+                format!("{minutes},{}", point.csv()),
             )
         })
         .collect();
@@ -285,10 +286,8 @@ fn correlation_curves(dir: &Path, measuring: bool, sizes: Sizes) {
                 max_entities: cap,
                 ..semantic()
             };
-            format!(
-                "{cap},{}",
-                point(&config, Scenario::OomCascade, 50_000, sizes).csv()
-            )
+            let point = point(&config, Scenario::OomCascade, 50_000, sizes);
+            row("correlation-entities.csv", format!("{cap},{}", point.csv()))
         })
         .collect();
     write_csv(
