@@ -73,6 +73,21 @@ fn server(args: &[&str]) -> ServerProcess {
     ServerProcess::spawn(command)
 }
 
+/// A server reading `nats`'s stream into the PostgreSQL at `url`, with `extra` flags.
+fn queue_server(url: &str, nats: &Nats, extra: &[&str]) -> ServerProcess {
+    let nats = nats.url();
+    let mut args = vec![
+        "--store",
+        url,
+        "--nats",
+        &nats,
+        "--nats-max-bytes",
+        STREAM_MAX_BYTES,
+    ];
+    args.extend_from_slice(extra);
+    server(&args)
+}
+
 fn collector(yaml: &str, args: &[&str]) -> Child {
     let file = tempfile::NamedTempFile::new().expect("file");
     std::fs::write(file.path(), yaml).expect("written");
@@ -129,18 +144,7 @@ fn through_jetstream(events: usize, servers: usize) -> (f64, f64) {
     let names: Vec<String> = (0..servers).map(|n| format!("s{n}")).collect();
     let _servers: Vec<ServerProcess> = names
         .iter()
-        .map(|name| {
-            server(&[
-                "--store",
-                &url,
-                "--nats",
-                &nats.url(),
-                "--nats-max-bytes",
-                STREAM_MAX_BYTES,
-                "--name",
-                name,
-            ])
-        })
+        .map(|name| queue_server(&url, &nats, &["--name", name]))
         .collect();
     let yaml = format!(
         "{}server: {{ transport: nats }}\nnats: {{ url: \"{}\", stream: {{ max_bytes: {STREAM_MAX_BYTES} }} }}\n",
@@ -251,14 +255,7 @@ fn stream_then_drain(events: usize) -> (f64, f64) {
     });
     let url = pg.url();
     let started = Instant::now();
-    let _server = server(&[
-        "--store",
-        &url,
-        "--nats",
-        &nats.url(),
-        "--nats-max-bytes",
-        STREAM_MAX_BYTES,
-    ]);
+    let _server = queue_server(&url, &nats, &[]);
     until_stored(
         &["--store", &url],
         (per * publishers) as u64,

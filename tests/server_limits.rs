@@ -144,6 +144,22 @@ fn batch(ids: &mut IdGenerator, batch_id: u64, events: usize) -> pb::TapioStream
     }
 }
 
+/// Reads acks until `count` have come, each one `Ok`.
+async fn read_acks(mut inbound: tonic::Streaming<pb::TapioStreamEventsResponse>, count: u64) {
+    let mut acked = 0;
+    while acked < count {
+        let message = tokio::time::timeout(Duration::from_mins(1), inbound.message())
+            .await
+            .expect("acks keep coming")
+            .expect("stream open")
+            .expect("a message");
+        if let Some(pb::tapio_stream_events_response::Payload::Ack(ack)) = message.payload {
+            assert_eq!(ack.status(), pb::ack::Status::Ok);
+            acked += 1;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_flooding_without_reading_its_acks_is_held_back_not_buffered() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -187,19 +203,7 @@ async fn a_client_flooding_without_reading_its_acks_is_held_back_not_buffered() 
         peak >> 20
     );
     // Reading the acks lets it go on; every batch sent is acked.
-    let mut inbound = response.into_inner();
-    let mut acked = 0;
-    while acked < total {
-        let message = tokio::time::timeout(Duration::from_mins(1), inbound.message())
-            .await
-            .expect("acks keep coming")
-            .expect("stream open")
-            .expect("a message");
-        if let Some(pb::tapio_stream_events_response::Payload::Ack(ack)) = message.payload {
-            assert_eq!(ack.status(), pb::ack::Status::Ok);
-            acked += 1;
-        }
-    }
+    read_acks(response.into_inner(), total).await;
     assert_eq!(sender.await.expect("sender"), total);
 }
 
@@ -260,21 +264,9 @@ async fn streams_together_are_held_to_the_server_wide_buffer_and_lose_nothing() 
                 // Open until every ack is read: the receiver ends the call.
                 std::future::pending::<()>().await;
             });
-            let mut inbound = response.into_inner();
-            let mut acked = 0;
-            while acked < per_stream {
-                let message = tokio::time::timeout(Duration::from_mins(1), inbound.message())
-                    .await
-                    .expect("acks keep coming")
-                    .expect("stream open")
-                    .expect("a message");
-                if let Some(pb::tapio_stream_events_response::Payload::Ack(ack)) = message.payload {
-                    assert_eq!(ack.status(), pb::ack::Status::Ok);
-                    acked += 1;
-                }
-            }
+            read_acks(response.into_inner(), per_stream).await;
             sender.abort();
-            acked
+            per_stream
         }));
     }
     let mut peak = 0;
