@@ -73,8 +73,12 @@ pub(super) async fn watch(limit: u64, telemetry: Arc<Telemetry>, stop: Cancellat
 /// How often freed memory is handed back to the kernel; first once the start is over.
 const GIVE_BACK_FIRST: Duration = Duration::from_secs(10);
 const GIVE_BACK_EVERY: Duration = Duration::from_secs(30);
+/// The parsed kernel BTF (about 22 MiB) is dropped at a hand-back once no collector has
+/// attached with it for this long.
+const BTF_IDLE: Duration = Duration::from_secs(5);
 
-/// Hands the allocator's freed memory back to the kernel now and then, until `stop`.
+/// Hands the allocator's freed memory back to the kernel now and then, until `stop`, and
+/// first drops the kernel BTF the collectors parsed to attach once they are done with it.
 /// mimalloc keeps what was freed for reuse, so the megabytes the start takes once (each
 /// probe object's load parses the kernel's BTF) would otherwise stay resident for good.
 pub(super) async fn give_back(stop: CancellationToken) {
@@ -86,6 +90,9 @@ pub(super) async fn give_back(stop: CancellationToken) {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = ticker.tick() => {}
+        }
+        if crate::collectors::ebpf::release_idle_btf(BTF_IDLE) {
+            tracing::debug!("Dropped the parsed kernel BTF: the collectors have attached.");
         }
         #[allow(unsafe_code, reason = "mimalloc's C interface")]
         // SAFETY: mi_collect takes no pointer; it only walks the allocator's own free lists,

@@ -29,7 +29,7 @@ pub mod syscalls;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use aya::{Ebpf, EbpfLoader};
@@ -130,22 +130,52 @@ pub(crate) fn attach_tracepoint(
     Ok(())
 }
 
+/// The kernel's BTF, parsed when a collector first attaches a BTF tracepoint and shared by
+/// the others (they attach seven between them), with when it was last used. Parsed, it
+/// holds about 22 MiB, so [`release_idle_btf`] drops it once the collectors have attached.
+static BTF: std::sync::Mutex<Option<(Arc<aya::Btf>, Instant)>> = std::sync::Mutex::new(None);
+
+/// The parsed kernel BTF, parsing it if no collector holds it now.
+fn kernel_btf() -> Result<Arc<aya::Btf>, String> {
+    // Held while parsing: collectors starting together parse it once.
+    let mut slot = BTF
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((btf, used)) = slot.as_mut() {
+        *used = Instant::now();
+        return Ok(Arc::clone(btf));
+    }
+    let btf = Arc::new(aya::Btf::from_sys_fs().map_err(|error| error.to_string())?);
+    *slot = Some((Arc::clone(&btf), Instant::now()));
+    Ok(btf)
+}
+
+/// Drops the parsed kernel BTF if no collector has used it for `idle`; a collector that
+/// attaches later (restarted by a reload) parses it again. True when it was dropped.
+pub fn release_idle_btf(idle: Duration) -> bool {
+    let mut slot = BTF
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if slot
+        .as_ref()
+        .is_some_and(|(_, used)| used.elapsed() >= idle)
+    {
+        *slot = None;
+        return true;
+    }
+    false
+}
+
 /// Attaches the BTF tracepoint program `program` to the raw tracepoint `name`.
 pub(crate) fn attach_btf_tracepoint(
     ebpf: &mut Ebpf,
     program: &str,
     name: &str,
 ) -> Result<(), Error> {
-    // Parsed once for the process: the kernel's BTF is megabytes, and the collectors attach
-    // seven BTF tracepoints between them.
-    static BTF: std::sync::OnceLock<Result<aya::Btf, String>> = std::sync::OnceLock::new();
     let at = format!("BTF tracepoint {name}");
-    let btf = BTF
-        .get_or_init(|| aya::Btf::from_sys_fs().map_err(|error| error.to_string()))
-        .as_ref()
-        .map_err(|error| {
-            Error::unavailable(format!("{at}: cannot read the kernel's BTF: {error}"))
-        })?;
+    let btf = kernel_btf().map_err(|error| {
+        Error::unavailable(format!("{at}: cannot read the kernel's BTF: {error}"))
+    })?;
     let program: &mut aya::programs::BtfTracePoint = ebpf
         .program_mut(program)
         .ok_or_else(|| {
@@ -155,7 +185,7 @@ pub(crate) fn attach_btf_tracepoint(
         })?
         .try_into()
         .map_err(|error| Error::unavailable_by(at.clone(), error))?;
-    program.load(name, btf).map_err(|error| {
+    program.load(name, &btf).map_err(|error| {
         Error::unavailable_by(format!("{at}: the verifier refused the program"), error)
     })?;
     program
@@ -568,6 +598,26 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
+
+    #[test]
+    fn the_kernel_btf_is_shared_while_in_use_and_dropped_once_idle() {
+        if !Path::new("/sys/kernel/btf/vmlinux").is_file() {
+            assert!(
+                std::env::var("TAPIO_REQUIRE_EBPF").as_deref() != Ok("1"),
+                "TAPIO_REQUIRE_EBPF=1 but this kernel has no BTF"
+            );
+            eprintln!("skipped: this kernel has no /sys/kernel/btf/vmlinux");
+            return;
+        }
+        let first = kernel_btf().expect("parses");
+        let second = kernel_btf().expect("shared");
+        assert!(Arc::ptr_eq(&first, &second), "parsed once while in use");
+        assert!(!release_idle_btf(Duration::from_hours(1)), "used just now");
+        assert!(release_idle_btf(Duration::ZERO), "dropped once idle");
+        // Collectors that still hold it keep theirs; the next attach parses it again.
+        let third = kernel_btf().expect("parses again");
+        assert!(!Arc::ptr_eq(&first, &third));
+    }
 
     /// `#define NAME NUMBER` lines of a C source.
     fn defines(source: &str) -> HashMap<&str, u64> {
