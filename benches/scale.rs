@@ -210,9 +210,15 @@ fn stream_then_drain(events: usize) -> (f64, f64) {
     let ingest = runtime.block_on(async move {
         let client = async_nats::connect(&url).await.expect("connects");
         let js = async_nats::jetstream::new(client);
-        tapio::nats::open_stream(&js, "TAPIO_EVENTS", 1 << 30)
-            .await
-            .expect("stream");
+        tapio::nats::open_stream(
+            &js,
+            &tapio::nats::StreamSettings {
+                max_bytes: 1 << 30,
+                ..tapio::nats::StreamSettings::default()
+            },
+        )
+        .await
+        .expect("stream");
         let started = Instant::now();
         let tasks: Vec<_> = loads
             .into_iter()

@@ -356,34 +356,24 @@ pub async fn connect(url: &str, auth: &Auth, name: &str) -> Result<async_nats::C
     })
 }
 
-/// The stream a server reads, as it is; created under `name` with the default settings
-/// and `max_bytes` (the server's `--nats-max-bytes`) when no collector has created it yet.
+/// The stream a server reads, as it is; created with `settings` (the server's
+/// `--nats-stream`, `--nats-max-bytes`, `--nats-max-age` and `--nats-replicas`) when no
+/// collector has created it yet.
 pub async fn open_stream(
     js: &jetstream::Context,
-    name: &str,
-    max_bytes: u64,
+    settings: &StreamSettings,
 ) -> Result<jetstream::stream::Stream, Error> {
-    let settings = StreamSettings {
-        name: name.to_owned(),
-        max_bytes,
-        ..StreamSettings::default()
-    };
-    if max_bytes < 1 << 20 {
-        return Err(Error::Setting {
-            field: "--nats-max-bytes".into(),
-            reason: format!("must be at least 1MiB, got {max_bytes}"),
-        });
-    }
+    let name = &settings.name;
     match js.get_stream(name).await {
         Ok(stream) => Ok(stream),
         Err(e)
             if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
                 if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
         {
-            create(js, &settings, "--nats-max-bytes").await
+            create(js, settings, "--nats-max-bytes").await
         }
         Err(e) => Err(Error::Stream {
-            stream: name.to_owned(),
+            stream: name.clone(),
             reason: format!("cannot read it: {}", crate::tls::error_chain(&e)),
         }),
     }

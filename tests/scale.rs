@@ -603,3 +603,40 @@ fn a_stream_cap_beyond_the_nats_storage_is_refused_at_start_naming_the_setting()
     assert_eq!(last_status(&stderr, "delivered"), 10, "{stderr}");
     assert_eq!(last_status(&stderr, "dropped"), 0, "{stderr}");
 }
+
+#[test]
+fn a_stream_the_server_creates_has_what_its_flags_give_and_bad_ones_are_named() {
+    let nats = Nats::start(&[]);
+    let dir = tempfile::tempdir().expect("dir");
+    let server = |args: &[&str]| {
+        std::process::Command::new(common::SERVER)
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .args(["--nats", &nats.url(), "--nats-max-bytes", STREAM_MAX_BYTES])
+            .args(args)
+            .output()
+            .expect("server runs")
+    };
+    for (args, named) in [
+        (&["--nats-replicas", "2"][..], "--nats-replicas"),
+        (&["--nats-max-age", "1m"][..], "--nats-max-age"),
+    ] {
+        let out = server(args);
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains(named), "{named}: {stderr}");
+    }
+
+    // The server comes first and creates the stream; a collector asking for the same
+    // settings finds them, and delivers.
+    let _server = queue_server(dir.path(), &nats.url(), &["--nats-max-age", "1h"]);
+    let yaml = config(&format!(
+        "collectors:\n  synthetic: {{ config: {{ events: 10 }} }}\nserver: {{ transport: nats }}\n\
+         nats: {{ url: \"{}\", stream: {{ max_bytes: {STREAM_MAX_BYTES}, max_age: 1h }} }}\n",
+        nats.url()
+    ));
+    let out = common::collector(yaml.path(), &[]).wait_for(Duration::from_secs(30));
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(last_status(&stderr, "delivered"), 10, "{stderr}");
+}

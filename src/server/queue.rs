@@ -42,6 +42,14 @@ pub struct NatsArgs {
     /// NATS reserves it up front, so it must fit the NATS server's JetStream storage.
     #[arg(long = "nats-max-bytes", value_name = "SIZE", default_value = "10GiB", value_parser = crate::units::parse_bytes)]
     pub nats_max_bytes: u64,
+    /// Batches older than this are removed, acked or not, when this server creates the
+    /// stream (`nats.stream.max_age` in the collectors' YAML).
+    #[arg(long = "nats-max-age", value_name = "DURATION", default_value = "24h", value_parser = crate::units::parse_duration)]
+    pub nats_max_age: Duration,
+    /// Copies of each batch in a JetStream cluster (1, 3 or 5) when this server creates the
+    /// stream (`nats.stream.replicas` in the collectors' YAML).
+    #[arg(long = "nats-replicas", value_name = "N", default_value_t = 1)]
+    pub nats_replicas: usize,
     /// The durable consumer all servers share.
     #[arg(
         long = "nats-consumer",
@@ -86,6 +94,8 @@ impl Default for NatsArgs {
             nats_url: None,
             nats_stream: "TAPIO_EVENTS".into(),
             nats_max_bytes: 10 << 30,
+            nats_max_age: Duration::from_hours(24),
+            nats_replicas: 1,
             nats_consumer: "tapio-server".into(),
             nats_ack_wait: Duration::from_secs(30),
             nats_inflight: 32,
@@ -99,6 +109,40 @@ impl Default for NatsArgs {
 }
 
 impl NatsArgs {
+    /// The stream this server creates when none exists; each bad value names its flag.
+    fn stream_settings(&self) -> Result<nats::StreamSettings, nats::Error> {
+        let settings = nats::StreamSettings {
+            name: self.nats_stream.clone(),
+            max_bytes: self.nats_max_bytes,
+            max_age: self.nats_max_age,
+            replicas: self.nats_replicas,
+            ..nats::StreamSettings::default()
+        };
+        let mut problems = Vec::new();
+        settings.validate("stream", &mut problems);
+        let Some(problem) = problems.first() else {
+            return Ok(settings);
+        };
+        let (field, reason) = problem.split_once(": ").unwrap_or(("", problem));
+        let (flag, reason) = match field {
+            "stream.name" => ("--nats-stream", reason.to_owned()),
+            "stream.max_bytes" => ("--nats-max-bytes", reason.to_owned()),
+            "stream.replicas" => ("--nats-replicas", reason.to_owned()),
+            // The only other check: the age must cover the duplicate window.
+            _ => (
+                "--nats-max-age",
+                format!(
+                    "must be at least the stream's duplicate window ({:?}), got {:?}",
+                    settings.duplicate_window, settings.max_age
+                ),
+            ),
+        };
+        Err(nats::Error::Setting {
+            field: flag.into(),
+            reason,
+        })
+    }
+
     fn auth(&self) -> nats::Auth {
         nats::Auth {
             creds_file: self.nats_creds_file.clone(),
@@ -150,9 +194,10 @@ impl Queue {
                 reason: format!("must be at least 1s, got {:?}", args.nats_ack_wait),
             });
         }
+        let settings = args.stream_settings()?;
         let client = nats::connect(url, &args.auth(), "tapio-server").await?;
         let js = jetstream::new(client);
-        let stream = nats::open_stream(&js, &args.nats_stream, args.nats_max_bytes).await?;
+        let stream = nats::open_stream(&js, &settings).await?;
         let consumer = stream
             .get_or_create_consumer(
                 &args.nats_consumer,
