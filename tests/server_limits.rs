@@ -144,6 +144,26 @@ fn batch(ids: &mut IdGenerator, batch_id: u64, events: usize) -> pb::TapioStream
     }
 }
 
+/// A `StreamEvents` call to the server at `address` that takes batches up to 64 MiB: the
+/// sender of its requests, and the call's response.
+async fn open_stream(
+    address: String,
+) -> (
+    mpsc::Sender<pb::TapioStreamEventsRequest>,
+    tonic::Response<tonic::Streaming<pb::TapioStreamEventsResponse>>,
+) {
+    let mut client = TapioServiceClient::connect(format!("http://{address}"))
+        .await
+        .expect("connects")
+        .max_encoding_message_size(64 << 20);
+    let (tx, rx) = mpsc::channel(4);
+    let response = client
+        .stream_events(ReceiverStream::new(rx))
+        .await
+        .expect("opens");
+    (tx, response)
+}
+
 /// Reads acks until `count` have come, each one `Ok`.
 async fn read_acks(mut inbound: tonic::Streaming<pb::TapioStreamEventsResponse>, count: u64) {
     let mut acked = 0;
@@ -166,15 +186,7 @@ async fn a_client_flooding_without_reading_its_acks_is_held_back_not_buffered() 
     let server = ServerProcess::start(0, dir.path(), &["--stream-buffer-bytes", "16MiB"]);
     let pid = server.guard.0.id();
     let baseline = rss(pid);
-    let mut client = TapioServiceClient::connect(format!("http://{}", server.address()))
-        .await
-        .expect("connects")
-        .max_encoding_message_size(64 << 20);
-    let (tx, rx) = mpsc::channel(4);
-    let response = client
-        .stream_events(ReceiverStream::new(rx))
-        .await
-        .expect("opens");
+    let (tx, response) = open_stream(server.address()).await;
     // 400 batches of ~1 MB, sent faster than any store commits them.
     let total = 400;
     let sender = tokio::spawn(async move {
@@ -237,17 +249,9 @@ async fn streams_together_are_held_to_the_server_wide_buffer_and_lose_nothing() 
     let (streams, per_stream) = (8u64, 40u64);
     let mut tasks = Vec::new();
     for stream in 0..streams {
-        let address = format!("http://{}", server.address());
+        let address = server.address();
         tasks.push(tokio::spawn(async move {
-            let mut client = TapioServiceClient::connect(address)
-                .await
-                .expect("connects")
-                .max_encoding_message_size(64 << 20);
-            let (tx, rx) = mpsc::channel(4);
-            let response = client
-                .stream_events(ReceiverStream::new(rx))
-                .await
-                .expect("opens");
+            let (tx, response) = open_stream(address).await;
             let sender = tokio::spawn(async move {
                 let mut ids = IdGenerator::new();
                 for n in 1..=per_stream {

@@ -372,14 +372,13 @@ impl Service {
 /// out of `tapio_server_buffered_bytes`) once its ack is queued.
 struct Held {
     _stream: OwnedSemaphorePermit,
-    _server: OwnedSemaphorePermit,
-    bytes: u64,
+    server: OwnedSemaphorePermit,
     metrics: Arc<ServerMetrics>,
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.metrics.unbuffered(self.bytes);
+        self.metrics.unbuffered(self.server.num_permits() as u64);
     }
 }
 
@@ -577,8 +576,7 @@ impl Service {
         self.metrics.buffered(u64::from(share));
         Some(Held {
             _stream: stream,
-            _server: server,
-            bytes: u64::from(share),
+            server,
             metrics: Arc::clone(&self.metrics),
         })
     }
